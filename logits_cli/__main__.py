@@ -1,0 +1,3 @@
+from logits_cli.cli.main import main
+
+main()

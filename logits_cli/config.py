@@ -1,0 +1,230 @@
+"""Settings and the one resolver: flag > environment > config-file profile > default.
+
+``resolve()`` is the only reader of ``os.environ`` and of ``config.toml`` in the project.
+It is cheap (no network, no heavy imports) and records where each value came from, which
+``logits config show`` prints. The API key command runs lazily, at most once per process.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from logits_cli.errors import AuthError, ConfigError
+
+CONFIG_FILE_NAME = "config.toml"
+KEY_COMMAND_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    base_url: str | None
+    profile: str | None
+    run: str | None
+    debug: bool
+    api_key_value: str | None = field(default=None, repr=False)
+    api_key_cmd: str | None = field(default=None, repr=False)
+    # setting name -> where its value came from ("--base-url", "env LOGITS_RUN", …)
+    sources: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def embedded(self) -> bool:
+        """No remote configured: the reference server runs in this process."""
+        return self.base_url is None
+
+    @property
+    def store_dir(self) -> Path:
+        """Where the embedded backend keeps its SQLite file and blobs."""
+        return self.home / "store"
+
+    @property
+    def config_file(self) -> Path:
+        return self.home / CONFIG_FILE_NAME
+
+    def api_key(self) -> str | None:
+        """The API key: ``LOGITS_API_KEY``, then the key command, then ``TINKER_API_KEY``."""
+        if self.api_key_value is not None:
+            return self.api_key_value
+        if self.api_key_cmd is not None:
+            return run_key_command(self.api_key_cmd)
+        return None
+
+
+_key_command_cache: dict[str, str] = {}
+
+
+def run_key_command(command: str) -> str:
+    """Run ``LOGITS_API_KEY_CMD`` once per process; its stripped stdout is the key."""
+    cached = _key_command_cache.get(command)
+    if cached is not None:
+        return cached
+    try:
+        done = subprocess.run(
+            command,
+            shell=True,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=KEY_COMMAND_TIMEOUT_S,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise AuthError(
+            f"the API key command timed out after {KEY_COMMAND_TIMEOUT_S:.0f} s",
+            hint="check LOGITS_API_KEY_CMD",
+        ) from None
+    except OSError as exc:
+        raise AuthError(f"the API key command could not run: {exc.strerror}") from None
+    if done.returncode != 0:
+        raise AuthError(
+            f"the API key command exited with status {done.returncode}",
+            hint="check LOGITS_API_KEY_CMD",
+        )
+    key = done.stdout.decode("utf-8", "replace").strip()
+    if not key:
+        raise AuthError("the API key command printed nothing", hint="check LOGITS_API_KEY_CMD")
+    _key_command_cache[command] = key
+    return key
+
+
+def default_home(env: Mapping[str, str]) -> Path:
+    from platformdirs import user_data_path
+
+    del env  # platformdirs reads XDG variables itself
+    return user_data_path("logits", appauthor=False)
+
+
+def _env(env: Mapping[str, str], *names: str) -> tuple[str, str] | None:
+    """The first non-empty variable among ``names``: (value, name). Empty counts as unset."""
+    for name in names:
+        value = env.get(name, "")
+        if value.strip():
+            return value.strip(), name
+    return None
+
+
+def _load_config_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        return {}
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def _check_base_url(url: str, source: str) -> str:
+    if not url.startswith(("http://", "https://")) or len(url) <= len("https://"):
+        raise ConfigError(f"base URL {url!r} (from {source}) must be an absolute http(s) URL")
+    return url
+
+
+def resolve(
+    *,
+    base_url: str | None = None,
+    profile: str | None = None,
+    home: str | os.PathLike[str] | None = None,
+    run: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Settings:
+    """Resolve the settings. Keyword arguments are command-line flags (None = not given)."""
+    env = os.environ if env is None else env
+    sources: dict[str, str] = {}
+
+    if home is not None:
+        home_path, sources["home"] = Path(home).expanduser(), "--home"
+    elif found := _env(env, "LOGITS_HOME"):
+        home_path, sources["home"] = Path(found[0]).expanduser(), f"env {found[1]}"
+    else:
+        home_path, sources["home"] = default_home(env), "default"
+
+    config = _load_config_file(home_path / CONFIG_FILE_NAME)
+    profiles = config.get("profiles", {})
+    if not isinstance(profiles, dict):
+        raise ConfigError(f"{home_path / CONFIG_FILE_NAME}: 'profiles' must be a table")
+
+    if profile is not None:
+        profile_name: str | None = profile
+        sources["profile"] = "--profile"
+    elif found := _env(env, "LOGITS_PROFILE"):
+        profile_name, sources["profile"] = found[0], f"env {found[1]}"
+    elif isinstance(config.get("profile"), str):
+        profile_name, sources["profile"] = config["profile"], "config file"
+    else:
+        profile_name = None
+    profile_table: dict[str, Any] = {}
+    if profile_name is not None:
+        if profile_name not in profiles:
+            known = ", ".join(sorted(profiles)) or "none defined"
+            raise ConfigError(
+                f"profile {profile_name!r} is not in {home_path / CONFIG_FILE_NAME} ({known})"
+            )
+        profile_table = profiles[profile_name]
+    where = f"config profile {profile_name}"
+
+    resolved_url: str | None
+    if base_url is not None and base_url.strip():
+        resolved_url, sources["base_url"] = _check_base_url(base_url.strip(), "--base-url"), "--base-url"
+    elif found := _env(env, "LOGITS_BASE_URL", "TINKER_BASE_URL"):
+        resolved_url = _check_base_url(found[0], found[1])
+        sources["base_url"] = f"env {found[1]}"
+    elif isinstance(profile_table.get("base_url"), str) and profile_table["base_url"].strip():
+        resolved_url = _check_base_url(profile_table["base_url"].strip(), where)
+        sources["base_url"] = where
+    else:
+        resolved_url, sources["base_url"] = None, "default (embedded backend)"
+
+    key_value: str | None = None
+    key_cmd: str | None = None
+    if found := _env(env, "LOGITS_API_KEY"):
+        key_value, sources["api_key"] = found[0], f"env {found[1]}"
+    elif found := _env(env, "LOGITS_API_KEY_CMD"):
+        key_cmd, sources["api_key"] = found[0], f"env {found[1]} (command)"
+    elif found := _env(env, "TINKER_API_KEY"):
+        key_value, sources["api_key"] = found[0], f"env {found[1]}"
+    elif isinstance(profile_table.get("api_key_cmd"), str):
+        key_cmd, sources["api_key"] = profile_table["api_key_cmd"], f"{where} (command)"
+    elif isinstance(profile_table.get("api_key"), str):
+        key_value, sources["api_key"] = profile_table["api_key"], where
+    else:
+        sources["api_key"] = "not set"
+
+    resolved_run: str | None
+    if run is not None and run.strip():
+        resolved_run, sources["run"] = run.strip(), "--run"
+    elif found := _env(env, "LOGITS_RUN"):
+        resolved_run, sources["run"] = found[0], f"env {found[1]}"
+    elif isinstance(profile_table.get("run"), str):
+        resolved_run, sources["run"] = profile_table["run"], where
+    else:
+        resolved_run, sources["run"] = None, "not set"
+
+    debug = env.get("LOGITS_DEBUG", "").strip() not in ("", "0", "false", "no")
+    sources["debug"] = "env LOGITS_DEBUG" if debug else "default"
+
+    return Settings(
+        home=home_path,
+        base_url=resolved_url,
+        profile=profile_name,
+        run=resolved_run,
+        debug=debug,
+        api_key_value=key_value,
+        api_key_cmd=key_cmd,
+        sources=sources,
+    )
+
+
+def mask_secret(secret: str | None) -> str:
+    """Show enough of a key to recognise it, never enough to use it."""
+    if not secret:
+        return "(not set)"
+    if len(secret) <= 12:
+        return "****"
+    return f"{secret[:8]}…{secret[-2:]}"

@@ -171,7 +171,10 @@ def resolve(
 
     resolved_url: str | None
     if base_url is not None and base_url.strip():
-        resolved_url, sources["base_url"] = _check_base_url(base_url.strip(), "--base-url"), "--base-url"
+        resolved_url, sources["base_url"] = (
+            _check_base_url(base_url.strip(), "--base-url"),
+            "--base-url",
+        )
     elif found := _env(env, "LOGITS_BASE_URL", "TINKER_BASE_URL"):
         resolved_url = _check_base_url(found[0], found[1])
         sources["base_url"] = f"env {found[1]}"

@@ -31,14 +31,10 @@ def validate_name(name: str) -> str:
     if len(name) > 128:
         raise UsageError(f"checkpoint name is {len(name)} characters long; the limit is 128")
     if not re.match(r"[A-Za-z0-9_]", name[0]):
-        raise UsageError(
-            f"checkpoint name {name!r} must start with a letter, a digit or '_'"
-        )
+        raise UsageError(f"checkpoint name {name!r} must start with a letter, a digit or '_'")
     bad = sorted({c for c in name if not re.fullmatch(r"[A-Za-z0-9._-]", c)})
     shown = " ".join(repr(c) for c in bad)
-    raise UsageError(
-        f"checkpoint name {name!r} has characters outside [A-Za-z0-9._-]: {shown}"
-    )
+    raise UsageError(f"checkpoint name {name!r} has characters outside [A-Za-z0-9._-]: {shown}")
 
 
 def validate_run_id(run_id: str) -> str:
@@ -53,7 +49,9 @@ def validate_run_id(run_id: str) -> str:
 
 def validate_kind(kind: str) -> str:
     if kind not in KINDS:
-        raise UsageError(f"unknown checkpoint kind {kind!r}; expected 'weights' or 'sampler_weights'")
+        raise UsageError(
+            f"unknown checkpoint kind {kind!r}; expected 'weights' or 'sampler_weights'"
+        )
     return kind
 
 

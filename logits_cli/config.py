@@ -209,7 +209,7 @@ def resolve(
     else:
         resolved_run, sources["run"] = None, "not set"
 
-    debug = env.get("LOGITS_DEBUG", "").strip() not in ("", "0", "false", "no")
+    debug = debug_enabled(env)
     sources["debug"] = "env LOGITS_DEBUG" if debug else "default"
 
     return Settings(
@@ -222,6 +222,12 @@ def resolve(
         api_key_cmd=key_cmd,
         sources=sources,
     )
+
+
+def debug_enabled(env: Mapping[str, str] | None = None) -> bool:
+    """``LOGITS_DEBUG`` asks for tracebacks; readable even when the rest of the config is not."""
+    env = os.environ if env is None else env
+    return env.get("LOGITS_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
 
 
 def mask_secret(secret: str | None) -> str:

@@ -11,6 +11,13 @@ called from any thread (the server runs them in a thread pool), and several proc
 open the same directory at once (WAL mode, busy timeout).
 """
 
-from logits_cli.store.store import ApiKeyInfo, FutureRecord, IdempotencyRecord, Store
+from logits_cli.store.store import (
+    LOCAL_USER,
+    ApiKeyInfo,
+    BlobInfo,
+    FutureRecord,
+    IdempotencyRecord,
+    Store,
+)
 
-__all__ = ["ApiKeyInfo", "FutureRecord", "IdempotencyRecord", "Store"]
+__all__ = ["LOCAL_USER", "ApiKeyInfo", "BlobInfo", "FutureRecord", "IdempotencyRecord", "Store"]

@@ -1,19 +1,72 @@
-"""``Store``: the interface the server codes against.
+"""``Store``: the storage engine the server codes against.
 
-INTERFACE CONTRACT (written first so store and server can be built in parallel). Method
-names, arguments and return types here are fixed; bodies are filled in by the store work.
+Metadata lives in ``meta.sqlite3`` (see ``db.py``), archives in ``blobs/<sha256>``, and each
+run's live LoRA state in ``runs/<run id, percent-encoded>/``. Every query filters expired
+checkpoints (``expires_at > now``), so an expired checkpoint is gone everywhere the moment it
+expires; ``sweep`` reclaims the rows and blobs later.
+
+``lora`` and ``archive`` are imported inside the methods that need them: they pull in numpy
+and safetensors, which the listing paths (the embedded ``ckpt ls``) must not pay for.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import shutil
+import sqlite3
+import tempfile
+import threading
+import time as wallclock
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
+from urllib.parse import quote
+
+from filelock import FileLock
 
 from logits_cli import models
+from logits_cli.errors import (
+    AlreadyPrivateError,
+    AlreadyPublicError,
+    ConflictError,
+    GoneError,
+    NotFoundError,
+    UsageError,
+)
+from logits_cli.store import db
+from logits_cli.uri import (
+    KIND_TO_TYPE,
+    SCHEMES,
+    CheckpointRef,
+    format_path,
+    validate_kind,
+    validate_name,
+)
 
 LOCAL_USER = "local"  # the single implicit user of the embedded backend (protocol.md §1.4)
+
+ACCESS_SCOPES = ("owned", "accessible")
+MAX_TTL_SECONDS = 315_360_000  # ten years (protocol.md §5.6.6); also keeps datetimes in range
+KEY_PREFIX = "tml-"
+KEY_PREFIX_SHOWN = 12  # "tml-" + 8 characters: enough to tell keys apart, useless to an attacker
+MIN_REVOKE_PREFIX = 8
+# Blobs and state directories that no row references are only reclaimed once they are this
+# old (file modification time), so a save or create in flight never loses its files.
+ORPHAN_GRACE_SECONDS = 3600
+
+_USER_ID_RE = re.compile(r"[a-z0-9_-]{1,64}")
+_BLOB_NAME_RE = re.compile(r"[0-9a-f]{64}")
+_NEW_STATE_PREFIX = ".new-"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -56,42 +109,211 @@ class BlobInfo:
     created: datetime
 
 
+def _to_micros(moment: datetime) -> int:
+    delta = moment - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _from_micros(micros: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=micros)
+
+
+def _sha256_hex(data: str | bytes) -> str:
+    return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()
+
+
+def _check_ttl(ttl_seconds: int | None) -> None:
+    if ttl_seconds is None:
+        return
+    if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int) or ttl_seconds <= 0:
+        raise UsageError(f"ttl_seconds must be a positive integer, got {ttl_seconds!r}")
+    if ttl_seconds > MAX_TTL_SECONDS:
+        raise UsageError(f"ttl_seconds {ttl_seconds} is above the limit of ten years")
+
+
+def _string_metadata(user_metadata: dict[str, Any] | None) -> dict[str, str] | None:
+    """TrainingRun.user_metadata values must be strings [SDK]; others are JSON-encoded."""
+    if user_metadata is None:
+        return None
+    return {
+        str(key): value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+        for key, value in user_metadata.items()
+    }
+
+
+# -- rows -----------------------------------------------------------------------------------
+
+# Columns of a checkpoint row, in the order ``_checkpoint`` reads them.
+_CKPT = "c.kind, c.name, c.tinker_path, c.time, c.expires_at, c.public, c.size_bytes, c.sha256"
+_UNEXPIRED = "(c.expires_at IS NULL OR c.expires_at > :now)"
+_VISIBLE_TO = f"{_UNEXPIRED} AND (c.user_id = :viewer OR c.public = 1)"
+
+
+def _checkpoint(row: tuple[Any, ...]) -> models.Checkpoint:
+    kind, name, tinker_path, time, expires_at, public, size_bytes, sha256 = row[:8]
+    # Rows were validated on the way in; skipping pydantic validation keeps a listing of
+    # thousands of checkpoints cheap.
+    return models.Checkpoint.model_construct(
+        checkpoint_id=f"{kind}/{name}",
+        checkpoint_type=KIND_TO_TYPE[kind],
+        time=_from_micros(time),
+        tinker_path=tinker_path,
+        size_bytes=size_bytes,
+        public=bool(public),
+        expires_at=None if expires_at is None else _from_micros(expires_at),
+        sha256=sha256,
+    )
+
+
+class _Run(NamedTuple):
+    id: str
+    user_id: str
+    base_model: str
+    lora_rank: int
+    train_unembed: int
+    train_mlp: int
+    train_attn: int
+    user_metadata: str | None
+    body_sha256: str
+    created: int
+    last_request_time: int
+
+
+_RUN = ", ".join(f"r.{field}" for field in _Run._fields)
+
+
 class Store:
     """Opened on a directory: ``meta.sqlite3``, ``blobs/<sha256>``, ``runs/<run>/…``."""
 
     # -- lifecycle -----------------------------------------------------------------------
-    def __init__(self, root: Path, *, max_rank: int = 256) -> None:
-        raise NotImplementedError
+    def __init__(
+        self,
+        root: Path,
+        *,
+        max_rank: int = 256,
+        future_retention: int = 3600,
+        idempotency_retention: int = 86400,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.root = Path(root)
+        self.max_rank = max_rank
+        self.future_retention = future_retention
+        self.idempotency_retention = idempotency_retention
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self.blobs_dir = self.root / "blobs"
+        self.runs_dir = self.root / "runs"
+
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.root, 0o700)
+        self.blobs_dir.mkdir(mode=0o700, exist_ok=True)
+        self.runs_dir.mkdir(mode=0o700, exist_ok=True)
+        db.migrate(self.root / "meta.sqlite3", self.root / ".meta.lock")
+        self._db = db.Database(self.root / "meta.sqlite3")
+        self._run_locks: dict[str, threading.Lock] = {}
+        self._run_locks_guard = threading.Lock()
 
     @classmethod
     def open(cls, root: Path, **kwargs: Any) -> Store:
         """Create the directory (0700), the schema (migrations via PRAGMA user_version)."""
-        raise NotImplementedError
+        return cls(root, **kwargs)
 
     def close(self) -> None:
-        raise NotImplementedError
+        self._db.close()
 
     def healthy(self) -> bool:
         """Database answers and the blob directory is writable."""
-        raise NotImplementedError
+        try:
+            self._db.connection().execute("SELECT 1").fetchone()
+            with tempfile.TemporaryFile(dir=self.blobs_dir):
+                pass
+        except (OSError, sqlite3.Error):
+            return False
+        return True
+
+    # -- time, paths, locks ---------------------------------------------------------------
+    def _now(self) -> datetime:
+        return self._clock().astimezone(UTC)
+
+    def _now_micros(self) -> int:
+        return _to_micros(self._now())
+
+    def state_dir(self, run_id: str) -> Path:
+        """The run's live state directory; ``quote`` keeps the name reversible and free of
+        ``:`` (not allowed in Windows file names)."""
+        return self.runs_dir / quote(run_id, safe="")
+
+    @contextmanager
+    def _run_lock(self, run_id: str) -> Iterator[None]:
+        """Serialise saves, loads and deletes of one run, across threads and processes."""
+        with self._run_locks_guard:
+            lock = self._run_locks.setdefault(run_id, threading.Lock())
+        lock_file = self.runs_dir / f"{quote(run_id, safe='')}.lock"
+        with lock, FileLock(lock_file):
+            yield
 
     # -- users and API keys (§2.1) --------------------------------------------------------
     def create_api_key(self, user_id: str) -> str:
         """New ``tml-`` + 43 base64url chars key; only its SHA-256 is stored. UsageError on a
         user id outside ``[a-z0-9_-]{1,64}``."""
-        raise NotImplementedError
+        if not isinstance(user_id, str) or not _USER_ID_RE.fullmatch(user_id):
+            raise UsageError(f"user id {user_id!r} must match [a-z0-9_-]{{1,64}}")
+        key = KEY_PREFIX + secrets.token_urlsafe(32)
+        now = self._now_micros()
+        with self._db.write() as conn:
+            conn.execute("INSERT OR IGNORE INTO users (id, created) VALUES (?, ?)", (user_id, now))
+            conn.execute(
+                "INSERT INTO api_keys (key_sha256, prefix, user_id, created) VALUES (?, ?, ?, ?)",
+                (_sha256_hex(key), key[:KEY_PREFIX_SHOWN], user_id, now),
+            )
+        return key
 
     def list_api_keys(self) -> list[ApiKeyInfo]:
-        raise NotImplementedError
+        rows = self._db.connection().execute(
+            "SELECT prefix, user_id, created, revoked FROM api_keys ORDER BY created, prefix"
+        )
+        return [
+            ApiKeyInfo(prefix, user_id, _from_micros(created), revoked is not None)
+            for prefix, user_id, created, revoked in rows
+        ]
 
     def revoke_api_key(self, prefix: str) -> int:
         """Revoke every key starting with ``prefix`` (at least 8 chars); returns how many.
         NotFoundError when none matches."""
-        raise NotImplementedError
+        if len(prefix) < MIN_REVOKE_PREFIX:
+            raise UsageError(f"key prefix must have at least {MIN_REVOKE_PREFIX} characters")
+        shown = prefix[:KEY_PREFIX_SHOWN]
+        with self._db.write() as conn:
+            rows = conn.execute(
+                "SELECT key_sha256, revoked FROM api_keys WHERE substr(prefix, 1, ?) = ?",
+                (len(shown), shown),
+            ).fetchall()
+            if len(prefix) > KEY_PREFIX_SHOWN:
+                # Longer than the stored prefix: only the whole key can match, by its hash.
+                wanted = _sha256_hex(prefix)
+                rows = [row for row in rows if hmac.compare_digest(row[0], wanted)]
+            if not rows:
+                raise NotFoundError(f"no API key starts with {shown!r}")
+            now = self._now_micros()
+            fresh = [(now, key_hash) for key_hash, revoked in rows if revoked is None]
+            conn.executemany("UPDATE api_keys SET revoked = ? WHERE key_sha256 = ?", fresh)
+        return len(fresh)
 
     def authenticate(self, key: str) -> str | None:
         """The user id of a valid, unrevoked key, else None (constant-time compare)."""
-        raise NotImplementedError
+        if not isinstance(key, str) or not key.startswith(KEY_PREFIX):
+            return None
+        key_hash = _sha256_hex(key)
+        row = (
+            self._db.connection()
+            .execute(
+                "SELECT key_sha256, user_id FROM api_keys WHERE key_sha256 = ? AND revoked IS NULL",
+                (key_hash,),
+            )
+            .fetchone()
+        )
+        if row is None or not hmac.compare_digest(row[0], key_hash):
+            return None
+        return row[1]
 
     # -- sessions (§5.1) ------------------------------------------------------------------
     def create_session(
@@ -104,16 +326,41 @@ class Store:
         project_id: str | None,
     ) -> str:
         """Returns a new lowercase UUID4 session id."""
-        raise NotImplementedError
+        session_id = str(uuid.uuid4())
+        now = self._now_micros()
+        with self._db.write() as conn:
+            conn.execute(
+                "INSERT INTO sessions (id, user_id, tags, user_metadata, sdk_version, project_id,"
+                " created, last_heartbeat) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    session_id,
+                    user_id,
+                    json.dumps(tags),
+                    None if user_metadata is None else json.dumps(user_metadata),
+                    sdk_version,
+                    project_id,
+                    now,
+                    now,
+                ),
+            )
+        return session_id
 
     def heartbeat(self, user_id: str, session_id: str) -> None:
         """NotFoundError if unknown or not the caller's."""
-        raise NotImplementedError
+        with self._db.write() as conn:
+            updated = conn.execute(
+                "UPDATE sessions SET last_heartbeat = ? WHERE id = ? AND user_id = ?",
+                (self._now_micros(), session_id, user_id),
+            ).rowcount
+        if not updated:
+            raise NotFoundError(f"session {session_id} not found")
 
     # -- runs (§5.3, §5.5) ----------------------------------------------------------------
     def known_base_models(self) -> list[tuple[str, int]]:
         """(model_name, max_context_length) for get_server_capabilities."""
-        raise NotImplementedError
+        from logits_cli.store.lora import MODEL_SHAPES
+
+        return [(name, shape.max_context_length) for name, shape in MODEL_SHAPES.items()]
 
     def create_run(
         self,
@@ -129,19 +376,183 @@ class Store:
         its id. Same session+seq with an identical body returns the existing id; with a
         different body raises ConflictError. NotFoundError for an unknown session or base
         model; UsageError(invalid_argument) for a rank above ``max_rank``."""
-        raise NotImplementedError
+        from logits_cli.store.lora import init_state, shape_for
 
-    def get_run(self, viewer: str, run_id: str, *, access_scope: str = "owned") -> models.TrainingRun:
-        raise NotImplementedError
+        if model_seq_id < 0:
+            raise UsageError(f"model_seq_id must be >= 0, got {model_seq_id}")
+        run_id = f"{session_id}:train:{model_seq_id}"
+        metadata = _string_metadata(user_metadata)
+        body_sha256 = _sha256_hex(
+            json.dumps(
+                {"base_model": base_model, "lora": lora_config.model_dump(), "meta": metadata},
+                sort_keys=True,
+            )
+        )
+        with self._db.read() as conn:
+            owned = conn.execute(
+                "SELECT 1 FROM sessions WHERE id = ? AND user_id = ?", (session_id, user_id)
+            ).fetchone()
+            if owned is None:
+                raise NotFoundError(f"session {session_id} not found")
+            existing = self._existing_run(conn, run_id, body_sha256)
+        if existing is not None:
+            return existing
+        if shape_for(base_model) is None:
+            raise NotFoundError(f"base model {base_model!r} is not supported by this server")
+        if lora_config.rank <= 0:
+            raise UsageError(f"LoRA rank must be positive, got {lora_config.rank}")
+        if lora_config.rank > self.max_rank:
+            raise UsageError(
+                f"LoRA rank {lora_config.rank} is above this server's maximum {self.max_rank}"
+            )
+        if not (lora_config.train_attn or lora_config.train_mlp or lora_config.train_unembed):
+            raise UsageError("a LoRA config must train at least one of attn, mlp or unembed")
+
+        # The state is built beside its final place and renamed in while the row is inserted,
+        # so a run row never exists without its state.
+        staging = Path(tempfile.mkdtemp(prefix=_NEW_STATE_PREFIX, dir=self.runs_dir))
+        try:
+            init_state(staging, base_model, lora_config)
+            now = self._now_micros()
+            with self._db.write() as conn:
+                existing = self._existing_run(conn, run_id, body_sha256)
+                if existing is not None:
+                    return existing
+                conn.execute(
+                    "INSERT INTO runs (id, session_id, model_seq_id, user_id, base_model,"
+                    " lora_rank, train_unembed, train_mlp, train_attn, seed, user_metadata,"
+                    " body_sha256, created, last_request_time)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        run_id,
+                        session_id,
+                        model_seq_id,
+                        user_id,
+                        base_model,
+                        lora_config.rank,
+                        lora_config.train_unembed,
+                        lora_config.train_mlp,
+                        lora_config.train_attn,
+                        lora_config.seed,
+                        None if metadata is None else json.dumps(metadata),
+                        body_sha256,
+                        now,
+                        now,
+                    ),
+                )
+                final = self.state_dir(run_id)
+                if final.exists():  # left by a create that crashed before its commit
+                    shutil.rmtree(final)
+                os.replace(staging, final)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return run_id
+
+    @staticmethod
+    def _existing_run(conn: sqlite3.Connection, run_id: str, body_sha256: str) -> str | None:
+        row = conn.execute("SELECT body_sha256 FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            return None
+        if row[0] != body_sha256:
+            raise ConflictError(f"run {run_id} already exists with a different configuration")
+        return run_id
+
+    @staticmethod
+    def _run_scope(access_scope: str) -> str:
+        """SQL condition on runs ``r`` for the viewer ``:viewer`` (protocol.md §2.4)."""
+        if access_scope == "owned":
+            return "r.user_id = :viewer"
+        if access_scope == "accessible":
+            return (
+                "(r.user_id = :viewer OR EXISTS (SELECT 1 FROM checkpoints c"
+                f" WHERE c.run_id = r.id AND c.public = 1 AND {_UNEXPIRED}))"
+            )
+        raise UsageError(f"access_scope must be 'owned' or 'accessible', got {access_scope!r}")
+
+    def _training_runs(
+        self, conn: sqlite3.Connection, viewer: str, runs: list[_Run], now: int
+    ) -> list[models.TrainingRun]:
+        """TrainingRun objects with the newest checkpoint of each kind the viewer may see."""
+        latest: dict[tuple[str, str], models.Checkpoint] = {}
+        for run in runs:
+            for kind in KIND_TO_TYPE:
+                row = conn.execute(
+                    f"SELECT {_CKPT} FROM checkpoints c WHERE c.run_id = :run_id"
+                    f" AND c.kind = :kind AND {_VISIBLE_TO} ORDER BY c.time DESC, c.name LIMIT 1",
+                    {"run_id": run.id, "kind": kind, "viewer": viewer, "now": now},
+                ).fetchone()
+                if row is not None:
+                    latest[(run.id, kind)] = _checkpoint(row)
+        return [
+            models.TrainingRun.model_construct(
+                training_run_id=run.id,
+                base_model=run.base_model,
+                model_owner=run.user_id,
+                is_lora=True,
+                corrupted=False,
+                lora_rank=run.lora_rank,
+                last_request_time=_from_micros(run.last_request_time),
+                last_checkpoint=latest.get((run.id, "weights")),
+                last_sampler_checkpoint=latest.get((run.id, "sampler_weights")),
+                user_metadata=None if run.user_metadata is None else json.loads(run.user_metadata),
+            )
+            for run in runs
+        ]
+
+    def get_run(
+        self, viewer: str, run_id: str, *, access_scope: str = "owned"
+    ) -> models.TrainingRun:
+        scope = self._run_scope(access_scope)
+        now = self._now_micros()
+        with self._db.read() as conn:
+            row = conn.execute(
+                f"SELECT {_RUN} FROM runs r WHERE r.id = :run_id AND {scope}",
+                {"run_id": run_id, "viewer": viewer, "now": now},
+            ).fetchone()
+            if row is None:
+                raise NotFoundError(f"training run {run_id} not found")
+            return self._training_runs(conn, viewer, [_Run._make(row)], now)[0]
 
     def list_runs(
         self, viewer: str, *, access_scope: str, limit: int, offset: int
     ) -> tuple[list[models.TrainingRun], int]:
         """One page, newest created first (ties by run id), and the scope's total count."""
-        raise NotImplementedError
+        scope = self._run_scope(access_scope)
+        now = self._now_micros()
+        params = {"viewer": viewer, "now": now, "limit": limit, "offset": offset}
+        with self._db.read() as conn:
+            total = conn.execute(f"SELECT count(*) FROM runs r WHERE {scope}", params).fetchone()[0]
+            rows = conn.execute(
+                f"SELECT {_RUN} FROM runs r WHERE {scope}"
+                " ORDER BY r.created DESC, r.id LIMIT :limit OFFSET :offset",
+                params,
+            ).fetchall()
+            return self._training_runs(conn, viewer, [_Run._make(row) for row in rows], now), total
+
+    def _owned_run(self, conn: sqlite3.Connection, user_id: str, run_id: str) -> _Run:
+        row = conn.execute(
+            f"SELECT {_RUN} FROM runs r WHERE r.id = ? AND r.user_id = ?", (run_id, user_id)
+        ).fetchone()
+        if row is None:
+            raise NotFoundError(f"training run {run_id} not found")
+        return _Run._make(row)
 
     def get_info(self, user_id: str, run_id: str) -> models.GetInfoResponse:
-        raise NotImplementedError
+        from logits_cli.store.lora import shape_for
+
+        run = self._owned_run(self._db.connection(), user_id, run_id)
+        shape = shape_for(run.base_model)
+        return models.GetInfoResponse(
+            model_id=run.id,
+            model_data=models.ModelData(
+                arch=shape.arch if shape else None,
+                model_name=run.base_model,
+                tokenizer_id=run.base_model,
+            ),
+            is_lora=True,
+            lora_rank=run.lora_rank,
+            model_name=run.base_model,
+        )
 
     # -- checkpoints (§5.4, §5.6) ---------------------------------------------------------
     def save_checkpoint(
@@ -157,7 +568,87 @@ class Store:
     ) -> models.Checkpoint:
         """Snapshot the run's live state into a deterministic archive blob (protocol.md §7).
         ConflictError when the name exists and ``overwrite`` is false."""
-        raise NotImplementedError
+        from logits_cli.store.archive import build_archive
+
+        validate_kind(kind)
+        validate_name(name)
+        _check_ttl(ttl_seconds)
+        if uri_scheme not in SCHEMES:
+            raise UsageError(f"uri_scheme must be 'logits' or 'tinker', got {uri_scheme!r}")
+        self._owned_run(self._db.connection(), user_id, run_id)
+        with self._run_lock(run_id):
+            # Checked before the (possibly long) archive build, and again when committing.
+            self._check_name_free(self._db.connection(), run_id, kind, name, overwrite)
+            created = self._now()
+            tinker_path = format_path(run_id, kind, name, uri_scheme)
+            _, sha256, size = build_archive(
+                self.state_dir(run_id),
+                self.blobs_dir,
+                kind=kind,
+                tinker_path=tinker_path,
+                created=created,
+            )
+            time = _to_micros(created)
+            expires_at = None if ttl_seconds is None else time + ttl_seconds * 1_000_000
+            replaced: str | None = None
+            try:
+                with self._db.write() as conn:
+                    old = self._check_name_free(conn, run_id, kind, name, overwrite)
+                    if old is not None:
+                        conn.execute("DELETE FROM checkpoints WHERE id = ?", (old[0],))
+                        replaced = old[1]
+                    conn.execute(
+                        "INSERT INTO checkpoints (run_id, user_id, kind, name, tinker_path, time,"
+                        " expires_at, public, size_bytes, sha256)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?)",
+                        (run_id, user_id, kind, name, tinker_path, time, expires_at, size, sha256),
+                    )
+                    conn.execute(
+                        "UPDATE runs SET last_request_time = ? WHERE id = ?", (time, run_id)
+                    )
+            except BaseException:
+                self._discard_blob(sha256)
+                raise
+            if replaced is not None and replaced != sha256:
+                self._discard_blob(replaced)
+        return _checkpoint((kind, name, tinker_path, time, expires_at, False, size, sha256))
+
+    def _check_name_free(
+        self, conn: sqlite3.Connection, run_id: str, kind: str, name: str, overwrite: bool
+    ) -> tuple[int, str] | None:
+        """The (row id, sha256) a save replaces: an expired row, or any row when
+        ``overwrite``. ConflictError when an unexpired one exists without ``overwrite``."""
+        row = conn.execute(
+            "SELECT id, sha256, expires_at FROM checkpoints WHERE run_id = ? AND kind = ? AND name = ?",
+            (run_id, kind, name),
+        ).fetchone()
+        if row is None:
+            return None
+        row_id, sha256, expires_at = row
+        unexpired = expires_at is None or expires_at > self._now_micros()
+        if unexpired and not overwrite:
+            raise ConflictError(f"checkpoint {kind}/{name} already exists in run {run_id}")
+        return row_id, sha256
+
+    def _source_checkpoint(
+        self, conn: sqlite3.Connection, viewer: str, source: str
+    ) -> tuple[CheckpointRef, models.Checkpoint, _Run]:
+        """A checkpoint URI the viewer may read (own or public), with its run."""
+        ref = CheckpointRef.parse(source)
+        row = conn.execute(
+            f"SELECT {_CKPT}, {_RUN} FROM checkpoints c JOIN runs r ON r.id = c.run_id"
+            f" WHERE c.run_id = :run_id AND c.kind = :kind AND c.name = :name AND {_VISIBLE_TO}",
+            {
+                "run_id": ref.run_id,
+                "kind": ref.kind,
+                "name": ref.name,
+                "viewer": viewer,
+                "now": self._now_micros(),
+            },
+        ).fetchone()
+        if row is None:
+            raise NotFoundError(f"checkpoint {source} not found")
+        return ref, _checkpoint(row), _Run._make(row[8:])
 
     def load_checkpoint(
         self, user_id: str, run_id: str, *, source: str, optimizer: bool, uri_scheme: str
@@ -165,43 +656,262 @@ class Store:
         """Restore a checkpoint (own or public) into the run's live state; returns the source
         URI in ``uri_scheme``. NotFoundError (missing/invisible), UsageError (incompatible
         base model/rank, optimizer from sampler_weights)."""
-        raise NotImplementedError
+        from logits_cli.store.lora import restore_state
+
+        if uri_scheme not in SCHEMES:
+            raise UsageError(f"uri_scheme must be 'logits' or 'tinker', got {uri_scheme!r}")
+        with self._db.read() as conn:
+            target = self._owned_run(conn, user_id, run_id)
+            ref, checkpoint, origin = self._source_checkpoint(conn, user_id, source)
+        if origin.base_model != target.base_model:
+            raise UsageError(
+                f"checkpoint {source} is for base model {origin.base_model}, "
+                f"run {run_id} uses {target.base_model}"
+            )
+        if origin.lora_rank != target.lora_rank:
+            raise UsageError(
+                f"checkpoint {source} has LoRA rank {origin.lora_rank}, "
+                f"run {run_id} has rank {target.lora_rank}"
+            )
+        if (origin.train_attn, origin.train_mlp, origin.train_unembed) != (
+            target.train_attn,
+            target.train_mlp,
+            target.train_unembed,
+        ):
+            raise UsageError(f"checkpoint {source} adapts other modules than run {run_id}")
+        if optimizer and ref.kind != "weights":
+            raise UsageError(
+                f"checkpoint {source} holds no optimizer state; load it without the optimizer"
+            )
+        with self._run_lock(run_id):
+            try:
+                restore_state(
+                    self.state_dir(run_id),
+                    self.blobs_dir / str(checkpoint.sha256),
+                    optimizer=optimizer,
+                )
+            except FileNotFoundError as exc:  # deleted or overwritten since the lookup
+                raise NotFoundError(f"checkpoint {source} not found") from exc
+            with self._db.write() as conn:
+                conn.execute(
+                    "UPDATE runs SET last_request_time = ? WHERE id = ?",
+                    (self._now_micros(), run_id),
+                )
+        return format_path(ref.run_id, ref.kind, ref.name, uri_scheme)
 
     def weights_info(self, viewer: str, source: str) -> models.WeightsInfoResponse:
-        raise NotImplementedError
+        with self._db.read() as conn:
+            _, _, run = self._source_checkpoint(conn, viewer, source)
+        return models.WeightsInfoResponse(
+            base_model=run.base_model,
+            is_lora=True,
+            lora_rank=run.lora_rank,
+            train_unembed=bool(run.train_unembed),
+            train_mlp=bool(run.train_mlp),
+            train_attn=bool(run.train_attn),
+        )
 
     def list_run_checkpoints(self, viewer: str, run_id: str) -> list[models.Checkpoint]:
-        raise NotImplementedError
+        with self._db.read() as conn:
+            owner = conn.execute("SELECT user_id FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if owner is None:
+                raise NotFoundError(f"training run {run_id} not found")
+            rows = conn.execute(
+                f"SELECT {_CKPT} FROM checkpoints c WHERE c.run_id = :run_id AND {_VISIBLE_TO}"
+                " ORDER BY c.time DESC, c.kind, c.name",
+                {"run_id": run_id, "viewer": viewer, "now": self._now_micros()},
+            ).fetchall()
+        if not rows and owner[0] != viewer:
+            raise NotFoundError(f"training run {run_id} not found")
+        return [_checkpoint(row) for row in rows]
 
     def list_user_checkpoints(
         self, user_id: str, *, limit: int, offset: int
     ) -> tuple[list[models.Checkpoint], int]:
-        raise NotImplementedError
+        params = {"user": user_id, "now": self._now_micros(), "limit": limit, "offset": offset}
+        with self._db.read() as conn:
+            total = conn.execute(
+                f"SELECT count(*) FROM checkpoints c WHERE c.user_id = :user AND {_UNEXPIRED}",
+                params,
+            ).fetchone()[0]
+            rows = conn.execute(
+                f"SELECT {_CKPT} FROM checkpoints c WHERE c.user_id = :user AND {_UNEXPIRED}"
+                " ORDER BY c.time DESC, c.tinker_path LIMIT :limit OFFSET :offset",
+                params,
+            ).fetchall()
+        return [_checkpoint(row) for row in rows], total
 
     def get_checkpoint(self, viewer: str, run_id: str, kind: str, name: str) -> models.Checkpoint:
         """Owner, or anyone when public; else NotFoundError."""
-        raise NotImplementedError
+        validate_kind(kind)
+        validate_name(name)
+        row = (
+            self._db.connection()
+            .execute(
+                f"SELECT {_CKPT} FROM checkpoints c WHERE c.run_id = :run_id AND c.kind = :kind"
+                f" AND c.name = :name AND {_VISIBLE_TO}",
+                {
+                    "run_id": run_id,
+                    "kind": kind,
+                    "name": name,
+                    "viewer": viewer,
+                    "now": self._now_micros(),
+                },
+            )
+            .fetchone()
+        )
+        if row is None:
+            raise NotFoundError(f"checkpoint {kind}/{name} not found in run {run_id}")
+        return _checkpoint(row)
+
+    def _owned_checkpoint(
+        self, conn: sqlite3.Connection, user_id: str, run_id: str, kind: str, name: str
+    ) -> tuple[int, str, int]:
+        """(row id, sha256, public) of an unexpired checkpoint the user owns."""
+        validate_kind(kind)
+        validate_name(name)
+        row = conn.execute(
+            "SELECT c.id, c.sha256, c.public FROM checkpoints c WHERE c.run_id = :run_id"
+            f" AND c.kind = :kind AND c.name = :name AND c.user_id = :user AND {_UNEXPIRED}",
+            {
+                "run_id": run_id,
+                "kind": kind,
+                "name": name,
+                "user": user_id,
+                "now": self._now_micros(),
+            },
+        ).fetchone()
+        if row is None:
+            raise NotFoundError(f"checkpoint {kind}/{name} not found in run {run_id}")
+        return row
 
     def delete_checkpoint(self, user_id: str, run_id: str, kind: str, name: str) -> None:
-        raise NotImplementedError
+        with self._run_lock(run_id):
+            with self._db.write() as conn:
+                row_id, sha256, _ = self._owned_checkpoint(conn, user_id, run_id, kind, name)
+                conn.execute("DELETE FROM checkpoints WHERE id = ?", (row_id,))
+            self._discard_blob(sha256)
 
     def set_public(self, user_id: str, run_id: str, kind: str, name: str, public: bool) -> None:
         """AlreadyPublicError / AlreadyPrivateError when already in that state."""
-        raise NotImplementedError
+        with self._db.write() as conn:
+            row_id, _, current = self._owned_checkpoint(conn, user_id, run_id, kind, name)
+            if bool(current) == public:
+                error = AlreadyPublicError if public else AlreadyPrivateError
+                state = "public" if public else "private"
+                raise error(f"checkpoint {kind}/{name} is already {state}")
+            conn.execute("UPDATE checkpoints SET public = ? WHERE id = ?", (public, row_id))
 
     def set_ttl(
         self, user_id: str, run_id: str, kind: str, name: str, ttl_seconds: int | None
     ) -> None:
-        raise NotImplementedError
+        _check_ttl(ttl_seconds)
+        with self._db.write() as conn:
+            row_id, _, _ = self._owned_checkpoint(conn, user_id, run_id, kind, name)
+            expires_at = (
+                None if ttl_seconds is None else self._now_micros() + ttl_seconds * 1_000_000
+            )
+            conn.execute("UPDATE checkpoints SET expires_at = ? WHERE id = ?", (expires_at, row_id))
 
     def blob_for(self, run_id: str, kind: str, name: str, sha256: str) -> BlobInfo:
         """For the blob endpoint: the checkpoint must exist, be unexpired, and have archive
         digest ``sha256``; else NotFoundError. No visibility check (§6.1)."""
-        raise NotImplementedError
+        row = (
+            self._db.connection()
+            .execute(
+                "SELECT c.size_bytes, c.time FROM checkpoints c WHERE c.run_id = :run_id"
+                f" AND c.kind = :kind AND c.name = :name AND c.sha256 = :sha256 AND {_UNEXPIRED}",
+                {
+                    "run_id": run_id,
+                    "kind": kind,
+                    "name": name,
+                    "sha256": sha256,
+                    "now": self._now_micros(),
+                },
+            )
+            .fetchone()
+        )
+        path = self.blobs_dir / sha256
+        if row is None or not _BLOB_NAME_RE.fullmatch(sha256) or not path.is_file():
+            raise NotFoundError(f"checkpoint {kind}/{name} not found in run {run_id}")
+        return BlobInfo(path=path, sha256=sha256, size=row[0], created=_from_micros(row[1]))
+
+    def _discard_blob(self, sha256: str) -> None:
+        """Remove a blob no checkpoint row references any more. Callers hold the run lock of
+        the checkpoint that used it: only that run can produce a blob with the same digest
+        (the archive names the checkpoint), so no save can be adopting it meanwhile."""
+        referenced = (
+            self._db.connection()
+            .execute("SELECT 1 FROM checkpoints WHERE sha256 = ? LIMIT 1", (sha256,))
+            .fetchone()
+        )
+        if referenced is None:
+            (self.blobs_dir / sha256).unlink(missing_ok=True)
 
     def sweep(self) -> int:
         """Delete expired checkpoints and unreferenced blobs; returns rows removed."""
-        raise NotImplementedError
+        now = self._now_micros()
+        expired = (
+            self._db.connection()
+            .execute(
+                "SELECT run_id, id, sha256 FROM checkpoints"
+                " WHERE expires_at IS NOT NULL AND expires_at <= ? ORDER BY run_id",
+                (now,),
+            )
+            .fetchall()
+        )
+        by_run: dict[str, list[tuple[int, str]]] = {}
+        for run_id, row_id, sha256 in expired:
+            by_run.setdefault(run_id, []).append((row_id, sha256))
+        removed = 0
+        for run_id, rows in by_run.items():
+            with self._run_lock(run_id):
+                with self._db.write() as conn:
+                    for row_id, _ in rows:
+                        # Re-checked: the TTL may have been extended since the first query.
+                        removed += conn.execute(
+                            "DELETE FROM checkpoints WHERE id = ? AND expires_at <= ?",
+                            (row_id, now),
+                        ).rowcount
+                for _, sha256 in rows:
+                    self._discard_blob(sha256)
+
+        with self._db.write() as conn:
+            gone_after = now - self.future_retention * 1_000_000
+            conn.execute(
+                "UPDATE futures SET result = NULL WHERE finished < ? AND result IS NOT NULL",
+                (gone_after,),
+            )
+            # The row itself is kept a while longer, so a late poll still gets 410, not 404.
+            conn.execute(
+                "DELETE FROM futures WHERE finished < ?",
+                (gone_after - self.idempotency_retention * 1_000_000,),
+            )
+            conn.execute(
+                "DELETE FROM idempotency WHERE created < ?",
+                (now - self.idempotency_retention * 1_000_000,),
+            )
+        self._remove_orphans()
+        return removed
+
+    def _remove_orphans(self) -> None:
+        """Blobs no row references and leftovers of crashed saves and creates."""
+        cutoff = wallclock.time() - ORPHAN_GRACE_SECONDS
+        conn = self._db.connection()
+        for entry in os.scandir(self.blobs_dir):
+            if entry.stat(follow_symlinks=False).st_mtime >= cutoff:
+                continue
+            if _BLOB_NAME_RE.fullmatch(entry.name):
+                in_use = conn.execute(
+                    "SELECT 1 FROM checkpoints WHERE sha256 = ? LIMIT 1", (entry.name,)
+                ).fetchone()
+                if in_use is None:
+                    os.unlink(entry.path)
+            elif entry.name.startswith(".") and entry.is_file(follow_symlinks=False):
+                os.unlink(entry.path)
+        for entry in os.scandir(self.runs_dir):
+            if entry.name.startswith(_NEW_STATE_PREFIX) and entry.stat().st_mtime < cutoff:
+                shutil.rmtree(entry.path, ignore_errors=True)
 
     # -- futures (§5.2) -------------------------------------------------------------------
     def create_future(
@@ -215,14 +925,74 @@ class Store:
     ) -> tuple[str, bool]:
         """Returns (request_id, created). When (model_id, seq_id, body) repeats an earlier
         request within the retention, returns the earlier id and False (§4.5)."""
-        raise NotImplementedError
+        now = self._now_micros()
+        with self._db.write() as conn:
+            if model_id is not None and seq_id is not None and body_sha256 is not None:
+                earlier = conn.execute(
+                    "SELECT request_id FROM futures WHERE model_id = ? AND seq_id = ?"
+                    " AND body_sha256 = ? AND user_id = ? AND operation = ? AND created > ?"
+                    " ORDER BY created DESC LIMIT 1",
+                    (
+                        model_id,
+                        seq_id,
+                        body_sha256,
+                        user_id,
+                        operation,
+                        now - self.idempotency_retention * 1_000_000,
+                    ),
+                ).fetchone()
+                if earlier is not None:
+                    return earlier[0], False
+            request_id = "req_" + secrets.token_hex(16)
+            conn.execute(
+                "INSERT INTO futures (request_id, user_id, model_id, operation, seq_id,"
+                " body_sha256, status, created) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?)",
+                (request_id, user_id, model_id, operation, seq_id, body_sha256, now),
+            )
+        return request_id, True
 
     def finish_future(self, request_id: str, *, result: dict[str, Any], failed: bool) -> None:
-        raise NotImplementedError
+        with self._db.write() as conn:
+            updated = conn.execute(
+                "UPDATE futures SET status = ?, result = ?, finished = ? WHERE request_id = ?",
+                (
+                    "failed" if failed else "done",
+                    json.dumps(result),
+                    self._now_micros(),
+                    request_id,
+                ),
+            ).rowcount
+        if not updated:
+            raise NotFoundError(f"future {request_id} not found")
 
     def get_future(self, user_id: str, request_id: str) -> FutureRecord:
         """NotFoundError if unknown or another user's; GoneError past retention."""
-        raise NotImplementedError
+        row = (
+            self._db.connection()
+            .execute(
+                "SELECT model_id, operation, status, result, created, finished FROM futures"
+                " WHERE request_id = ? AND user_id = ?",
+                (request_id, user_id),
+            )
+            .fetchone()
+        )
+        if row is None:
+            raise NotFoundError(f"future {request_id} not found")
+        model_id, operation, status, result, created, finished = row
+        if finished is not None and (
+            self._now_micros() - finished > self.future_retention * 1_000_000 or result is None
+        ):
+            raise GoneError(f"the result of future {request_id} is no longer kept")
+        return FutureRecord(
+            request_id=request_id,
+            user_id=user_id,
+            model_id=model_id,
+            operation=operation,
+            status=status,
+            result=None if result is None else json.loads(result),
+            created=_from_micros(created),
+            finished=None if finished is None else _from_micros(finished),
+        )
 
     # -- idempotency (§4.5) ---------------------------------------------------------------
     def idempotency_claim(
@@ -230,7 +1000,26 @@ class Store:
     ) -> IdempotencyRecord | None:
         """Atomically: if no record exists, insert a "running" one and return None (the
         caller runs the request). Otherwise return the existing record."""
-        raise NotImplementedError
+        now = self._now_micros()
+        with self._db.write() as conn:
+            conn.execute(
+                "DELETE FROM idempotency WHERE user_id = ? AND method = ? AND path = ? AND key = ?"
+                " AND created <= ?",
+                (*scope, now - self.idempotency_retention * 1_000_000),
+            )
+            inserted = conn.execute(
+                "INSERT INTO idempotency (user_id, method, path, key, body_sha256, state, created)"
+                " VALUES (?, ?, ?, ?, ?, 'running', ?) ON CONFLICT DO NOTHING",
+                (*scope, body_sha256, now),
+            ).rowcount
+            if inserted:
+                return None
+            row = conn.execute(
+                "SELECT body_sha256, state, status, body, content_type, location FROM idempotency"
+                " WHERE user_id = ? AND method = ? AND path = ? AND key = ?",
+                scope,
+            ).fetchone()
+        return IdempotencyRecord(*row)
 
     def idempotency_finish(
         self,
@@ -241,8 +1030,18 @@ class Store:
         content_type: str | None,
         location: str | None,
     ) -> None:
-        raise NotImplementedError
+        with self._db.write() as conn:
+            conn.execute(
+                "UPDATE idempotency SET state = 'done', status = ?, body = ?, content_type = ?,"
+                " location = ? WHERE user_id = ? AND method = ? AND path = ? AND key = ?",
+                (status, body, content_type, location, *scope),
+            )
 
     def idempotency_release(self, scope: tuple[str, str, str, str]) -> None:
         """Drop a running record whose response must not be recorded (5xx, 401, 408, 429)."""
-        raise NotImplementedError
+        with self._db.write() as conn:
+            conn.execute(
+                "DELETE FROM idempotency WHERE user_id = ? AND method = ? AND path = ? AND key = ?"
+                " AND state = 'running'",
+                scope,
+            )

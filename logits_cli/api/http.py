@@ -1,0 +1,422 @@
+"""The request layer under ``LogitsClient``: URLs, credentials, retries and error mapping.
+
+* URLs are built by plain joining (protocol.md §1.2): the base URL's path prefix survives.
+* Credentials (§2): the API key is read lazily, once; before the first authenticated request
+  the client bootstraps with ``client/config`` and, when the server asks for it, swaps the key
+  for a JWT that is refreshed when 60 s or less remain, and once more after a 401.
+* Retries follow §9 (see ``retry.py``); POST, PUT and DELETE carry one ``X-Idempotency-Key``
+  per call, reused on every retry of that call.
+* Every httpx exception becomes ``UnavailableError`` and every non-2xx answer a class of
+  ``errors.py``. Messages are one line and never hold the key, the JWT or a URL token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import time
+import uuid
+from collections.abc import Callable, Collection
+from typing import Any, TypeVar
+
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from logits_cli import errors, models
+from logits_cli.api.retry import RetryPolicy, is_retryable_status
+
+API_PREFIX = "api/v1/"
+CONNECT_TIMEOUT_S = 5.0
+READ_TIMEOUT_S = 60.0
+JWT_REFRESH_MARGIN_S = 60.0
+IDEMPOTENT_METHODS = frozenset({"POST", "PUT", "DELETE"})
+MAX_DETAIL_CHARS = 300
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def join_url(base_url: str, endpoint: str) -> str:
+    """``base_url`` + ``/api/v1/<endpoint>``, keeping any path prefix of the base (§1.2)."""
+    base = base_url if base_url.endswith("/") else base_url + "/"
+    return base + API_PREFIX + endpoint.lstrip("/")
+
+
+def default_timeout(read: float = READ_TIMEOUT_S) -> httpx.Timeout:
+    """5 s to connect, ``read`` seconds for everything else (§9)."""
+    return httpx.Timeout(read, connect=CONNECT_TIMEOUT_S)
+
+
+def new_idempotency_key() -> str:
+    return f"logits-{uuid.uuid4()}"
+
+
+def jwt_expiry(token: str) -> float | None:
+    """The ``exp`` claim (Unix seconds) of a compact JWS, read without verifying it."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    payload = parts[1] + "=" * (-len(parts[1]) % 4)
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(payload))
+    except (binascii.Error, ValueError):
+        return None
+    exp = claims.get("exp") if isinstance(claims, dict) else None
+    if isinstance(exp, bool) or not isinstance(exp, int | float):
+        return None
+    return float(exp)
+
+
+def one_line(text: str, limit: int = MAX_DETAIL_CHARS) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# Exceptions a repeat may cure; the others (bad URL scheme, undecodable body, redirect loop)
+# fail the same way every time.
+_TRANSIENT_HTTPX_ERRORS = (
+    httpx.TimeoutException,
+    httpx.NetworkError,
+    httpx.RemoteProtocolError,
+    httpx.ProxyError,
+)
+
+
+def describe_httpx_error(exc: Exception) -> str:
+    """A short reason for an httpx exception, built without ``str(exc)``, which may quote
+    the URL (and so a signed token)."""
+    reasons: list[tuple[type[Exception], str]] = [
+        (httpx.ConnectTimeout, "connection timed out"),
+        (httpx.ReadTimeout, "timed out waiting for the answer"),
+        (httpx.WriteTimeout, "timed out sending the request"),
+        (httpx.PoolTimeout, "timed out waiting for a free connection"),
+        (httpx.TimeoutException, "timed out"),
+        (httpx.ConnectError, "cannot connect"),
+        (httpx.ReadError, "connection dropped while reading the answer"),
+        (httpx.WriteError, "connection dropped while sending the request"),
+        (httpx.CloseError, "connection failed while closing"),
+        (httpx.RemoteProtocolError, "the server broke the HTTP protocol"),
+        (httpx.LocalProtocolError, "invalid HTTP request"),
+        (httpx.ProxyError, "proxy error"),
+        (httpx.UnsupportedProtocol, "unsupported URL scheme"),
+        (httpx.DecodingError, "cannot decode the answer"),
+        (httpx.TooManyRedirects, "too many redirects"),
+    ]
+    reason = next((text for cls, text in reasons if isinstance(exc, cls)), type(exc).__name__)
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.strerror:
+            return f"{reason} ({cause.strerror.lower()})"
+        cause = cause.__cause__ or cause.__context__
+    return reason
+
+
+class RequestLayer:
+    """One ``httpx.AsyncClient`` plus the credential state of one ``LogitsClient``.
+
+    ``api_key`` is called at most once, when the first authenticated request needs it; None
+    (embedded backend) sends no credential at all.
+    """
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        base_url: str,
+        *,
+        api_key: Callable[[], str | None] | None,
+        policy: RetryPolicy,
+        sdk_version: str,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.http = http
+        self.base_url = base_url
+        self.policy = policy
+        self._api_key_source = api_key
+        self._api_key: str | None = None
+        self._sdk_version = sdk_version
+        self._wall_clock = wall_clock
+        self._host = httpx.URL(base_url).host or "the server"
+        self._bootstrapped = False
+        self._bootstrap_lock = asyncio.Lock()
+        self._jwt_enabled = False
+        self._jwt: str | None = None
+        self._jwt_expiry: float | None = None
+        self._jwt_lock = asyncio.Lock()
+        self._secrets: set[str] = set()
+
+    def url(self, endpoint: str) -> str:
+        return join_url(self.base_url, endpoint)
+
+    # -- credentials ----------------------------------------------------------------------
+    def _key(self) -> str | None:
+        if self._api_key_source is None:
+            return None
+        if self._api_key is None:
+            key = self._api_key_source()
+            if not key:
+                raise errors.AuthError(
+                    f"no API key is configured for {self._host}",
+                    hint="set LOGITS_API_KEY or LOGITS_API_KEY_CMD",
+                )
+            self._api_key = key
+            self._secrets.add(key)
+        return self._api_key
+
+    def redact(self, text: str) -> str:
+        """Hide our own credentials should a server echo them back."""
+        for secret in self._secrets:
+            text = text.replace(secret, "****")
+        return text
+
+    async def _credential(self, *, allow_jwt: bool) -> tuple[str | None, bool]:
+        """(header value, whether it is a JWT)."""
+        if allow_jwt and self._jwt_enabled:
+            if self._jwt is None or self._jwt_expiring():
+                await self.refresh_jwt(stale=self._jwt)
+            return self._jwt, True
+        return self._key(), False
+
+    def _jwt_expiring(self) -> bool:
+        if self._jwt_expiry is None:
+            return False
+        return self._jwt_expiry - self._wall_clock() <= JWT_REFRESH_MARGIN_S
+
+    async def refresh_jwt(self, *, stale: str | None) -> None:
+        """Exchange the API key for a new JWT, unless a concurrent caller already replaced
+        ``stale``."""
+        async with self._jwt_lock:
+            if self._jwt is not None and self._jwt != stale:
+                return
+            response = await self._send(
+                "POST", "auth/token", json={}, allow_jwt=False, bootstrap=False
+            )
+            token = self.parse(response, models.AuthTokenResponse).jwt
+            self._secrets.add(token)
+            self._jwt, self._jwt_expiry = token, jwt_expiry(token)
+
+    async def bootstrap(self) -> None:
+        """``client/config`` once per client (§2.2); a 404 means ``{}``."""
+        if self._bootstrapped:
+            return
+        async with self._bootstrap_lock:
+            if self._bootstrapped:
+                return
+            response = await self._send(
+                "POST",
+                "client/config",
+                json=models.ClientConfigRequest(sdk_version=self._sdk_version).model_dump(),
+                allow_jwt=False,
+                bootstrap=False,
+                accept=(404,),
+            )
+            if response.status_code == 404:
+                config = models.ClientConfigResponse()
+            else:
+                config = self.parse(response, models.ClientConfigResponse)
+            self._jwt_enabled = config.pjwt_auth_enabled
+            self._bootstrapped = True
+
+    # -- sending --------------------------------------------------------------------------
+    async def request(
+        self,
+        method: str,
+        endpoint: str,
+        *,
+        json: Any = None,
+        params: dict[str, Any] | None = None,
+        accept: Collection[int] = (),
+        authenticated: bool = True,
+    ) -> httpx.Response:
+        """Send with retries (§9). Returns a 2xx answer or one whose status is in ``accept``;
+        raises the mapped error for anything else."""
+        return await self._send(
+            method,
+            endpoint,
+            json=json,
+            params=params,
+            accept=accept,
+            authenticated=authenticated,
+        )
+
+    async def _send(
+        self,
+        method: str,
+        endpoint: str,
+        *,
+        json: Any = None,
+        params: dict[str, Any] | None = None,
+        accept: Collection[int] = (),
+        authenticated: bool = True,
+        allow_jwt: bool = True,
+        bootstrap: bool = True,
+    ) -> httpx.Response:
+        if authenticated and bootstrap:
+            await self.bootstrap()
+        key = new_idempotency_key() if method in IDEMPOTENT_METHODS else None
+        deadline = self.policy.start()
+        attempt = 0
+        while True:
+            response: httpx.Response | None = None
+            failure: TransientFailure | None = None
+            try:
+                response = await self.attempt(
+                    method,
+                    endpoint,
+                    json=json,
+                    params=params,
+                    idempotency_key=key,
+                    authenticated=authenticated,
+                    allow_jwt=allow_jwt,
+                )
+            except TransientFailure as exc:
+                failure = exc
+            else:
+                status = response.status_code
+                if 200 <= status <= 299 or status in accept:
+                    return response
+                if not is_retryable_status(status):
+                    raise self.error_for(response)
+            if not await self.policy.pause(attempt, deadline, response):
+                if failure is not None:
+                    raise failure.error(attempts=attempt + 1)
+                assert response is not None
+                raise self.error_for(response, attempts=attempt + 1)
+            attempt += 1
+
+    async def attempt(
+        self,
+        method: str,
+        endpoint: str,
+        *,
+        json: Any = None,
+        params: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+        authenticated: bool = True,
+        allow_jwt: bool = True,
+        timeout: httpx.Timeout | None = None,
+    ) -> httpx.Response:
+        """One request, whatever its status; after a 401 on a JWT, refresh it and repeat once.
+
+        Raises ``TransientFailure`` for errors a retry may cure and ``UnavailableError`` for
+        the other httpx errors.
+        """
+        request = (method, endpoint, json, params, idempotency_key, authenticated, allow_jwt)
+        response, sent_jwt = await self._attempt_once(*request, timeout)
+        if response.status_code == 401 and sent_jwt is not None:
+            await self.refresh_jwt(stale=sent_jwt)
+            response, _ = await self._attempt_once(*request, timeout)
+        return response
+
+    async def _attempt_once(
+        self,
+        method: str,
+        endpoint: str,
+        json: Any,
+        params: dict[str, Any] | None,
+        idempotency_key: str | None,
+        authenticated: bool,
+        allow_jwt: bool,
+        timeout: httpx.Timeout | None,
+    ) -> tuple[httpx.Response, str | None]:
+        """The answer, and the JWT it was sent with (None when it carried the API key)."""
+        headers: dict[str, str] = {}
+        credential, is_jwt = (None, False)
+        if authenticated:
+            credential, is_jwt = await self._credential(allow_jwt=allow_jwt)
+            if credential is not None:
+                headers["X-API-Key"] = credential
+        if idempotency_key is not None:
+            headers["X-Idempotency-Key"] = idempotency_key
+        try:
+            response = await self.http.request(
+                method,
+                self.url(endpoint),
+                json=json,
+                params=params,
+                headers=headers,
+                timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
+            )
+        except _TRANSIENT_HTTPX_ERRORS as exc:
+            raise TransientFailure(self._transport_message(exc, method, endpoint)) from None
+        except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError) as exc:
+            raise errors.UnavailableError(self._transport_message(exc, method, endpoint)) from None
+        return response, credential if is_jwt else None
+
+    def _transport_message(self, exc: Exception, method: str, endpoint: str) -> str:
+        return f"{describe_httpx_error(exc)} talking to {self._host} ({method} /{API_PREFIX}{endpoint})"
+
+    # -- errors and parsing ---------------------------------------------------------------
+    def error_for(
+        self,
+        response: httpx.Response,
+        *,
+        attempts: int | None = None,
+        context: str | None = None,
+    ) -> errors.LogitsError:
+        """The ``errors.py`` class for a non-2xx answer; bodies may be anything."""
+        status = response.status_code
+        code: str | None = None
+        detail: str | None = None
+        try:
+            body = response.json()
+        except (ValueError, UnicodeDecodeError):
+            body = None
+        if isinstance(body, dict):
+            if isinstance(body.get("code"), str):
+                code = body["code"]
+            if isinstance(body.get("detail"), str) and body["detail"].strip():
+                detail = one_line(self.redact(body["detail"]))
+        if detail is None:
+            phrase = response.reason_phrase or "error"
+            detail = f"{self._host} answered HTTP {status} {phrase}".rstrip()
+        elif is_retryable_status(status) or not 400 <= status <= 499:
+            detail = f"{detail} (HTTP {status})"
+        if context:
+            detail = f"{context}: {detail}"
+        if attempts is not None and attempts > 1:
+            detail = f"{detail}; gave up after {attempts} attempts"
+        return errors.error_for_status(status, code, detail)
+
+    def parse(self, response: httpx.Response, model: type[M]) -> M:
+        """Validate a 2xx JSON body; anything unreadable is ``UnexpectedResponseError``."""
+        return self.validate(response, model, self.json_body(response))
+
+    def json_body(self, response: httpx.Response) -> Any:
+        try:
+            return response.json()
+        except (ValueError, UnicodeDecodeError):
+            raise errors.UnexpectedResponseError(
+                f"the answer to {_where(response)} is not JSON (HTTP {response.status_code})",
+                status=response.status_code,
+            ) from None
+
+    def validate(self, response: httpx.Response, model: type[M], data: Any) -> M:
+        try:
+            return model.model_validate(data)
+        except ValidationError as exc:
+            # Name the first bad field without quoting the offending value.
+            first = exc.errors()[0]
+            location = ".".join(str(part) for part in first["loc"]) or "body"
+            raise errors.UnexpectedResponseError(
+                f"the answer to {_where(response)} is not a valid {model.__name__}: "
+                f"{location}: {first['msg'].lower()}",
+                status=response.status_code,
+            ) from None
+
+
+def _where(response: httpx.Response) -> str:
+    return f"{response.request.method} {response.request.url.path}"
+
+
+class TransientFailure(Exception):
+    """A connection error or timeout that a retry may cure."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def error(self, *, attempts: int = 1) -> errors.UnavailableError:
+        if attempts > 1:
+            return errors.UnavailableError(f"{self.message}; gave up after {attempts} attempts")
+        return errors.UnavailableError(self.message)

@@ -1,0 +1,415 @@
+"""Cron mode: keep a directory in step with the caller's checkpoints (design.md §5, issue 5).
+
+Layout of the sync directory DIR::
+
+    DIR/.logits-sync.lock                      held for the whole run (not by --dry-run)
+    DIR/<run>/<kind>/<name>/                   one checkpoint, manifest .logits-checkpoint.json
+    DIR/<run>/<kind>/.<name>.part[.json]       an unfinished download; the next run resumes it
+
+``<run>`` is the run id made filesystem-safe by percent-encoding every character outside
+``[A-Za-z0-9_.~-]`` (so ``:`` becomes ``%3A``) and a leading ``.``. Run ids never contain
+``%`` (protocol.md §3.3), so the encoding is reversible and two runs never share a directory,
+and no run directory can be ``..`` or collide with our hidden files. ``<kind>`` is
+``weights`` or ``sampler_weights``; names follow the checkpoint-name grammar, which is
+already safe.
+
+A checkpoint is *present* when its directory holds our manifest for the same checkpoint and
+the manifest's archive digest equals the listed ``sha256`` (size and creation time when the
+server lists no digest). Files are not re-hashed here: that is ``verify``'s job, and it keeps
+a nightly run over hundreds of checkpoints well under a second.
+
+The lock is a ``filelock.FileLock``: the OS drops it when its holder dies, so a crashed or
+SIGKILLed sync never blocks the next one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import shutil
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import filelock
+from pydantic import ValidationError
+
+from logits_cli import models
+from logits_cli.api.bulk import apply_concurrently, as_utc, newest_per_group, normalize_kind
+from logits_cli.api.client import DownloadOptions, LogitsClient
+from logits_cli.api.verify import MANIFEST_NAME
+from logits_cli.errors import BusyError, LogitsError, UsageError
+from logits_cli.uri import KINDS, CheckpointRef, validate_run_id
+
+LOCK_NAME = ".logits-sync.lock"
+LOCK_POLL_S = 0.2
+
+STATUSES = ("planned", "downloaded", "present", "failed", "not_started", "pruned")
+INCOMPLETE_STATUSES = frozenset({"failed", "not_started"})
+
+
+@dataclass(frozen=True)
+class SyncOptions:
+    runs: tuple[str, ...] = ()  # empty: every run of the caller
+    kind: str | None = None  # a kind or a checkpoint type (``training``, ``sampler``)
+    latest: int | None = None  # only the newest N per run and kind
+    since: datetime | None = None  # only checkpoints created at or after this
+    jobs: int = 2  # concurrent downloads
+    dry_run: bool = False
+    max_duration: float | None = None  # seconds after which no new download starts
+    lock_wait: float = 0.0  # seconds to wait for another sync to finish
+    prune_local: bool = False
+    download: DownloadOptions = field(default_factory=DownloadOptions)
+
+
+@dataclass
+class SyncItem:
+    tinker_path: str
+    status: str  # one of STATUSES
+    bytes_fetched: int = 0
+    local_path: str | None = None
+    error: str | None = None
+    # "download" or "prune": a dry run reports a planned prune as status "planned".
+    action: str = "download"
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class SyncSummary:
+    items: list[SyncItem]
+    elapsed_s: float
+    dest: Path | None = None
+    dry_run: bool = False
+
+    def counts(self) -> dict[str, int]:
+        """Every status, zeros included, so the JSON keys never change."""
+        counts = dict.fromkeys(STATUSES, 0)
+        for item in self.items:
+            counts[item.status] += 1
+        return counts
+
+    @property
+    def bytes_fetched(self) -> int:
+        return sum(item.bytes_fetched for item in self.items)
+
+    @property
+    def incomplete(self) -> bool:
+        """Some requested checkpoint failed or was not started: exit 8."""
+        return any(item.status in INCOMPLETE_STATUSES for item in self.items)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "dest": str(self.dest) if self.dest is not None else None,
+            "dry_run": self.dry_run,
+            "counts": self.counts(),
+            "bytes_fetched": self.bytes_fetched,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "items": [item.to_json() for item in self.items],
+        }
+
+
+# Called as bytes arrive for one checkpoint: (tinker_path, bytes_done, bytes_total or None).
+SyncProgressCallback = Callable[[str, int, int | None], None]
+# Called once per item when it reaches its final status (for one log line per checkpoint).
+ItemCallback = Callable[[SyncItem], None]
+
+
+def run_dirname(run_id: str) -> str:
+    encoded = quote(run_id, safe="")
+    return "%2E" + encoded[1:] if encoded.startswith(".") else encoded
+
+
+def checkpoint_dir(dest: Path, ref: CheckpointRef) -> Path:
+    """Where sync keeps one checkpoint under ``dest``."""
+    return dest / run_dirname(ref.run_id) / ref.kind / ref.name
+
+
+def read_own_manifest(directory: Path) -> models.LocalManifest | None:
+    """Our manifest in ``directory``, or None when there is none or it is not ours."""
+    try:
+        return models.LocalManifest.model_validate_json((directory / MANIFEST_NAME).read_bytes())
+    except (OSError, ValidationError):
+        return None
+
+
+def _identity(ref: CheckpointRef) -> tuple[str, str, str]:
+    # Both URI schemes name the same checkpoint (protocol.md §3.1).
+    return (ref.run_id, ref.kind, ref.name)
+
+
+def _manifest_ref(manifest: models.LocalManifest) -> CheckpointRef | None:
+    try:
+        return CheckpointRef.parse(manifest.tinker_path, any_kind=True)
+    except UsageError:
+        return None
+
+
+def _is_current(manifest: models.LocalManifest, checkpoint: models.Checkpoint) -> bool:
+    if checkpoint.sha256 is not None:
+        return manifest.archive_sha256 == checkpoint.sha256
+    # Deployments that list no digest: an overwrite always changes the creation time.
+    return manifest.created == checkpoint.time and (
+        checkpoint.size_bytes is None or manifest.archive_size == checkpoint.size_bytes
+    )
+
+
+@dataclass
+class _Planned:
+    ref: CheckpointRef
+    checkpoint: models.Checkpoint
+    item: SyncItem
+    replace: bool = False  # our older copy is there: the download must replace it
+
+
+@dataclass
+class _Plan:
+    downloads: list[_Planned] = field(default_factory=list)
+    settled: list[SyncItem] = field(default_factory=list)  # present or refused up front
+
+
+async def run_sync(
+    client: LogitsClient,
+    dest: Path,
+    options: SyncOptions,
+    *,
+    on_item: ItemCallback | None = None,
+    progress: SyncProgressCallback | None = None,
+) -> SyncSummary:
+    """Download every selected checkpoint not yet present in ``dest``; see the module doc.
+
+    Raises BusyError when another sync holds the lock after ``lock_wait`` seconds, and the
+    listing's errors (a run that does not exist is NotFoundError). Per-checkpoint failures
+    do not raise: they are items with status ``failed`` (``summary.incomplete``).
+    """
+    started = time.monotonic()
+    _check_options(options)
+    dest = Path(dest)
+    notify = on_item or (lambda item: None)
+
+    if options.dry_run:
+        # A plan writes nothing, so it neither creates DIR nor waits for a running sync.
+        items = await _sync(client, dest, options, notify, progress, started)
+    else:
+        try:
+            dest.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise LogitsError(f"cannot create {dest}: {error.strerror}") from None
+        async with hold_sync_lock(dest, options.lock_wait):
+            items = await _sync(client, dest, options, notify, progress, started)
+    return SyncSummary(
+        items=items, elapsed_s=time.monotonic() - started, dest=dest, dry_run=options.dry_run
+    )
+
+
+def _check_options(options: SyncOptions) -> None:
+    normalize_kind(options.kind)
+    for run_id in options.runs:
+        validate_run_id(run_id)
+    if options.jobs < 1:
+        raise UsageError(f"--jobs must be 1 or more, not {options.jobs}")
+    if options.latest is not None and options.latest < 1:
+        raise UsageError(f"--latest must be 1 or more, not {options.latest}")
+    if options.max_duration is not None and options.max_duration < 0:
+        raise UsageError("--max-duration must not be negative")
+    if options.lock_wait < 0:
+        raise UsageError("--lock-wait must not be negative")
+
+
+@contextlib.asynccontextmanager
+async def hold_sync_lock(dest: Path, wait: float) -> AsyncIterator[None]:
+    """Hold ``dest/.logits-sync.lock``, polling for up to ``wait`` seconds.
+
+    Polling with non-blocking attempts (rather than a blocking acquire in a thread) keeps
+    Ctrl-C and cancellation immediate while waiting.
+    """
+    lock = filelock.FileLock(dest / LOCK_NAME)
+    give_up = time.monotonic() + wait
+    while True:
+        try:
+            lock.acquire(timeout=0)
+            break
+        except filelock.Timeout:
+            remaining = give_up - time.monotonic()
+            if remaining <= 0:
+                raise BusyError(
+                    f"another sync is running in {dest} (it holds {LOCK_NAME})",
+                    hint="let it finish, or pass --lock-wait to wait for it",
+                ) from None
+            await asyncio.sleep(min(LOCK_POLL_S, remaining))
+        except OSError as error:
+            raise LogitsError(f"cannot lock {dest / LOCK_NAME}: {error.strerror}") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+async def _sync(
+    client: LogitsClient,
+    dest: Path,
+    options: SyncOptions,
+    notify: ItemCallback,
+    progress: SyncProgressCallback | None,
+    started: float,
+) -> list[SyncItem]:
+    runs = tuple(dict.fromkeys(options.runs))
+    listed = await _list_remote(client, runs)
+    items: list[SyncItem] = []
+
+    if options.prune_local:
+        remote = set()
+        for checkpoint in listed:
+            with contextlib.suppress(UsageError):
+                remote.add(_identity(CheckpointRef.parse(checkpoint.tinker_path, any_kind=True)))
+        items += _prune(dest, remote, set(runs), options.dry_run, notify)
+
+    plan = _plan(dest, _select(listed, options))
+    for item in plan.settled:
+        notify(item)
+    items += plan.settled
+    items += [planned.item for planned in plan.downloads]
+    if options.dry_run:
+        for planned in plan.downloads:
+            notify(planned.item)
+        return items
+
+    deadline = started + options.max_duration if options.max_duration is not None else None
+
+    async def fetch(planned: _Planned) -> None:
+        item = planned.item
+        if deadline is not None and time.monotonic() >= deadline:
+            item.status = "not_started"
+            notify(item)
+            return
+        download_options = options.download
+        if planned.replace:
+            download_options = dataclasses.replace(download_options, force=True)
+        report = None
+        if progress is not None:
+
+            def report(done: int, total: int | None) -> None:
+                progress(item.tinker_path, done, total)
+
+        try:
+            result = await client.download(
+                planned.ref,
+                checkpoint_dir(dest, planned.ref).parent,
+                options=download_options,
+                progress=report,
+            )
+        except LogitsError as error:
+            item.status, item.error = "failed", str(error)
+        else:
+            item.status = "present" if result.skipped else "downloaded"
+            item.bytes_fetched = result.bytes_fetched
+            item.local_path = str(result.path)
+        notify(item)
+
+    await apply_concurrently(plan.downloads, fetch, jobs=options.jobs)
+    return items
+
+
+async def _list_remote(client: LogitsClient, runs: tuple[str, ...]) -> list[models.Checkpoint]:
+    if not runs:
+        return [checkpoint async for checkpoint in client.iter_all_checkpoints()]
+    listings = await asyncio.gather(*(client.list_checkpoints(run_id) for run_id in runs))
+    return [checkpoint for listing in listings for checkpoint in listing]
+
+
+def _select(listed: list[models.Checkpoint], options: SyncOptions) -> list[models.Checkpoint]:
+    """The requested checkpoints, newest first, so a --max-duration cut keeps the fresh ones."""
+    kind = normalize_kind(options.kind)
+    # Kinds from newer deployments (protocol.md §10.2) have no name grammar to make them
+    # safe as paths, so sync leaves them alone.
+    chosen = [c for c in listed if c.kind in KINDS and (kind is None or c.kind == kind)]
+    if options.since is not None:
+        since = as_utc(options.since)
+        chosen = [c for c in chosen if c.time >= since]
+    if options.latest is not None:
+        chosen = newest_per_group(chosen, options.latest)
+    by_path = sorted(chosen, key=lambda c: c.tinker_path)
+    return sorted(by_path, key=lambda c: c.time, reverse=True)
+
+
+def _plan(dest: Path, checkpoints: list[models.Checkpoint]) -> _Plan:
+    plan = _Plan()
+    for checkpoint in checkpoints:
+        item = SyncItem(tinker_path=checkpoint.tinker_path, status="planned")
+        try:
+            ref = CheckpointRef.parse(checkpoint.tinker_path)
+        except UsageError as error:
+            item.status, item.error = "failed", f"the server listed a bad path: {error}"
+            plan.settled.append(item)
+            continue
+        target = checkpoint_dir(dest, ref)
+        item.local_path = str(target)
+        if not target.exists():
+            plan.downloads.append(_Planned(ref, checkpoint, item))
+            continue
+        manifest = read_own_manifest(target)
+        manifest_ref = _manifest_ref(manifest) if manifest is not None else None
+        if manifest is None or manifest_ref is None or _identity(manifest_ref) != _identity(ref):
+            item.status = "failed"
+            item.error = f"{target} exists and is not this checkpoint's download; move it away"
+            plan.settled.append(item)
+        elif _is_current(manifest, checkpoint):
+            item.status = "present"
+            plan.settled.append(item)
+        else:
+            plan.downloads.append(_Planned(ref, checkpoint, item, replace=True))
+    return plan
+
+
+def _prune(
+    dest: Path,
+    remote: set[tuple[str, str, str]],
+    runs: set[str],
+    dry_run: bool,
+    notify: ItemCallback,
+) -> list[SyncItem]:
+    """Remove local checkpoints that sync downloaded and the server no longer lists.
+
+    Only directories at their sync location holding our manifest are candidates, and with
+    ``runs`` given only those runs' (the listing says nothing about other runs).
+    """
+    items: list[SyncItem] = []
+    if not dest.is_dir():
+        return items
+    for manifest_path in sorted(dest.glob(f"*/*/*/{MANIFEST_NAME}")):
+        directory = manifest_path.parent
+        if any(p.is_symlink() for p in (directory, directory.parent, directory.parent.parent)):
+            continue
+        manifest = read_own_manifest(directory)
+        ref = _manifest_ref(manifest) if manifest is not None else None
+        if ref is None or ref.kind not in KINDS or checkpoint_dir(dest, ref) != directory:
+            continue
+        if runs and ref.run_id not in runs:
+            continue
+        if _identity(ref) in remote:
+            continue
+        item = SyncItem(
+            tinker_path=manifest.tinker_path,
+            status="planned",
+            local_path=str(directory),
+            action="prune",
+        )
+        if not dry_run:
+            try:
+                shutil.rmtree(directory)
+            except OSError as error:
+                item.status, item.error = "failed", f"cannot remove {directory}: {error.strerror}"
+            else:
+                item.status = "pruned"
+                for parent in (directory.parent, directory.parent.parent):
+                    with contextlib.suppress(OSError):
+                        parent.rmdir()  # only succeeds when empty
+        notify(item)
+        items.append(item)
+    return items

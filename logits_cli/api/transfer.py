@@ -1,0 +1,817 @@
+"""The transfer engine: parallel ranged, resumable, verified archive downloads (design.md §5,
+protocol.md §6.3).
+
+``download_checkpoint`` fetches a checkpoint's archive into ``DEST/.NAME.part`` with several
+``Range`` requests written at their offsets with ``os.pwrite``, records progress in the
+journal ``DEST/.NAME.part.json`` so a later process can resume, verifies size and digest,
+then extracts atomically into ``DEST/NAME`` (``extract.py``). ``DEST/.NAME.part.lock`` keeps
+two processes off the same part file. Progress is reported through a callback only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import filelock
+import httpx
+
+from logits_cli import models
+from logits_cli.api.client import DownloadOptions, DownloadResult, ProgressCallback
+from logits_cli.api.extract import extract_checkpoint
+from logits_cli.api.retry import RetryPolicy, is_retryable_status
+from logits_cli.api.verify import read_manifest
+from logits_cli.errors import (
+    BusyError,
+    ConflictError,
+    IntegrityError,
+    LogitsError,
+    NotFoundError,
+    UnavailableError,
+    UnexpectedResponseError,
+    error_for_status,
+)
+from logits_cli.uri import CheckpointRef, validate_name
+
+MiB = 1024 * 1024
+MIN_SEGMENT = 8 * MiB
+MAX_SEGMENT = 64 * MiB
+# httpx.ASGITransport collects each response body in memory, so the embedded backend gets
+# small bounded ranges: memory stays at connections × this.
+EMBEDDED_SEGMENT = 4 * MiB
+SEGMENTS_PER_CONNECTION = 4
+MAX_FRUITLESS_ATTEMPTS = 5  # protocol.md §6.3 step 4
+URL_REFRESH_MARGIN_S = 30.0
+JOURNAL_FLUSH_INTERVAL_S = 1.0
+HASH_CHUNK = 4 * MiB
+JOURNAL_FORMAT = 1
+# The headers that describe the whole archive; kept in the journal so a resumed process
+# that has nothing left to fetch can still verify against them.
+VALIDATOR_HEADERS = ("etag", "repr-digest", "x-goog-hash")
+
+
+# -- digests (protocol.md §6.3 step 6) -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExpectedDigest:
+    algorithm: str  # "sha256" | "md5" | "crc32c"
+    value: bytes
+    source: str  # where it came from, for messages
+
+
+_REPR_SHA256 = re.compile(r"(?:^|,)\s*sha-256\s*=\s*:([A-Za-z0-9+/=]+):")
+_ETAG_SHA256 = re.compile(r'"sha256:([0-9a-fA-F]{64})"')
+_ETAG_MD5 = re.compile(r'"([0-9a-fA-F]{32})"')
+_GOOG_HASH = re.compile(r"(?:^|,)\s*(md5|crc32c)=([A-Za-z0-9+/=]+)")
+
+
+def _b64(text: str, length: int) -> bytes | None:
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except ValueError:
+        return None
+    return raw if len(raw) == length else None
+
+
+def choose_digest(
+    headers: Mapping[str, str], checkpoint_sha256: str | None
+) -> ExpectedDigest | None:
+    """The first available digest, in the order of protocol.md §6.3 step 6."""
+    repr_digest = headers.get("repr-digest", "")
+    if match := _REPR_SHA256.search(repr_digest):
+        value = _b64(match.group(1), 32)
+        if value is not None:
+            return ExpectedDigest("sha256", value, "Repr-Digest")
+    etag = headers.get("etag", "")
+    if match := _ETAG_SHA256.fullmatch(etag):
+        return ExpectedDigest("sha256", bytes.fromhex(match.group(1)), "ETag")
+    if checkpoint_sha256 and re.fullmatch(r"[0-9a-fA-F]{64}", checkpoint_sha256):
+        return ExpectedDigest("sha256", bytes.fromhex(checkpoint_sha256), "checkpoint sha256")
+    goog = dict(m.groups() for m in _GOOG_HASH.finditer(headers.get("x-goog-hash", "")))
+    for algorithm, length in (("md5", 16), ("crc32c", 4)):
+        if algorithm in goog and (value := _b64(goog[algorithm], length)) is not None:
+            return ExpectedDigest(algorithm, value, f"x-goog-hash {algorithm}")
+    if match := _ETAG_MD5.fullmatch(etag):
+        return ExpectedDigest("md5", bytes.fromhex(match.group(1)), "ETag md5")
+    return None
+
+
+def _crc32c_table() -> list[int]:
+    table = []
+    for byte in range(256):
+        crc = byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
+        table.append(crc)
+    return table
+
+
+class Crc32c:
+    """CRC-32C (Castagnoli), as Google Cloud Storage reports it. Pure Python, hence slow; it is
+    only used when a server offers no sha256 and no md5."""
+
+    _TABLE = _crc32c_table()
+
+    def __init__(self) -> None:
+        self._crc = 0xFFFFFFFF
+
+    def update(self, data: bytes) -> None:
+        crc, table = self._crc, self._TABLE
+        for byte in data:
+            crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+        self._crc = crc
+
+    def digest(self) -> bytes:
+        return (self._crc ^ 0xFFFFFFFF).to_bytes(4, "big")
+
+
+def _hasher(algorithm: str) -> Any:
+    return Crc32c() if algorithm == "crc32c" else hashlib.new(algorithm)
+
+
+def hash_file(path: Path, algorithms: set[str]) -> dict[str, bytes]:
+    """Digests of the whole file, one read pass for all ``algorithms``."""
+    hashers = {name: _hasher(name) for name in algorithms}
+    with open(path, "rb") as handle:
+        while chunk := handle.read(HASH_CHUNK):
+            for hasher in hashers.values():
+                hasher.update(chunk)
+    return {name: hasher.digest() for name, hasher in hashers.items()}
+
+
+# -- signed URL with expiry (protocol.md §6.3 steps 1 and 4) --------------------------------
+
+
+class SignedUrl:
+    """The current signed URL, fetched again when it is about to expire or was refused.
+
+    A fresh URL is fetched before a request when less than 30 s remain; for URLs whose whole
+    lifetime is shorter than that, when less than half of it remains (otherwise every request
+    would fetch a new one).
+    """
+
+    def __init__(
+        self,
+        fetch: Callable[[], Awaitable[models.CheckpointArchiveUrlResponse]],
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._fetch = fetch
+        self._clock = clock
+        self._lock = asyncio.Lock()
+        self._url: str | None = None
+        self._expires = 0.0
+        self._margin = URL_REFRESH_MARGIN_S
+        self.generation = 0
+
+    async def _refresh(self) -> None:
+        answer = await self._fetch()
+        now = self._clock()
+        self._url = answer.url
+        self._expires = answer.expires.timestamp()
+        self._margin = min(URL_REFRESH_MARGIN_S, max(0.0, self._expires - now) / 2)
+        self.generation += 1
+
+    async def get(self) -> tuple[str, int]:
+        async with self._lock:
+            if self._url is None or self._expires - self._clock() < self._margin:
+                await self._refresh()
+            assert self._url is not None
+            return self._url, self.generation
+
+    async def renew(self, generation: int) -> None:
+        """Fetch a new URL unless another request already replaced ``generation``."""
+        async with self._lock:
+            if generation == self.generation:
+                await self._refresh()
+
+    def expired(self) -> bool:
+        return self._url is not None and self._clock() >= self._expires
+
+
+# -- journal ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Journal:
+    """Which bytes of the part file are good. ``filled[i]`` counts the bytes written from the
+    start of segment ``i``; a segment is always filled from its start, so resuming is simple."""
+
+    identity: dict[str, Any]
+    size: int
+    segment_size: int
+    filled: list[int]
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def plan(
+        cls, identity: dict[str, Any], size: int, segment_size: int, headers: dict[str, str]
+    ) -> Journal:
+        count = max(1, -(-size // segment_size)) if segment_size else 1
+        return cls(identity, size, segment_size, [0] * count, headers)
+
+    def bounds(self, index: int) -> tuple[int, int]:
+        start = index * self.segment_size
+        return start, min(self.size, start + self.segment_size)
+
+    def missing(self, index: int) -> int:
+        start, end = self.bounds(index)
+        return end - start - self.filled[index]
+
+    @property
+    def done_bytes(self) -> int:
+        return sum(self.filled)
+
+    @property
+    def complete(self) -> bool:
+        return all(self.missing(i) <= 0 for i in range(len(self.filled)))
+
+    def save(self, path: Path) -> None:
+        """Atomic replace. No fsync: a kill keeps the page cache, and after a power loss the
+        final digest check catches whatever the journal claims wrongly."""
+        scratch = path.with_name(path.name + ".tmp")
+        document = {
+            "format": JOURNAL_FORMAT,
+            "identity": self.identity,
+            "size": self.size,
+            "segment_size": self.segment_size,
+            "filled": self.filled,
+            "headers": self.headers,
+        }
+        scratch.write_text(json.dumps(document, sort_keys=True))
+        os.replace(scratch, path)
+
+    @classmethod
+    def load(cls, path: Path) -> Journal | None:
+        try:
+            document = json.loads(path.read_text())
+            if document.get("format") != JOURNAL_FORMAT:
+                return None
+            journal = cls(
+                identity=dict(document["identity"]),
+                size=int(document["size"]),
+                segment_size=int(document["segment_size"]),
+                filled=[int(n) for n in document["filled"]],
+                headers={str(k): str(v) for k, v in document["headers"].items()},
+            )
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+        expected = Journal.plan(journal.identity, journal.size, journal.segment_size, {})
+        if len(journal.filled) != len(expected.filled) or any(
+            n < 0 or journal.missing(i) < 0 for i, n in enumerate(journal.filled)
+        ):
+            return None
+        return journal
+
+
+# -- the segment engine ---------------------------------------------------------------------
+
+
+class _RetryableFailure(Exception):
+    def __init__(
+        self, reason: str, *, response: httpx.Response | None = None, renew_url: bool = False
+    ) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.response = response
+        self.renew_url = renew_url
+
+
+class _ArchiveChanged(Exception):
+    """The server's archive no longer matches the journal (size or entity tag changed)."""
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    size: int
+    headers: dict[str, str]
+    bytes_fetched: int
+    resumed: bool
+
+
+_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
+_UNSATISFIED_RANGE = re.compile(r"bytes\s+\*/(\d+)")
+
+
+def choose_segment_size(size: int | None, *, connections: int, embedded: bool) -> int:
+    """8–64 MiB, aiming at a few segments per connection; small bounded ranges over ASGI."""
+    if embedded:
+        return EMBEDDED_SEGMENT
+    if size is None:
+        return MIN_SEGMENT
+    wanted = size // max(1, connections * SEGMENTS_PER_CONNECTION)
+    return max(MIN_SEGMENT, min(MAX_SEGMENT, wanted))
+
+
+class ArchiveFetcher:
+    """Fill ``part`` with the archive behind ``urls``, journaled in ``journal_path``.
+
+    One probe request goes first and learns the size, entity tag and digests (and whether
+    the server honours ``Range``); the other connections start once it has its headers.
+    """
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        urls: SignedUrl,
+        part: Path,
+        journal_path: Path,
+        identity: dict[str, Any],
+        *,
+        expected_size: int | None,
+        segment_size: int,
+        connections: int,
+        stall_timeout: float,
+        progress: ProgressCallback | None = None,
+        policy: RetryPolicy | None = None,
+    ) -> None:
+        self._http = http
+        self._urls = urls
+        self._part = part
+        self._journal_path = journal_path
+        self._identity = identity
+        self._expected_size = expected_size
+        self._segment_size = segment_size
+        self._connections = max(1, connections)
+        self._stall_timeout = stall_timeout
+        self._progress = progress
+        self._policy = policy or RetryPolicy()
+        self._journal: Journal | None = None
+        self._planned = asyncio.Event()
+        self._pending: deque[int] = deque()
+        self._ranges_ignored = False
+        self._fetched = 0
+        self._done = 0
+        self._last_flush = 0.0
+
+    # -- entry point ----------------------------------------------------------------------
+
+    async def run(self) -> FetchResult:
+        journal = Journal.load(self._journal_path)
+        if journal is not None and not self._journal_matches(journal):
+            journal = None
+        resumed = journal is not None and journal.done_bytes > 0
+        fd = os.open(self._part, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if journal is None:
+                os.ftruncate(fd, 0)
+            for restart in range(2):
+                try:
+                    await self._fetch_all(fd, journal)
+                    break
+                except _ArchiveChanged:
+                    if restart:
+                        raise UnexpectedResponseError(
+                            "the archive changed on the server during the download"
+                        ) from None
+                    os.ftruncate(fd, 0)
+                    journal = None
+                    self._journal = None
+            assert self._journal is not None
+            if os.fstat(fd).st_size != self._journal.size:
+                raise IntegrityError(
+                    f"downloaded {os.fstat(fd).st_size} bytes, expected {self._journal.size}"
+                )
+            return FetchResult(
+                size=self._journal.size,
+                headers=dict(self._journal.headers),
+                bytes_fetched=self._fetched,
+                resumed=resumed,
+            )
+        finally:
+            os.close(fd)
+            if self._journal is not None:
+                self._journal.save(self._journal_path)
+
+    def _journal_matches(self, journal: Journal) -> bool:
+        if not self._part.is_file() or self._part.stat().st_size != journal.size:
+            return False
+        if journal.identity != self._identity:
+            return False
+        return self._expected_size is None or journal.size == self._expected_size
+
+    async def _fetch_all(self, fd: int, journal: Journal | None) -> None:
+        self._journal = journal
+        self._planned = asyncio.Event()
+        self._pending.clear()
+        self._done = journal.done_bytes if journal is not None else 0
+        self._report()
+        if journal is not None and journal.complete:
+            return
+        probe = 0
+        if journal is not None:
+            probe = next(i for i in range(len(journal.filled)) if journal.missing(i) > 0)
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._worker(fd, probe))
+                await self._planned.wait()
+                journal = self._journal
+                assert journal is not None
+                if not self._ranges_ignored:
+                    self._pending.extend(
+                        i
+                        for i in range(len(journal.filled))
+                        if i != probe and journal.missing(i) > 0
+                    )
+                    for _ in range(min(self._connections - 1, len(self._pending))):
+                        group.create_task(self._worker(fd, None))
+        except BaseExceptionGroup as failures:
+            # Workers fail together (siblings are cancelled); the first failure is the story.
+            raise failures.exceptions[0] from None
+
+    async def _worker(self, fd: int, first: int | None) -> None:
+        index = first if first is not None else self._next_segment()
+        while index is not None:
+            await self._fetch_segment(fd, index)
+            index = self._next_segment()
+
+    def _next_segment(self) -> int | None:
+        return self._pending.popleft() if self._pending else None
+
+    # -- one segment ----------------------------------------------------------------------
+
+    def _segment_filled(self, index: int) -> int:
+        return self._journal.filled[index] if self._journal is not None else 0
+
+    async def _fetch_segment(self, fd: int, index: int) -> None:
+        fruitless = 0
+        while self._journal is None or self._journal.missing(index) > 0:
+            before = self._segment_filled(index)
+            url, generation = await self._urls.get()
+            try:
+                await self._attempt(fd, index, url)
+                if self._segment_filled(index) == before:
+                    raise _RetryableFailure("the server sent an empty body")
+                fruitless = 0
+            except _RetryableFailure as failure:
+                progressed = self._segment_filled(index) > before
+                fruitless = 0 if progressed else fruitless + 1
+                if fruitless >= MAX_FRUITLESS_ATTEMPTS:
+                    raise UnavailableError(
+                        f"download failed: {failure.reason} "
+                        f"({fruitless} attempts in a row without progress)"
+                    ) from None
+                if failure.renew_url or self._urls.expired():
+                    await self._urls.renew(generation)
+                elif not progressed:
+                    await asyncio.sleep(self._policy.delay(fruitless - 1, failure.response))
+
+    async def _attempt(self, fd: int, index: int, url: str) -> None:
+        headers = {}
+        if self._journal is None:
+            offset, last = 0, self._segment_size - 1
+        else:
+            start, end = self._journal.bounds(index)
+            offset, last = start + self._journal.filled[index], end - 1
+            if self._journal.headers.get("etag"):
+                headers["If-Range"] = self._journal.headers["etag"]
+        if not self._ranges_ignored:
+            headers["Range"] = f"bytes={offset}-{last}"
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self._stall_timeout) as stall:
+                request = self._http.build_request("GET", url, headers=headers)
+                response = await self._http.send(request, stream=True)
+                try:
+                    position, limit = await self._accept(fd, response, offset, last)
+                    async for chunk in response.aiter_raw():
+                        stall.reschedule(loop.time() + self._stall_timeout)
+                        position = self._write(fd, index, chunk, position, limit)
+                finally:
+                    await response.aclose()
+        except TimeoutError:
+            raise _RetryableFailure(
+                f"no data for {self._stall_timeout:g} s", renew_url=self._urls.expired()
+            ) from None
+        except httpx.TransportError as exc:
+            raise _RetryableFailure(
+                f"network error ({type(exc).__name__})", renew_url=self._urls.expired()
+            ) from None
+        if self._journal is not None and self._ranges_ignored:
+            if self._journal.size and position != self._journal.size:
+                raise _RetryableFailure("the connection closed before the end of the archive")
+            if not self._journal.size:  # size learned only now: the body ran until EOF
+                self._journal.size = self._journal.segment_size = position
+
+    async def _accept(
+        self, fd: int, response: httpx.Response, offset: int, last: int
+    ) -> tuple[int, int | None]:
+        """Check the answer's status and headers; return where its body goes and where it
+        must stop (None: until the connection's end)."""
+        status = response.status_code
+        if status == 206:
+            return self._accept_range(fd, response, offset, last)
+        if status == 200:
+            return self._accept_whole(fd, response)
+        await response.aread()
+        detail, code = _error_detail(response)
+        if status == 416:
+            raise _ArchiveChanged()
+        if status == 403 and (code == "url_expired" or self._urls.expired()):
+            raise _RetryableFailure("the download URL expired", renew_url=True)
+        if is_retryable_status(status):
+            raise _RetryableFailure(f"HTTP {status}", response=response)
+        if status == 404:
+            raise NotFoundError(
+                "the archive is no longer available (deleted, expired or overwritten)"
+            )
+        raise error_for_status(status, code, detail or f"archive download refused (HTTP {status})")
+
+    def _accept_range(
+        self, fd: int, response: httpx.Response, offset: int, last: int
+    ) -> tuple[int, int | None]:
+        match = _CONTENT_RANGE.fullmatch(response.headers.get("content-range", "").strip())
+        if match is None:
+            raise UnexpectedResponseError("a partial response had no valid Content-Range")
+        first, final, total_text = match.groups()
+        if int(first) != offset or int(final) > last or total_text == "*":
+            raise UnexpectedResponseError("a partial response covered the wrong byte range")
+        total = int(total_text)
+        validators = _validators(response.headers)
+        if self._journal is None:
+            if self._expected_size is not None and total != self._expected_size:
+                raise IntegrityError(
+                    f"the server's archive has {total} bytes, the listing says {self._expected_size}"
+                )
+            self._journal = Journal.plan(self._identity, total, self._segment_size, validators)
+            os.ftruncate(fd, total)
+            self._planned.set()
+        elif total != self._journal.size or (
+            self._journal.headers.get("etag")
+            and validators.get("etag")
+            and validators["etag"] != self._journal.headers["etag"]
+        ):
+            raise _ArchiveChanged()
+        else:
+            self._journal.headers.update(validators)
+            self._planned.set()
+        return offset, int(final) + 1
+
+    def _accept_whole(self, fd: int, response: httpx.Response) -> tuple[int, int | None]:
+        """A 200 to a range request: the server ignores ``Range`` (or, for a resumed file,
+        the entity changed). Only the probe may take it: the body becomes the whole file."""
+        if self._planned.is_set() and not self._ranges_ignored:
+            raise _ArchiveChanged()
+        length_text = response.headers.get("content-length")
+        size = int(length_text) if length_text and length_text.isdigit() else self._expected_size
+        if size is not None and self._expected_size is not None and size != self._expected_size:
+            raise IntegrityError(
+                f"the server's archive has {size} bytes, the listing says {self._expected_size}"
+            )
+        self._ranges_ignored = True
+        self._journal = Journal.plan(
+            self._identity, size or 0, size or 0, _validators(response.headers)
+        )
+        os.ftruncate(fd, 0)
+        self._done = 0
+        self._planned.set()
+        return 0, size
+
+    def _write(self, fd: int, index: int, chunk: bytes, position: int, limit: int | None) -> int:
+        if limit is not None and position + len(chunk) > limit:
+            raise UnexpectedResponseError("the server sent more bytes than were asked for")
+        view = memoryview(chunk)
+        while view:
+            written = os.pwrite(fd, view, position)
+            position += written
+            view = view[written:]
+        assert self._journal is not None
+        self._journal.filled[index] += len(chunk)
+        self._fetched += len(chunk)
+        self._done += len(chunk)
+        self._report()
+        now = time.monotonic()
+        if now - self._last_flush >= JOURNAL_FLUSH_INTERVAL_S:
+            self._last_flush = now
+            self._journal.save(self._journal_path)
+        return position
+
+    def _report(self) -> None:
+        if self._progress is not None:
+            total = self._journal.size if self._journal is not None else self._expected_size
+            self._progress(self._done, total)
+
+
+def _validators(headers: httpx.Headers) -> dict[str, str]:
+    found = {}
+    for name in VALIDATOR_HEADERS:
+        values = headers.get_list(name)
+        if values:
+            found[name] = ", ".join(values)
+    if found.get("etag", "").startswith("W/"):
+        del found["etag"]  # a weak tag cannot guard byte ranges
+    return found
+
+
+def _error_detail(response: httpx.Response) -> tuple[str | None, str | None]:
+    try:
+        body = response.json()
+    except ValueError:
+        return None, None
+    if not isinstance(body, dict):
+        return None, None
+    detail, code = body.get("detail"), body.get("code")
+    return (detail if isinstance(detail, str) else None, code if isinstance(code, str) else None)
+
+
+# -- the whole download ---------------------------------------------------------------------
+
+
+def _part_paths(dest_dir: Path, name: str) -> tuple[Path, Path, Path]:
+    part = dest_dir / f".{name}.part"
+    return part, part.with_name(part.name + ".json"), part.with_name(part.name + ".lock")
+
+
+def _discard(*paths: Path) -> None:
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def _already_present(final: Path, checkpoint: models.Checkpoint, *, archive_only: bool) -> bool:
+    """Whether ``final`` already holds exactly this checkpoint (no network needed)."""
+    if archive_only:
+        if not final.is_file() or checkpoint.sha256 is None:
+            return False
+        if checkpoint.size_bytes is not None and final.stat().st_size != checkpoint.size_bytes:
+            return False
+        return hash_file(final, {"sha256"})["sha256"].hex() == checkpoint.sha256.lower()
+    try:
+        manifest = read_manifest(final)
+    except IntegrityError:
+        return False
+    if checkpoint.sha256 is not None:
+        return manifest.archive_sha256 == checkpoint.sha256.lower()
+    return (
+        manifest.tinker_path == checkpoint.tinker_path
+        and manifest.archive_size == checkpoint.size_bytes
+        and manifest.created == checkpoint.time
+    )
+
+
+def _check_free_space(dest_dir: Path, part: Path, size: int | None, *, archive_only: bool) -> None:
+    if size is None:
+        return
+    try:
+        on_disk = part.stat().st_blocks * 512  # a resumed, sparse part file: only what is written
+    except FileNotFoundError:
+        on_disk = 0
+    needed = max(0, size - on_disk) + (0 if archive_only else size)
+    free = shutil.disk_usage(dest_dir).free
+    if free < needed:
+        raise LogitsError(
+            f"not enough free space in {dest_dir}: {needed} bytes needed, {free} available"
+        )
+
+
+def _lock_part(lock_path: Path) -> filelock.BaseFileLock:
+    lock = filelock.FileLock(lock_path, timeout=0)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        raise BusyError(
+            f"another process is downloading into {lock_path.parent} "
+            f"(lock {lock_path.name} is held)"
+        ) from None
+    return lock
+
+
+def _unlock_part(lock: filelock.BaseFileLock, lock_path: Path) -> None:
+    # Unlinking while still holding the lock is safe: filelock notices a lock taken on an
+    # unlinked file and retries on the new one.
+    _discard(lock_path)
+    lock.release()
+
+
+async def download_checkpoint(
+    client: Any,
+    ref: CheckpointRef,
+    dest_dir: Path,
+    options: DownloadOptions | None = None,
+    progress: ProgressCallback | None = None,
+) -> DownloadResult:
+    """Fetch, verify and extract one checkpoint into ``dest_dir/NAME`` (design.md §5)."""
+    options = options or DownloadOptions()
+    ref = await client.resolve(ref)
+    checkpoint: models.Checkpoint = await client.get_checkpoint(ref)
+    name = validate_name(checkpoint.name)
+    dest_dir = Path(dest_dir)
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    final = dest_dir / (f"{name}.tar" if options.archive_only else name)
+
+    if not options.force and await asyncio.to_thread(
+        _already_present, final, checkpoint, archive_only=options.archive_only
+    ):
+        return DownloadResult(checkpoint, final, bytes_fetched=0, skipped=True, resumed=False)
+    if not options.force and (final.exists() or final.is_symlink()):
+        raise ConflictError(
+            f"{final} already exists and holds something else", hint="pass --force to replace it"
+        )
+
+    part, journal_path, lock_path = _part_paths(dest_dir, name)
+    lock = _lock_part(lock_path)
+    try:
+        _check_free_space(dest_dir, part, checkpoint.size_bytes, archive_only=options.archive_only)
+        work = _fetch_verified(client, ref, checkpoint, part, journal_path, options, progress)
+        if options.timeout is None:
+            fetched, resumed, archive_sha256, size = await work
+        else:
+            try:
+                async with asyncio.timeout(options.timeout):
+                    fetched, resumed, archive_sha256, size = await work
+            except TimeoutError:
+                raise UnavailableError(
+                    f"download did not finish within {options.timeout:g} s"
+                ) from None
+        if options.archive_only:
+            os.replace(part, final)
+        else:
+            try:
+                await asyncio.to_thread(
+                    extract_checkpoint,
+                    part,
+                    dest_dir,
+                    name,
+                    checkpoint=checkpoint,
+                    archive_sha256=archive_sha256,
+                    archive_size=size,
+                    force=options.force,
+                )
+            except IntegrityError:
+                _discard(part, journal_path)  # verified bytes, bad content: nothing to resume
+                raise
+            if options.keep_archive:
+                os.replace(part, dest_dir / f"{name}.tar")
+            else:
+                _discard(part)
+        _discard(journal_path)
+    finally:
+        _unlock_part(lock, lock_path)
+    return DownloadResult(checkpoint, final, bytes_fetched=fetched, skipped=False, resumed=resumed)
+
+
+async def _fetch_verified(
+    client: Any,
+    ref: CheckpointRef,
+    checkpoint: models.Checkpoint,
+    part: Path,
+    journal_path: Path,
+    options: DownloadOptions,
+    progress: ProgressCallback | None,
+) -> tuple[int, bool, str, int]:
+    """Fetch into ``part`` and verify it; one fresh download after a digest mismatch.
+    Returns (bytes fetched, resumed, archive sha256 hex, size)."""
+    embedded = bool(getattr(client, "embedded", False))
+    segment_size = options.segment_size or choose_segment_size(
+        checkpoint.size_bytes, connections=options.connections, embedded=embedded
+    )
+    if embedded:
+        segment_size = min(segment_size, EMBEDDED_SEGMENT)
+    identity = {
+        "tinker_path": checkpoint.tinker_path,
+        "size": checkpoint.size_bytes,
+        "sha256": checkpoint.sha256,
+    }
+    urls = SignedUrl(lambda: client.archive_url(ref))
+    fetched_total = 0
+    resumed_first: bool | None = None
+    for _ in range(2):
+        fetcher = ArchiveFetcher(
+            client.blob_http,
+            urls,
+            part,
+            journal_path,
+            identity,
+            expected_size=checkpoint.size_bytes,
+            segment_size=segment_size,
+            connections=options.connections,
+            stall_timeout=options.stall_timeout,
+            progress=progress,
+            policy=getattr(client, "retry_policy", None),
+        )
+        result = await fetcher.run()
+        fetched_total += result.bytes_fetched
+        if resumed_first is None:
+            resumed_first = result.resumed
+        expected = choose_digest(result.headers, checkpoint.sha256)
+        algorithms = {"sha256"} | ({expected.algorithm} if expected else set())
+        digests = await asyncio.to_thread(hash_file, part, algorithms)
+        if expected is None or digests[expected.algorithm] == expected.value:
+            return fetched_total, bool(resumed_first), digests["sha256"].hex(), result.size
+        _discard(part, journal_path)
+    raise IntegrityError(
+        f"the downloaded archive does not match its digest ({expected.source}), twice"
+    )

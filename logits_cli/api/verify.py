@@ -1,0 +1,102 @@
+"""Offline re-check of downloaded checkpoints against their manifest (``logits ckpt verify``).
+
+No network: every file the manifest lists is re-hashed and compared (size and sha256).
+Files the manifest does not list are ignored, so users may add notes beside the weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from logits_cli import models
+from logits_cli.errors import IntegrityError
+
+MANIFEST_NAME = ".logits-checkpoint.json"
+HASH_CHUNK = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    path: Path
+    ok: bool
+    problems: list[str] = field(default_factory=list)
+    tinker_path: str | None = None
+
+
+def check_member_name(name: str) -> None:
+    """Refuse any name that could leave the checkpoint directory or clash with our manifest
+    (protocol.md §7.5): members are plain files at the archive root."""
+    if not name or name in (".", MANIFEST_NAME):
+        raise IntegrityError(f"unsafe archive member name {name!r}")
+    for forbidden in ("/", "\\", "..", "\x00"):
+        if forbidden in name:
+            raise IntegrityError(f"unsafe archive member name {name!r}")
+
+
+def read_manifest(directory: Path) -> models.LocalManifest:
+    """The manifest of a downloaded checkpoint; IntegrityError when absent or unreadable."""
+    try:
+        raw = (directory / MANIFEST_NAME).read_bytes()
+    except FileNotFoundError:
+        raise IntegrityError(
+            f"{directory}: no {MANIFEST_NAME}; not a downloaded checkpoint"
+        ) from None
+    try:
+        return models.LocalManifest.model_validate_json(raw)
+    except ValidationError:
+        raise IntegrityError(f"{directory}: {MANIFEST_NAME} is unreadable") from None
+
+
+def file_sha256(path: Path) -> tuple[int, str]:
+    """(size, sha256 hex) of a file, read in large chunks."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(HASH_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
+
+
+def verify_checkpoint_dir(path: Path) -> VerifyResult:
+    """Re-hash every file the manifest lists; missing files and mismatches are problems."""
+    try:
+        manifest = read_manifest(path)
+    except IntegrityError as exc:
+        return VerifyResult(path=path, ok=False, problems=[exc.message])
+    problems: list[str] = []
+    for name, expected in sorted(manifest.files.items()):
+        try:
+            check_member_name(name)
+        except IntegrityError:
+            problems.append(f"{name!r}: unsafe file name in the manifest")
+            continue
+        member = path / name
+        if not member.is_file() or member.is_symlink():
+            problems.append(f"{name}: missing")
+            continue
+        size, sha256 = file_sha256(member)
+        if size != expected.size:
+            problems.append(f"{name}: size {size}, expected {expected.size}")
+        elif sha256 != expected.sha256:
+            problems.append(f"{name}: sha256 mismatch")
+    return VerifyResult(
+        path=path, ok=not problems, problems=problems, tinker_path=manifest.tinker_path
+    )
+
+
+def find_checkpoint_dirs(root: Path) -> list[Path]:
+    """``root`` itself if it holds a manifest, else its direct children that do (sorted)."""
+    if (root / MANIFEST_NAME).is_file():
+        return [root]
+    if not root.is_dir():
+        return []
+    return sorted(
+        child
+        for child in root.iterdir()
+        if child.is_dir() and not child.is_symlink() and (child / MANIFEST_NAME).is_file()
+    )

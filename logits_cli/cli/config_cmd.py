@@ -1,0 +1,64 @@
+"""``logits config show``: the resolved settings, where each came from, which backend."""
+
+from __future__ import annotations
+
+import typer
+
+from logits_cli.cli.context import settings_for
+from logits_cli.cli.failures import handle_errors
+from logits_cli.cli.options import JsonOpt
+from logits_cli.cli.output import Column, Output
+from logits_cli.config import Settings, mask_secret
+
+app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True)
+
+
+def _api_key_display(settings: Settings) -> str | None:
+    # The key command is never run here: showing where the key comes from is enough, and
+    # running it could prompt a secret manager.
+    if settings.api_key_value is not None:
+        return mask_secret(settings.api_key_value)
+    if settings.api_key_cmd is not None:
+        return "(from a command)"
+    return None
+
+
+@app.command()
+@handle_errors
+def show(ctx: typer.Context, json_output: JsonOpt = False) -> None:
+    """Show each setting, its value (secrets masked) and where it came from."""
+    out = Output(json_output=json_output)
+    settings = settings_for(ctx)
+    backend = (
+        f"embedded (store in {settings.store_dir})"
+        if settings.embedded
+        else f"remote {settings.base_url}"
+    )
+    values = {
+        "home": str(settings.home),
+        "base_url": settings.base_url,
+        "profile": settings.profile,
+        "api_key": _api_key_display(settings),
+        "run": settings.run,
+        "debug": "on" if settings.debug else "off",
+    }
+    if out.json:
+        out.emit_json(
+            {
+                "backend": "embedded" if settings.embedded else "remote",
+                "store_dir": str(settings.store_dir) if settings.embedded else None,
+                "settings": {
+                    name: {"value": value, "source": settings.sources.get(name, "default")}
+                    for name, value in values.items()
+                },
+            }
+        )
+        return
+    rows = [
+        {"setting": name, "value": value, "source": settings.sources.get(name, "default")}
+        for name, value in values.items()
+    ]
+    rows.append({"setting": "backend", "value": backend, "source": "base_url"})
+    out.emit_table(
+        [Column("SETTING", "setting"), Column("VALUE", "value"), Column("SOURCE", "source")], rows
+    )

@@ -1,0 +1,82 @@
+"""The one error decorator: every command's failures become ``Error:``/``Hint:`` lines on
+stderr and the exit code of design.md §3."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
+
+import typer
+
+from logits_cli import errors
+from logits_cli.config import debug_enabled
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+# Next steps for errors raised without their own hint.
+_DEFAULT_HINTS: list[tuple[type[errors.LogitsError], str]] = [
+    (
+        errors.AuthError,
+        "set LOGITS_API_KEY (or LOGITS_API_KEY_CMD); a server admin creates keys with "
+        "`logits server keys create USER`",
+    ),
+    (errors.UnavailableError, "check the service address with `logits config show`"),
+    (errors.BusyError, "another sync holds the lock; wait with --lock-wait 10m"),
+]
+
+
+def _hint_for(error: errors.LogitsError) -> str | None:
+    if error.hint:
+        return error.hint
+    for cls, hint in _DEFAULT_HINTS:
+        if isinstance(error, cls):
+            return hint
+    return None
+
+
+def report_error(error: errors.LogitsError) -> None:
+    """The ``Error:`` line and, where useful, a ``Hint:`` line, on stderr."""
+    sys.stderr.write(f"Error: {error.message}\n")
+    hint = _hint_for(error)
+    if hint:
+        sys.stderr.write(f"Hint: {hint}\n")
+    sys.stderr.flush()
+
+
+def handle_errors(command: Callable[P, T]) -> Callable[P, T]:
+    """Wrap a command so no known error shows a traceback (unless LOGITS_DEBUG=1)."""
+
+    @functools.wraps(command)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return command(*args, **kwargs)
+        except (typer.Exit, typer.Abort):
+            raise
+        except errors.LogitsError as error:
+            if debug_enabled():
+                traceback.print_exc()
+            report_error(error)
+            raise typer.Exit(error.exit_code) from None
+        except KeyboardInterrupt:
+            sys.stderr.write("Interrupted\n")
+            raise typer.Exit(errors.EXIT_INTERRUPTED) from None
+        except BrokenPipeError:
+            # The reader went away (`logits ckpt ls | head`): nothing left to say to it.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(errors.EXIT_OK) from None
+        except Exception as error:
+            # Not an error we know: a bug. Only the type is shown, because the message of a
+            # foreign exception may carry a URL with a signature in it.
+            if debug_enabled():
+                traceback.print_exc()
+            sys.stderr.write(f"Error: internal error ({type(error).__name__}); this is a bug\n")
+            if not debug_enabled():
+                sys.stderr.write("Hint: run again with LOGITS_DEBUG=1 to see the traceback\n")
+            raise typer.Exit(errors.EXIT_ERROR) from None
+
+    return wrapper

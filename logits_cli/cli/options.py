@@ -1,0 +1,79 @@
+"""Option aliases shared by the commands, so each flag means the same thing everywhere."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated
+
+import typer
+
+from logits_cli.cli.completion_cache import complete_path, complete_run
+
+
+class CheckpointType(StrEnum):
+    training = "training"
+    sampler = "sampler"
+
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]
+QuietOpt = Annotated[
+    bool, typer.Option("--quiet", "-q", help="Print only paths or ids, one per line.")
+]
+RunOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--run", "-r", help="Training run id (default: $LOGITS_RUN).", autocompletion=complete_run
+    ),
+]
+YesOpt = Annotated[
+    bool, typer.Option("--yes", "-y", help="Do not ask; required when not on a terminal.")
+]
+DryRunOpt = Annotated[
+    bool, typer.Option("--dry-run", help="Show what would happen; change nothing.")
+]
+TimeoutOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--timeout", help="Give up waiting after this long (e.g. 10m, 90).", metavar="DURATION"
+    ),
+]
+PathsArg = Annotated[
+    list[str],
+    typer.Argument(
+        metavar="PATH",
+        help="Checkpoint paths: logits://RUN/KIND/NAME or tinker://…; NAME may be @latest.",
+        autocompletion=complete_path,
+        show_default=False,
+    ),
+]
+OptionalPathsArg = Annotated[
+    list[str] | None,
+    typer.Argument(
+        metavar="PATH",
+        help="Checkpoint paths: logits://RUN/KIND/NAME or tinker://…; NAME may be @latest.",
+        autocompletion=complete_path,
+        show_default=False,
+    ),
+]
+PathArg = Annotated[
+    str,
+    typer.Argument(
+        metavar="PATH",
+        help="Checkpoint path: logits://RUN/KIND/NAME or tinker://…; NAME may be @latest.",
+        autocompletion=complete_path,
+        show_default=False,
+    ),
+]
+TypeOpt = Annotated[
+    CheckpointType | None,
+    typer.Option("--type", "-t", help="Only checkpoints of this type.", case_sensitive=False),
+]
+HomeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--home",
+        help="State directory of the server's store (default: $LOGITS_HOME).",
+        metavar="DIR",
+        show_default=False,
+    ),
+]

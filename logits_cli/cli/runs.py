@@ -1,0 +1,187 @@
+"""``logits runs …``: list, inspect and create training runs."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from logits_cli.cli.completion_cache import complete_run, remember
+from logits_cli.cli.context import call_api, require_run, settings_for
+from logits_cli.cli.failures import handle_errors
+from logits_cli.cli.options import JsonOpt, QuietOpt, TimeoutOpt
+from logits_cli.cli.output import COUNT, TIME, Column, Output
+from logits_cli.cli.timeparse import parse_duration
+from logits_cli.uri import CheckpointRef, validate_run_id
+
+if TYPE_CHECKING:
+    from logits_cli import models
+    from logits_cli.api.client import LogitsClient
+
+app = typer.Typer(help="List, inspect and create training runs.", no_args_is_help=True)
+
+RUN_COLUMNS = [
+    Column("RUN", "training_run_id"),
+    Column("BASE MODEL", "base_model"),
+    Column("RANK", "lora_rank", COUNT),
+    Column("LAST REQUEST", "last_request_time", TIME),
+    Column("LATEST CHECKPOINT", "last_checkpoint"),
+]
+
+
+def _row(run: models.TrainingRun) -> dict[str, Any]:
+    return {
+        "training_run_id": run.training_run_id,
+        "base_model": run.base_model,
+        "lora_rank": run.lora_rank,
+        "last_request_time": run.last_request_time,
+        "last_checkpoint": run.last_checkpoint.tinker_path if run.last_checkpoint else None,
+        "last_sampler_checkpoint": (
+            run.last_sampler_checkpoint.tinker_path if run.last_sampler_checkpoint else None
+        ),
+        "model_owner": run.model_owner,
+    }
+
+
+def _emit_run(out: Output, run: models.TrainingRun) -> None:
+    if out.json:
+        out.emit_json(run.model_dump(mode="json"))
+    elif out.quiet:
+        out.emit_lines([run.training_run_id])
+    else:
+        out.emit_record(
+            [
+                Column("run", "training_run_id"),
+                Column("base model", "base_model"),
+                Column("lora rank", "lora_rank"),
+                Column("owner", "model_owner"),
+                Column("last request", "last_request_time", TIME),
+                Column("latest training", "last_checkpoint"),
+                Column("latest sampler", "last_sampler_checkpoint"),
+            ],
+            _row(run),
+        )
+
+
+@app.command("ls")
+@handle_errors
+def list_runs(
+    ctx: typer.Context,
+    include_public: Annotated[
+        bool,
+        typer.Option("--accessible", help="Also runs of others that have public checkpoints."),
+    ] = False,
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=1, help="Show at most this many.")
+    ] = None,
+    json_output: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """List training runs, newest first."""
+    out = Output(json_output=json_output, quiet=quiet)
+    settings = settings_for(ctx)
+    scope = "accessible" if include_public else "owned"
+
+    async def work(client: LogitsClient) -> list[models.TrainingRun]:
+        found: list[models.TrainingRun] = []
+        async for run in client.iter_runs(access_scope=scope):
+            found.append(run)
+            if limit is not None and len(found) >= limit:
+                break
+        return found
+
+    found = call_api(ctx, settings, work)
+    remember(settings.home, runs=[r.training_run_id for r in found])
+    if out.json:
+        out.emit_json([r.model_dump(mode="json") for r in found])
+    elif out.quiet:
+        out.emit_lines(r.training_run_id for r in found)
+    elif found:
+        out.emit_table(RUN_COLUMNS, [_row(r) for r in found])
+    else:
+        out.notice("No runs. Create one with `logits runs create --base-model M`.")
+
+
+@app.command()
+@handle_errors
+def info(
+    ctx: typer.Context,
+    run: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="RUN",
+            help="Run id (default: $LOGITS_RUN).",
+            autocompletion=complete_run,
+            show_default=False,
+        ),
+    ] = None,
+    json_output: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Show a run with its latest training and sampler checkpoints."""
+    out = Output(json_output=json_output, quiet=quiet)
+    settings = settings_for(ctx, run=run)
+    run_id = require_run(settings)
+    found = call_api(ctx, settings, lambda client: client.get_run(run_id, access_scope="accessible"))
+    _emit_run(out, found)
+
+
+@app.command()
+@handle_errors
+def create(
+    ctx: typer.Context,
+    base_model: Annotated[
+        str,
+        typer.Option(
+            "--base-model", "-m", help="Base model, e.g. Qwen/Qwen3-8B.", show_default=False
+        ),
+    ],
+    rank: Annotated[int, typer.Option("--rank", min=1, help="LoRA rank.")] = 32,
+    from_path: Annotated[
+        str | None,
+        typer.Option("--from", help="Start from this checkpoint's weights.", metavar="PATH"),
+    ] = None,
+    with_optimizer: Annotated[
+        bool, typer.Option("--with-optimizer", help="With --from: restore the optimizer too.")
+    ] = False,
+    timeout: TimeoutOpt = None,
+    json_output: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Create a training run (optionally from a checkpoint); prints its id."""
+    out = Output(json_output=json_output, quiet=quiet)
+    source = CheckpointRef.parse(from_path, allow_latest=True) if from_path else None
+    if with_optimizer and source is None:
+        from logits_cli.errors import UsageError
+
+        raise UsageError("--with-optimizer needs --from PATH")
+    wait_limit = float(parse_duration(timeout)) if timeout is not None else None
+    settings = settings_for(ctx)
+
+    with out.status(f"Creating a run on {base_model}…") as update:
+
+        async def work(client: LogitsClient) -> models.TrainingRun:
+            created = await client.create_run(
+                base_model,
+                rank=rank,
+                on_pending=lambda waited: update(f"Creating a run… {waited:.0f} s"),
+                timeout=wait_limit,
+            )
+            if source is None:
+                return created
+            update(f"Loading {source.name}…")
+            resolved = await client.resolve(source)
+            await client.load(
+                created.training_run_id, resolved, with_optimizer=with_optimizer, timeout=wait_limit
+            )
+            return await client.get_run(created.training_run_id)
+
+        created = call_api(ctx, settings, work)
+    remember(settings.home, runs=[validate_run_id(created.training_run_id)])
+    if out.json:
+        out.emit_json(created.model_dump(mode="json"))
+        return
+    out.emit_lines([created.training_run_id])
+    out.notice(
+        f"Created run on {created.base_model}; use it with: export LOGITS_RUN={created.training_run_id}"
+    )

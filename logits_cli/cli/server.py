@@ -1,0 +1,152 @@
+"""``logits server …``: run the reference server and manage its API keys.
+
+The only command group that touches ``server/`` and ``store/``; both are imported inside the
+commands so the rest of the CLI never pays for them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from enum import StrEnum
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from logits_cli.cli.context import settings_for
+from logits_cli.cli.failures import handle_errors
+from logits_cli.cli.options import HomeOpt, JsonOpt, QuietOpt
+from logits_cli.cli.output import BOOL, TIME, Column, Output, isoformat
+
+if TYPE_CHECKING:
+    from logits_cli.store.store import Store
+
+app = typer.Typer(help="Run the reference server and manage its API keys.", no_args_is_help=True)
+keys_app = typer.Typer(help="Create, list and revoke API keys of the server.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+class UriScheme(StrEnum):
+    logits = "logits"
+    tinker = "tinker"
+
+
+@app.command()
+@handle_errors
+def start(
+    ctx: typer.Context,
+    host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option("--port", min=0, max=65535, help="TCP port (0: any free).")
+    ] = 8000,
+    home: HomeOpt = None,
+    uri_scheme: Annotated[
+        UriScheme,
+        typer.Option(
+            "--uri-scheme", help="Scheme of returned paths; 'tinker' for the official SDK."
+        ),
+    ] = UriScheme.logits,
+    jwt_auth: Annotated[
+        bool, typer.Option("--jwt-auth", help="Offer the JWT exchange to clients.")
+    ] = False,
+) -> None:
+    """Serve the store over HTTP (uvicorn) until interrupted."""
+    from logits_cli.server.serve import run_server
+
+    settings = settings_for(ctx, home=home)
+    run_server(settings.home, host=host, port=port, uri_scheme=uri_scheme.value, jwt_auth=jwt_auth)
+
+
+@contextmanager
+def _open_store(ctx: typer.Context, home: str | None) -> Iterator[Store]:
+    from logits_cli.store.store import Store
+
+    store = Store.open(settings_for(ctx, home=home).store_dir)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+@keys_app.command("create")
+@handle_errors
+def create_key(
+    ctx: typer.Context,
+    user: Annotated[
+        str,
+        typer.Argument(metavar="USER", help="User id ([a-z0-9_-], up to 64).", show_default=False),
+    ],
+    home: HomeOpt = None,
+    json_output: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Create an API key for USER; the key is printed once and only its hash is kept."""
+    out = Output(json_output=json_output, quiet=quiet)
+    with _open_store(ctx, home) as store:
+        key = store.create_api_key(user)
+    if out.json:
+        out.emit_json({"user": user, "key": key, "prefix": key[:12]})
+        return
+    out.emit_lines([key])
+    out.notice(f"Created an API key for {user}; it is shown only now. Clients use LOGITS_API_KEY.")
+
+
+@keys_app.command("ls")
+@handle_errors
+def list_keys(
+    ctx: typer.Context, home: HomeOpt = None, json_output: JsonOpt = False, quiet: QuietOpt = False
+) -> None:
+    """List keys by prefix, user and creation time (never the keys themselves)."""
+    out = Output(json_output=json_output, quiet=quiet)
+    with _open_store(ctx, home) as store:
+        keys = store.list_api_keys()
+    if out.json:
+        out.emit_json(
+            [
+                {
+                    "prefix": k.prefix,
+                    "user": k.user_id,
+                    "created": isoformat(k.created),
+                    "revoked": k.revoked,
+                }
+                for k in keys
+            ]
+        )
+    elif out.quiet:
+        out.emit_lines(k.prefix for k in keys)
+    elif keys:
+        out.emit_table(
+            [
+                Column("PREFIX", "prefix"),
+                Column("USER", "user_id"),
+                Column("CREATED", "created", TIME),
+                Column("REVOKED", "revoked", BOOL),
+            ],
+            [asdict(k) for k in keys],
+        )
+    else:
+        out.notice("No API keys. Create one with `logits server keys create USER`.")
+
+
+@keys_app.command("revoke")
+@handle_errors
+def revoke_key(
+    ctx: typer.Context,
+    prefix: Annotated[
+        str,
+        typer.Argument(
+            metavar="PREFIX", help="Key prefix as `keys ls` shows it.", show_default=False
+        ),
+    ],
+    home: HomeOpt = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """Revoke every key starting with PREFIX (at least 8 characters)."""
+    out = Output(json_output=json_output)
+    with _open_store(ctx, home) as store:
+        count = store.revoke_api_key(prefix)
+    if out.json:
+        out.emit_json({"prefix": prefix, "revoked": count})
+        return
+    out.notice(f"Revoked {count} key(s) starting with {prefix}")

@@ -1,0 +1,58 @@
+"""Human durations (``7d``, ``12h``, ``30m``, ``90s``, ``2w``, ``never``) and points in time
+(ISO dates, or a duration meaning "that long ago")."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+
+from logits_cli.errors import UsageError
+
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_DURATION_RE = re.compile(r"(?:\d{1,9}[smhdw])+|\d{1,9}")
+_PART_RE = re.compile(r"(\d{1,9})([smhdw])")
+# The server may refuse more than ten years (protocol.md §5.6.6); refuse it here first.
+MAX_DURATION_S = 315_360_000
+
+
+def parse_duration(text: str) -> int:
+    """Seconds in ``text``: ``<int><unit>`` parts (``7d``, ``1h30m``) or bare seconds."""
+    cleaned = text.strip().lower()
+    if not _DURATION_RE.fullmatch(cleaned):
+        raise UsageError(
+            f"invalid duration {text!r}; expected a number and a unit s, m, h, d or w (e.g. 7d, 12h, 30m)"
+        )
+    if cleaned.isdigit():  # a bare number is seconds, as in --timeout 90
+        seconds = int(cleaned)
+    else:
+        seconds = sum(int(n) * _UNIT_SECONDS[u] for n, u in _PART_RE.findall(cleaned))
+    if seconds <= 0:
+        raise UsageError(f"invalid duration {text!r}; it must be longer than zero")
+    if seconds > MAX_DURATION_S:
+        raise UsageError(f"invalid duration {text!r}; the longest allowed is 10 years (3650d)")
+    return seconds
+
+
+def parse_ttl(text: str) -> int | None:
+    """A TTL in seconds, or None for ``never`` (no expiry)."""
+    if text.strip().lower() in ("never", "none"):
+        return None
+    return parse_duration(text)
+
+
+def parse_point_in_time(text: str, *, now: datetime | None = None) -> datetime:
+    """An aware UTC datetime from an ISO date/datetime, or from a duration meaning "ago"."""
+    cleaned = text.strip()
+    if cleaned and not cleaned.isdigit() and _DURATION_RE.fullmatch(cleaned.lower()):
+        return (now or datetime.now(UTC)) - timedelta(seconds=parse_duration(cleaned))
+    iso = cleaned[:-1] + "+00:00" if cleaned.endswith(("Z", "z")) else cleaned
+    try:
+        value = datetime.fromisoformat(iso)
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise UsageError(
+            f"invalid date {text!r}; expected an ISO date (2025-06-01, 2025-06-01T12:00Z) "
+            "or a duration ago (7d)"
+        ) from None

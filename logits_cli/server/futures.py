@@ -1,0 +1,145 @@
+"""Futures (protocol.md §5.2): run jobs inline or on a worker pool, long-poll for results.
+
+A job is a plain function running store work; it returns the success object or raises.
+Its outcome is written to the store, so any process sharing the store can answer a poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import anyio.to_thread
+
+from logits_cli.errors import JobFailedError, LogitsError
+from logits_cli.store.store import FutureRecord, Store
+
+from .tokens import canonical_json
+
+logger = logging.getLogger("logits.server")
+
+Job = Callable[[], dict[str, Any]]
+
+# While long-polling, also re-read the store this often, so a future finished by another
+# process sharing the store is noticed too.
+_STORE_RECHECK_SECONDS = 0.5
+
+
+def failure_result(exc: BaseException) -> dict[str, Any]:
+    """``{"error", "category", "code"}`` for a job that raised."""
+    if isinstance(exc, JobFailedError):
+        return {"error": exc.message, "category": exc.category, "code": exc.failure_code}
+    if isinstance(exc, LogitsError):
+        category = "user" if 400 <= exc.http_status < 500 else "server"
+        return {"error": exc.message, "category": category, "code": exc.code}
+    return {"error": "internal server error", "category": "server", "code": "internal"}
+
+
+def request_digest(body: dict[str, Any]) -> str:
+    """Digest of a request body, insensitive to key order (duplicate ``seq_id`` detection)."""
+    return hashlib.sha256(canonical_json(body)).hexdigest()
+
+
+class FutureRunner:
+    def __init__(self, store: Store, *, inline: bool, workers: int) -> None:
+        self._store = store
+        self._inline = inline
+        self._workers = workers
+        self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+        self._waiters: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
+
+    async def submit(
+        self,
+        user_id: str,
+        *,
+        operation: str,
+        model_id: str | None,
+        job: Job,
+        seq_id: int | None = None,
+        body_sha256: str | None = None,
+    ) -> str:
+        """Create the future and start ``job``, unless it repeats an earlier request (§4.5)."""
+        request_id, created = await anyio.to_thread.run_sync(
+            lambda: self._store.create_future(
+                user_id,
+                operation=operation,
+                model_id=model_id,
+                seq_id=seq_id,
+                body_sha256=body_sha256,
+            )
+        )
+        if created:
+            if self._inline:
+                await anyio.to_thread.run_sync(self._execute, request_id, job)
+            else:
+                self._worker_pool().submit(self._execute, request_id, job)
+        return request_id
+
+    async def wait(self, user_id: str, request_id: str, *, hold: float) -> FutureRecord:
+        """The future's record, waiting up to ``hold`` seconds for it to finish."""
+        deadline = time.monotonic() + hold
+        loop = asyncio.get_running_loop()
+        finished = asyncio.Event()
+        waiter = (loop, finished)
+        with self._lock:
+            self._waiters.setdefault(request_id, []).append(waiter)
+        try:
+            record = await self._read(user_id, request_id)
+            while record.status == "pending":
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(finished.wait(), min(remaining, _STORE_RECHECK_SECONDS))
+                record = await self._read(user_id, request_id)
+            return record
+        finally:
+            with self._lock:
+                waiters = self._waiters.get(request_id, [])
+                waiters.remove(waiter)
+                if not waiters:
+                    self._waiters.pop(request_id, None)
+
+    def close(self) -> None:
+        """Finish running jobs and stop the workers (served mode shutdown)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    async def _read(self, user_id: str, request_id: str) -> FutureRecord:
+        return await anyio.to_thread.run_sync(self._store.get_future, user_id, request_id)
+
+    def _worker_pool(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="logits-future")
+            return self._pool
+
+    def _execute(self, request_id: str, job: Job) -> None:
+        try:
+            result, failed = job(), False
+        except Exception as exc:
+            if not isinstance(exc, LogitsError):
+                logger.error("future %s failed unexpectedly", request_id, exc_info=exc)
+            result, failed = failure_result(exc), True
+        try:
+            self._store.finish_future(request_id, result=result, failed=failed)
+        except Exception as exc:
+            logger.error("could not record the outcome of future %s", request_id, exc_info=exc)
+        self._notify(request_id)
+
+    def _notify(self, request_id: str) -> None:
+        with self._lock:
+            waiters = list(self._waiters.get(request_id, []))
+        for loop, finished in waiters:
+            # RuntimeError: that poll's event loop has closed meanwhile.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(finished.set)

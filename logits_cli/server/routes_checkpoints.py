@@ -1,0 +1,163 @@
+"""Training runs and checkpoints (protocol.md §5.5, §5.6)."""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import UTC, datetime
+from email.utils import formatdate
+from urllib.parse import urlsplit
+
+from starlette.responses import Response
+
+from logits_cli import models
+from logits_cli.errors import UnavailableError, UsageError
+from logits_cli.uri import validate_kind, validate_name, validate_run_id
+
+from .endpoint import Call, route
+from .responses import json_response
+from .tokens import BlobClaim
+
+ACCESS_SCOPES = ("owned", "accessible")
+RUNS_PAGE = (20, 100)  # (default, maximum) of ``limit`` for /training_runs
+CHECKPOINTS_PAGE = (100, 1000)  # (default, maximum) of ``limit`` for /checkpoints
+MAX_TTL_SECONDS = 315_360_000  # ten years (§5.6.6)
+_INTEGER = re.compile(r"-?[0-9]{1,18}")  # bounded so it always fits SQLite's 64-bit integers
+
+
+def _int_query(call: Call, name: str, default: int) -> int:
+    text = call.request.query_params.get(name)
+    if text is None:
+        return default
+    if not _INTEGER.fullmatch(text):
+        raise UsageError(f"query parameter {name} must be an integer")
+    return int(text)
+
+
+def _page(call: Call, default_limit: int, max_limit: int) -> tuple[int, int]:
+    """(limit as applied, offset): limit < 1 and offset < 0 are 400, larger limits clamp."""
+    limit = _int_query(call, "limit", default_limit)
+    offset = _int_query(call, "offset", 0)
+    if limit < 1:
+        raise UsageError("limit must be at least 1")
+    if offset < 0:
+        raise UsageError("offset must not be negative")
+    return min(limit, max_limit), offset
+
+
+def _access_scope(call: Call) -> str:
+    scope = call.request.query_params.get("access_scope", "owned")
+    if scope not in ACCESS_SCOPES:
+        raise UsageError("access_scope must be 'owned' or 'accessible'")
+    return scope
+
+
+def _checkpoint_path(call: Call) -> tuple[str, str, str]:
+    params = call.request.path_params
+    run_id = validate_run_id(params["run_id"])
+    return run_id, validate_kind(params["kind"]), validate_name(params["name"])
+
+
+async def list_runs(call: Call) -> Response:
+    limit, offset = _page(call, *RUNS_PAGE)
+    scope = _access_scope(call)
+    runs, total = await call.run(
+        call.store.list_runs, call.user, access_scope=scope, limit=limit, offset=offset
+    )
+    cursor = models.Cursor(offset=offset, limit=limit, total_count=total)
+    return json_response(models.TrainingRunsResponse(training_runs=runs, cursor=cursor))
+
+
+async def get_run(call: Call) -> Response:
+    scope = _access_scope(call)
+    run_id = validate_run_id(call.request.path_params["run_id"])
+    run = await call.run(call.store.get_run, call.user, run_id, access_scope=scope)
+    return json_response(run)
+
+
+async def list_run_checkpoints(call: Call) -> Response:
+    run_id = validate_run_id(call.request.path_params["run_id"])
+    checkpoints = await call.run(call.store.list_run_checkpoints, call.user, run_id)
+    return json_response(models.CheckpointsListResponse(checkpoints=checkpoints, cursor=None))
+
+
+async def list_user_checkpoints(call: Call) -> Response:
+    limit, offset = _page(call, *CHECKPOINTS_PAGE)
+    checkpoints, total = await call.run(
+        call.store.list_user_checkpoints, call.user, limit=limit, offset=offset
+    )
+    cursor = models.Cursor(offset=offset, limit=limit, total_count=total)
+    return json_response(models.CheckpointsListResponse(checkpoints=checkpoints, cursor=cursor))
+
+
+async def delete_checkpoint(call: Call) -> Response:
+    run_id, kind, name = _checkpoint_path(call)
+    await call.run(call.store.delete_checkpoint, call.user, run_id, kind, name)
+    return Response(status_code=204)
+
+
+async def publish(call: Call) -> Response:
+    run_id, kind, name = _checkpoint_path(call)
+    public = call.request.method == "POST"
+    await call.run(call.store.set_public, call.user, run_id, kind, name, public)
+    return Response(status_code=204)
+
+
+async def set_ttl(call: Call) -> Response:
+    run_id, kind, name = _checkpoint_path(call)
+    body = call.json()
+    if "ttl_seconds" not in body:
+        raise UsageError("invalid field ttl_seconds: field required")
+    ttl = body["ttl_seconds"]
+    if ttl is not None and (type(ttl) is not int or not 0 < ttl <= MAX_TTL_SECONDS):
+        raise UsageError(
+            f"ttl_seconds must be null or an integer from 1 to {MAX_TTL_SECONDS} seconds"
+        )
+    await call.run(call.store.set_ttl, call.user, run_id, kind, name, ttl)
+    return Response(status_code=204)
+
+
+def _public_base(call: Call) -> str:
+    """Origin plus mount prefix for the URLs this server hands out (§1.2, §5.6.4)."""
+    settings = call.settings
+    root_path = (call.request.scope.get("root_path") or settings.root_path).rstrip("/")
+    if settings.public_url:
+        base = settings.public_url.rstrip("/")
+        # A public_url that already names the mount prefix is not extended twice.
+        if root_path and urlsplit(base).path.endswith(root_path):
+            return base
+        return base + root_path
+    url = call.request.url
+    return f"{url.scheme}://{url.netloc}{root_path}"
+
+
+async def archive_url(call: Call) -> Response:
+    run_id, kind, name = _checkpoint_path(call)
+    checkpoint = await call.run(call.store.get_checkpoint, call.user, run_id, kind, name)
+    if checkpoint.sha256 is None:
+        raise UnavailableError("the archive of this checkpoint is not ready yet")
+    expires = int(time.time()) + call.settings.download_url_ttl
+    token = call.context.signer.blob_token(
+        BlobClaim(run_id=run_id, kind=kind, name=name, sha256=checkpoint.sha256, expires=expires)
+    )
+    answer = models.CheckpointArchiveUrlResponse(
+        url=f"{_public_base(call)}/api/v1/blobs/{token}",
+        expires=datetime.fromtimestamp(expires, UTC),
+    )
+    headers = {"cache-control": "no-store", "expires": formatdate(expires, usegmt=True)}
+    if call.request.query_params.get("format") == "json":
+        return json_response(answer, headers=headers)
+    return json_response(answer, status_code=302, headers={**headers, "location": answer.url})
+
+
+_CHECKPOINT = "/api/v1/training_runs/{run_id}/checkpoints/{kind}/{name}"
+ROUTES = [
+    route("/api/v1/training_runs", list_runs, ["GET"]),
+    route("/api/v1/training_runs/{run_id}", get_run, ["GET"]),
+    route("/api/v1/training_runs/{run_id}/checkpoints", list_run_checkpoints, ["GET"]),
+    route("/api/v1/checkpoints", list_user_checkpoints, ["GET"]),
+    route(_CHECKPOINT, delete_checkpoint, ["DELETE"]),
+    route(_CHECKPOINT + "/archive", archive_url, ["GET"]),
+    route(_CHECKPOINT + "/publish", publish, ["POST", "DELETE"]),
+    route(_CHECKPOINT + "/ttl", set_ttl, ["PUT"]),
+]

@@ -1,0 +1,211 @@
+"""Models, weights and futures (protocol.md §5.2–§5.4).
+
+A future endpoint validates the request and checks that the session or run is the caller's
+(anything wrong there is an HTTP 4xx and creates no future); every later failure is reported
+inside the future.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.responses import Response
+
+from logits_cli import models
+from logits_cli.errors import JobFailedError, UsageError
+from logits_cli.uri import CheckpointRef, validate_name
+
+from .endpoint import Call, parse_fields, route
+from .futures import Job, request_digest
+from .responses import json_response
+
+
+async def _submit(
+    call: Call,
+    *,
+    operation: str,
+    model_id: str,
+    job: Job,
+    body: dict[str, Any],
+    seq_id: int | None = None,
+) -> Response:
+    request_id = await call.context.futures.submit(
+        call.user,
+        operation=operation,
+        model_id=model_id,
+        job=job,
+        seq_id=seq_id,
+        body_sha256=request_digest(body),
+    )
+    return json_response(models.FutureHandle(request_id=request_id, model_id=model_id))
+
+
+async def _require_own_run(call: Call, model_id: str) -> None:
+    """404 for a run that is unknown or not the caller's, before any future exists."""
+    await call.run(call.store.get_run, call.user, model_id, access_scope="owned")
+
+
+def _ttl(ttl_seconds: int | None) -> int | None:
+    if ttl_seconds is not None and ttl_seconds <= 0:
+        raise UsageError("ttl_seconds must be a positive number of seconds")
+    return ttl_seconds
+
+
+async def create_model(call: Call) -> Response:
+    body = call.json()
+    lora_data = body.get("lora_config")
+    if lora_data is not None and not isinstance(lora_data, dict):
+        raise UsageError("invalid field lora_config: input should be an object")
+    request = call.parse(models.CreateModelRequest, {**body, "lora_config": None})
+    lora = parse_fields(models.LoraConfig, lora_data or {}, location="lora_config")
+    if lora.rank <= 0:
+        raise UsageError("lora_config.rank must be a positive integer")
+    if not (lora.train_attn or lora.train_mlp or lora.train_unembed):
+        raise UsageError("at least one of train_attn, train_mlp, train_unembed must be true")
+    # The session must be the caller's; a heartbeat checks exactly that, and creating a
+    # model is session activity anyway.
+    await call.run(call.store.heartbeat, call.user, request.session_id)
+    user, store = call.user, call.store
+    model_id = f"{request.session_id}:train:{request.model_seq_id}"
+
+    def job() -> dict[str, Any]:
+        run_id = store.create_run(
+            user,
+            session_id=request.session_id,
+            model_seq_id=request.model_seq_id,
+            base_model=request.base_model,
+            lora_config=lora,
+            user_metadata=request.user_metadata,
+        )
+        return models.CreateModelResult(model_id=run_id).model_dump(mode="json")
+
+    return await _submit(call, operation="create_model", model_id=model_id, job=job, body=body)
+
+
+async def get_info(call: Call) -> Response:
+    request = call.parse(models.GetInfoRequest)
+    info = await call.run(call.store.get_info, call.user, request.model_id)
+    return json_response(info)
+
+
+def _save_job(
+    call: Call, model_id: str, kind: str, name: str, ttl: int | None, overwrite: bool
+) -> Job:
+    user, store, scheme = call.user, call.store, call.settings.uri_scheme
+
+    def job() -> dict[str, Any]:
+        checkpoint = store.save_checkpoint(
+            user,
+            model_id,
+            kind=kind,
+            name=name,
+            ttl_seconds=ttl,
+            overwrite=overwrite,
+            uri_scheme=scheme,
+        )
+        if kind == "weights":
+            return models.SaveWeightsResult(path=checkpoint.tinker_path).model_dump(mode="json")
+        result = models.SaveWeightsForSamplerResult(path=checkpoint.tinker_path)
+        return result.model_dump(mode="json", exclude={"sampling_session_id"})
+
+    return job
+
+
+async def save_weights(call: Call) -> Response:
+    body = call.json()
+    request = call.parse(models.SaveWeightsRequest, body)
+    name = validate_name(request.path)
+    ttl = _ttl(request.ttl_seconds)
+    await _require_own_run(call, request.model_id)
+    job = _save_job(call, request.model_id, "weights", name, ttl, request.overwrite)
+    return await _submit(
+        call,
+        operation="save_weights",
+        model_id=request.model_id,
+        job=job,
+        body=body,
+        seq_id=request.seq_id,
+    )
+
+
+def _ephemeral_sampler_job() -> dict[str, Any]:
+    raise JobFailedError(
+        "ephemeral sampler weights are not supported",
+        category="user",
+        failure_code="not_supported",
+    )
+
+
+async def save_weights_for_sampler(call: Call) -> Response:
+    body = call.json()
+    request = call.parse(models.SaveWeightsForSamplerRequest, body)
+    if request.path is None and request.sampling_session_seq_id is None:
+        raise UsageError("invalid field path: field required")
+    ttl = _ttl(request.ttl_seconds)
+    if request.path is not None:
+        name = validate_name(request.path)
+    await _require_own_run(call, request.model_id)
+    if request.path is None:
+        job = _ephemeral_sampler_job
+    else:
+        job = _save_job(call, request.model_id, "sampler_weights", name, ttl, request.overwrite)
+    return await _submit(
+        call,
+        operation="save_weights_for_sampler",
+        model_id=request.model_id,
+        job=job,
+        body=body,
+        seq_id=request.seq_id,
+    )
+
+
+async def load_weights(call: Call) -> Response:
+    body = call.json()
+    request = call.parse(models.LoadWeightsRequest, body)
+    source = str(CheckpointRef.parse(request.path))
+    await _require_own_run(call, request.model_id)
+    user, store, scheme = call.user, call.store, call.settings.uri_scheme
+
+    def job() -> dict[str, Any]:
+        path = store.load_checkpoint(
+            user, request.model_id, source=source, optimizer=request.optimizer, uri_scheme=scheme
+        )
+        return models.LoadWeightsResult(path=path).model_dump(mode="json")
+
+    return await _submit(
+        call,
+        operation="load_weights",
+        model_id=request.model_id,
+        job=job,
+        body=body,
+        seq_id=request.seq_id,
+    )
+
+
+async def weights_info(call: Call) -> Response:
+    request = call.parse(models.WeightsInfoRequest)
+    source = str(CheckpointRef.parse(request.tinker_path))
+    info = await call.run(call.store.weights_info, call.user, source)
+    return json_response(info)
+
+
+async def retrieve_future(call: Call) -> Response:
+    request = call.parse(models.RetrieveFutureRequest)
+    record = await call.context.futures.wait(
+        call.user, request.request_id, hold=call.settings.future_poll_hold
+    )
+    if record.status == "pending" or record.result is None:
+        return json_response(models.TryAgain(request_id=record.request_id))
+    return json_response(record.result)
+
+
+ROUTES = [
+    route("/api/v1/create_model", create_model, ["POST"]),
+    # Read-only POSTs: a replay would add nothing, so they skip idempotency records.
+    route("/api/v1/get_info", get_info, ["POST"], idempotent=False),
+    route("/api/v1/save_weights", save_weights, ["POST"]),
+    route("/api/v1/save_weights_for_sampler", save_weights_for_sampler, ["POST"]),
+    route("/api/v1/load_weights", load_weights, ["POST"]),
+    route("/api/v1/weights_info", weights_info, ["POST"], idempotent=False),
+    route("/api/v1/retrieve_future", retrieve_future, ["POST"], idempotent=False),
+]

@@ -1,0 +1,192 @@
+"""Served mode: the app under uvicorn, with an access log on stderr and a TTL sweeper.
+
+``run_server`` is what ``logits server start`` calls; ``start_in_thread`` runs the same server
+in a background thread on an ephemeral port (tests, benchmarks).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from logits_cli.store.store import Store
+
+from .app import close_app, create_app
+from .settings import ServerSettings
+
+logger = logging.getLogger("logits.server")
+access_logger = logging.getLogger("logits.server.access")
+
+# Blob tokens are credentials: the access log never shows them (design.md §3).
+_BLOB_TOKEN = re.compile(r"(/api/v1/blobs/)[^/?]+")
+_START_TIMEOUT_SECONDS = 30.0
+
+
+class AccessLog:
+    """ASGI middleware logging one line per request: method, path, status, milliseconds."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def record_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record_status)
+        finally:
+            path = _BLOB_TOKEN.sub(r"\1<token>", scope.get("path", ""))
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            client = scope.get("client") or ("-", 0)
+            access_logger.info(
+                '%s "%s %s" %d %.1fms', client[0], scope["method"], path, status, elapsed_ms
+            )
+
+
+class Sweeper:
+    """Runs ``store.sweep()`` every ``interval`` seconds on a daemon thread."""
+
+    def __init__(self, store: Store, interval: float) -> None:
+        self._store = store
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="logits-sweeper", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                removed = self._store.sweep()
+            except Exception as exc:
+                logger.error("TTL sweep failed", exc_info=exc)
+            else:
+                if removed:
+                    logger.info("TTL sweep removed %d expired items", removed)
+
+
+@dataclass
+class BuiltServer:
+    """A configured uvicorn server and what must be closed after it stops."""
+
+    server: uvicorn.Server
+    app: Starlette
+    store: Store
+    settings: ServerSettings
+    sweeper: Sweeper
+
+    def run(self) -> None:
+        """Serve until interrupted (or ``should_exit``), then shut everything down."""
+        self.sweeper.start()
+        try:
+            self.server.run()
+        finally:
+            self.sweeper.stop()
+            close_app(self.app)
+            self.store.close()
+
+
+def open_store(home: Path, settings: ServerSettings) -> Store:
+    """The server's store lives directly in ``home``."""
+    return Store.open(
+        home,
+        max_rank=settings.max_rank,
+        future_retention=settings.future_retention,
+        idempotency_retention=settings.idempotency_retention,
+    )
+
+
+def build_server(home: Path, settings: ServerSettings, host: str, port: int) -> BuiltServer:
+    store = open_store(home, settings)
+    app = create_app(store, settings)
+    config = uvicorn.Config(
+        AccessLog(app),
+        host=host,
+        port=port,
+        access_log=False,  # AccessLog replaces it: uvicorn's would print blob tokens
+        log_config=None,
+        lifespan="off",
+        timeout_graceful_shutdown=5,
+    )
+    sweeper = Sweeper(store, settings.sweep_interval)
+    return BuiltServer(uvicorn.Server(config), app, store, settings, sweeper)
+
+
+def configure_logging() -> None:
+    """One line per event on stderr."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    for name in ("logits.server", "uvicorn.error"):
+        named = logging.getLogger(name)
+        named.handlers[:] = [handler]
+        named.setLevel(logging.INFO)
+        named.propagate = False
+
+
+def serve(home: Path, settings: ServerSettings, host: str, port: int) -> None:
+    configure_logging()
+    build_server(home, settings, host, port).run()
+
+
+def run_server(
+    home: Path, *, host: str, port: int, uri_scheme: str, jwt_auth: bool = False
+) -> None:
+    """Entry point of ``logits server start``."""
+    serve(home, ServerSettings(uri_scheme=uri_scheme, jwt_auth=jwt_auth), host, port)
+
+
+@dataclass(frozen=True)
+class RunningServer:
+    base_url: str  # http://127.0.0.1:PORT plus root_path, no trailing slash
+    port: int
+    store: Store
+    settings: ServerSettings
+
+
+@contextmanager
+def start_in_thread(home: Path, settings: ServerSettings | None = None) -> Iterator[RunningServer]:
+    """Serve on ``127.0.0.1`` at a free port in a background thread until the block ends."""
+    settings = settings or ServerSettings()
+    built = build_server(home, settings, "127.0.0.1", 0)
+    thread = threading.Thread(target=built.run, name="logits-server", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + _START_TIMEOUT_SECONDS
+    while not built.server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            built.server.should_exit = True
+            thread.join()
+            raise RuntimeError("the logits server did not start")
+        time.sleep(0.01)
+    port = built.server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield RunningServer(
+            f"http://127.0.0.1:{port}{settings.root_path.rstrip('/')}", port, built.store, settings
+        )
+    finally:
+        built.server.should_exit = True
+        thread.join()

@@ -1,0 +1,32 @@
+"""Server settings (protocol.md §1.5). Plain dataclass: cheap to import."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Blob URLs issued by the embedded server use this reserved origin; the client fetches them
+# through the same in-process transport (protocol.md §1.4).
+EMBEDDED_ORIGIN = "http://logits-embedded.invalid"
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    uri_scheme: str = "logits"  # "tinker" for official-SDK clients (§3.5)
+    public_url: str | None = None  # None: from the request's scheme and Host (§5.6.4)
+    root_path: str = ""  # mount prefix, included in every generated URL (§1.2)
+    auth: bool = True  # False in the embedded backend: every request acts as user "local"
+    jwt_auth: bool = False
+    jwt_ttl: int = 3600
+    download_url_ttl: int = 900
+    future_poll_hold: float = 10.0  # MUST stay below 40 s
+    future_retention: int = 3600
+    idempotency_retention: int = 86400
+    inline_futures: bool = False  # embedded: run the job inside the submitting request
+    future_workers: int = 2  # served mode: worker threads for futures
+    signing_secret: bytes | None = None  # None: read or create <store root>/signing_secret
+    max_rank: int = 256
+    sweep_interval: float = 60.0  # served mode: seconds between TTL sweeps of the store
+
+    @classmethod
+    def embedded(cls) -> ServerSettings:
+        return cls(auth=False, public_url=EMBEDDED_ORIGIN, inline_futures=True)

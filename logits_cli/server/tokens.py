@@ -1,0 +1,171 @@
+"""HMAC-signed tokens: blob download tokens (protocol.md §6.1) and HS256 JWTs (§2.3).
+
+Both are keyed from the server's signing secret; the JWT key is derived from it with a label,
+so a value signed for one purpose can never verify for the other.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from logits_cli.errors import AuthError, BadSignatureError, UrlExpiredError
+
+SECRET_FILE_NAME = "signing_secret"
+_SECRET_BYTES = 32
+_JWT_ISSUER = "logits"
+_JWT_HEADER = {"alg": "HS256", "typ": "JWT"}
+_BASE64URL_PART = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def b64url_encode(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64url_decode(text: str) -> bytes:
+    """Strict: only the base64url alphabet, no padding; ValueError otherwise."""
+    if not _BASE64URL_PART.fullmatch(text):
+        raise ValueError("not base64url")
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except binascii.Error as exc:
+        raise ValueError("not base64url") from exc
+
+
+def canonical_json(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def load_or_create_secret(root: Path) -> bytes:
+    """``<root>/signing_secret``: 32 random bytes, created once with mode 0600."""
+    path = root / SECRET_FILE_NAME
+    try:
+        secret = path.read_bytes()
+    except FileNotFoundError:
+        secret = secrets.token_bytes(_SECRET_BYTES)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+        try:
+            fd = os.open(path, flags, 0o600)
+        except FileExistsError:  # another process created it first: use theirs
+            return path.read_bytes()
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(secret)
+    return secret
+
+
+def _sign(key: bytes, message: str) -> str:
+    return b64url_encode(hmac.new(key, message.encode("ascii"), hashlib.sha256).digest())
+
+
+def _signature_matches(key: bytes, message: str, signature: str) -> bool:
+    return hmac.compare_digest(_sign(key, message), signature)
+
+
+@dataclass(frozen=True)
+class BlobClaim:
+    """What a blob token grants: one archive (by digest) of one checkpoint until ``expires``."""
+
+    run_id: str
+    kind: str
+    name: str
+    sha256: str
+    expires: int  # Unix seconds
+
+
+class Signer:
+    def __init__(self, secret: bytes) -> None:
+        self._blob_key = secret
+        self._jwt_key = hmac.new(secret, b"logits-jwt-v1", hashlib.sha256).digest()
+
+    # -- blob tokens (§6.1) ---------------------------------------------------------------
+    def blob_token(self, claim: BlobClaim) -> str:
+        payload = b64url_encode(
+            canonical_json(
+                {
+                    "d": claim.sha256,
+                    "e": claim.expires,
+                    "k": claim.kind,
+                    "n": claim.name,
+                    "r": claim.run_id,
+                    "v": 1,
+                }
+            )
+        )
+        return f"{payload}.{_sign(self._blob_key, payload)}"
+
+    def verify_blob_token(self, token: str, *, now: float | None = None) -> BlobClaim:
+        """Checks 1 and 2 of §6.1: BadSignatureError, then UrlExpiredError."""
+        invalid = BadSignatureError("download URL signature is invalid")
+        payload, dot, signature = token.partition(".")
+        if not dot or not _BASE64URL_PART.fullmatch(payload):
+            raise invalid
+        if not _BASE64URL_PART.fullmatch(signature) or not _signature_matches(
+            self._blob_key, payload, signature
+        ):
+            raise invalid
+        try:
+            fields = json.loads(b64url_decode(payload))
+            claim = BlobClaim(
+                run_id=fields["r"],
+                kind=fields["k"],
+                name=fields["n"],
+                sha256=fields["d"],
+                expires=fields["e"],
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise invalid from exc
+        types_ok = all(
+            isinstance(v, str) for v in (claim.run_id, claim.kind, claim.name, claim.sha256)
+        )
+        if fields.get("v") != 1 or not types_ok or type(claim.expires) is not int:
+            raise invalid
+        if (time.time() if now is None else now) > claim.expires:
+            raise UrlExpiredError("download URL has expired; request a new one")
+        return claim
+
+    # -- JWTs (§2.3) ------------------------------------------------------------------------
+    def issue_jwt(self, user_id: str, *, ttl: int, now: float | None = None) -> str:
+        issued = int(time.time() if now is None else now)
+        header = b64url_encode(canonical_json(_JWT_HEADER))
+        payload = b64url_encode(
+            canonical_json({"sub": user_id, "iat": issued, "exp": issued + ttl, "iss": _JWT_ISSUER})
+        )
+        signing_input = f"{header}.{payload}"
+        return f"{signing_input}.{_sign(self._jwt_key, signing_input)}"
+
+    def verify_jwt(self, token: str, *, now: float | None = None) -> str:
+        """The ``sub`` of a valid, unexpired JWT signed by this server; AuthError otherwise."""
+        invalid = AuthError("invalid or expired token")
+        parts = token.split(".")
+        if len(parts) != 3:
+            raise invalid
+        header, payload, signature = parts
+        if not _BASE64URL_PART.fullmatch(header + payload + signature):
+            raise invalid
+        if not _signature_matches(self._jwt_key, f"{header}.{payload}", signature):
+            raise invalid
+        try:
+            header_fields = json.loads(b64url_decode(header))
+            claims = json.loads(b64url_decode(payload))
+        except ValueError as exc:
+            raise invalid from exc
+        if not isinstance(header_fields, dict) or header_fields.get("alg") != "HS256":
+            raise invalid
+        if not isinstance(claims, dict) or claims.get("iss") != _JWT_ISSUER:
+            raise invalid
+        subject, expires = claims.get("sub"), claims.get("exp")
+        if not isinstance(subject, str) or type(expires) is not int:
+            raise invalid
+        if (time.time() if now is None else now) >= expires:
+            raise invalid
+        return subject

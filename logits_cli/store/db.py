@@ -1,0 +1,233 @@
+"""SQLite access for the store: connections, transactions, schema and migrations.
+
+One ``Database`` is shared by every thread of a process; each thread gets its own
+connection (sqlite3 connections must not be used by two threads at once). Several
+processes may open the same file: WAL lets readers run beside one writer, every write
+transaction starts with ``BEGIN IMMEDIATE`` so it takes the write lock up front (a deferred
+transaction that upgrades from read to write can fail with "database is locked" without the
+busy handler ever being called), and the busy timeout makes writers queue instead of failing.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from filelock import FileLock
+
+from logits_cli.errors import ConfigError
+
+BUSY_TIMEOUT_SECONDS = 60.0
+
+# Forward migrations: MIGRATIONS[n] takes the schema from user_version n to n + 1. Times are
+# integer microseconds since the Unix epoch (UTC), so comparisons and ordering are exact.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE users (
+            id TEXT PRIMARY KEY,
+            created INTEGER NOT NULL
+        )""",
+        """CREATE TABLE api_keys (
+            key_sha256 TEXT PRIMARY KEY,
+            prefix TEXT NOT NULL,
+            user_id TEXT NOT NULL REFERENCES users(id),
+            created INTEGER NOT NULL,
+            revoked INTEGER
+        )""",
+        """CREATE TABLE sessions (
+            id TEXT PRIMARY KEY,
+            user_id TEXT NOT NULL,
+            tags TEXT NOT NULL,
+            user_metadata TEXT,
+            sdk_version TEXT NOT NULL,
+            project_id TEXT,
+            created INTEGER NOT NULL,
+            last_heartbeat INTEGER
+        )""",
+        """CREATE TABLE runs (
+            id TEXT PRIMARY KEY,
+            session_id TEXT NOT NULL REFERENCES sessions(id),
+            model_seq_id INTEGER NOT NULL,
+            user_id TEXT NOT NULL,
+            base_model TEXT NOT NULL,
+            lora_rank INTEGER NOT NULL,
+            train_unembed INTEGER NOT NULL,
+            train_mlp INTEGER NOT NULL,
+            train_attn INTEGER NOT NULL,
+            seed INTEGER,
+            user_metadata TEXT,
+            body_sha256 TEXT NOT NULL,
+            created INTEGER NOT NULL,
+            last_request_time INTEGER NOT NULL
+        )""",
+        "CREATE INDEX runs_by_user ON runs (user_id, created DESC, id)",
+        "CREATE INDEX runs_by_created ON runs (created DESC, id)",
+        """CREATE TABLE checkpoints (
+            id INTEGER PRIMARY KEY,
+            run_id TEXT NOT NULL REFERENCES runs(id),
+            user_id TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            name TEXT NOT NULL,
+            tinker_path TEXT NOT NULL,
+            time INTEGER NOT NULL,
+            expires_at INTEGER,
+            public INTEGER NOT NULL DEFAULT 0,
+            size_bytes INTEGER NOT NULL,
+            sha256 TEXT NOT NULL,
+            UNIQUE (run_id, kind, name)
+        )""",
+        "CREATE INDEX checkpoints_by_user ON checkpoints (user_id, time DESC, tinker_path, expires_at)",
+        "CREATE INDEX checkpoints_by_run ON checkpoints (run_id, kind, time DESC, name)",
+        # Runs other users may see: those with a public checkpoint (protocol.md §2.4).
+        "CREATE INDEX checkpoints_public ON checkpoints (run_id, expires_at) WHERE public = 1",
+        "CREATE INDEX checkpoints_by_expiry ON checkpoints (expires_at) WHERE expires_at IS NOT NULL",
+        "CREATE INDEX checkpoints_by_sha256 ON checkpoints (sha256)",
+        """CREATE TABLE futures (
+            request_id TEXT PRIMARY KEY,
+            user_id TEXT NOT NULL,
+            model_id TEXT,
+            operation TEXT NOT NULL,
+            seq_id INTEGER,
+            body_sha256 TEXT,
+            status TEXT NOT NULL,
+            result TEXT,
+            created INTEGER NOT NULL,
+            finished INTEGER
+        )""",
+        """CREATE INDEX futures_by_seq ON futures (model_id, seq_id, body_sha256)
+            WHERE seq_id IS NOT NULL""",
+        "CREATE INDEX futures_by_created ON futures (created)",
+        """CREATE TABLE idempotency (
+            user_id TEXT NOT NULL,
+            method TEXT NOT NULL,
+            path TEXT NOT NULL,
+            key TEXT NOT NULL,
+            body_sha256 TEXT NOT NULL,
+            state TEXT NOT NULL,
+            status INTEGER,
+            body BLOB,
+            content_type TEXT,
+            location TEXT,
+            created INTEGER NOT NULL,
+            PRIMARY KEY (user_id, method, path, key)
+        )""",
+        "CREATE INDEX idempotency_by_created ON idempotency (created)",
+        # The implicit user of the embedded backend (protocol.md §1.4).
+        """INSERT INTO users (id, created)
+            VALUES ('local', CAST((julianday('now') - 2440587.5) * 86400000000 AS INTEGER))""",
+    ),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """A connection in autocommit mode: transactions are opened explicitly."""
+    conn = sqlite3.connect(
+        path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False
+    )
+    conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_SECONDS * 1000)}")
+    conn.execute("PRAGMA foreign_keys = ON")
+    # In WAL mode NORMAL stays consistent after a crash; it only skips an fsync per commit.
+    conn.execute("PRAGMA synchronous = NORMAL")
+    return conn
+
+
+def _user_version(path: Path) -> int:
+    conn = connect(path)
+    try:
+        return int(conn.execute("PRAGMA user_version").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def migrate(path: Path, lock_path: Path) -> None:
+    """Create or upgrade the schema. The file lock keeps two processes that open a fresh
+    store at once from both switching the journal mode and creating tables; a store that is
+    already current is only read, so opening it costs no write lock."""
+    if path.exists() and _user_version(path) == SCHEMA_VERSION:
+        return
+    with FileLock(lock_path):
+        conn = connect(path)
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                if version > SCHEMA_VERSION:
+                    raise ConfigError(
+                        f"store {path.parent} has schema version {version}; "
+                        f"this logits understands up to {SCHEMA_VERSION}"
+                    )
+                for statements in MIGRATIONS[version:]:
+                    for statement in statements:
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                conn.execute("COMMIT")
+            except BaseException:
+                _rollback(conn)
+                raise
+        finally:
+            conn.close()
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    # Some errors (SQLITE_FULL, SQLITE_IOERR, interrupts) already end the transaction.
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
+
+
+class Database:
+    """Per-thread connections to one SQLite file, with read and write transactions."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._all_guard = threading.Lock()
+        self._closed = False
+
+    def connection(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            if self._closed:
+                raise sqlite3.ProgrammingError("the store is closed")
+            conn = connect(self.path)
+            self._local.conn = conn
+            with self._all_guard:
+                self._all.append(conn)
+        return conn
+
+    @contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        """A snapshot: every query inside sees the same committed state."""
+        conn = self.connection()
+        conn.execute("BEGIN")
+        try:
+            yield conn
+        except BaseException:
+            _rollback(conn)
+            raise
+        conn.execute("COMMIT")
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction holding the write lock from its first statement."""
+        conn = self.connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            _rollback(conn)
+            raise
+        conn.execute("COMMIT")
+
+    def close(self) -> None:
+        self._closed = True
+        with self._all_guard:
+            connections, self._all = self._all, []
+        for conn in connections:
+            conn.close()
+        self._local = threading.local()

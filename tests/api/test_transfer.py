@@ -1,0 +1,201 @@
+"""The transfer engine against the real server, over a socket and embedded (design.md §5)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import filelock
+import pytest
+from transfer_support import (
+    archive_members,
+    embedded_client,
+    listing,
+    make_checkpoint,
+    ref_of,
+    remote_client,
+    server_blob,
+)
+
+from logits_cli import models
+from logits_cli.api import DownloadOptions
+from logits_cli.api.transfer import (
+    Crc32c,
+    choose_digest,
+    choose_segment_size,
+    download_checkpoint,
+)
+from logits_cli.api.verify import MANIFEST_NAME, verify_checkpoint_dir
+from logits_cli.errors import BusyError, ConflictError, NotFoundError
+
+MiB = 1024 * 1024
+
+
+def assert_matches_archive(final: Path, archive: Path) -> None:
+    """Every archive member is in ``final`` byte for byte, and nothing else but the manifest."""
+    members = archive_members(archive)
+    assert listing(final) == sorted([*members, MANIFEST_NAME])
+    for name, data in members.items():
+        assert (final / name).read_bytes() == data, name
+    assert verify_checkpoint_dir(final).ok
+
+
+def test_remote_download_extracts_exactly_the_archive(live_server: Any, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with remote_client(live_server, tmp_path / "home") as client:
+            checkpoint = await make_checkpoint(client)
+            seen: list[tuple[int, int | None]] = []
+            result = await client.download(
+                ref_of(checkpoint), tmp_path / "dest", progress=lambda d, t: seen.append((d, t))
+            )
+            assert result.path == tmp_path / "dest" / "ckpt"
+            assert result.bytes_fetched == checkpoint.size_bytes
+            assert not result.skipped and not result.resumed
+            assert seen[-1] == (checkpoint.size_bytes, checkpoint.size_bytes)
+            assert listing(tmp_path / "dest") == ["ckpt"]
+            assert_matches_archive(result.path, server_blob(live_server.store, checkpoint))
+            manifest = models.LocalManifest.model_validate_json(
+                (result.path / MANIFEST_NAME).read_bytes()
+            )
+            assert manifest.archive_sha256 == checkpoint.sha256
+            assert manifest.tinker_path == checkpoint.tinker_path
+
+            again = await client.download(ref_of(checkpoint), tmp_path / "dest")
+            assert again.skipped and again.bytes_fetched == 0
+
+            forced = await client.download(
+                ref_of(checkpoint), tmp_path / "dest", options=DownloadOptions(force=True)
+            )
+            assert not forced.skipped and forced.bytes_fetched == checkpoint.size_bytes
+            assert listing(tmp_path / "dest") == ["ckpt"]
+
+    asyncio.run(scenario())
+
+
+def test_remote_parallel_segments_keep_archive(live_server: Any, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with remote_client(live_server, tmp_path / "home") as client:
+            checkpoint = await make_checkpoint(client, base_model="Qwen/Qwen3-0.6B", rank=1)
+            assert checkpoint.size_bytes is not None and checkpoint.size_bytes > 3 * MiB
+            options = DownloadOptions(connections=4, segment_size=MiB, keep_archive=True)
+            result = await client.download(ref_of(checkpoint), tmp_path / "dest", options=options)
+            assert listing(tmp_path / "dest") == ["ckpt", "ckpt.tar"]
+            blob = server_blob(live_server.store, checkpoint)
+            assert (tmp_path / "dest" / "ckpt.tar").read_bytes() == blob.read_bytes()
+            assert_matches_archive(result.path, blob)
+
+    asyncio.run(scenario())
+
+
+def test_embedded_download_in_bounded_ranges(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with embedded_client(tmp_path / "home") as client:
+            checkpoint = await make_checkpoint(client, base_model="Qwen/Qwen3-0.6B", rank=2)
+            assert checkpoint.size_bytes is not None and checkpoint.size_bytes > 8 * MiB
+            options = DownloadOptions(archive_only=True)
+            result = await client.download(ref_of(checkpoint), tmp_path / "dest", options=options)
+            assert result.path == tmp_path / "dest" / "ckpt.tar"
+            assert listing(tmp_path / "dest") == ["ckpt.tar"]
+            digest = hashlib.sha256(result.path.read_bytes()).hexdigest()
+            assert digest == checkpoint.sha256
+
+            again = await client.download(ref_of(checkpoint), tmp_path / "dest", options=options)
+            assert again.skipped
+
+            extracted = await client.download(ref_of(checkpoint), tmp_path / "dest")
+            assert_matches_archive(extracted.path, result.path)
+
+    asyncio.run(scenario())
+
+
+def test_latest_selector_is_resolved(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with embedded_client(tmp_path / "home") as client:
+            checkpoint = await make_checkpoint(client, name="newest")
+            latest = ref_of(checkpoint).with_name("@latest")
+            result = await client.download(latest, tmp_path / "dest")
+            assert result.path.name == "newest"
+
+    asyncio.run(scenario())
+
+
+def test_something_else_in_the_way_is_a_conflict(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with embedded_client(tmp_path / "home") as client:
+            checkpoint = await make_checkpoint(client)
+            (tmp_path / "dest" / "ckpt").mkdir(parents=True)
+            (tmp_path / "dest" / "ckpt" / "mine.txt").write_text("keep me")
+            with pytest.raises(ConflictError):
+                await client.download(ref_of(checkpoint), tmp_path / "dest")
+            assert (tmp_path / "dest" / "ckpt" / "mine.txt").exists()
+            assert listing(tmp_path / "dest") == ["ckpt"]
+
+    asyncio.run(scenario())
+
+
+def test_a_held_part_lock_is_busy(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with embedded_client(tmp_path / "home") as client:
+            checkpoint = await make_checkpoint(client)
+            dest = tmp_path / "dest"
+            dest.mkdir()
+            with filelock.FileLock(dest / ".ckpt.part.lock"):
+                with pytest.raises(BusyError):
+                    await download_checkpoint(client, ref_of(checkpoint), dest)
+            result = await client.download(ref_of(checkpoint), dest)
+            assert verify_checkpoint_dir(result.path).ok
+            assert listing(dest) == ["ckpt"]
+
+    asyncio.run(scenario())
+
+
+def test_deleted_checkpoint_is_not_found(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with embedded_client(tmp_path / "home") as client:
+            checkpoint = await make_checkpoint(client)
+            await client.delete(ref_of(checkpoint))
+            with pytest.raises(NotFoundError):
+                await client.download(ref_of(checkpoint), tmp_path / "dest")
+
+    asyncio.run(scenario())
+
+
+# -- pure helpers -------------------------------------------------------------------------------
+
+
+def test_digest_choice_follows_the_protocol_order() -> None:
+    sha = hashlib.sha256(b"x").digest()
+    other = hashlib.sha256(b"y").hexdigest()
+    import base64
+
+    repr_digest = f"sha-512=:AAAA:, sha-256=:{base64.b64encode(sha).decode()}:"
+    chosen = choose_digest({"repr-digest": repr_digest, "etag": f'"sha256:{other}"'}, other)
+    assert (chosen.algorithm, chosen.value, chosen.source) == ("sha256", sha, "Repr-Digest")
+    chosen = choose_digest({"etag": f'"sha256:{sha.hex()}"'}, other)
+    assert (chosen.value, chosen.source) == (sha, "ETag")
+    chosen = choose_digest({"etag": '"abc"'}, sha.hex())
+    assert chosen.source == "checkpoint sha256"
+    md5 = hashlib.md5(b"x").digest()
+    goog = f"crc32c=AAAAAA==, md5={base64.b64encode(md5).decode()}"
+    chosen = choose_digest({"x-goog-hash": goog}, None)
+    assert (chosen.algorithm, chosen.value) == ("md5", md5)
+    chosen = choose_digest({"x-goog-hash": "crc32c=4waSgw=="}, None)
+    assert (chosen.algorithm, chosen.value) == ("crc32c", bytes.fromhex("e3069283"))
+    chosen = choose_digest({"etag": f'"{md5.hex()}"'}, None)
+    assert (chosen.algorithm, chosen.value) == ("md5", md5)
+    assert choose_digest({"etag": f'"{md5.hex()}-3"'}, None) is None
+
+
+def test_crc32c_check_value() -> None:
+    crc = Crc32c()
+    crc.update(b"123456789")
+    assert crc.digest() == bytes.fromhex("e3069283")
+
+
+def test_segment_sizes() -> None:
+    assert choose_segment_size(None, connections=8, embedded=False) == 8 * MiB
+    assert choose_segment_size(100 * MiB, connections=8, embedded=False) == 8 * MiB
+    assert choose_segment_size(2048 * MiB, connections=8, embedded=False) == 64 * MiB
+    assert choose_segment_size(2048 * MiB, connections=8, embedded=True) == 4 * MiB

@@ -373,7 +373,11 @@ class LogitsClient:
     async def _target(self, ref: CheckpointRef, operation: str) -> CheckpointRef:
         """``ref`` with ``@latest`` resolved, refusing kinds this client cannot act on."""
         _require_known_kind(ref, operation)
-        return await self.resolve(ref)
+        target = await self.resolve(ref)
+        # Refs built by hand skip the parser; their parts become URL path segments.
+        validate_run_id(target.run_id)
+        validate_name(target.name)
+        return target
 
     async def _submit(
         self,

@@ -376,7 +376,10 @@ class RequestLayer:
             detail = f"{context}: {detail}"
         if attempts is not None and attempts > 1:
             detail = f"{detail}; gave up after {attempts} attempts"
-        return errors.error_for_status(status, code, detail)
+        error = errors.error_for_status(status, code, detail)
+        if status == 401 and error.hint is None:
+            error.hint = "check LOGITS_API_KEY or LOGITS_API_KEY_CMD"
+        return error
 
     def parse(self, response: httpx.Response, model: type[M]) -> M:
         """Validate a 2xx JSON body; anything unreadable is ``UnexpectedResponseError``."""

@@ -41,7 +41,7 @@ from pydantic import ValidationError
 
 from logits_cli import models
 from logits_cli.api.bulk import apply_concurrently, as_utc, newest_per_group, normalize_kind
-from logits_cli.api.client import DownloadOptions, LogitsClient
+from logits_cli.api.client import DownloadOptions, LogitsClient, ProgressCallback
 from logits_cli.api.verify import MANIFEST_NAME
 from logits_cli.errors import BusyError, LogitsError, UsageError
 from logits_cli.uri import KINDS, CheckpointRef, validate_run_id
@@ -144,14 +144,19 @@ def _identity(ref: CheckpointRef) -> tuple[str, str, str]:
     return (ref.run_id, ref.kind, ref.name)
 
 
-def _manifest_ref(manifest: models.LocalManifest) -> CheckpointRef | None:
+def _own_copy(directory: Path) -> tuple[models.LocalManifest, CheckpointRef] | None:
+    """Our manifest in ``directory`` and the checkpoint it names, or None."""
+    manifest = read_own_manifest(directory)
+    if manifest is None:
+        return None
     try:
-        return CheckpointRef.parse(manifest.tinker_path, any_kind=True)
+        return manifest, CheckpointRef.parse(manifest.tinker_path, any_kind=True)
     except UsageError:
         return None
 
 
-def _is_current(manifest: models.LocalManifest, checkpoint: models.Checkpoint) -> bool:
+def is_current(manifest: models.LocalManifest, checkpoint: models.Checkpoint) -> bool:
+    """Whether our local copy (``manifest``) is the listed ``checkpoint`` as it is now."""
     if checkpoint.sha256 is not None:
         return manifest.archive_sha256 == checkpoint.sha256
     # Deployments that list no digest: an overwrite always changes the creation time.
@@ -163,15 +168,8 @@ def _is_current(manifest: models.LocalManifest, checkpoint: models.Checkpoint) -
 @dataclass
 class _Planned:
     ref: CheckpointRef
-    checkpoint: models.Checkpoint
     item: SyncItem
     replace: bool = False  # our older copy is there: the download must replace it
-
-
-@dataclass
-class _Plan:
-    downloads: list[_Planned] = field(default_factory=list)
-    settled: list[SyncItem] = field(default_factory=list)  # present or refused up front
 
 
 async def run_sync(
@@ -264,20 +262,15 @@ async def _sync(
     items: list[SyncItem] = []
 
     if options.prune_local:
-        remote = set()
-        for checkpoint in listed:
-            with contextlib.suppress(UsageError):
-                remote.add(_identity(CheckpointRef.parse(checkpoint.tinker_path, any_kind=True)))
-        items += _prune(dest, remote, set(runs), options.dry_run, notify)
+        items += _prune(dest, _identities(listed), set(runs), options.dry_run, notify)
 
-    plan = _plan(dest, _select(listed, options))
-    for item in plan.settled:
-        notify(item)
-    items += plan.settled
-    items += [planned.item for planned in plan.downloads]
+    planned_items, downloads = _plan(dest, _select(listed, options))
+    items += planned_items
+    for item in planned_items:
+        # Items settled while planning are reported now; downloads when they finish.
+        if options.dry_run or item.status != "planned":
+            notify(item)
     if options.dry_run:
-        for planned in plan.downloads:
-            notify(planned.item)
         return items
 
     deadline = started + options.max_duration if options.max_duration is not None else None
@@ -291,18 +284,12 @@ async def _sync(
         download_options = options.download
         if planned.replace:
             download_options = dataclasses.replace(download_options, force=True)
-        report = None
-        if progress is not None:
-
-            def report(done: int, total: int | None) -> None:
-                progress(item.tinker_path, done, total)
-
         try:
             result = await client.download(
                 planned.ref,
                 checkpoint_dir(dest, planned.ref).parent,
                 options=download_options,
-                progress=report,
+                progress=_progress_of(item, progress),
             )
         except LogitsError as error:
             item.status, item.error = "failed", str(error)
@@ -312,8 +299,26 @@ async def _sync(
             item.local_path = str(result.path)
         notify(item)
 
-    await apply_concurrently(plan.downloads, fetch, jobs=options.jobs)
+    await apply_concurrently(downloads, fetch, jobs=options.jobs)
     return items
+
+
+def _progress_of(item: SyncItem, progress: SyncProgressCallback | None) -> ProgressCallback | None:
+    if progress is None:
+        return None
+
+    def report(done: int, total: int | None) -> None:
+        progress(item.tinker_path, done, total)
+
+    return report
+
+
+def _identities(listed: list[models.Checkpoint]) -> set[tuple[str, str, str]]:
+    identities = set()
+    for checkpoint in listed:
+        with contextlib.suppress(UsageError):
+            identities.add(_identity(CheckpointRef.parse(checkpoint.tinker_path, any_kind=True)))
+    return identities
 
 
 async def _list_remote(client: LogitsClient, runs: tuple[str, ...]) -> list[models.Checkpoint]:
@@ -338,33 +343,34 @@ def _select(listed: list[models.Checkpoint], options: SyncOptions) -> list[model
     return sorted(by_path, key=lambda c: c.time, reverse=True)
 
 
-def _plan(dest: Path, checkpoints: list[models.Checkpoint]) -> _Plan:
-    plan = _Plan()
+def _plan(
+    dest: Path, checkpoints: list[models.Checkpoint]
+) -> tuple[list[SyncItem], list[_Planned]]:
+    """One item per checkpoint, in order, and the downloads among them."""
+    items: list[SyncItem] = []
+    downloads: list[_Planned] = []
     for checkpoint in checkpoints:
         item = SyncItem(tinker_path=checkpoint.tinker_path, status="planned")
+        items.append(item)
         try:
             ref = CheckpointRef.parse(checkpoint.tinker_path)
         except UsageError as error:
             item.status, item.error = "failed", f"the server listed a bad path: {error}"
-            plan.settled.append(item)
             continue
         target = checkpoint_dir(dest, ref)
         item.local_path = str(target)
         if not target.exists():
-            plan.downloads.append(_Planned(ref, checkpoint, item))
+            downloads.append(_Planned(ref, item))
             continue
-        manifest = read_own_manifest(target)
-        manifest_ref = _manifest_ref(manifest) if manifest is not None else None
-        if manifest is None or manifest_ref is None or _identity(manifest_ref) != _identity(ref):
+        own = _own_copy(target)
+        if own is None or _identity(own[1]) != _identity(ref):
             item.status = "failed"
             item.error = f"{target} exists and is not this checkpoint's download; move it away"
-            plan.settled.append(item)
-        elif _is_current(manifest, checkpoint):
+        elif is_current(own[0], checkpoint):
             item.status = "present"
-            plan.settled.append(item)
         else:
-            plan.downloads.append(_Planned(ref, checkpoint, item, replace=True))
-    return plan
+            downloads.append(_Planned(ref, item, replace=True))
+    return items, downloads
 
 
 def _prune(
@@ -386,9 +392,11 @@ def _prune(
         directory = manifest_path.parent
         if any(p.is_symlink() for p in (directory, directory.parent, directory.parent.parent)):
             continue
-        manifest = read_own_manifest(directory)
-        ref = _manifest_ref(manifest) if manifest is not None else None
-        if ref is None or ref.kind not in KINDS or checkpoint_dir(dest, ref) != directory:
+        own = _own_copy(directory)
+        if own is None:
+            continue
+        manifest, ref = own
+        if ref.kind not in KINDS or checkpoint_dir(dest, ref) != directory:
             continue
         if runs and ref.run_id not in runs:
             continue

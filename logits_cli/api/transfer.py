@@ -142,6 +142,17 @@ def _hasher(algorithm: str) -> Any:
     return Crc32c() if algorithm == "crc32c" else hashlib.new(algorithm)
 
 
+def _hash_range(fd: int, offset: int, count: int, hashers: dict[str, Any]) -> None:
+    while count > 0:
+        chunk = os.pread(fd, min(count, HASH_CHUNK), offset)
+        if not chunk:
+            raise IntegrityError("the part file is shorter than its journal says")
+        for hasher in hashers.values():
+            hasher.update(chunk)
+        offset += len(chunk)
+        count -= len(chunk)
+
+
 def hash_file(path: Path, algorithms: set[str]) -> dict[str, bytes]:
     """Digests of the whole file, one read pass for all ``algorithms``."""
     hashers = {name: _hasher(name) for name in algorithms}
@@ -297,13 +308,13 @@ class _ArchiveChanged(Exception):
 @dataclass(frozen=True)
 class FetchResult:
     size: int
-    headers: dict[str, str]
+    expected: ExpectedDigest | None  # the digest to check against, if the server offers one
+    digests: dict[str, bytes]  # of the whole file: sha256 and the expected digest's algorithm
     bytes_fetched: int
     resumed: bool
 
 
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
-_UNSATISFIED_RANGE = re.compile(r"bytes\s+\*/(\d+)")
 
 
 def choose_segment_size(size: int | None, *, connections: int, embedded: bool) -> int:
@@ -332,6 +343,7 @@ class ArchiveFetcher:
         identity: dict[str, Any],
         *,
         expected_size: int | None,
+        checkpoint_sha256: str | None,
         segment_size: int,
         connections: int,
         stall_timeout: float,
@@ -344,6 +356,7 @@ class ArchiveFetcher:
         self._journal_path = journal_path
         self._identity = identity
         self._expected_size = expected_size
+        self._checkpoint_sha256 = checkpoint_sha256
         self._segment_size = segment_size
         self._connections = max(1, connections)
         self._stall_timeout = stall_timeout
@@ -356,6 +369,13 @@ class ArchiveFetcher:
         self._fetched = 0
         self._done = 0
         self._last_flush = 0.0
+        # Hashing follows the contiguous filled prefix while segments arrive, so verifying
+        # needs no second pass over the file. ``_layout`` changes whenever the journal is
+        # replaced (bytes on disk no longer valid), which makes the hasher start over.
+        self._layout = 0
+        self._grown = asyncio.Event()
+        self._fetch_done = False
+        self._hash_task: asyncio.Task[dict[str, bytes]] | None = None
 
     # -- entry point ----------------------------------------------------------------------
 
@@ -364,10 +384,13 @@ class ArchiveFetcher:
         if journal is not None and not self._journal_matches(journal):
             journal = None
         resumed = journal is not None and journal.done_bytes > 0
+        if journal is None:
+            # A new file rather than truncating the old one: on ext4, a file truncated to
+            # zero is flushed to disk synchronously when closed.
+            with contextlib.suppress(FileNotFoundError):
+                self._part.unlink()
         fd = os.open(self._part, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            if journal is None:
-                os.ftruncate(fd, 0)
             for restart in range(2):
                 try:
                     await self._fetch_all(fd, journal)
@@ -377,24 +400,70 @@ class ArchiveFetcher:
                         raise UnexpectedResponseError(
                             "the archive changed on the server during the download"
                         ) from None
-                    os.ftruncate(fd, 0)
                     journal = None
-                    self._journal = None
-            assert self._journal is not None
+                    self._replace_journal(None)
+            assert self._journal is not None and self._hash_task is not None
+            self._fetch_done = True
+            self._grown.set()
+            digests = await self._hash_task
             if os.fstat(fd).st_size != self._journal.size:
                 raise IntegrityError(
                     f"downloaded {os.fstat(fd).st_size} bytes, expected {self._journal.size}"
                 )
             return FetchResult(
                 size=self._journal.size,
-                headers=dict(self._journal.headers),
+                expected=self._expected_digest(),
+                digests=digests,
                 bytes_fetched=self._fetched,
                 resumed=resumed,
             )
         finally:
+            if self._hash_task is not None and not self._hash_task.done():
+                self._hash_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._hash_task
             os.close(fd)
             if self._journal is not None:
                 self._journal.save(self._journal_path)
+
+    def _replace_journal(self, journal: Journal | None) -> None:
+        self._journal = journal
+        self._layout += 1
+        self._grown.set()
+
+    def _expected_digest(self) -> ExpectedDigest | None:
+        headers = self._journal.headers if self._journal is not None else {}
+        return choose_digest(headers, self._checkpoint_sha256)
+
+    def _prefix_end(self) -> int:
+        """Where the contiguous run of good bytes from offset 0 ends."""
+        journal = self._journal
+        if journal is None:
+            return 0
+        for index, filled in enumerate(journal.filled):
+            start, end = journal.bounds(index)
+            if start + filled < end:
+                return start + filled
+        return journal.size
+
+    async def _hash_prefix(self, fd: int) -> dict[str, bytes]:
+        while True:
+            layout = self._layout
+            expected = self._expected_digest()
+            algorithms = {"sha256"} | ({expected.algorithm} if expected else set())
+            hashers = {name: _hasher(name) for name in algorithms}
+            position = 0
+            while layout == self._layout:
+                end = self._prefix_end()
+                if position < end:
+                    count = min(end - position, HASH_CHUNK)
+                    await asyncio.to_thread(_hash_range, fd, position, count, hashers)
+                    position += count
+                elif self._fetch_done:
+                    return {name: hasher.digest() for name, hasher in hashers.items()}
+                else:
+                    self._grown.clear()
+                    await self._grown.wait()
 
     def _journal_matches(self, journal: Journal) -> bool:
         if not self._part.is_file() or self._part.stat().st_size != journal.size:
@@ -409,6 +478,8 @@ class ArchiveFetcher:
         self._pending.clear()
         self._done = journal.done_bytes if journal is not None else 0
         self._report()
+        if self._hash_task is None:
+            self._hash_task = asyncio.create_task(self._hash_prefix(fd))
         if journal is not None and journal.complete:
             return
         probe = 0
@@ -487,8 +558,14 @@ class ArchiveFetcher:
                 response = await self._http.send(request, stream=True)
                 try:
                     position, limit = await self._accept(fd, response, offset, last)
+                    rearmed = loop.time()
                     async for chunk in response.aiter_raw():
-                        stall.reschedule(loop.time() + self._stall_timeout)
+                        # Re-arming on every chunk costs a timer each; a few times per
+                        # stall period keeps detection within 25 % of the limit.
+                        now = loop.time()
+                        if now - rearmed > self._stall_timeout / 4:
+                            stall.reschedule(now + self._stall_timeout)
+                            rearmed = now
                         position = self._write(fd, index, chunk, position, limit)
                 finally:
                     await response.aclose()
@@ -546,8 +623,10 @@ class ArchiveFetcher:
                 raise IntegrityError(
                     f"the server's archive has {total} bytes, the listing says {self._expected_size}"
                 )
-            self._journal = Journal.plan(self._identity, total, self._segment_size, validators)
             os.ftruncate(fd, total)
+            self._replace_journal(
+                Journal.plan(self._identity, total, self._segment_size, validators)
+            )
             self._planned.set()
         elif total != self._journal.size or (
             self._journal.headers.get("etag")
@@ -572,10 +651,10 @@ class ArchiveFetcher:
                 f"the server's archive has {size} bytes, the listing says {self._expected_size}"
             )
         self._ranges_ignored = True
-        self._journal = Journal.plan(
-            self._identity, size or 0, size or 0, _validators(response.headers)
+        os.ftruncate(fd, size or 0)
+        self._replace_journal(
+            Journal.plan(self._identity, size or 0, size or 0, _validators(response.headers))
         )
-        os.ftruncate(fd, 0)
         self._done = 0
         self._planned.set()
         return 0, size
@@ -592,6 +671,7 @@ class ArchiveFetcher:
         self._journal.filled[index] += len(chunk)
         self._fetched += len(chunk)
         self._done += len(chunk)
+        self._grown.set()
         self._report()
         now = time.monotonic()
         if now - self._last_flush >= JOURNAL_FLUSH_INTERVAL_S:
@@ -639,6 +719,25 @@ def _discard(*paths: Path) -> None:
     for path in paths:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+
+
+def _install_file(source: Path, target: Path) -> None:
+    """Rename ``source`` to ``target``, moving an existing ``target`` aside first: on ext4, a
+    rename over an existing file flushes the renamed file to disk synchronously."""
+    if not target.exists() and not target.is_symlink():
+        os.rename(source, target)
+        return
+    aside = target.with_name(f".{target.name}.old-{os.getpid()}")
+    os.rename(target, aside)
+    try:
+        os.rename(source, target)
+    except BaseException:
+        os.rename(aside, target)
+        raise
+    if aside.is_dir() and not aside.is_symlink():
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        aside.unlink()
 
 
 def _already_present(final: Path, checkpoint: models.Checkpoint, *, archive_only: bool) -> bool:
@@ -737,7 +836,7 @@ async def download_checkpoint(
                     f"download did not finish within {options.timeout:g} s"
                 ) from None
         if options.archive_only:
-            os.replace(part, final)
+            _install_file(part, final)
         else:
             try:
                 await asyncio.to_thread(
@@ -754,7 +853,7 @@ async def download_checkpoint(
                 _discard(part, journal_path)  # verified bytes, bad content: nothing to resume
                 raise
             if options.keep_archive:
-                os.replace(part, dest_dir / f"{name}.tar")
+                _install_file(part, dest_dir / f"{name}.tar")
             else:
                 _discard(part)
         _discard(journal_path)
@@ -796,6 +895,7 @@ async def _fetch_verified(
             journal_path,
             identity,
             expected_size=checkpoint.size_bytes,
+            checkpoint_sha256=checkpoint.sha256,
             segment_size=segment_size,
             connections=options.connections,
             stall_timeout=options.stall_timeout,
@@ -806,11 +906,9 @@ async def _fetch_verified(
         fetched_total += result.bytes_fetched
         if resumed_first is None:
             resumed_first = result.resumed
-        expected = choose_digest(result.headers, checkpoint.sha256)
-        algorithms = {"sha256"} | ({expected.algorithm} if expected else set())
-        digests = await asyncio.to_thread(hash_file, part, algorithms)
-        if expected is None or digests[expected.algorithm] == expected.value:
-            return fetched_total, bool(resumed_first), digests["sha256"].hex(), result.size
+        expected = result.expected
+        if expected is None or result.digests[expected.algorithm] == expected.value:
+            return fetched_total, bool(resumed_first), result.digests["sha256"].hex(), result.size
         _discard(part, journal_path)
     raise IntegrityError(
         f"the downloaded archive does not match its digest ({expected.source}), twice"

@@ -5,10 +5,8 @@ the result. Bulk work (publish, rm, ttl over several checkpoints) goes through
 ``api.bulk.apply_concurrently``; any failed item makes the command exit 8.
 """
 
-from __future__ import annotations
-
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -62,7 +60,7 @@ class SortKey(StrEnum):
     size = "size"
 
 
-def checkpoint_row(checkpoint: models.Checkpoint) -> dict[str, Any]:
+def checkpoint_row(checkpoint: "models.Checkpoint") -> dict[str, Any]:
     return {
         "name": checkpoint.name,
         "checkpoint_type": checkpoint.checkpoint_type,
@@ -74,7 +72,7 @@ def checkpoint_row(checkpoint: models.Checkpoint) -> dict[str, Any]:
     }
 
 
-def checkpoint_json(checkpoint: models.Checkpoint) -> dict[str, Any]:
+def checkpoint_json(checkpoint: "models.Checkpoint") -> dict[str, Any]:
     return checkpoint.model_dump(mode="json")
 
 
@@ -89,7 +87,7 @@ def _optional_seconds(text: str | None) -> float | None:
     return None if text is None else float(parse_duration(text))
 
 
-def _remember(settings: Any, checkpoints: Sequence[models.Checkpoint]) -> None:
+def _remember(settings: Any, checkpoints: "Sequence[models.Checkpoint]") -> None:
     from logits_cli.cli.completion_cache import remember
 
     remember(
@@ -163,7 +161,7 @@ def save(
 
     with out.status(f"Saving {name}…") as update:
 
-        async def work(client: LogitsClient) -> models.Checkpoint:
+        async def work(client: "LogitsClient") -> "models.Checkpoint":
             return await client.save(
                 run_id,
                 name,
@@ -210,7 +208,7 @@ def load(
 
     with out.status(f"Loading {ref.name}…") as update:
 
-        async def work(client: LogitsClient) -> str:
+        async def work(client: "LogitsClient") -> str:
             resolved = await client.resolve(ref)
             return await client.load(
                 run_id,
@@ -288,7 +286,7 @@ def list_checkpoints(
 
     with out.status("Listing checkpoints…") as update:
 
-        async def work(client: LogitsClient) -> list[models.Checkpoint]:
+        async def work(client: "LogitsClient") -> "list[models.Checkpoint]":
             if run_ids:
                 import asyncio
 
@@ -303,7 +301,7 @@ def list_checkpoints(
 
         checkpoints = call_api(ctx, settings, work)
 
-    def wanted(c: models.Checkpoint) -> bool:
+    def wanted(c: "models.Checkpoint") -> bool:
         return (
             (checkpoint_type is None or c.checkpoint_type == checkpoint_type.value)
             and (since_at is None or c.time >= since_at)
@@ -346,7 +344,9 @@ def info(
     ref = CheckpointRef.parse(path, allow_latest=True)
     settings = settings_for(ctx)
 
-    async def work(client: LogitsClient) -> tuple[models.Checkpoint, models.WeightsInfoResponse]:
+    async def work(
+        client: "LogitsClient",
+    ) -> "tuple[models.Checkpoint, models.WeightsInfoResponse]":
         checkpoint = await client.get_checkpoint(ref)
         weights = await client.weights_info(CheckpointRef.parse(checkpoint.tinker_path))
         return checkpoint, weights
@@ -396,8 +396,8 @@ def url(
     settings = settings_for(ctx)
 
     async def work(
-        client: LogitsClient,
-    ) -> tuple[CheckpointRef, models.CheckpointArchiveUrlResponse]:
+        client: "LogitsClient",
+    ) -> "tuple[CheckpointRef, models.CheckpointArchiveUrlResponse]":
         resolved = await client.resolve(ref)
         return resolved, await client.archive_url(resolved)
 
@@ -420,7 +420,7 @@ def _change_visibility(ctx: typer.Context, paths: list[str], *, public: bool, ou
     results: dict[int, dict[str, Any]] = {}
     report = BulkReport(len(refs), "published" if public else "unpublished")
 
-    async def work(client: LogitsClient) -> list[tuple[int, errors.LogitsError | None]]:
+    async def work(client: "LogitsClient") -> list[tuple[int, errors.LogitsError | None]]:
         async def change(index: int) -> None:
             resolved = await client.resolve(refs[index])
             changed = await (client.publish(resolved) if public else client.unpublish(resolved))
@@ -505,8 +505,8 @@ class Selection:
     keep_names: frozenset[str] = frozenset()
 
     async def targets(
-        self, client: LogitsClient
-    ) -> tuple[list[CheckpointRef], list[models.Checkpoint]]:
+        self, client: "LogitsClient"
+    ) -> "tuple[list[CheckpointRef], list[models.Checkpoint]]":
         """(selected refs, kept checkpoints); ``@latest`` resolved."""
         if self.run is None:
             resolved = [await client.resolve(ref) for ref in self.refs]
@@ -589,7 +589,7 @@ def rm(
     settings = settings_for(ctx)
 
     async def work(
-        client: LogitsClient,
+        client: "LogitsClient",
     ) -> tuple[list[str], list[str], list[tuple[str, errors.LogitsError | None]]]:
         targets, kept = await selection.targets(client)
         if max_delete is not None and len(targets) > max_delete:
@@ -679,7 +679,7 @@ def ttl(
     results: dict[str, models.Checkpoint] = {}
 
     async def work(
-        client: LogitsClient,
+        client: "LogitsClient",
     ) -> tuple[list[str], list[tuple[str, errors.LogitsError | None]]]:
         targets, _kept = await selection.targets(client)
 
@@ -762,7 +762,7 @@ def download(
     settings = settings_for(ctx)
     report = BulkReport(len(refs), "downloaded")
 
-    async def work(client: LogitsClient) -> list[DownloadResult]:
+    async def work(client: "LogitsClient") -> "list[DownloadResult]":
         done: list[DownloadResult] = []
         with out.transfer_bars() as bars:
             for text, ref in zip(paths, refs, strict=True):
@@ -885,7 +885,21 @@ def sync(
         error = f": {item.error}" if item.error else ""
         log_line(f"{item.status} {item.tinker_path}{detail}{error}")
 
-    summary = call_api(ctx, settings, lambda client: run_sync(client, output, options, on_item=on_item))
+    with out.transfer_bars() as bars:
+        bar_for: dict[str, Callable[[int, int | None], None]] = {}
+
+        def progress(tinker_path: str, done: int, total: int | None) -> None:
+            if bars is None:
+                return
+            if tinker_path not in bar_for:
+                bar_for[tinker_path] = bars.bar(tinker_path.rsplit("/", 1)[-1])
+            bar_for[tinker_path](done, total)
+
+        summary = call_api(
+            ctx,
+            settings,
+            lambda client: run_sync(client, output, options, on_item=on_item, progress=progress),
+        )
     if out.json:
         out.emit_json(summary.to_json())
     elif out.quiet:

@@ -1,7 +1,5 @@
 """``logits config show``: the resolved settings, where each came from, which backend."""
 
-from __future__ import annotations
-
 import typer
 
 from logits_cli.cli.context import settings_for

@@ -1,7 +1,5 @@
 """The root ``logits`` command: global connection flags, ``--version``, the groups."""
 
-from __future__ import annotations
-
 from typing import Annotated
 
 import typer

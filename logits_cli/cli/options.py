@@ -1,7 +1,5 @@
 """Option aliases shared by the commands, so each flag means the same thing everywhere."""
 
-from __future__ import annotations
-
 from enum import StrEnum
 from typing import Annotated
 

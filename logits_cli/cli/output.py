@@ -64,7 +64,7 @@ def _human(value: Any, kind: str) -> str:
     if kind == SIZE:
         return human_size(int(value))
     if kind == TIME and isinstance(value, datetime):
-        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%MZ")
     if kind == BOOL:
         return "yes" if value else "no"
     return str(value)
@@ -76,7 +76,7 @@ def stderr_console() -> Any:
     by rich itself)."""
     from rich.console import Console
 
-    return Console(stderr=True, highlight=False, soft_wrap=True)
+    return Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 
 def stderr_is_terminal() -> bool:
@@ -139,15 +139,20 @@ class Output:
             return
         from rich.console import Console
         from rich.table import Table
+        from rich.text import Text
 
         table = Table(box=None, pad_edge=False, header_style="bold")
         for column in columns:
+            # Short values stay on one line; ids and paths fold whole rather than being cut.
             table.add_column(
-                column.header, justify="right" if column.kind in (SIZE, COUNT) else "left"
+                column.header,
+                justify="right" if column.kind in (SIZE, COUNT) else "left",
+                no_wrap=column.kind != TEXT,
+                overflow="fold",
             )
         for row in rows:
-            table.add_row(*(_human(row.get(c.key), c.kind) for c in columns))
-        Console(highlight=False).print(table)
+            table.add_row(*(Text(_human(row.get(c.key), c.kind)) for c in columns))
+        Console(highlight=False, emoji=False).print(table)
 
     def emit_record(self, fields: Sequence[Column], record: Mapping[str, Any]) -> None:
         """One object as ``key  value`` lines (``key<TAB>value`` when piped)."""

@@ -1,7 +1,5 @@
 """``logits runs …``: list, inspect and create training runs."""
 
-from __future__ import annotations
-
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -29,7 +27,7 @@ RUN_COLUMNS = [
 ]
 
 
-def _row(run: models.TrainingRun) -> dict[str, Any]:
+def _row(run: "models.TrainingRun") -> dict[str, Any]:
     return {
         "training_run_id": run.training_run_id,
         "base_model": run.base_model,
@@ -43,7 +41,7 @@ def _row(run: models.TrainingRun) -> dict[str, Any]:
     }
 
 
-def _emit_run(out: Output, run: models.TrainingRun) -> None:
+def _emit_run(out: Output, run: "models.TrainingRun") -> None:
     if out.json:
         out.emit_json(run.model_dump(mode="json"))
     elif out.quiet:
@@ -82,7 +80,7 @@ def list_runs(
     settings = settings_for(ctx)
     scope = "accessible" if include_public else "owned"
 
-    async def work(client: LogitsClient) -> list[models.TrainingRun]:
+    async def work(client: "LogitsClient") -> "list[models.TrainingRun]":
         found: list[models.TrainingRun] = []
         async for run in client.iter_runs(access_scope=scope):
             found.append(run)
@@ -122,7 +120,9 @@ def info(
     out = Output(json_output=json_output, quiet=quiet)
     settings = settings_for(ctx, run=run)
     run_id = require_run(settings)
-    found = call_api(ctx, settings, lambda client: client.get_run(run_id, access_scope="accessible"))
+    found = call_api(
+        ctx, settings, lambda client: client.get_run(run_id, access_scope="accessible")
+    )
     _emit_run(out, found)
 
 
@@ -160,7 +160,7 @@ def create(
 
     with out.status(f"Creating a run on {base_model}…") as update:
 
-        async def work(client: LogitsClient) -> models.TrainingRun:
+        async def work(client: "LogitsClient") -> "models.TrainingRun":
             created = await client.create_run(
                 base_model,
                 rank=rank,

@@ -4,8 +4,6 @@ The only command group that touches ``server/`` and ``store/``; both are importe
 commands so the rest of the CLI never pays for them.
 """
 
-from __future__ import annotations
-
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -59,7 +57,7 @@ def start(
 
 
 @contextmanager
-def _open_store(ctx: typer.Context, home: str | None) -> Iterator[Store]:
+def _open_store(ctx: typer.Context, home: str | None) -> "Iterator[Store]":
     from logits_cli.store.store import Store
 
     store = Store.open(settings_for(ctx, home=home).store_dir)

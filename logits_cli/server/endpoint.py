@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import anyio
 import anyio.to_thread
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
@@ -174,7 +175,9 @@ async def _idempotent(call: Call, handler: Handler, key: str) -> Response:
         return response
     finally:
         if not recorded:
-            await call.run(store.idempotency_release, scope)
+            # Shielded: a client that disconnects must not leave the key "running" forever.
+            with anyio.CancelScope(shield=True):
+                await call.run(store.idempotency_release, scope)
 
 
 def _replay(record: IdempotencyRecord, body_sha256: str) -> Response:

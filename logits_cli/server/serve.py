@@ -31,6 +31,7 @@ access_logger = logging.getLogger("logits.server.access")
 # Blob tokens are credentials: the access log never shows them (design.md §3).
 _BLOB_TOKEN = re.compile(r"(/api/v1/blobs/)[^/?]+")
 _START_TIMEOUT_SECONDS = 30.0
+STORE_DIR_NAME = "store"  # the same layout as config.Settings.store_dir
 
 
 class AccessLog:
@@ -112,9 +113,10 @@ class BuiltServer:
 
 
 def open_store(home: Path, settings: ServerSettings) -> Store:
-    """The server's store lives directly in ``home``."""
+    """The store under ``home`` (``LOGITS_HOME``): ``home/store``, the directory the embedded
+    backend and ``logits server keys`` use too, so a started server serves that same data."""
     return Store.open(
-        home,
+        home / STORE_DIR_NAME,
         max_rank=settings.max_rank,
         future_retention=settings.future_retention,
         idempotency_retention=settings.idempotency_retention,

@@ -32,6 +32,7 @@ from logits_cli.store.lora import (
 from logits_cli.uri import KIND_TO_TYPE
 
 _MAX_MANIFEST_BYTES = 16 << 20
+_WRITEBACK_EVERY = 64 << 20
 
 
 def _member_header(name: str, size: int, mtime: int) -> bytes:
@@ -55,12 +56,32 @@ def _padding(size: int, block: int) -> bytes:
 class _HashingTarWriter:
     """Appends tar blocks to ``out`` and hashes every byte written into ``archive_hash``."""
 
-    def __init__(self, out: BinaryIO, hashers: ThreadPoolExecutor) -> None:
+    def __init__(self, out: BinaryIO, hashers: ThreadPoolExecutor, flusher: ThreadPoolExecutor):
         self._out = out
         self._hashers = hashers
+        self._flusher = flusher
         self._in_flight: list[Future[None]] = []
+        self._writeback: Future[None] | None = None
+        self._unflushed = 0
         self.archive_hash = hashlib.sha256()
         self.size = 0
+
+    def _start_writeback(self, written: int) -> None:
+        # The blob must be fsynced before it is renamed. Flushing as we go lets the disk work
+        # while we copy and hash, so the final fsync only waits for the tail.
+        self._unflushed += written
+        if self._unflushed >= _WRITEBACK_EVERY and (
+            self._writeback is None or self._writeback.done()
+        ):
+            self._unflushed = 0
+            self._writeback = self._flusher.submit(os.fdatasync, self._out.fileno())
+
+    def sync(self) -> None:
+        """Wait for the background flush, then make the whole file durable."""
+        if self._writeback is not None:
+            self._writeback.result()
+        self._out.flush()
+        os.fsync(self._out.fileno())
 
     def _settle(self) -> None:
         # Chunks must reach each digest in order, and a buffer may only be refilled once
@@ -98,6 +119,7 @@ class _HashingTarWriter:
                 self._settle()
                 self._in_flight = [self._hashers.submit(digest.update, chunk) for digest in digests]
                 self._out.write(chunk)
+                self._start_writeback(count)
                 copied += count
                 turn ^= 1
             self._settle()
@@ -138,8 +160,9 @@ def build_archive(
         temp_path_beside(blobs_dir, "archive") as temp,
         ThreadPoolExecutor(max_workers=2, thread_name_prefix="archive-sha256") as hashers,
     ):
-        with open(temp, "wb") as out:
-            writer = _HashingTarWriter(out, hashers)
+        # The flusher must be shut down (its fdatasync finished) before ``out`` is closed.
+        with open(temp, "wb") as out, ThreadPoolExecutor(1, "archive-flush") as flusher:
+            writer = _HashingTarWriter(out, hashers, flusher)
             files = {
                 name: writer.write_file_member(name, state_dir / name, mtime)
                 for name in sorted(MEMBERS_BY_KIND[kind])
@@ -152,8 +175,7 @@ def build_archive(
             )
             writer.write_bytes_member(CHECKPOINT_COMPLETE, manifest_bytes(manifest), mtime)
             writer.finish()
-            out.flush()
-            os.fsync(out.fileno())
+            writer.sync()
         sha256 = writer.archive_hash.hexdigest()
         final = blobs_dir / sha256
         os.replace(temp, final)

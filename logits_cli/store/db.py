@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-
-from filelock import FileLock
 
 from logits_cli.errors import ConfigError
 
@@ -123,10 +122,18 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
+class _Connection(sqlite3.Connection):
+    """A connection that can be weakly referenced (the base class cannot)."""
+
+
 def connect(path: Path) -> sqlite3.Connection:
     """A connection in autocommit mode: transactions are opened explicitly."""
     conn = sqlite3.connect(
-        path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False
+        path,
+        timeout=BUSY_TIMEOUT_SECONDS,
+        isolation_level=None,
+        check_same_thread=False,
+        factory=_Connection,
     )
     conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_SECONDS * 1000)}")
     conn.execute("PRAGMA foreign_keys = ON")
@@ -149,6 +156,8 @@ def migrate(path: Path, lock_path: Path) -> None:
     already current is only read, so opening it costs no write lock."""
     if path.exists() and _user_version(path) == SCHEMA_VERSION:
         return
+    from filelock import FileLock  # only needed here, and slow to import for a listing
+
     with FileLock(lock_path):
         conn = connect(path)
         try:
@@ -185,7 +194,9 @@ class Database:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
+        # Weak: when a thread ends (thread pools retire idle workers), its thread-local
+        # connection is dropped and closed instead of piling up here.
+        self._all: weakref.WeakSet[sqlite3.Connection] = weakref.WeakSet()
         self._all_guard = threading.Lock()
         self._closed = False
 
@@ -197,7 +208,7 @@ class Database:
             conn = connect(self.path)
             self._local.conn = conn
             with self._all_guard:
-                self._all.append(conn)
+                self._all.add(conn)
         return conn
 
     @contextmanager
@@ -227,7 +238,8 @@ class Database:
     def close(self) -> None:
         self._closed = True
         with self._all_guard:
-            connections, self._all = self._all, []
+            connections = list(self._all)
+            self._all.clear()
         for conn in connections:
             conn.close()
         self._local = threading.local()

@@ -175,7 +175,7 @@ def temp_path_beside(directory: Path, name: str) -> Iterator[Path]:
         path.unlink(missing_ok=True)
 
 
-def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:
     with temp_path_beside(path.parent, path.name) as temp:
         write(temp)
         _fsync_path(temp)
@@ -223,7 +223,7 @@ def _record_digests(paths: list[Path]) -> None:
             record_digest(path, sha256)
 
 
-def _write_bytes(data: bytes) -> Callable[[Path], None]:
+def _write_bytes(data: bytes) -> Callable[[Path], object]:
     return lambda temp: temp.write_bytes(data)
 
 
@@ -353,9 +353,11 @@ def restore_state(state_dir: Path, archive: Path, *, optimizer: bool) -> None:
 
         if manifest is None:
             raise IntegrityError("checkpoint archive has no checkpoint_complete manifest")
+        if OPTIMIZER_STATE in wanted - staged.keys():
+            raise UsageError(f"checkpoint archive has no {OPTIMIZER_STATE}")
         missing = sorted(wanted - staged.keys())
         if missing:
-            raise UsageError(f"checkpoint archive has no {missing[0]}")
+            raise IntegrityError(f"checkpoint archive has no {missing[0]}")
         for name, digest in digests.items():
             if manifest.files.get(name) != digest:
                 raise IntegrityError(

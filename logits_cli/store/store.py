@@ -5,8 +5,9 @@ run's live LoRA state in ``runs/<run id, percent-encoded>/``. Every query filter
 checkpoints (``expires_at > now``), so an expired checkpoint is gone everywhere the moment it
 expires; ``sweep`` reclaims the rows and blobs later.
 
-``lora`` and ``archive`` are imported inside the methods that need them: they pull in numpy
-and safetensors, which the listing paths (the embedded ``ckpt ls``) must not pay for.
+``lora``, ``archive`` and ``filelock`` are imported inside the methods that need them: they
+pull in numpy and safetensors, or cost tens of milliseconds, and the listing paths (the
+embedded ``ckpt ls``, with its 300 ms budget) need none of them.
 """
 
 from __future__ import annotations
@@ -24,14 +25,12 @@ import threading
 import time as wallclock
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import quote
-
-from filelock import FileLock
 
 from logits_cli import models
 from logits_cli.errors import (
@@ -245,6 +244,8 @@ class Store:
     @contextmanager
     def _run_lock(self, run_id: str) -> Iterator[None]:
         """Serialise saves, loads and deletes of one run, across threads and processes."""
+        from filelock import FileLock
+
         with self._run_locks_guard:
             lock = self._run_locks.setdefault(run_id, threading.Lock())
         lock_file = self.runs_dir / f"{quote(run_id, safe='')}.lock"
@@ -313,7 +314,7 @@ class Store:
         )
         if row is None or not hmac.compare_digest(row[0], key_hash):
             return None
-        return row[1]
+        return str(row[1])
 
     # -- sessions (§5.1) ------------------------------------------------------------------
     def create_session(
@@ -783,7 +784,8 @@ class Store:
         ).fetchone()
         if row is None:
             raise NotFoundError(f"checkpoint {kind}/{name} not found in run {run_id}")
-        return row
+        row_id, sha256, public = row
+        return row_id, sha256, public
 
     def delete_checkpoint(self, user_id: str, run_id: str, kind: str, name: str) -> None:
         with self._run_lock(run_id):
@@ -899,19 +901,22 @@ class Store:
         cutoff = wallclock.time() - ORPHAN_GRACE_SECONDS
         conn = self._db.connection()
         for entry in os.scandir(self.blobs_dir):
-            if entry.stat(follow_symlinks=False).st_mtime >= cutoff:
-                continue
-            if _BLOB_NAME_RE.fullmatch(entry.name):
-                in_use = conn.execute(
-                    "SELECT 1 FROM checkpoints WHERE sha256 = ? LIMIT 1", (entry.name,)
-                ).fetchone()
-                if in_use is None:
+            # Another process may be sweeping or deleting the same files.
+            with suppress(FileNotFoundError):
+                if entry.stat(follow_symlinks=False).st_mtime >= cutoff:
+                    continue
+                if _BLOB_NAME_RE.fullmatch(entry.name):
+                    in_use = conn.execute(
+                        "SELECT 1 FROM checkpoints WHERE sha256 = ? LIMIT 1", (entry.name,)
+                    ).fetchone()
+                    if in_use is None:
+                        os.unlink(entry.path)
+                elif entry.name.startswith(".") and entry.is_file(follow_symlinks=False):
                     os.unlink(entry.path)
-            elif entry.name.startswith(".") and entry.is_file(follow_symlinks=False):
-                os.unlink(entry.path)
         for entry in os.scandir(self.runs_dir):
-            if entry.name.startswith(_NEW_STATE_PREFIX) and entry.stat().st_mtime < cutoff:
-                shutil.rmtree(entry.path, ignore_errors=True)
+            with suppress(FileNotFoundError):
+                if entry.name.startswith(_NEW_STATE_PREFIX) and entry.stat().st_mtime < cutoff:
+                    shutil.rmtree(entry.path, ignore_errors=True)
 
     # -- futures (§5.2) -------------------------------------------------------------------
     def create_future(

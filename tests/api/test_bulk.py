@@ -60,7 +60,7 @@ def rank_in_group(target: models.Checkpoint, pool: list[models.Checkpoint]) -> i
     )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(
     checkpoints=checkpoint_lists(),
     kind=st.sampled_from([None, "weights", "sampler_weights", "training", "sampler"]),

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -312,43 +314,53 @@ async def test_archive_url_serves_the_archive_through_blob_http(
     assert response.headers["etag"] == f'"sha256:{saved.sha256}"'
 
 
-@pytest.mark.slow
+async def test_download_delegates_to_the_transfer_engine(
+    client: LogitsClient, run: models.TrainingRun, tmp_path: Path
+) -> None:
+    saved = await client.save(run.training_run_id, "wanted")
+    result = await client.download(ref(run, "@latest"), tmp_path / "dest")
+    assert result.checkpoint == saved
+    assert result.path == tmp_path / "dest" / "wanted"
+    assert (result.path / "adapter_model.safetensors").is_file()
+    assert result.bytes_fetched == saved.size_bytes
+
+
+def clone_checkpoint_rows(store_root: Path, run_ids: list[str], count: int) -> None:
+    """Bulk setup: ``count`` copies of a real checkpoint row, spread over ``run_ids``, each
+    newer than the last. Listings read only these rows, and building hundreds of archives
+    would take the suite minutes."""
+    with contextlib.closing(sqlite3.connect(store_root / "meta.sqlite3", timeout=30)) as db:
+        user, kind, created, size, digest = db.execute(
+            "SELECT user_id, kind, time, size_bytes, sha256 FROM checkpoints"
+        ).fetchone()
+        rows = [
+            (run_ids[i % len(run_ids)], user, kind, f"c{i:04d}", created + 1 + i, size, digest)
+            for i in range(count)
+        ]
+        with db:
+            db.executemany(
+                "INSERT INTO checkpoints (run_id, user_id, kind, name, tinker_path, time, "
+                "public, size_bytes, sha256) "
+                "VALUES (?1, ?2, ?3, ?4, 'logits://' || ?1 || '/' || ?3 || '/' || ?4, ?5, 0, ?6, ?7)",
+                rows,
+            )
+
+
 async def test_paging_over_hundreds_of_checkpoints(client: LogitsClient, backend: Backend) -> None:
-    store = backend.store
-    session = store.create_session(
-        backend.user, tags=[], user_metadata=None, sdk_version="t", project_id=None
-    )
-    run_ids = [
-        store.create_run(
-            backend.user,
-            session_id=session,
-            model_seq_id=seq,
-            base_model=BASE_MODEL,
-            lora_config=models.LoraConfig(rank=1),
-            user_metadata=None,
-        )
-        for seq in range(2)
-    ]
-    for index in range(230):
-        store.save_checkpoint(
-            backend.user,
-            run_ids[index % 2],
-            kind="sampler_weights",
-            name=f"c{index:04d}",
-            ttl_seconds=None,
-            overwrite=False,
-            uri_scheme="logits",
-        )
-    expected, total = store.list_user_checkpoints(backend.user, limit=1000, offset=0)
-    assert total == 230
+    runs = [await client.create_run(BASE_MODEL, rank=1) for _ in range(2)]
+    run_ids = [r.training_run_id for r in runs]
+    await client.save(run_ids[0], "seed", sampler=True)
+    clone_checkpoint_rows(Path(backend.store.root), run_ids, 299)
+    expected, total = backend.store.list_user_checkpoints(backend.user, limit=1000, offset=0)
+    assert total == 300
 
     for page_size in (1000, 100, 7):
         paged = [c async for c in client.iter_all_checkpoints(page_size=page_size)]
         assert paged == expected, page_size
-    per_run = await client.list_checkpoints(run_ids[0])
-    assert len(per_run) == 115
-    latest = await client.get_checkpoint(CheckpointRef(run_ids[1], "sampler_weights", "@latest"))
-    assert latest.name == "c0229"
+    assert paged[0].name == "c0298" and paged[-1].name == "seed"
+    assert len(await client.list_checkpoints(run_ids[1])) == 149
+    latest = await client.get_checkpoint(CheckpointRef(run_ids[0], "sampler_weights", "@latest"))
+    assert latest.name == "c0298"
 
 
 # -- socket-only: other users, JWT, prefixes, schemes -------------------------------------
@@ -392,6 +404,7 @@ async def test_bad_key_is_an_auth_error(live_server: Any, tmp_path: Path) -> Non
         with pytest.raises(errors.AuthError) as caught:
             await client.list_checkpoints("any")
     assert caught.value.exit_code == errors.EXIT_AUTH
+    assert caught.value.hint == "check LOGITS_API_KEY or LOGITS_API_KEY_CMD"
     assert "tml-" not in str(caught.value)
 
 

@@ -751,3 +751,31 @@ async def test_latest_with_no_checkpoints_of_that_kind(
             errors.NotFoundError, match=f"^no sampler_weights checkpoints in run {RUN}$"
         ):
             await client.resolve(ref)
+
+
+async def test_hand_built_refs_cannot_inject_path_segments(
+    server: FakeServer, make_client: Callable[..., LogitsClient]
+) -> None:
+    async with make_client() as client:
+        for bad in (CheckpointRef(RUN, "weights", "../x"), CheckpointRef("a/b", "weights", "x")):
+            with pytest.raises(errors.UsageError):
+                await client.delete(bad)
+    assert server.requests == []
+
+
+async def test_timeouts_are_5s_connect_60s_read_and_45s_for_future_polls(
+    server: FakeServer, make_client: Callable[..., LogitsClient]
+) -> None:
+    future_routes(server, [httpx.Response(200, json={"path": f"logits://{RUN}/weights/step-1"})])
+    async with make_client() as client:
+        await client.save(RUN, "step-1")
+    (submit,) = server.sent("POST", "save_weights")
+    (poll,) = server.sent("POST", "retrieve_future")
+    assert submit.extensions["timeout"] == {
+        "connect": 5.0,
+        "read": 60.0,
+        "write": 60.0,
+        "pool": 60.0,
+    }
+    assert poll.extensions["timeout"]["connect"] == 5.0
+    assert poll.extensions["timeout"]["read"] == 45.0

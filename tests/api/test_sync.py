@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import filelock
 import pytest
 
-from logits_cli import config
+from logits_cli import config, models
 from logits_cli.api.client import LogitsClient, open_client
 from logits_cli.api.sync import (
     LOCK_NAME,
@@ -23,6 +24,7 @@ from logits_cli.api.sync import (
     SyncOptions,
     SyncSummary,
     checkpoint_dir,
+    is_current,
     read_own_manifest,
     run_dirname,
     run_sync,
@@ -120,7 +122,15 @@ def test_a_new_checkpoint_is_the_only_one_fetched(open_backend, tmp_path):
         await client.save(run, "step-1")
         await run_sync(client, dest, SyncOptions(runs=(run,)))
         added = await client.save(run, "step-2")
-        summary = await run_sync(client, dest, SyncOptions(runs=(run,)))
+        reports: list[tuple[str, int, int | None]] = []
+        summary = await run_sync(
+            client,
+            dest,
+            SyncOptions(runs=(run,)),
+            progress=lambda path, done, total: reports.append((path, done, total)),
+        )
+        assert {path for path, _, _ in reports} == {added.tinker_path}
+        assert reports[-1] == (added.tinker_path, added.size_bytes, added.size_bytes)
         assert by_status(summary) == {
             "downloaded": ["weights/step-2"],
             "present": ["weights/step-1"],
@@ -368,3 +378,36 @@ def test_run_directories_are_filesystem_safe_and_distinct():
     assert run_dirname(".logits-sync.lock") == "%2Elogits-sync.lock"
     assert run_dirname("a:b") != run_dirname("a_b")
     assert os.sep not in run_dirname("r\\u")
+
+
+def test_without_a_listed_digest_creation_time_and_size_decide_presence():
+    created = datetime(2026, 1, 1, tzinfo=UTC)
+    path = "tinker://r:train:0/weights/step-1"
+    manifest = models.LocalManifest(
+        tinker_path=path,
+        checkpoint_id="weights/step-1",
+        checkpoint_type="training",
+        archive_sha256="ab" * 32,
+        archive_size=10,
+        created=created,
+        downloaded_at=created,
+        files={},
+    )
+
+    def listed(**changes: Any) -> models.Checkpoint:
+        fields = {
+            "checkpoint_id": "weights/step-1",
+            "checkpoint_type": "training",
+            "time": created,
+            "tinker_path": path.replace("tinker", "logits"),
+            "size_bytes": 10,
+            "sha256": None,
+        }
+        return models.Checkpoint(**(fields | changes))
+
+    assert is_current(manifest, listed())
+    assert is_current(manifest, listed(size_bytes=None))
+    assert not is_current(manifest, listed(time=created + timedelta(seconds=1)))
+    assert not is_current(manifest, listed(size_bytes=11))
+    assert not is_current(manifest, listed(sha256="cd" * 32))
+    assert is_current(manifest, listed(sha256="ab" * 32, time=created + timedelta(days=1)))

@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from faultproxy import Fault, FaultProxy
 from transfer_support import listing, make_checkpoint, ref_of, remote_client, server_blob
 
 from logits_cli import models
 from logits_cli.api import DownloadOptions
 from logits_cli.api.verify import verify_checkpoint_dir
 from logits_cli.errors import BadSignatureError, IntegrityError, UnavailableError
+from tests.faultproxy import Fault, FaultProxy
 
 MiB = 1024 * 1024
 OPTIONS = DownloadOptions(connections=3, segment_size=MiB, stall_timeout=0.5, keep_archive=True)

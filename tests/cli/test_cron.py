@@ -302,7 +302,7 @@ def test_max_duration_stops_starting_downloads_and_exits_8(remote, tmp_path):
     assert err.splitlines()[-1] == "Error: sync incomplete: 0 failed, 1 not started"
 
 
-def test_a_cron_run_logs_plain_timestamped_lines_and_never_prompts(remote, tmp_path):
+def test_a_cron_run_logs_plain_timestamped_lines_and_exits_8_on_partial_failure(remote, tmp_path):
     run, saved = remote.save(None, "step-1", "step-2")
     dest = tmp_path / "mirror"
 
@@ -333,11 +333,15 @@ def test_a_cron_run_logs_plain_timestamped_lines_and_never_prompts(remote, tmp_p
         TIMESTAMPED.match(line) and f"failed {blocked.tinker_path}" in line
         for line in partial.stderr.splitlines()
     )
+    assert os.listdir(squatter) == []
 
-    # A destructive command without a terminal refuses instead of prompting.
+
+def test_a_destructive_command_in_cron_refuses_instead_of_prompting(remote):
+    run, _ = remote.save(None, "step-1", "step-2")
     refused = remote.run("ckpt", "rm", "--run", run, "--keep-last", "1")
     assert refused.returncode == 2
-    assert "Error: refusing to delete without --yes when not on a terminal" in refused.stderr
+    assert refused.stderr.splitlines()[0] == (
+        "Error: refusing to delete without --yes when not on a terminal"
+    )
     listed = remote.run("ckpt", "ls", run, "-q")
-    assert len(listed.stdout.splitlines()) == 3
-    assert os.listdir(squatter) == []
+    assert len(listed.stdout.splitlines()) == 2

@@ -37,3 +37,11 @@ def bob(api_factory: Callable[[str | None], Api]) -> Api:
 @pytest.fixture
 def anonymous(api_factory: Callable[[str | None], Api]) -> Api:
     return api_factory(None)
+
+
+@pytest.fixture(scope="module")
+def shared_alice(module_server: Any) -> Iterator[Api]:
+    """A user of the module's shared server, for tests that neither count nor mutate."""
+    client = Api(module_server, module_server.api_key("alice"))
+    yield client
+    client.http.close()

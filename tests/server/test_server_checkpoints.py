@@ -246,13 +246,13 @@ def test_delete(alice: Api) -> None:
     "suffix",
     ["weights/..x", "weights/.hidden", "bogus/name", "weights/" + "n" * 129, "weights/a%20b"],
 )
-def test_bad_kind_or_name_in_path_is_400(alice: Api, suffix: str) -> None:
+def test_bad_kind_or_name_in_path_is_400(shared_alice: Api, suffix: str) -> None:
     base = "/api/v1/training_runs/r:train:0/checkpoints/" + suffix
     for response in (
-        alice.http.delete(base),
-        alice.http.get(base + "/archive"),
-        alice.http.post(base + "/publish"),
-        alice.http.put(base + "/ttl", json={"ttl_seconds": 5}),
+        shared_alice.http.delete(base),
+        shared_alice.http.get(base + "/archive"),
+        shared_alice.http.post(base + "/publish"),
+        shared_alice.http.put(base + "/ttl", json={"ttl_seconds": 5}),
     ):
         assert_error(response, 400, "invalid_argument")
 

@@ -7,30 +7,30 @@ import pytest
 from server_helpers import Api, assert_error
 
 
-def test_healthz_needs_no_key(anonymous: Api) -> None:
-    response = anonymous.http.get("/api/v1/healthz")
+def test_healthz_needs_no_key(shared_alice: Api) -> None:
+    response = httpx.get(shared_alice.server.base_url + "/api/v1/healthz")
     assert response.status_code == 200
     assert response.json() == {"status": "ok"}
     assert response.headers["content-type"] == "application/json"
 
 
-def test_capabilities_list_the_store_base_models(alice: Api) -> None:
-    answer = alice.ok(alice.http.get("/api/v1/get_server_capabilities"))
+def test_capabilities_list_the_store_base_models(shared_alice: Api) -> None:
+    answer = shared_alice.ok(shared_alice.http.get("/api/v1/get_server_capabilities"))
     expected = [
         {"model_name": name, "max_context_length": context}
-        for name, context in alice.server.store.known_base_models()
+        for name, context in shared_alice.server.store.known_base_models()
     ]
     assert answer == {"supported_models": expected}
     assert {"model_name": "logits/tiny", "max_context_length": 2048} in expected
 
 
-def test_client_config_reports_jwt_auth_off(alice: Api) -> None:
-    answer = alice.ok(alice.post("/api/v1/client/config", {"sdk_version": "0.24.0"}))
+def test_client_config_reports_jwt_auth_off(shared_alice: Api) -> None:
+    answer = shared_alice.ok(shared_alice.post("/api/v1/client/config", {"sdk_version": "0.24.0"}))
     assert answer == {"pjwt_auth_enabled": False}
 
 
-def test_auth_token_is_404_when_jwt_auth_is_off(alice: Api) -> None:
-    assert_error(alice.post("/api/v1/auth/token", {}), 404, "not_found")
+def test_auth_token_is_404_when_jwt_auth_is_off(shared_alice: Api) -> None:
+    assert_error(shared_alice.post("/api/v1/auth/token", {}), 404, "not_found")
 
 
 @pytest.mark.parametrize("key", [None, "tml-unknown", "eyJ.not.ajwt"])
@@ -85,9 +85,9 @@ def test_create_session_answer_has_every_field(alice: Api) -> None:
     assert answer["type"] == "create_session"
 
 
-def test_telemetry_accepts_anything_without_a_key(anonymous: Api) -> None:
+def test_telemetry_accepts_anything_without_a_key(shared_alice: Api) -> None:
     for body in (b"", b"not json", b'{"events": [1, 2]}'):
-        response = anonymous.http.post("/api/v1/telemetry", content=body)
+        response = httpx.post(shared_alice.server.base_url + "/api/v1/telemetry", content=body)
         assert response.status_code == 200
         assert response.json() == {"status": "accepted"}
 
@@ -108,8 +108,10 @@ def test_telemetry_accepts_anything_without_a_key(anonymous: Api) -> None:
         ("GET", "/api/v1/billing/usage"),
     ],
 )
-def test_unknown_and_unimplemented_endpoints_are_404(alice: Api, method: str, path: str) -> None:
-    response = alice.http.request(method, path, follow_redirects=False)
+def test_unknown_and_unimplemented_endpoints_are_404(
+    shared_alice: Api, method: str, path: str
+) -> None:
+    response = shared_alice.http.request(method, path, follow_redirects=False)
     assert_error(response, 404, "not_found")
 
 
@@ -123,8 +125,8 @@ def test_unknown_and_unimplemented_endpoints_are_404(alice: Api, method: str, pa
         ("POST", "/api/v1/blobs/token"),
     ],
 )
-def test_wrong_method_is_405(alice: Api, method: str, path: str) -> None:
-    assert_error(alice.http.request(method, path), 405, "method_not_allowed")
+def test_wrong_method_is_405(shared_alice: Api, method: str, path: str) -> None:
+    assert_error(shared_alice.http.request(method, path), 405, "method_not_allowed")
 
 
 def test_jwt_exchange_and_use(server_factory) -> None:

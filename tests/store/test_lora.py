@@ -351,3 +351,20 @@ def test_read_adapter_config_from_an_archive(tmp_path: Path) -> None:
     lora.init_state(tmp_path / "state", TINY, models.LoraConfig(rank=4, seed=1))
     blob = save(tmp_path / "state", tmp_path / "blobs", kind="sampler_weights")
     assert lora.read_adapter_config(blob) == json.loads(TINY_ADAPTER_CONFIG)
+
+
+def test_restore_rejects_an_archive_without_the_adapter(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    lora.init_state(state, TINY, models.LoraConfig(rank=2, seed=1))
+    blob = save(state, tmp_path / "blobs", kind="sampler_weights")
+    stripped = tmp_path / "stripped.tar"
+    with (
+        tarfile.open(blob) as source,
+        tarfile.open(stripped, "w", format=tarfile.USTAR_FORMAT) as tar,
+    ):
+        for member in source:
+            if member.name != lora.ADAPTER_MODEL:
+                tar.addfile(member, source.extractfile(member))
+
+    with pytest.raises(IntegrityError, match=re.escape("checkpoint archive has no adapter_model")):
+        lora.restore_state(state, stripped, optimizer=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import sqlite3
 import stat
 import threading
@@ -17,6 +18,7 @@ from logits_cli import models
 from logits_cli.errors import (
     AlreadyPrivateError,
     AlreadyPublicError,
+    ConfigError,
     ConflictError,
     GoneError,
     NotFoundError,
@@ -101,6 +103,22 @@ def test_open_creates_private_layout_and_current_schema(tmp_path: Path) -> None:
     reopened = Store.open(root)  # a current schema is left as it is
     assert reopened.healthy()
     reopened.close()
+
+
+def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    Store.open(root).close()
+    conn = sqlite3.connect(root / "meta.sqlite3")
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(ConfigError, match="schema version"):
+        Store.open(root)
+
+
+def test_unhealthy_without_a_blob_directory(store: Store) -> None:
+    assert store.healthy()
+    shutil.rmtree(store.blobs_dir)
+    assert not store.healthy()
 
 
 def test_capabilities_list_the_tiny_model(store: Store) -> None:
@@ -570,7 +588,7 @@ def test_an_expired_name_can_be_saved_again_before_the_sweep(store: Store, clock
 def test_set_ttl_counts_from_now(store: Store, clock: Clock) -> None:
     run = make_run(store)
     save(store, clock, "local", run, "a", ttl_seconds=10)
-    clock.advance(100)  # expired meanwhile? no: 10 s after the save is before this
+    clock.advance(100)  # past its 10 s TTL: "a" is gone, so its TTL cannot be set either
     with pytest.raises(NotFoundError):
         store.set_ttl("local", run, "weights", "a", 10)
     save(store, clock, "local", run, "b", ttl_seconds=10)

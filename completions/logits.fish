@@ -1,0 +1,1 @@
+complete --command logits --no-files --arguments "(env _LOGITS_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) logits)" --condition "env _LOGITS_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) logits"

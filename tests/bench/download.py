@@ -1,0 +1,192 @@
+"""Download benchmark (design.md §9): our engine against ``curl -o`` on the same signed URL.
+
+    .venv/bin/python tests/bench/download.py [--rank 64] [--base-model Qwen/Qwen3-8B]
+
+Starts ``logits server`` in its own process with a ~2 GiB archive (Qwen3-8B at rank 64), then,
+in the same run: times ``curl -o`` on a fresh signed URL, times our engine (``archive_only``:
+fetch + verify, the same work as curl plus the digest) in a child process that reports its
+peak RSS, times a full download with extraction, and kills a download at ~50 % with SIGKILL to
+measure how much of the archive the resume fetches again. Targets: ≥ 0.9× curl, ≤ 150 MB RSS,
+resume ≤ 55 %.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+from logits_cli.api import open_client
+from logits_cli.config import Settings
+from logits_cli.server.serve import open_store
+from logits_cli.server.settings import ServerSettings
+from logits_cli.uri import CheckpointRef
+
+SERVER = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from logits_cli.server.serve import serve
+    from logits_cli.server.settings import ServerSettings
+    serve(Path(sys.argv[1]), ServerSettings(), "127.0.0.1", int(sys.argv[2]))
+    """
+)
+
+# One download in a child process; prints {"seconds", "bytes_fetched", "peak_rss"} as JSON.
+# With a stop fraction it freezes once that much is on disk, to be killed by the parent.
+ENGINE = textwrap.dedent(
+    """
+    import asyncio, json, resource, sys, time
+    from pathlib import Path
+    from logits_cli.api import DownloadOptions, open_client
+    from logits_cli.config import Settings
+    from logits_cli.uri import CheckpointRef
+
+    base_url, key, path, dest, mode, stop = sys.argv[1:7]
+
+    def progress(done, total):
+        if float(stop) and total and done >= float(stop) * total:
+            print("PAUSED", flush=True)
+            time.sleep(3600)
+
+    async def main():
+        settings = Settings(home=Path(dest) / ".home", base_url=base_url, profile=None,
+                            run=None, debug=False, api_key_value=key)
+        async with open_client(settings) as client:
+            options = DownloadOptions(archive_only=mode == "archive", force=True)
+            started = time.perf_counter()
+            result = await client.download(CheckpointRef.parse(path), Path(dest),
+                                           options=options, progress=progress)
+            seconds = time.perf_counter() - started
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        print(json.dumps({"seconds": seconds, "bytes_fetched": result.bytes_fetched,
+                          "peak_rss": peak}), flush=True)
+
+    asyncio.run(main())
+    """
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_server(port: int) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise SystemExit("the server did not start")
+
+
+def engine(base_url: str, key: str, path: str, dest: Path, mode: str, stop: float = 0) -> dict:
+    child = subprocess.run(
+        [sys.executable, "-c", ENGINE, base_url, key, path, str(dest), mode, str(stop)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(child.stdout.strip().splitlines()[-1])
+
+
+def kill_at(base_url: str, key: str, path: str, dest: Path, stop: float) -> None:
+    child = subprocess.Popen(
+        [sys.executable, "-c", ENGINE, base_url, key, path, str(dest), "archive", str(stop)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None
+    line = child.stdout.readline().strip()
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    if line != "PAUSED":
+        raise SystemExit(f"the download to kill did not pause: {line!r}")
+
+
+async def prepare(base_url: str, key: str, home: Path, base_model: str, rank: int) -> tuple[str, int]:
+    settings = Settings(home=home, base_url=base_url, profile=None, run=None, debug=False,
+                        api_key_value=key)
+    async with open_client(settings) as client:
+        run = await client.create_run(base_model, rank=rank, seed=0)
+        checkpoint = await client.save(run.training_run_id, "bench", timeout=600)
+        assert checkpoint.size_bytes is not None
+        return checkpoint.tinker_path, checkpoint.size_bytes
+
+
+async def signed_url(base_url: str, key: str, home: Path, path: str) -> str:
+    settings = Settings(home=home, base_url=base_url, profile=None, run=None, debug=False,
+                        api_key_value=key)
+    async with open_client(settings) as client:
+        return (await client.archive_url(CheckpointRef.parse(path))).url
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base-model", default="Qwen/Qwen3-8B")
+    parser.add_argument("--rank", type=int, default=64)
+    parser.add_argument("--workdir", type=Path, default=None)
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="logits-bench-", dir=args.workdir))
+    server_home = work / "server"
+    store = open_store(server_home, ServerSettings())
+    key = store.create_api_key("bench")
+    store.close()
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [sys.executable, "-c", SERVER, str(server_home), str(port)], stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_for_server(port)
+        path, size = asyncio.run(prepare(base_url, key, work / "client", args.base_model, args.rank))
+        print(f"archive: {size / 2**30:.2f} GiB ({args.base_model}, rank {args.rank})")
+
+        curl_file = work / "curl.tar"
+        url = asyncio.run(signed_url(base_url, key, work / "client", path))
+        started = time.perf_counter()
+        subprocess.run(["curl", "-sS", "-f", "-o", str(curl_file), url], check=True)
+        curl_seconds = time.perf_counter() - started
+        curl_file.unlink()
+
+        ours = engine(base_url, key, path, work / "ours", "archive")
+        shutil.rmtree(work / "ours")
+        full = engine(base_url, key, path, work / "full", "extract")
+        shutil.rmtree(work / "full")
+
+        kill_at(base_url, key, path, work / "resume", 0.5)
+        resumed = engine(base_url, key, path, work / "resume", "archive")
+
+        print(f"curl -o:                {curl_seconds:6.2f} s  {size / curl_seconds / 2**20:7.1f} MiB/s")
+        print(f"logits (fetch+verify):  {ours['seconds']:6.2f} s  {size / ours['seconds'] / 2**20:7.1f} MiB/s")
+        print(f"logits (with extract):  {full['seconds']:6.2f} s")
+        print(f"speed vs curl:          {curl_seconds / ours['seconds']:.2f}x   (target >= 0.9x)")
+        print(f"peak RSS:               {ours['peak_rss'] / 1e6:.0f} MB  (target <= 150 MB)")
+        print(f"peak RSS with extract:  {full['peak_rss'] / 1e6:.0f} MB")
+        print(f"resume after kill@50%:  {resumed['bytes_fetched'] / size:.1%} fetched again  (target <= 55%)")
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        shutil.rmtree(work, ignore_errors=True)
+        os.sync()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""Real processes with real pipes: stdout carries data only; stderr the rest."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def logits(*args: str, env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "logits_cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+    )
+
+
+def test_piped_stdout_holds_only_data(tmp_path: Path) -> None:
+    created = logits("runs", "create", "--base-model", "logits/tiny", "--rank", "2")
+    assert created.returncode == 0, created.stderr
+    run_id = created.stdout.strip()
+    assert "\n" not in run_id and created.stderr
+    env = {"LOGITS_RUN": run_id}
+    saved = logits("ckpt", "save", "p1", env_extra=env)
+    assert saved.stdout == f"logits://{run_id}/weights/p1\n"
+    assert saved.stderr.startswith("Saved ")
+    downloaded = logits(
+        "ckpt", "download", f"logits://{run_id}/weights/@latest", "-o", str(tmp_path)
+    )
+    assert downloaded.returncode == 0, downloaded.stderr
+    assert downloaded.stdout == f"{tmp_path / 'p1'}\n"
+    assert " downloaded " in downloaded.stderr
+    listed = logits("ckpt", "ls", "-q")
+    assert listed.stdout.splitlines() == [f"logits://{run_id}/weights/p1"]
+    assert listed.stderr == ""
+
+
+def test_json_parses_when_empty_and_version() -> None:
+    assert json.loads(logits("ckpt", "ls", "--json").stdout) == []
+    assert json.loads(logits("runs", "ls", "--json").stdout) == []
+    from logits_cli import __version__
+
+    assert logits("--version").stdout == f"logits {__version__}\n"
+
+
+def test_errors_have_no_traceback_unless_logits_debug(tmp_path: Path) -> None:
+    (tmp_path / "config.toml").mkdir()  # unreadable config: a known error, exit 2
+    result = logits("ckpt", "ls", env_extra={"LOGITS_HOME": str(tmp_path)})
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("Error: ")
+    debug = logits("ckpt", "ls", env_extra={"LOGITS_HOME": str(tmp_path), "LOGITS_DEBUG": "1"})
+    assert "Traceback" in debug.stderr

@@ -1,0 +1,95 @@
+"""The app in-process (embedded backend) and served mode's extras (access log, TTL sweeper)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+
+import httpx
+import pytest
+from server_helpers import Api
+
+from logits_cli.server.app import create_app
+from logits_cli.server.serve import open_store
+from logits_cli.server.settings import EMBEDDED_ORIGIN, ServerSettings
+
+
+def test_embedded_app_over_asgi_transport(tmp_path) -> None:
+    settings = ServerSettings.embedded()
+    store = open_store(tmp_path, settings)
+    app = create_app(store, settings)
+    assert (store.root / "signing_secret").stat().st_size == 32
+
+    async def scenario() -> None:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url=EMBEDDED_ORIGIN) as client:
+            session = await client.post(
+                "/api/v1/create_session", json={"tags": [], "sdk_version": "x"}
+            )
+            body = {
+                "session_id": session.json()["session_id"],
+                "model_seq_id": 0,
+                "base_model": "logits/tiny",
+            }
+            handle = (await client.post("/api/v1/create_model", json=body)).json()
+            # Inline futures: finished by the time the handle arrives.
+            poll = {"request_id": handle["request_id"]}
+            result = (await client.post("/api/v1/retrieve_future", json=poll)).json()
+            assert result == {"model_id": handle["model_id"], "type": "create_model"}
+            save = {"model_id": handle["model_id"], "path": "e"}
+            handle = (await client.post("/api/v1/save_weights", json=save)).json()
+            poll = {"request_id": handle["request_id"]}
+            result = (await client.post("/api/v1/retrieve_future", json=poll)).json()
+            assert result["path"] == f"logits://{body['session_id']}:train:0/weights/e"
+            run = (await client.get(f"/api/v1/training_runs/{handle['model_id']}")).json()
+            assert run["model_owner"] == "local"
+            archive = await client.get(
+                f"/api/v1/training_runs/{handle['model_id']}/checkpoints/weights/e/archive",
+                params={"format": "json"},
+            )
+            url = archive.json()["url"]
+            assert url.startswith(f"{EMBEDDED_ORIGIN}/api/v1/blobs/")
+            ranged = await client.get(url, headers={"Range": "bytes=0-1023"})
+            assert ranged.status_code == 206 and len(ranged.content) == 1024
+            whole = await client.get(url)
+            assert hashlib.sha256(whole.content).hexdigest() == whole.headers["etag"][8:-1]
+
+    asyncio.run(scenario())
+    store.close()
+
+
+def test_access_log_has_one_line_per_request_and_hides_tokens(
+    live_server, caplog: pytest.LogCaptureFixture
+) -> None:
+    api = Api(live_server, live_server.api_key("alice"))
+    model_id = api.create_model()
+    api.save(model_id, "logged")
+    url = api.archive_url(model_id, "weights/logged")
+    token = url.rsplit("/", 1)[1]
+    with caplog.at_level(logging.INFO, logger="logits.server.access"):
+        assert httpx.get(url).status_code == 200
+        assert api.http.get("/api/v1/healthz").status_code == 200
+    lines = [r.getMessage() for r in caplog.records if r.name == "logits.server.access"]
+    assert len(lines) == 2
+    assert '"GET /api/v1/blobs/<token>" 200' in lines[0]
+    assert '"GET /api/v1/healthz" 200' in lines[1]
+    assert token not in caplog.text and api.http.headers["X-API-Key"] not in caplog.text
+    api.http.close()
+
+
+def test_sweeper_reclaims_expired_checkpoints(server_factory) -> None:
+    server = server_factory(sweep_interval=0.05)
+    api = Api(server, server.api_key("alice"))
+    model_id = api.create_model()
+    api.save(model_id, "short", ttl_seconds=1)
+    sha256 = api.checkpoint(model_id, "weights/short")["sha256"]
+    blob = server.store.root / "blobs" / sha256
+    assert blob.exists()
+    while blob.exists():  # the sweeper removes it once the checkpoint has expired
+        time.sleep(0.05)
+    assert (
+        api.ok(api.http.get(f"/api/v1/training_runs/{model_id}/checkpoints"))["checkpoints"] == []
+    )
+    api.http.close()

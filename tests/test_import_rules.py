@@ -1,0 +1,146 @@
+"""The import rules of design.md §1, checked on the source (AST) and at run time.
+
+Layers: ``api`` never imports ``cli``, ``typer`` or ``rich`` and never prints; ``cli`` never
+imports ``httpx`` or ``click``, and only ``cli/server.py`` reaches ``server``/``store``,
+lazily; ``server`` never imports ``cli``/``api``; ``store`` never imports ``server``, ``api``
+or ``cli``. ``--help``, ``--version`` and completion import no heavy dependency.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "logits_cli"
+
+FORBIDDEN = {
+    "api": ("logits_cli.cli", "typer", "rich", "click"),
+    "cli": ("httpx", "click", "typer._click"),
+    "server": ("logits_cli.cli", "logits_cli.api", "typer", "rich", "click"),
+    "store": ("logits_cli.server", "logits_cli.api", "logits_cli.cli", "typer", "rich"),
+}
+
+
+def imports_of(path: Path) -> list[tuple[str, bool]]:
+    """(module, at module level) for every import in ``path``, relative ones resolved."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    package = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts[:-1])
+    top_level = {id(node) for node in tree.body}
+    found: list[tuple[str, bool]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.extend((alias.name, id(node) in top_level) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{parent}.{base}" if base else parent
+            found.append((base, id(node) in top_level))
+            found.extend((f"{base}.{alias.name}", id(node) in top_level) for alias in node.names)
+    return found
+
+
+def matches(module: str, prefix: str) -> bool:
+    return module == prefix or module.startswith(prefix + ".")
+
+
+def layer_files(layer: str) -> list[Path]:
+    return sorted((PACKAGE / layer).rglob("*.py"))
+
+
+@pytest.mark.parametrize("layer", sorted(FORBIDDEN))
+def test_layer_imports(layer: str) -> None:
+    bad = [
+        f"{path.relative_to(PACKAGE.parent)} imports {module}"
+        for path in layer_files(layer)
+        for module, _ in imports_of(path)
+        for prefix in FORBIDDEN[layer]
+        if matches(module, prefix)
+    ]
+    assert bad == []
+
+
+def test_only_the_server_group_touches_server_and_store_and_lazily() -> None:
+    bad = []
+    for path in layer_files("cli"):
+        for module, top_level in imports_of(path):
+            if not any(matches(module, p) for p in ("logits_cli.server", "logits_cli.store")):
+                continue
+            if path.name != "server.py" or top_level:
+                bad.append(f"{path.name} imports {module}")
+    assert bad == []
+
+
+def test_shared_modules_import_no_layer() -> None:
+    for name in ("errors.py", "models.py", "uri.py"):
+        modules = [m for m, _ in imports_of(PACKAGE / name)]
+        layers = ("logits_cli.api", "logits_cli.cli", "logits_cli.server", "logits_cli.store")
+        assert not [m for m in modules if any(matches(m, p) for p in layers)], name
+
+
+def test_api_never_prints() -> None:
+    printing = [
+        f"{path.name}:{node.lineno}"
+        for path in layer_files("api")
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id == "print"
+    ]
+    assert printing == []
+
+
+HEAVY = ("httpx", "pydantic", "starlette", "uvicorn", "logits_cli.server", "logits_cli.store")
+# Typer 0.29 coerces every non-flag parameter value through a pydantic TypeAdapter, so
+# parsing any subcommand loads pydantic (typer/_coercion.py). Our own modules add nothing.
+HEAVY_BUT_TYPER = tuple(m for m in HEAVY if m != "pydantic")
+
+PROBE = """
+import json, sys
+from logits_cli.cli.main import main
+heavy = json.loads(sys.argv[2])
+sys.argv = ["logits", *json.loads(sys.argv[1])]
+try:
+    main()
+except SystemExit:
+    pass
+loaded = sorted(m for m in sys.modules if any(m == h or m.startswith(h + ".") for h in heavy))
+print(json.dumps(loaded), file=sys.stderr)
+"""
+
+COMPLETE_PATH = {
+    "_LOGITS_COMPLETE": "complete_bash",
+    "COMP_WORDS": "logits ckpt info ",
+    "COMP_CWORD": "3",
+}
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "heavy"),
+    [
+        (["--help"], {}, HEAVY),
+        (["--version"], {}, HEAVY),
+        ([], {"_LOGITS_COMPLETE": "source_zsh"}, HEAVY),
+        (["ckpt", "download", "--help"], {}, HEAVY_BUT_TYPER),
+        ([], COMPLETE_PATH, HEAVY_BUT_TYPER),
+    ],
+    ids=["help", "version", "completion-script", "subcommand-help", "complete"],
+)
+def test_startup_imports_nothing_heavy(
+    args: list[str], env: dict[str, str], heavy: tuple[str, ...]
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, json.dumps(args), json.dumps(heavy)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=60,
+    )
+    loaded = json.loads(done.stderr.strip().splitlines()[-1])
+    assert loaded == []

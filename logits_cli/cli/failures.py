@@ -55,15 +55,16 @@ def handle_errors(command: Callable[P, T]) -> Callable[P, T]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
         try:
             return command(*args, **kwargs)
-        except (typer.Exit, typer.Abort):
+        except typer.Exit:
             raise
         except errors.LogitsError as error:
             if debug_enabled():
                 traceback.print_exc()
             report_error(error)
             raise typer.Exit(error.exit_code) from None
-        except KeyboardInterrupt:
-            sys.stderr.write("Interrupted\n")
+        except (KeyboardInterrupt, typer.Abort):
+            # typer.Abort is how a prompt reports Ctrl-C (or end of input).
+            sys.stderr.write("\nInterrupted\n")
             raise typer.Exit(errors.EXIT_INTERRUPTED) from None
         except BrokenPipeError:
             # The reader went away (`logits ckpt ls | head`): nothing left to say to it.

@@ -15,6 +15,8 @@ app = typer.Typer(
     help="Save, list, download, publish and expire fine-tuning checkpoints.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    # Plain help: rich-formatted help would import rich.markdown on every --help (~50 ms).
+    rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.add_typer(ckpt.app, name="ckpt")

@@ -79,13 +79,18 @@ def stderr_console() -> Any:
     return Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 
+def _is_terminal(stream: Any) -> bool:
+    # A stream is None when its descriptor was closed at start, as cron may do with stdin.
+    return stream is not None and stream.isatty()
+
+
 def stderr_is_terminal() -> bool:
-    return sys.stderr.isatty()
+    return _is_terminal(sys.stderr)
 
 
 def interactive() -> bool:
     """Prompts are allowed only when a person can answer them."""
-    return sys.stdin.isatty() and sys.stderr.isatty()
+    return _is_terminal(sys.stdin) and _is_terminal(sys.stderr)
 
 
 def _write_stderr(line: str) -> None:
@@ -113,7 +118,7 @@ class Output:
 
     @property
     def stdout_is_terminal(self) -> bool:
-        return sys.stdout.isatty()
+        return _is_terminal(sys.stdout)
 
     @property
     def live_progress(self) -> bool:

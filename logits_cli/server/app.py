@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from logits_cli.errors import LogitsError
+from logits_cli.errors import ConfigError, LogitsError
 from logits_cli.store.store import Store
 
 from . import routes_blobs, routes_checkpoints, routes_service, routes_training
@@ -52,7 +52,7 @@ async def _render_error(request: Request, exc: Exception) -> Response:
 
 def create_app(store: Store, settings: ServerSettings) -> Starlette:
     if not 0 < settings.future_poll_hold < 40:
-        raise ValueError("future_poll_hold must be between 0 and 40 seconds")
+        raise ConfigError("future_poll_hold must be between 0 and 40 seconds")
     secret = settings.signing_secret or load_or_create_secret(Path(store.root))
     context = ServerContext(
         store=store,

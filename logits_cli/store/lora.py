@@ -406,20 +406,3 @@ def _parse_config(data: bytes) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise IntegrityError(f"{ADAPTER_CONFIG} is not a JSON object")
     return config
-
-
-__all__ = [
-    "ADAPTER_CONFIG",
-    "ADAPTER_MODEL",
-    "CHECKPOINT_COMPLETE",
-    "MEMBERS_BY_KIND",
-    "MODEL_SHAPES",
-    "OPTIMIZER_STATE",
-    "ModelShape",
-    "adapter_config",
-    "adapter_modules",
-    "init_state",
-    "read_adapter_config",
-    "restore_state",
-    "shape_for",
-]

@@ -317,10 +317,12 @@ def test_a_held_lock_is_busy_or_waited_for(embedded, tmp_path):
     play(embedded, scenario)
 
 
-def test_unknown_run_and_bad_options_raise(embedded, tmp_path):
+def test_unknown_run_and_bad_options_raise_and_release_the_lock(embedded, tmp_path):
     async def scenario(client: LogitsClient) -> None:
         with pytest.raises(NotFoundError):
             await run_sync(client, tmp_path / "m", SyncOptions(runs=("no-such-run",)))
+        after_error = await run_sync(client, tmp_path / "m", SyncOptions())
+        assert after_error.items == []
         for bad in (
             SyncOptions(jobs=0),
             SyncOptions(latest=0),
@@ -411,3 +413,28 @@ def test_without_a_listed_digest_creation_time_and_size_decide_presence():
     assert not is_current(manifest, listed(size_bytes=11))
     assert not is_current(manifest, listed(sha256="cd" * 32))
     assert is_current(manifest, listed(sha256="ab" * 32, time=created + timedelta(days=1)))
+
+
+def test_tinker_scheme_paths_sync_and_prune_like_logits_ones(server_factory, tmp_path):
+    live = server_factory(uri_scheme="tinker")
+    settings = config.resolve(
+        base_url=live.base_url,
+        env={"LOGITS_HOME": str(tmp_path / "home"), "LOGITS_API_KEY": live.api_key("alice")},
+    )
+    dest = tmp_path / "mirror"
+
+    async def scenario(client: LogitsClient) -> None:
+        run = await new_run(client)
+        kept = await client.save(run, "kept")
+        gone = await client.save(run, "gone")
+        assert kept.tinker_path.startswith("tinker://")
+        first = await run_sync(client, dest, SyncOptions())
+        assert by_status(first) == {"downloaded": ["weights/gone", "weights/kept"]}
+        await client.delete(CheckpointRef.parse(gone.tinker_path))
+        again = await run_sync(client, dest, SyncOptions(prune_local=True))
+        assert [(i.status, i.tinker_path) for i in again.items] == [
+            ("pruned", gone.tinker_path),
+            ("present", kept.tinker_path),
+        ]
+
+    play(lambda: open_client(settings), scenario)

@@ -199,3 +199,69 @@ def test_segment_sizes() -> None:
     assert choose_segment_size(100 * MiB, connections=8, embedded=False) == 8 * MiB
     assert choose_segment_size(2048 * MiB, connections=8, embedded=False) == 64 * MiB
     assert choose_segment_size(2048 * MiB, connections=8, embedded=True) == 4 * MiB
+
+
+def test_signed_url_refresh_margin() -> None:
+    from datetime import UTC, datetime
+
+    from logits_cli.api.transfer import SignedUrl
+
+    now = [1000.0]
+    issued: list[int] = []
+
+    async def fetch() -> models.CheckpointArchiveUrlResponse:
+        issued.append(1)
+        expires = datetime.fromtimestamp(now[0] + lifetime, UTC)
+        return models.CheckpointArchiveUrlResponse(url=f"u{len(issued)}", expires=expires)
+
+    async def scenario() -> None:
+        urls = SignedUrl(fetch, clock=lambda: now[0])
+        assert (await urls.get())[0] == "u1"
+        now[0] += lifetime - 31  # more than 30 s left: keep it
+        assert (await urls.get())[0] == "u1"
+        now[0] += 2  # less than 30 s left: replace it before the request
+        assert (await urls.get())[0] == "u2"
+        await urls.renew(1)  # someone already replaced generation 1
+        assert (await urls.get())[0] == "u2"
+        await urls.renew(2)
+        assert (await urls.get())[0] == "u3"
+
+    lifetime = 900
+    asyncio.run(scenario())
+
+    async def short_lived() -> None:
+        urls = SignedUrl(fetch, clock=lambda: now[0])
+        first = (await urls.get())[0]
+        now[0] += 0.4  # a 1-second URL is kept for half its life, not replaced each time
+        assert (await urls.get())[0] == first
+        now[0] += 0.2
+        assert (await urls.get())[0] != first
+        assert not urls.expired()
+        now[0] += 1
+        assert urls.expired()
+
+    lifetime = 1
+    asyncio.run(short_lived())
+
+
+def test_not_enough_disk_space_fails_before_fetching(tmp_path: Path, monkeypatch) -> None:
+    import shutil
+
+    from logits_cli.api import transfer
+    from logits_cli.errors import LogitsError
+
+    async def scenario() -> None:
+        async with embedded_client(tmp_path / "home") as client:
+            checkpoint = await make_checkpoint(client)
+            usage = shutil.disk_usage(tmp_path)
+            monkeypatch.setattr(
+                transfer.shutil, "disk_usage", lambda _: usage._replace(free=checkpoint.size_bytes)
+            )
+            with pytest.raises(LogitsError, match="not enough free space"):
+                await client.download(ref_of(checkpoint), tmp_path / "dest")
+            assert listing(tmp_path / "dest") == []
+            archive_only = DownloadOptions(archive_only=True)
+            result = await client.download(ref_of(checkpoint), tmp_path / "dest", options=archive_only)
+            assert result.bytes_fetched == checkpoint.size_bytes
+
+    asyncio.run(scenario())

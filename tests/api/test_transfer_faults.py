@@ -109,6 +109,16 @@ def test_a_dead_network_fails_unavailable_and_keeps_nothing_final(proxied, tmp_p
     assert set(listing(tmp_path / "dest")) <= {".ckpt.part", ".ckpt.part.json"}
 
 
+def test_overall_timeout_is_unavailable(proxied, tmp_path: Path) -> None:
+    server, proxy = proxied()
+    proxy.plan.extend([Fault("stall", after=0)] * 10)
+    options = DownloadOptions(connections=2, segment_size=MiB, stall_timeout=60, timeout=0.5)
+    _, result = run_download(server, tmp_path, options=options)
+    assert isinstance(result, UnavailableError)
+    assert str(result) == "download did not finish within 0.5 s"
+    assert not (tmp_path / "dest" / "ckpt").exists()
+
+
 def test_a_server_ignoring_range_gets_one_streamed_request(proxied, tmp_path: Path) -> None:
     server, proxy = proxied(strip_range=True)
     checkpoint, result = run_download(server, tmp_path)
@@ -177,7 +187,7 @@ def counting_archive_urls(calls: list[models.CheckpointArchiveUrlResponse], dela
 
 def test_url_expiring_mid_transfer_is_replaced(proxied, tmp_path: Path) -> None:
     # ~4 MiB at 1 MiB/s through the proxy: the 1-second URLs expire many times over.
-    server, proxy = proxied(rate=MiB, download_url_ttl=1)
+    server, _ = proxied(rate=MiB, download_url_ttl=1)
     calls: list[models.CheckpointArchiveUrlResponse] = []
     checkpoint, result = run_download(server, tmp_path, wrap_client=counting_archive_urls(calls))
     assert_good(server, checkpoint, result, tmp_path)
@@ -195,7 +205,7 @@ def test_403_url_expired_fetches_a_fresh_url(proxied, tmp_path: Path) -> None:
 
 
 def test_a_bad_signature_is_final(proxied, tmp_path: Path) -> None:
-    server, proxy = proxied()
+    server, _ = proxied()
 
     def wrap(client: Any) -> None:
         original = client.archive_url

@@ -19,6 +19,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -117,9 +118,12 @@ def kill_at(base_url: str, key: str, path: str, dest: Path, stop: float) -> None
         raise SystemExit(f"the download to kill did not pause: {line!r}")
 
 
-async def prepare(base_url: str, key: str, home: Path, base_model: str, rank: int) -> tuple[str, int]:
-    settings = Settings(home=home, base_url=base_url, profile=None, run=None, debug=False,
-                        api_key_value=key)
+async def prepare(
+    base_url: str, key: str, home: Path, base_model: str, rank: int
+) -> tuple[str, int]:
+    settings = Settings(
+        home=home, base_url=base_url, profile=None, run=None, debug=False, api_key_value=key
+    )
     async with open_client(settings) as client:
         run = await client.create_run(base_model, rank=rank, seed=0)
         checkpoint = await client.save(run.training_run_id, "bench", timeout=600)
@@ -128,8 +132,9 @@ async def prepare(base_url: str, key: str, home: Path, base_model: str, rank: in
 
 
 async def signed_url(base_url: str, key: str, home: Path, path: str) -> str:
-    settings = Settings(home=home, base_url=base_url, profile=None, run=None, debug=False,
-                        api_key_value=key)
+    settings = Settings(
+        home=home, base_url=base_url, profile=None, run=None, debug=False, api_key_value=key
+    )
     async with open_client(settings) as client:
         return (await client.archive_url(CheckpointRef.parse(path))).url
 
@@ -139,6 +144,7 @@ def main() -> None:
     parser.add_argument("--base-model", default="Qwen/Qwen3-8B")
     parser.add_argument("--rank", type=int, default=64)
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--repeat", type=int, default=3, help="alternating runs; medians")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="logits-bench-", dir=args.workdir))
@@ -153,31 +159,50 @@ def main() -> None:
     )
     try:
         wait_for_server(port)
-        path, size = asyncio.run(prepare(base_url, key, work / "client", args.base_model, args.rank))
+        path, size = asyncio.run(
+            prepare(base_url, key, work / "client", args.base_model, args.rank)
+        )
         print(f"archive: {size / 2**30:.2f} GiB ({args.base_model}, rank {args.rank})")
 
-        curl_file = work / "curl.tar"
-        url = asyncio.run(signed_url(base_url, key, work / "client", path))
-        started = time.perf_counter()
-        subprocess.run(["curl", "-sS", "-f", "-o", str(curl_file), url], check=True)
-        curl_seconds = time.perf_counter() - started
-        curl_file.unlink()
-
-        ours = engine(base_url, key, path, work / "ours", "archive")
-        shutil.rmtree(work / "ours")
+        # Alternate curl and our engine so both see the same (possibly busy) machine.
+        curl_times, ours_runs = [], []
+        for _ in range(args.repeat):
+            curl_file = work / "curl.tar"
+            url = asyncio.run(signed_url(base_url, key, work / "client", path))
+            started = time.perf_counter()
+            subprocess.run(["curl", "-sS", "-f", "-o", str(curl_file), url], check=True)
+            curl_times.append(time.perf_counter() - started)
+            curl_file.unlink()
+            ours_runs.append(engine(base_url, key, path, work / "ours", "archive"))
+            shutil.rmtree(work / "ours")
+        curl_seconds = statistics.median(curl_times)
+        ours = {
+            "seconds": statistics.median(run["seconds"] for run in ours_runs),
+            "peak_rss": max(run["peak_rss"] for run in ours_runs),
+        }
         full = engine(base_url, key, path, work / "full", "extract")
         shutil.rmtree(work / "full")
 
         kill_at(base_url, key, path, work / "resume", 0.5)
         resumed = engine(base_url, key, path, work / "resume", "archive")
 
-        print(f"curl -o:                {curl_seconds:6.2f} s  {size / curl_seconds / 2**20:7.1f} MiB/s")
-        print(f"logits (fetch+verify):  {ours['seconds']:6.2f} s  {size / ours['seconds'] / 2**20:7.1f} MiB/s")
+        print(
+            f"runs (s): curl {[round(t, 2) for t in curl_times]}, "
+            f"logits {[round(r['seconds'], 2) for r in ours_runs]}"
+        )
+        print(
+            f"curl -o:                {curl_seconds:6.2f} s  {size / curl_seconds / 2**20:7.1f} MiB/s"
+        )
+        print(
+            f"logits (fetch+verify):  {ours['seconds']:6.2f} s  {size / ours['seconds'] / 2**20:7.1f} MiB/s"
+        )
         print(f"logits (with extract):  {full['seconds']:6.2f} s")
         print(f"speed vs curl:          {curl_seconds / ours['seconds']:.2f}x   (target >= 0.9x)")
         print(f"peak RSS:               {ours['peak_rss'] / 1e6:.0f} MB  (target <= 150 MB)")
         print(f"peak RSS with extract:  {full['peak_rss'] / 1e6:.0f} MB")
-        print(f"resume after kill@50%:  {resumed['bytes_fetched'] / size:.1%} fetched again  (target <= 55%)")
+        print(
+            f"resume after kill@50%:  {resumed['bytes_fetched'] / size:.1%} fetched again  (target <= 55%)"
+        )
     finally:
         server.send_signal(signal.SIGINT)
         try:

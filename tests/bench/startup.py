@@ -63,7 +63,7 @@ def median_s(command: list[str], env: dict[str, str], repeats: int) -> float:
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
-        done = subprocess.run(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        done = subprocess.run(command, env=env, capture_output=True)
         times.append(time.perf_counter() - started)
         if done.returncode != 0:
             raise SystemExit(f"{command} failed: {done.stderr.decode()[-500:]}")

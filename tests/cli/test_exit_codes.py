@@ -53,8 +53,9 @@ def test_exit_3_wrong_key(live_server, monkeypatch) -> None:
     monkeypatch.setenv("LOGITS_API_KEY", "tml-" + "x" * 43)
     result = invoke(["ckpt", "ls"])
     assert result.exit_code == 3
-    assert result.stderr.startswith("Error: ")
-    assert "Hint: set LOGITS_API_KEY" in result.stderr
+    error, hint = result.stderr.splitlines()
+    assert error == "Error: invalid or revoked API key"
+    assert hint.startswith("Hint: ") and "LOGITS_API_KEY" in hint
     assert "x" * 43 not in result.stderr
 
 

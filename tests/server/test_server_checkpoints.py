@@ -286,6 +286,9 @@ def test_archive_url_uses_host_public_url_and_root_path(server_factory) -> None:
     server = server_factory(root_path="/services/logits")
     api = Api(server, server.api_key("alice"))
     assert urlsplit(server.base_url).path == "/services/logits"
+    # Behind a proxy that strips the prefix, requests arrive without it.
+    stripped = httpx.get(f"http://127.0.0.1:{server.port}/api/v1/healthz")
+    assert stripped.json() == {"status": "ok"}
     model_id = api.create_model()
     api.save(model_id, "r")
     url = api.archive_url(model_id, "weights/r")

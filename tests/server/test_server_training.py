@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 from server_helpers import Api, assert_error
 
@@ -256,3 +258,21 @@ def test_large_save_is_pending_then_completes_through_long_poll(server_factory) 
     }
     assert answers[-1] == {"path": f"logits://{model_id}/weights/big", "type": "save_weights"}
     assert api.checkpoint(model_id, "weights/big")["size_bytes"] > 100_000_000
+
+
+def test_long_poll_wakes_when_another_process_finishes_the_future(server_factory) -> None:
+    """A future finished through the store alone (as by another server process) ends the hold."""
+    server = server_factory(future_poll_hold=30)
+    api = Api(server, server.api_key("alice"))
+    request_id, _ = server.store.create_future("alice", operation="save_weights", model_id=None)
+    result = {"path": "logits://r:train:0/weights/elsewhere", "type": "save_weights"}
+    finisher = threading.Timer(
+        0.2, lambda: server.store.finish_future(request_id, result=result, failed=False)
+    )
+    finisher.start()
+    try:
+        answer = api.ok(api.post("/api/v1/retrieve_future", {"request_id": request_id}))
+    finally:
+        finisher.join()
+    assert answer == result
+    api.http.close()

@@ -788,6 +788,8 @@ class Store:
         return row_id, sha256, public
 
     def delete_checkpoint(self, user_id: str, run_id: str, kind: str, name: str) -> None:
+        # Checked before locking too, so requests for unknown runs leave no lock files behind.
+        self._owned_checkpoint(self._db.connection(), user_id, run_id, kind, name)
         with self._run_lock(run_id):
             with self._db.write() as conn:
                 row_id, sha256, _ = self._owned_checkpoint(conn, user_id, run_id, kind, name)

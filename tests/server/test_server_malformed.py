@@ -10,16 +10,11 @@ from server_helpers import Api, assert_error
 
 
 def _files(root: Path) -> dict[str, int]:
-    """Every data file under the store's blob and run directories, with its size.
-
-    Lock files are left out: they hold no data (the store creates one per run id it locks).
-    """
+    """Every file under the store's blob and run directories, with its size."""
     found = {}
     for directory in (root / "blobs", root / "runs"):
         for parent, _, names in os.walk(directory):
             for name in names:
-                if name.endswith(".lock"):
-                    continue
                 path = Path(parent, name)
                 found[str(path.relative_to(root))] = path.stat().st_size
     return found

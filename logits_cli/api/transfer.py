@@ -55,7 +55,7 @@ SEGMENTS_PER_CONNECTION = 4
 MAX_FRUITLESS_ATTEMPTS = 5  # protocol.md §6.3 step 4
 URL_REFRESH_MARGIN_S = 30.0
 JOURNAL_FLUSH_INTERVAL_S = 1.0
-HASH_CHUNK = 4 * MiB
+HASH_CHUNK = 8 * MiB
 JOURNAL_FORMAT = 1
 # The headers that describe the whole archive; kept in the journal so a resumed process
 # that has nothing left to fetch can still verify against them.
@@ -374,6 +374,7 @@ class ArchiveFetcher:
         # replaced (bytes on disk no longer valid), which makes the hasher start over.
         self._layout = 0
         self._grown = asyncio.Event()
+        self._hash_waits_at: int | None = None  # the offset whose arrival wakes the hasher
         self._fetch_done = False
         self._hash_task: asyncio.Task[dict[str, bytes]] | None = None
 
@@ -463,7 +464,9 @@ class ArchiveFetcher:
                     return {name: hasher.digest() for name, hasher in hashers.items()}
                 else:
                     self._grown.clear()
+                    self._hash_waits_at = end
                     await self._grown.wait()
+                    self._hash_waits_at = None
 
     def _journal_matches(self, journal: Journal) -> bool:
         if not self._part.is_file() or self._part.stat().st_size != journal.size:
@@ -662,6 +665,7 @@ class ArchiveFetcher:
     def _write(self, fd: int, index: int, chunk: bytes, position: int, limit: int | None) -> int:
         if limit is not None and position + len(chunk) > limit:
             raise UnexpectedResponseError("the server sent more bytes than were asked for")
+        start = position
         view = memoryview(chunk)
         while view:
             written = os.pwrite(fd, view, position)
@@ -671,7 +675,8 @@ class ArchiveFetcher:
         self._journal.filled[index] += len(chunk)
         self._fetched += len(chunk)
         self._done += len(chunk)
-        self._grown.set()
+        if self._hash_waits_at is not None and start == self._hash_waits_at:
+            self._grown.set()  # only the write at the prefix's end lets the hasher go on
         self._report()
         now = time.monotonic()
         if now - self._last_flush >= JOURNAL_FLUSH_INTERVAL_S:

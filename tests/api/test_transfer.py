@@ -141,9 +141,8 @@ def test_a_held_part_lock_is_busy(tmp_path: Path) -> None:
             checkpoint = await make_checkpoint(client)
             dest = tmp_path / "dest"
             dest.mkdir()
-            with filelock.FileLock(dest / ".ckpt.part.lock"):
-                with pytest.raises(BusyError):
-                    await download_checkpoint(client, ref_of(checkpoint), dest)
+            with filelock.FileLock(dest / ".ckpt.part.lock"), pytest.raises(BusyError):
+                await download_checkpoint(client, ref_of(checkpoint), dest)
             result = await client.download(ref_of(checkpoint), dest)
             assert verify_checkpoint_dir(result.path).ok
             assert listing(dest) == ["ckpt"]
@@ -261,7 +260,9 @@ def test_not_enough_disk_space_fails_before_fetching(tmp_path: Path, monkeypatch
                 await client.download(ref_of(checkpoint), tmp_path / "dest")
             assert listing(tmp_path / "dest") == []
             archive_only = DownloadOptions(archive_only=True)
-            result = await client.download(ref_of(checkpoint), tmp_path / "dest", options=archive_only)
+            result = await client.download(
+                ref_of(checkpoint), tmp_path / "dest", options=archive_only
+            )
             assert result.bytes_fetched == checkpoint.size_bytes
 
     asyncio.run(scenario())

@@ -36,7 +36,7 @@ CHILD = textwrap.dedent(
     from logits_cli.config import Settings
     from logits_cli.uri import CheckpointRef
 
-    base_url, key, path, dest, stop_at, home = sys.argv[1:7]
+    base_url, key, path, dest, stop_at, home, connections, segment = sys.argv[1:9]
 
     def progress(done, total):
         if done >= int(stop_at):
@@ -47,14 +47,13 @@ CHILD = textwrap.dedent(
         settings = Settings(home=Path(home), base_url=base_url, profile=None, run=None,
                             debug=False, api_key_value=key)
         async with open_client(settings) as client:
-            options = DownloadOptions(connections=%d, segment_size=%d)
+            options = DownloadOptions(connections=int(connections), segment_size=int(segment))
             await client.download(CheckpointRef.parse(path), Path(dest), options=options,
                                   progress=progress)
 
     asyncio.run(main())
     print("DONE", flush=True)
     """
-    % (CONNECTIONS, MiB)
 )
 
 

@@ -26,7 +26,7 @@ from pydantic import ValidationError
 
 from logits_cli import models
 from logits_cli.api.verify import HASH_CHUNK, MANIFEST_NAME, check_member_name
-from logits_cli.errors import ConflictError, IntegrityError
+from logits_cli.errors import ConflictError, IntegrityError, UsageError
 from logits_cli.uri import CheckpointRef
 
 COMPLETE_MEMBER = "checkpoint_complete"
@@ -123,7 +123,7 @@ def _check_belongs_to(complete: models.CheckpointComplete, checkpoint: models.Ch
     try:
         inner = CheckpointRef.parse(complete.tinker_path, any_kind=True)
         outer = CheckpointRef.parse(checkpoint.tinker_path, any_kind=True)
-    except Exception:
+    except UsageError:
         raise IntegrityError(f"{COMPLETE_MEMBER} names an unreadable checkpoint path") from None
     if inner.with_scheme(outer.scheme) != outer:
         raise IntegrityError(

@@ -21,6 +21,7 @@ import shutil
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -377,6 +378,9 @@ class ArchiveFetcher:
         self._hash_waits_at: int | None = None  # the offset whose arrival wakes the hasher
         self._fetch_done = False
         self._hash_task: asyncio.Task[dict[str, bytes]] | None = None
+        # Its own thread, shut down (and waited for) before the file descriptor is closed,
+        # so a cancelled hash never reads from a closed or reused descriptor.
+        self._hash_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="logits-hash")
 
     # -- entry point ----------------------------------------------------------------------
 
@@ -423,6 +427,7 @@ class ArchiveFetcher:
                 self._hash_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._hash_task
+            self._hash_thread.shutdown(wait=True, cancel_futures=True)
             os.close(fd)
             if self._journal is not None:
                 self._journal.save(self._journal_path)
@@ -458,7 +463,9 @@ class ArchiveFetcher:
                 end = self._prefix_end()
                 if position < end:
                     count = min(end - position, HASH_CHUNK)
-                    await asyncio.to_thread(_hash_range, fd, position, count, hashers)
+                    await asyncio.get_running_loop().run_in_executor(
+                        self._hash_thread, _hash_range, fd, position, count, hashers
+                    )
                     position += count
                 elif self._fetch_done:
                     return {name: hasher.digest() for name, hasher in hashers.items()}
@@ -517,21 +524,28 @@ class ArchiveFetcher:
 
     # -- one segment ----------------------------------------------------------------------
 
+    def _current(self, index: int) -> int:
+        """Once the server is found to ignore ``Range``, the whole file is segment 0."""
+        return 0 if self._ranges_ignored else index
+
     def _segment_filled(self, index: int) -> int:
         return self._journal.filled[index] if self._journal is not None else 0
 
     async def _fetch_segment(self, fd: int, index: int) -> None:
         fruitless = 0
-        while self._journal is None or self._journal.missing(index) > 0:
+        while True:
+            index = self._current(index)
+            if self._journal is not None and self._journal.missing(index) <= 0:
+                return
             before = self._segment_filled(index)
             url, generation = await self._urls.get()
             try:
                 await self._attempt(fd, index, url)
-                if self._segment_filled(index) == before:
+                if self._segment_filled(self._current(index)) == before:
                     raise _RetryableFailure("the server sent an empty body")
                 fruitless = 0
             except _RetryableFailure as failure:
-                progressed = self._segment_filled(index) > before
+                progressed = self._segment_filled(self._current(index)) > before
                 fruitless = 0 if progressed else fruitless + 1
                 if fruitless >= MAX_FRUITLESS_ATTEMPTS:
                     raise UnavailableError(
@@ -550,10 +564,10 @@ class ArchiveFetcher:
         else:
             start, end = self._journal.bounds(index)
             offset, last = start + self._journal.filled[index], end - 1
-            if self._journal.headers.get("etag"):
-                headers["If-Range"] = self._journal.headers["etag"]
         if not self._ranges_ignored:
             headers["Range"] = f"bytes={offset}-{last}"
+            if self._journal is not None and self._journal.headers.get("etag"):
+                headers["If-Range"] = self._journal.headers["etag"]
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self._stall_timeout) as stall:
@@ -561,13 +575,17 @@ class ArchiveFetcher:
                 response = await self._http.send(request, stream=True)
                 try:
                     position, limit = await self._accept(fd, response, offset, last)
+                    index = self._current(index)
+                    # Re-arming the timer on every chunk would cost a timer each; re-arming
+                    # at most every quarter period with a quarter of slack means a stall is
+                    # declared after 1 to 1.25 times stall_timeout without a byte.
+                    slack = self._stall_timeout / 4
                     rearmed = loop.time()
+                    stall.reschedule(rearmed + self._stall_timeout + slack)
                     async for chunk in response.aiter_raw():
-                        # Re-arming on every chunk costs a timer each; a few times per
-                        # stall period keeps detection within 25 % of the limit.
                         now = loop.time()
-                        if now - rearmed > self._stall_timeout / 4:
-                            stall.reschedule(now + self._stall_timeout)
+                        if now - rearmed > slack:
+                            stall.reschedule(now + self._stall_timeout + slack)
                             rearmed = now
                         position = self._write(fd, index, chunk, position, limit)
                 finally:
@@ -766,6 +784,17 @@ def _already_present(final: Path, checkpoint: models.Checkpoint, *, archive_only
     )
 
 
+def _sweep_leftovers(dest_dir: Path, name: str) -> None:
+    """Remove what a killed process left mid-extraction or mid-replace. Only called while
+    holding the part lock, so no live process is using them."""
+    for pattern in (f".{name}.tmp-*", f".{name}.old-*", f".{name}.tar.old-*"):
+        for leftover in dest_dir.glob(pattern):
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                _discard(leftover)
+
+
 def _check_free_space(dest_dir: Path, part: Path, size: int | None, *, archive_only: bool) -> None:
     if size is None:
         return
@@ -828,6 +857,7 @@ async def download_checkpoint(
     part, journal_path, lock_path = _part_paths(dest_dir, name)
     lock = _lock_part(lock_path)
     try:
+        _sweep_leftovers(dest_dir, name)
         _check_free_space(dest_dir, part, checkpoint.size_bytes, archive_only=options.archive_only)
         work = _fetch_verified(client, ref, checkpoint, part, journal_path, options, progress)
         if options.timeout is None:
@@ -912,8 +942,12 @@ async def _fetch_verified(
         if resumed_first is None:
             resumed_first = result.resumed
         expected = result.expected
-        if expected is None or result.digests[expected.algorithm] == expected.value:
-            return fetched_total, bool(resumed_first), result.digests["sha256"].hex(), result.size
+        digests = result.digests
+        if expected is not None and expected.algorithm not in digests:
+            # The digest on offer changed while resuming: one more pass over the file.
+            digests = digests | await asyncio.to_thread(hash_file, part, {expected.algorithm})
+        if expected is None or digests[expected.algorithm] == expected.value:
+            return fetched_total, bool(resumed_first), digests["sha256"].hex(), result.size
         _discard(part, journal_path)
     raise IntegrityError(
         f"the downloaded archive does not match its digest ({expected.source}), twice"

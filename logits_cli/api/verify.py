@@ -17,6 +17,7 @@ from logits_cli.errors import IntegrityError
 
 MANIFEST_NAME = ".logits-checkpoint.json"
 HASH_CHUNK = 4 * 1024 * 1024
+MAX_NAME_BYTES = 255  # the usual file-name limit; longer names cannot be created anyway
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ class VerifyResult:
 def check_member_name(name: str) -> None:
     """Refuse any name that could leave the checkpoint directory or clash with our manifest
     (protocol.md §7.5): members are plain files at the archive root."""
-    if not name or name in (".", MANIFEST_NAME):
+    if not name or name in (".", MANIFEST_NAME) or len(name.encode()) > MAX_NAME_BYTES:
         raise IntegrityError(f"unsafe archive member name {name!r}")
     for forbidden in ("/", "\\", "..", "\x00"):
         if forbidden in name:
@@ -79,7 +80,11 @@ def verify_checkpoint_dir(path: Path) -> VerifyResult:
         if not member.is_file() or member.is_symlink():
             problems.append(f"{name}: missing")
             continue
-        size, sha256 = file_sha256(member)
+        try:
+            size, sha256 = file_sha256(member)
+        except OSError as exc:
+            problems.append(f"{name}: cannot be read ({exc.strerror})")
+            continue
         if size != expected.size:
             problems.append(f"{name}: size {size}, expected {expected.size}")
         elif sha256 != expected.sha256:

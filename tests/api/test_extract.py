@@ -86,6 +86,7 @@ HOSTILE = {
     "directory": [special("sub", tarfile.DIRTYPE)],
     "duplicate": [("adapter_config.json", b"second copy")],
     "manifest name": [(MANIFEST_NAME, b"{}")],
+    "overlong name": [("x" * 256, b"x")],
 }
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
+import shutil
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +23,16 @@ from transfer_support import (
 )
 
 from logits_cli import models
-from logits_cli.api import DownloadOptions
+from logits_cli.api import DownloadOptions, transfer
 from logits_cli.api.transfer import (
     Crc32c,
+    SignedUrl,
     choose_digest,
     choose_segment_size,
     download_checkpoint,
 )
 from logits_cli.api.verify import MANIFEST_NAME, verify_checkpoint_dir
-from logits_cli.errors import BusyError, ConflictError, NotFoundError
+from logits_cli.errors import BusyError, ConflictError, LogitsError, NotFoundError
 
 MiB = 1024 * 1024
 
@@ -167,8 +171,6 @@ def test_deleted_checkpoint_is_not_found(tmp_path: Path) -> None:
 def test_digest_choice_follows_the_protocol_order() -> None:
     sha = hashlib.sha256(b"x").digest()
     other = hashlib.sha256(b"y").hexdigest()
-    import base64
-
     repr_digest = f"sha-512=:AAAA:, sha-256=:{base64.b64encode(sha).decode()}:"
     chosen = choose_digest({"repr-digest": repr_digest, "etag": f'"sha256:{other}"'}, other)
     assert (chosen.algorithm, chosen.value, chosen.source) == ("sha256", sha, "Repr-Digest")
@@ -201,10 +203,6 @@ def test_segment_sizes() -> None:
 
 
 def test_signed_url_refresh_margin() -> None:
-    from datetime import UTC, datetime
-
-    from logits_cli.api.transfer import SignedUrl
-
     now = [1000.0]
     issued: list[int] = []
 
@@ -244,11 +242,6 @@ def test_signed_url_refresh_margin() -> None:
 
 
 def test_not_enough_disk_space_fails_before_fetching(tmp_path: Path, monkeypatch) -> None:
-    import shutil
-
-    from logits_cli.api import transfer
-    from logits_cli.errors import LogitsError
-
     async def scenario() -> None:
         async with embedded_client(tmp_path / "home") as client:
             checkpoint = await make_checkpoint(client)
@@ -264,5 +257,20 @@ def test_not_enough_disk_space_fails_before_fetching(tmp_path: Path, monkeypatch
                 ref_of(checkpoint), tmp_path / "dest", options=archive_only
             )
             assert result.bytes_fetched == checkpoint.size_bytes
+
+    asyncio.run(scenario())
+
+
+def test_leftovers_of_a_killed_extraction_are_swept(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with embedded_client(tmp_path / "home") as client:
+            checkpoint = await make_checkpoint(client)
+            dest = tmp_path / "dest"
+            (dest / ".ckpt.tmp-k1ll3d").mkdir(parents=True)
+            (dest / ".ckpt.tmp-k1ll3d" / "adapter_model.safetensors").write_bytes(b"half")
+            (dest / ".ckpt.old-1234").mkdir()
+            (dest / ".other.tmp-keep").mkdir()
+            await client.download(ref_of(checkpoint), dest)
+            assert listing(dest) == [".other.tmp-keep", "ckpt"]
 
     asyncio.run(scenario())

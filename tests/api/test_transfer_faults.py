@@ -219,3 +219,32 @@ def test_a_bad_signature_is_final(proxied, tmp_path: Path) -> None:
     _, result = run_download(server, tmp_path, wrap_client=wrap)
     assert isinstance(result, BadSignatureError)
     assert "AAAA" not in str(result)
+
+
+def test_resume_against_a_server_that_stopped_honouring_range(proxied, tmp_path: Path) -> None:
+    server, proxy = proxied()
+
+    async def scenario() -> None:
+        async with remote_client(server, tmp_path / "home") as client:
+            checkpoint = await make_checkpoint(client, base_model="Qwen/Qwen3-0.6B", rank=1)
+            halfway = asyncio.Event()
+
+            def progress(done: int, total: int | None) -> None:
+                if done >= checkpoint.size_bytes // 2:
+                    halfway.set()
+
+            task = asyncio.create_task(
+                client.download(
+                    ref_of(checkpoint), tmp_path / "dest", options=OPTIONS, progress=progress
+                )
+            )
+            await halfway.wait()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            proxy.strip_range = True
+            result = await client.download(ref_of(checkpoint), tmp_path / "dest", options=OPTIONS)
+            assert result.bytes_fetched == checkpoint.size_bytes
+            assert_good(server, checkpoint, result, tmp_path)
+
+    asyncio.run(scenario())

@@ -73,6 +73,8 @@ def kill_at(server: Any, key: str, checkpoint: models.Checkpoint, dest: Path, st
             str(dest),
             str(stop_at),
             str(dest.parent / "child-home"),
+            str(CONNECTIONS),
+            str(MiB),
         ],
         stdout=subprocess.PIPE,
         text=True,

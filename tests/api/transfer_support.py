@@ -98,7 +98,7 @@ def build_tar(members: list[tarfile.TarInfo | tuple[str, bytes]], *, gzip: bool 
     """A tar of ``(name, data)`` regular files and prepared special ``TarInfo`` members."""
     buffer = io.BytesIO()
     with tarfile.open(
-        fileobj=buffer, mode="w:gz" if gzip else "w", format=tarfile.USTAR_FORMAT
+        fileobj=buffer, mode="w:gz" if gzip else "w", format=tarfile.PAX_FORMAT
     ) as tar:
         for member in members:
             if isinstance(member, tarfile.TarInfo):

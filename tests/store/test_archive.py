@@ -53,9 +53,8 @@ def raw_headers(data: bytes) -> list[bytes]:
 def test_same_inputs_give_the_same_bytes(state: Path, tmp_path: Path) -> None:
     first = build(state, tmp_path / "one")
     copy = tmp_path / "copy"
-    shutil.copytree(
-        state, copy, copy_function=shutil.copyfile
-    )  # other inodes, other mtimes, no remembered digests
+    # Other inodes, other mtimes, no remembered digests.
+    shutil.copytree(state, copy, copy_function=shutil.copyfile)
     second = build(copy, tmp_path / "two")
 
     assert first[0].read_bytes() == second[0].read_bytes()
@@ -154,10 +153,10 @@ def test_members_spanning_many_chunks(
 ) -> None:
     expected = build(state, tmp_path / "big-chunks")[0].read_bytes()
     monkeypatch.setattr(archive, "COPY_CHUNK", 1000)  # not a block multiple, on purpose
+    monkeypatch.setattr(archive, "_WRITEBACK_EVERY", 4000)  # background flushes mid-member
     plain = tmp_path / "plain"
-    shutil.copytree(
-        state, plain, copy_function=shutil.copyfile
-    )  # without remembered digests: both digests per chunk
+    # Without remembered digests, so both digests are updated per chunk.
+    shutil.copytree(state, plain, copy_function=shutil.copyfile)
 
     for source, blobs in ((state, "small-chunks"), (plain, "small-chunks-plain")):
         assert build(source, tmp_path / blobs)[0].read_bytes() == expected

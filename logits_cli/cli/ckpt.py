@@ -33,6 +33,7 @@ from logits_cli.cli.options import (
 )
 from logits_cli.cli.output import BOOL, SIZE, TIME, Column, Output, interactive, log_line
 from logits_cli.cli.timeparse import parse_duration, parse_point_in_time, parse_ttl
+from logits_cli.config import Settings
 from logits_cli.uri import TYPE_TO_KIND, CheckpointRef, validate_name, validate_run_id
 
 if TYPE_CHECKING:
@@ -87,7 +88,7 @@ def _optional_seconds(text: str | None) -> float | None:
     return None if text is None else float(parse_duration(text))
 
 
-def _remember(settings: Any, checkpoints: "Sequence[models.Checkpoint]") -> None:
+def _remember(settings: Settings, checkpoints: "Sequence[models.Checkpoint]") -> None:
     from logits_cli.cli.completion_cache import remember
 
     remember(
@@ -588,30 +589,32 @@ def rm(
         )
     settings = settings_for(ctx)
 
-    async def work(
-        client: "LogitsClient",
-    ) -> tuple[list[str], list[str], list[tuple[str, errors.LogitsError | None]]]:
-        targets, kept = await selection.targets(client)
-        if max_delete is not None and len(targets) > max_delete:
+    async def plan(client: "LogitsClient") -> tuple[list[CheckpointRef], list[str]]:
+        refs, kept = await selection.targets(client)
+        if max_delete is not None and len(refs) > max_delete:
             raise errors.UsageError(
-                f"{len(targets)} checkpoints match, more than --max-delete {max_delete}; nothing deleted"
+                f"{len(refs)} checkpoints match, more than --max-delete {max_delete}; nothing deleted"
             )
-        kept_paths = [c.tinker_path for c in kept]
-        if dry_run or not targets:
-            return [str(t) for t in targets], kept_paths, []
+        return refs, [c.tinker_path for c in kept]
+
+    async def delete_all(client: "LogitsClient") -> list[tuple[str, errors.LogitsError | None]]:
+        async def delete(target: CheckpointRef) -> None:
+            await client.delete(target)
+
+        return [(str(t), e) for t, e in await apply_concurrently(refs, delete)]
+
+    refs, kept = call_api(ctx, settings, plan)
+    targets = [str(t) for t in refs]
+    outcome: list[tuple[str, errors.LogitsError | None]] = []
+    if refs and not dry_run:
         if not yes:
+            # Asked between two API sessions, not inside one: a blocking prompt inside the
+            # event loop would leave Ctrl-C to asyncio, which cannot interrupt it.
             listing = "\n".join(f"  {t}" for t in targets)
             typer.echo(f"About to delete {len(targets)} checkpoint(s):\n{listing}", err=True)
             if not typer.confirm("Delete them?", default=False, err=True):
                 raise errors.LogitsError("aborted; nothing deleted")
-
-        async def delete(target: CheckpointRef) -> None:
-            await client.delete(target)
-
-        outcome = await apply_concurrently(targets, delete)
-        return [str(t) for t in targets], kept_paths, [(str(t), e) for t, e in outcome]
-
-    targets, kept, outcome = call_api(ctx, settings, work)
+        outcome = call_api(ctx, settings, delete_all)
     report = BulkReport(len(targets), "deleted")
     for label, error in outcome:
         report.add(label, error)
@@ -916,9 +919,6 @@ def sync(
         )
 
 
-MANIFEST_NAME = ".logits-checkpoint.json"
-
-
 @app.command()
 @handle_errors
 def verify(
@@ -934,14 +934,16 @@ def verify(
     quiet: QuietOpt = False,
 ) -> None:
     """Re-check downloaded checkpoints against their manifests (exit 7 on any mismatch)."""
-    from logits_cli.api.verify import find_checkpoint_dirs, verify_checkpoint_dir
+    from logits_cli.api.verify import MANIFEST_NAME, verify_checkpoint_dir
 
     out = Output(json_output=json_output, quiet=quiet)
     checked: list[Path] = []
     for root in dirs:
         if not root.is_dir():
             raise errors.NotFoundError(f"{root} is not a directory")
-        found = [root] if (root / MANIFEST_NAME).is_file() else find_checkpoint_dirs(root)
+        # Recursive, so both `download -o DIR` (DIR/NAME) and `sync -o DIR`
+        # (DIR/RUN/KIND/NAME) layouts are found.
+        found = sorted(manifest.parent for manifest in root.rglob(MANIFEST_NAME))
         if not found:
             raise errors.NotFoundError(f"no downloaded checkpoint in {root}")
         checked.extend(found)

@@ -13,7 +13,7 @@ from typing import Any
 import filelock
 import pytest
 from transfer_support import (
-    archive_members,
+    assert_matches_archive,
     embedded_client,
     listing,
     make_checkpoint,
@@ -35,15 +35,6 @@ from logits_cli.api.verify import MANIFEST_NAME, verify_checkpoint_dir
 from logits_cli.errors import BusyError, ConflictError, LogitsError, NotFoundError
 
 MiB = 1024 * 1024
-
-
-def assert_matches_archive(final: Path, archive: Path) -> None:
-    """Every archive member is in ``final`` byte for byte, and nothing else but the manifest."""
-    members = archive_members(archive)
-    assert listing(final) == sorted([*members, MANIFEST_NAME])
-    for name, data in members.items():
-        assert (final / name).read_bytes() == data, name
-    assert verify_checkpoint_dir(final).ok
 
 
 def test_remote_download_extracts_exactly_the_archive(live_server: Any, tmp_path: Path) -> None:
@@ -266,11 +257,25 @@ def test_leftovers_of_a_killed_extraction_are_swept(tmp_path: Path) -> None:
         async with embedded_client(tmp_path / "home") as client:
             checkpoint = await make_checkpoint(client)
             dest = tmp_path / "dest"
-            (dest / ".ckpt.tmp-k1ll3d").mkdir(parents=True)
-            (dest / ".ckpt.tmp-k1ll3d" / "adapter_model.safetensors").write_bytes(b"half")
-            (dest / ".ckpt.old-1234").mkdir()
-            (dest / ".other.tmp-keep").mkdir()
+            (dest / ".ckpt.tmp-k1ll3d__").mkdir(parents=True)
+            (dest / ".ckpt.tmp-k1ll3d__" / "adapter_model.safetensors").write_bytes(b"half")
+            (dest / ".ckpt.old-0123abcd").mkdir()
+            (dest / ".ckpt.tar.old-4242").write_bytes(b"old archive")
+            # Another checkpoint's files whose names merely start alike stay.
+            (dest / ".ckpt.tmp-abcdefgh.part").write_bytes(b"someone else's")
             await client.download(ref_of(checkpoint), dest)
-            assert listing(dest) == [".other.tmp-keep", "ckpt"]
+            assert listing(dest) == [".ckpt.tmp-abcdefgh.part", "ckpt"]
+
+    asyncio.run(scenario())
+
+
+def test_an_unusable_destination_is_a_clean_error(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with embedded_client(tmp_path / "home") as client:
+            checkpoint = await make_checkpoint(client)
+            blocker = tmp_path / "not-a-directory"
+            blocker.write_text("a file where the destination should be")
+            with pytest.raises(LogitsError, match=r"^cannot write the download in"):
+                await client.download(ref_of(checkpoint), blocker)
 
     asyncio.run(scenario())

@@ -15,8 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_transfer import assert_matches_archive
-from transfer_support import listing, make_checkpoint, ref_of, remote_client, server_blob
+from transfer_support import (
+    assert_matches_archive,
+    listing,
+    make_checkpoint,
+    ref_of,
+    remote_client,
+    server_blob,
+)
 
 from logits_cli import models
 from logits_cli.api import DownloadOptions

@@ -13,6 +13,7 @@ from logits_cli import models
 from logits_cli.api import open_client
 from logits_cli.api.client import LogitsClient
 from logits_cli.api.retry import RetryPolicy
+from logits_cli.api.verify import MANIFEST_NAME, verify_checkpoint_dir
 from logits_cli.config import Settings
 from logits_cli.uri import CheckpointRef
 
@@ -61,6 +62,15 @@ def archive_members(archive: Path) -> dict[str, bytes]:
 
 def listing(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir())
+
+
+def assert_matches_archive(final: Path, archive: Path) -> None:
+    """Every archive member is in ``final`` byte for byte, and nothing else but the manifest."""
+    members = archive_members(archive)
+    assert listing(final) == sorted([*members, MANIFEST_NAME])
+    for name, data in members.items():
+        assert (final / name).read_bytes() == data, name
+    assert verify_checkpoint_dir(final).ok
 
 
 # -- hand-made archives -----------------------------------------------------------------------

@@ -363,6 +363,7 @@ def test_sync_fetches_what_is_missing_then_nothing(cli: Cli, run: str, tmp_path:
     assert [(i["tinker_path"], i["status"]) for i in first["items"]] == [
         (saved["tinker_path"], "downloaded")
     ]
+    assert cli.lines("ckpt", "verify", str(tmp_path), "-q") == [first["items"][0]["local_path"]]
     second = cli.ok("ckpt", "sync", run, "-o", str(tmp_path))
     assert second.stdout == ""
     assert second.stderr.splitlines()[-1].startswith("sync: 1 present in ")

@@ -283,6 +283,8 @@ class Journal:
             )
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
+        if journal.size <= 0 or journal.segment_size <= 0:
+            return None  # a stream of unknown length cannot be resumed
         expected = Journal.plan(journal.identity, journal.size, journal.segment_size, {})
         if len(journal.filled) != len(expected.filled) or any(
             n < 0 or journal.missing(i) < 0 for i, n in enumerate(journal.filled)
@@ -957,29 +959,66 @@ async def _download(
                 ) from None
         if options.archive_only:
             _install_file(part, final)
+            _discard(journal_path)
         else:
-            try:
-                await asyncio.to_thread(
-                    extract_checkpoint,
-                    part,
-                    dest_dir,
-                    name,
-                    checkpoint=checkpoint,
-                    archive_sha256=archive_sha256,
-                    archive_size=size,
-                    force=options.force,
-                )
-            except IntegrityError:
-                _discard(part, journal_path)  # verified bytes, bad content: nothing to resume
-                raise
-            if options.keep_archive:
-                _install_file(part, dest_dir / f"{name}.tar")
-            else:
-                _discard(part)
-        _discard(journal_path)
+            finish = asyncio.to_thread(
+                _extract_and_finish,
+                part,
+                journal_path,
+                dest_dir,
+                name,
+                checkpoint,
+                archive_sha256,
+                size,
+                options,
+            )
+            await _complete_even_if_cancelled(finish)
     finally:
         _unlock_part(lock, lock_path)
     return DownloadResult(checkpoint, final, bytes_fetched=fetched, skipped=False, resumed=resumed)
+
+
+def _extract_and_finish(
+    part: Path,
+    journal_path: Path,
+    dest_dir: Path,
+    name: str,
+    checkpoint: models.Checkpoint,
+    archive_sha256: str,
+    size: int,
+    options: DownloadOptions,
+) -> None:
+    try:
+        extract_checkpoint(
+            part,
+            dest_dir,
+            name,
+            checkpoint=checkpoint,
+            archive_sha256=archive_sha256,
+            archive_size=size,
+            force=options.force,
+        )
+    except IntegrityError:
+        _discard(part, journal_path)  # verified bytes, bad content: nothing to resume
+        raise
+    if options.keep_archive:
+        _install_file(part, dest_dir / f"{name}.tar")
+    else:
+        _discard(part)
+    _discard(journal_path)
+
+
+async def _complete_even_if_cancelled(work: Awaitable[None]) -> None:
+    """Await ``work`` (a thread, which cannot be interrupted) to its end even when this task
+    is cancelled, so the part lock is held until DEST is consistent; then re-raise."""
+    task = asyncio.ensure_future(work)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait([task])
+        if not task.cancelled():
+            task.exception()  # marks it retrieved: the caller asked about the cancellation
+        raise
 
 
 async def _fetch_verified(

@@ -89,15 +89,16 @@ def _optional_seconds(text: str | None) -> float | None:
 
 
 def _remember(settings: Settings, checkpoints: "Sequence[models.Checkpoint]") -> None:
+    """Feed the completion cache; a path it cannot parse is simply not remembered."""
     from logits_cli.cli.completion_cache import remember
 
-    remember(
-        settings.home,
-        runs=dict.fromkeys(
-            CheckpointRef.parse(c.tinker_path, any_kind=True).run_id for c in checkpoints
-        ),
-        paths=[c.tinker_path for c in checkpoints],
-    )
+    runs: dict[str, None] = {}
+    for checkpoint in checkpoints:
+        try:
+            runs[CheckpointRef.parse(checkpoint.tinker_path, any_kind=True).run_id] = None
+        except errors.UsageError:
+            continue
+    remember(settings.home, runs=runs, paths=[c.tinker_path for c in checkpoints])
 
 
 @dataclass

@@ -10,7 +10,7 @@ from logits_cli.cli.failures import handle_errors
 from logits_cli.cli.options import JsonOpt, QuietOpt, TimeoutOpt
 from logits_cli.cli.output import COUNT, TIME, Column, Output
 from logits_cli.cli.timeparse import parse_duration
-from logits_cli.uri import CheckpointRef, validate_run_id
+from logits_cli.uri import CheckpointRef
 
 if TYPE_CHECKING:
     from logits_cli import models
@@ -177,7 +177,7 @@ def create(
             return await client.get_run(created.training_run_id)
 
         created = call_api(ctx, settings, work)
-    remember(settings.home, runs=[validate_run_id(created.training_run_id)])
+    remember(settings.home, runs=[created.training_run_id])
     if out.json:
         out.emit_json(created.model_dump(mode="json"))
         return

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import hashlib
 import shutil
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -277,5 +278,31 @@ def test_an_unusable_destination_is_a_clean_error(tmp_path: Path) -> None:
             blocker.write_text("a file where the destination should be")
             with pytest.raises(LogitsError, match=r"^cannot write the download in"):
                 await client.download(ref_of(checkpoint), blocker)
+
+    asyncio.run(scenario())
+
+
+def test_extraction_is_finished_before_a_cancellation_lands() -> None:
+    async def scenario() -> None:
+        started, release = threading.Event(), threading.Event()
+        finished: list[bool] = []
+
+        def extraction() -> None:
+            started.set()
+            release.wait(30)
+            finished.append(True)
+
+        outer = asyncio.create_task(
+            transfer._complete_even_if_cancelled(asyncio.to_thread(extraction))
+        )
+        await asyncio.to_thread(started.wait, 30)
+        outer.cancel()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not outer.done()  # still holding on while the thread works
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await outer
+        assert finished == [True]
 
     asyncio.run(scenario())

@@ -204,3 +204,57 @@ def test_large_archive_over_a_socket(live_server: Any, tmp_path: Path) -> None:
             assert_matches_archive(result.path, server_blob(live_server.store, checkpoint))
 
     asyncio.run(scenario())
+
+
+def test_unreadable_journal_means_a_fresh_start(live_server: Any, tmp_path: Path) -> None:
+    dest = tmp_path / "dest"
+
+    async def scenario() -> None:
+        async with remote_client(live_server, tmp_path / "home") as client:
+            checkpoint = await make_checkpoint(client)
+            dest.mkdir()
+            (dest / ".ckpt.part").write_bytes(b"junk")
+            (dest / ".ckpt.part.json").write_text("{not json")
+            result = await client.download(ref_of(checkpoint), dest)
+            assert not result.resumed
+            assert result.bytes_fetched == checkpoint.size_bytes
+            assert listing(dest) == ["ckpt"]
+
+    asyncio.run(scenario())
+
+
+def test_bad_bytes_behind_a_complete_journal_are_fetched_again(
+    live_server: Any, tmp_path: Path
+) -> None:
+    dest = tmp_path / "dest"
+
+    async def scenario() -> None:
+        async with remote_client(live_server, tmp_path / "home") as client:
+            checkpoint = await make_checkpoint(client)
+            size = checkpoint.size_bytes
+            dest.mkdir()
+            part = bytearray(server_blob(live_server.store, checkpoint).read_bytes())
+            part[size // 2] ^= 0xFF  # the disk lied after the journal said "done"
+            (dest / ".ckpt.part").write_bytes(bytes(part))
+            identity = {
+                "tinker_path": checkpoint.tinker_path,
+                "size": size,
+                "sha256": checkpoint.sha256,
+            }
+            journal = {
+                "format": 1,
+                "identity": identity,
+                "size": size,
+                "segment_size": MiB,
+                "filled": [min(MiB, size - start) for start in range(0, size, MiB)],
+                "headers": {},
+            }
+            (dest / ".ckpt.part.json").write_text(json.dumps(journal))
+
+            result = await client.download(ref_of(checkpoint), dest)
+            assert result.resumed
+            assert result.bytes_fetched == size  # nothing left to resume, then one fresh copy
+            assert verify_checkpoint_dir(result.path).ok
+            assert listing(dest) == ["ckpt"]
+
+    asyncio.run(scenario())

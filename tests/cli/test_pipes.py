@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -61,3 +63,35 @@ def test_errors_have_no_traceback_unless_logits_debug(tmp_path: Path) -> None:
     assert result.stderr.startswith("Error: ")
     debug = logits("ckpt", "ls", env_extra={"LOGITS_HOME": str(tmp_path), "LOGITS_DEBUG": "1"})
     assert "Traceback" in debug.stderr
+
+
+def test_server_start_serves_the_cli_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    home = tmp_path / "server"
+    key = logits("server", "keys", "create", "alice", "--home", str(home)).stdout.strip()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "logits_cli", "server", "start", "--port", "0", "--home", str(home)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stderr is not None
+        for line in server.stderr:
+            match = re.search(r"running on (http://127\.0\.0\.1:\d+)", line)
+            if match:
+                break
+        else:
+            raise AssertionError("the server never said where it listens")
+        env = {"LOGITS_BASE_URL": match.group(1), "LOGITS_API_KEY": key}
+        created = logits(
+            "runs", "create", "--base-model", "logits/tiny", "--rank", "2", env_extra=env
+        )
+        assert created.returncode == 0, created.stderr
+        listed = logits("runs", "ls", "-q", env_extra=env)
+        assert listed.stdout == created.stdout
+    finally:
+        server.send_signal(signal.SIGINT)
+        _, rest = server.communicate(timeout=60)
+    assert "Finished server process" in rest  # a graceful shutdown, then the usual 130
+    assert server.returncode == 130

@@ -21,7 +21,12 @@ from pydantic import BaseModel
 
 from logits_cli import __version__, models
 from logits_cli.api.futures import wait_for_future
-from logits_cli.api.http import RequestLayer, default_timeout
+from logits_cli.api.http import (
+    BlobTransport,
+    RequestLayer,
+    default_timeout,
+    env_proxies_configured,
+)
 from logits_cli.api.retry import RetryPolicy
 from logits_cli.config import Settings
 from logits_cli.errors import (
@@ -403,13 +408,18 @@ class LogitsClient:
     def blob_http(self) -> httpx.AsyncClient:
         """An ``httpx.AsyncClient`` for signed blob URLs: no credential headers,
         ``Accept-Encoding: identity``, follows at most 5 redirects, and in embedded mode
-        routes through the same in-process ASGI transport (protocol.md §1.4, §6.3)."""
+        routes through the same in-process ASGI transport (protocol.md §1.4, §6.3).
+
+        Other origins go through ``BlobTransport``, which reads the socket in large blocks
+        (the transfer engine is CPU-bound on fast links otherwise), except when an
+        environment proxy is configured: httpx's own transport then routes through it."""
         if self._blob_http is None:
             self._blob_http = httpx.AsyncClient(
                 headers={"Accept-Encoding": "identity"},
                 follow_redirects=True,
                 max_redirects=MAX_BLOB_REDIRECTS,
                 timeout=default_timeout(),
+                transport=None if env_proxies_configured() else BlobTransport(),
                 mounts=self._blob_mounts,
             )
         return self._blob_http

@@ -7,6 +7,7 @@ Files the manifest does not list are ignored, so users may add notes beside the 
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,13 +96,16 @@ def verify_checkpoint_dir(path: Path) -> VerifyResult:
 
 
 def find_checkpoint_dirs(root: Path) -> list[Path]:
-    """``root`` itself if it holds a manifest, else its direct children that do (sorted)."""
-    if (root / MANIFEST_NAME).is_file():
-        return [root]
-    if not root.is_dir():
-        return []
-    return sorted(
-        child
-        for child in root.iterdir()
-        if child.is_dir() and not child.is_symlink() and (child / MANIFEST_NAME).is_file()
-    )
+    """Every downloaded checkpoint directory at or below ``root`` (sorted), so both the
+    ``download -o DIR`` layout (DIR/NAME) and the ``sync -o DIR`` one (DIR/RUN/KIND/NAME)
+    are found. ``root`` itself may be a link the caller named; links below it are never
+    followed (they could loop or lead elsewhere), and a checkpoint directory is not searched
+    further. A missing or unreadable ``root`` holds none.
+    """
+    found: list[Path] = []
+    # os.walk lists a link to a directory among the directories but does not enter it.
+    for directory, subdirectories, files in os.walk(root):
+        if MANIFEST_NAME in files:
+            found.append(Path(directory))
+            subdirectories.clear()
+    return sorted(found)

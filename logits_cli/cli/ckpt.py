@@ -6,12 +6,12 @@ the result. Bulk work (publish, rm, ttl over several checkpoints) goes through
 """
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
@@ -19,6 +19,8 @@ from logits_cli import errors
 from logits_cli.cli.context import call_api, require_run, settings_for
 from logits_cli.cli.failures import handle_errors, report_error
 from logits_cli.cli.options import (
+    AfterOpt,
+    BeforeOpt,
     CheckpointType,
     DryRunOpt,
     JsonOpt,
@@ -27,18 +29,29 @@ from logits_cli.cli.options import (
     PathsArg,
     QuietOpt,
     RunOpt,
+    RunsArg,
+    SinceOpt,
     TimeoutOpt,
     TypeOpt,
     YesOpt,
 )
 from logits_cli.cli.output import BOOL, SIZE, TIME, Column, Output, interactive, log_line
-from logits_cli.cli.timeparse import parse_duration, parse_point_in_time, parse_ttl
+from logits_cli.cli.timeparse import (
+    MAX_DURATION_S,
+    optional_point_in_time,
+    optional_seconds,
+    parse_duration,
+    parse_ttl,
+)
 from logits_cli.config import Settings
 from logits_cli.uri import TYPE_TO_KIND, CheckpointRef, validate_name, validate_run_id
 
 if TYPE_CHECKING:
     from logits_cli import models
     from logits_cli.api.client import LogitsClient
+    from logits_cli.api.sync import SyncItem
+
+T = TypeVar("T")
 
 app = typer.Typer(
     help="Save, list, download, publish, expire and delete checkpoints.", no_args_is_help=True
@@ -52,6 +65,19 @@ CHECKPOINT_COLUMNS = [
     Column("CREATED", "time", TIME),
     Column("EXPIRES", "expires_at", TIME),
     Column("PATH", "tinker_path"),
+]
+
+
+INFO_FIELDS = [
+    Column("path", "tinker_path"),
+    Column("type", "checkpoint_type"),
+    Column("size", "size_bytes", SIZE),
+    Column("public", "public", BOOL),
+    Column("created", "time", TIME),
+    Column("expires", "expires_at", TIME),
+    Column("sha256", "sha256"),
+    Column("base model", "base_model"),
+    Column("lora rank", "lora_rank"),
 ]
 
 
@@ -77,15 +103,37 @@ def checkpoint_json(checkpoint: "models.Checkpoint") -> dict[str, Any]:
     return checkpoint.model_dump(mode="json")
 
 
+def kind_of(checkpoint_type: CheckpointType | None) -> str | None:
+    """The URI kind of a ``--type`` value (None: both kinds)."""
+    return TYPE_TO_KIND[checkpoint_type.value] if checkpoint_type else None
+
+
 def parse_refs(texts: Sequence[str]) -> list[CheckpointRef]:
     """Every path parsed up front, so a typo fails before any request is sent."""
     if not texts:
         raise errors.UsageError("no checkpoint path given")
-    return [CheckpointRef.parse(text, allow_latest=True) for text in texts]
+    return unique_refs(CheckpointRef.parse(text, allow_latest=True) for text in texts)
 
 
-def _optional_seconds(text: str | None) -> float | None:
-    return None if text is None else float(parse_duration(text))
+def unique_refs(refs: Iterable[CheckpointRef]) -> list[CheckpointRef]:
+    """Each checkpoint once, in first-named order, whatever the scheme: a checkpoint named
+    twice must not be deleted twice (a spurious failure) or published twice at once (a race
+    over which call reports the change)."""
+    unique: dict[tuple[str, str, str], CheckpointRef] = {}
+    for ref in refs:
+        unique.setdefault((ref.run_id, ref.kind, ref.name), ref)
+    return list(unique.values())
+
+
+def _call_on_path(
+    ctx: typer.Context,
+    path: str,
+    work: "Callable[[LogitsClient, CheckpointRef], Awaitable[T]]",
+) -> T:
+    """Parse one checkpoint path (a typo fails before any request), then run ``work`` on it
+    in one API session."""
+    ref = CheckpointRef.parse(path, allow_latest=True)
+    return call_api(ctx, settings_for(ctx), lambda client: work(client, ref))
 
 
 def _remember(settings: Settings, checkpoints: "Sequence[models.Checkpoint]") -> None:
@@ -112,6 +160,10 @@ class BulkReport:
     def add(self, label: str, error: errors.LogitsError | None) -> None:
         if error is not None:
             self.failures.append((label, error))
+
+    def add_all(self, outcome: Iterable[tuple[str, errors.LogitsError | None]]) -> None:
+        for label, error in outcome:
+            self.add(label, error)
 
     def finish(self) -> None:
         if not self.failures:
@@ -157,7 +209,7 @@ def save(
     out = Output(json_output=json_output, quiet=quiet)
     validate_name(name)
     ttl_seconds = parse_ttl(ttl) if ttl is not None else None
-    wait_limit = _optional_seconds(timeout)
+    wait_limit = optional_seconds(timeout)
     settings = settings_for(ctx, run=run)
     run_id = require_run(settings)
 
@@ -204,7 +256,7 @@ def load(
     """Load a checkpoint (yours or a public one) into the run."""
     out = Output(json_output=json_output, quiet=quiet)
     ref = CheckpointRef.parse(path, allow_latest=True)
-    wait_limit = _optional_seconds(timeout)
+    wait_limit = optional_seconds(timeout)
     settings = settings_for(ctx, run=run)
     run_id = require_run(settings)
 
@@ -235,21 +287,10 @@ def load(
 @handle_errors
 def list_checkpoints(
     ctx: typer.Context,
-    runs: Annotated[
-        list[str] | None,
-        typer.Argument(
-            help="Runs to list (default: all your runs).", metavar="RUN", show_default=False
-        ),
-    ] = None,
+    runs: RunsArg = None,
     checkpoint_type: TypeOpt = None,
-    since: Annotated[
-        str | None,
-        typer.Option("--since", help="Created at or after: ISO date or age (7d).", metavar="WHEN"),
-    ] = None,
-    before: Annotated[
-        str | None,
-        typer.Option("--before", help="Created before: ISO date or age (7d).", metavar="WHEN"),
-    ] = None,
+    since: SinceOpt = None,
+    before: BeforeOpt = None,
     public: Annotated[
         bool | None,
         typer.Option(
@@ -277,13 +318,12 @@ def list_checkpoints(
 ) -> None:
     """List checkpoints of some runs, or of all your runs."""
     out = Output(json_output=json_output, quiet=quiet)
-    run_ids = [validate_run_id(r) for r in runs or []]
+    run_ids = list(dict.fromkeys(validate_run_id(r) for r in runs or []))
     now = datetime.now(UTC)
-    since_at = parse_point_in_time(since, now=now) if since is not None else None
-    before_at = parse_point_in_time(before, now=now) if before is not None else None
-    expiry_horizon = (
-        now + timedelta(seconds=parse_duration(expiring_within)) if expiring_within else None
-    )
+    since_at = optional_point_in_time(since, now=now)
+    before_at = optional_point_in_time(before, now=now)
+    expiry_seconds = optional_seconds(expiring_within)
+    expiry_horizon = now + timedelta(seconds=expiry_seconds) if expiry_seconds else None
     settings = settings_for(ctx)
 
     with out.status("Listing checkpoints…") as update:
@@ -326,14 +366,13 @@ def list_checkpoints(
         selected = selected[:limit]
     _remember(settings, selected)
 
-    if out.json:
-        out.emit_json([checkpoint_json(c) for c in selected])
-    elif out.quiet:
-        out.emit_lines(c.tinker_path for c in selected)
-    elif selected:
-        out.emit_table(CHECKPOINT_COLUMNS, [checkpoint_row(c) for c in selected])
-    else:
-        out.notice("No checkpoints.")
+    out.emit_listing(
+        [checkpoint_json(c) for c in selected],
+        (c.tinker_path for c in selected),
+        CHECKPOINT_COLUMNS,
+        [checkpoint_row(c) for c in selected],
+        empty="No checkpoints.",
+    )
 
 
 @app.command()
@@ -343,48 +382,24 @@ def info(
 ) -> None:
     """Show one checkpoint, with its base model and LoRA rank."""
     out = Output(json_output=json_output, quiet=quiet)
-    ref = CheckpointRef.parse(path, allow_latest=True)
-    settings = settings_for(ctx)
 
     async def work(
-        client: "LogitsClient",
+        client: "LogitsClient", ref: CheckpointRef
     ) -> "tuple[models.Checkpoint, models.WeightsInfoResponse]":
         checkpoint = await client.get_checkpoint(ref)
         weights = await client.weights_info(CheckpointRef.parse(checkpoint.tinker_path))
         return checkpoint, weights
 
-    checkpoint, weights = call_api(ctx, settings, work)
+    checkpoint, weights = _call_on_path(ctx, path, work)
     record = {
         **checkpoint_json(checkpoint),
         "base_model": weights.base_model,
         "is_lora": weights.is_lora,
         "lora_rank": weights.lora_rank,
     }
-    if out.json:
-        out.emit_json(record)
-    elif out.quiet:
-        out.emit_lines([checkpoint.tinker_path])
-    else:
-        row = {
-            **checkpoint_row(checkpoint),
-            "sha256": checkpoint.sha256,
-            "base_model": weights.base_model,
-            "lora_rank": weights.lora_rank,
-        }
-        out.emit_record(
-            [
-                Column("path", "tinker_path"),
-                Column("type", "checkpoint_type"),
-                Column("size", "size_bytes", SIZE),
-                Column("public", "public", BOOL),
-                Column("created", "time", TIME),
-                Column("expires", "expires_at", TIME),
-                Column("sha256", "sha256"),
-                Column("base model", "base_model"),
-                Column("lora rank", "lora_rank"),
-            ],
-            row,
-        )
+    # The human view shows the raw values (times as datetimes), the JSON's other fields.
+    shown = {**record, **checkpoint_row(checkpoint)}
+    out.emit_object(record, checkpoint.tinker_path, INFO_FIELDS, shown)
 
 
 @app.command()
@@ -394,16 +409,14 @@ def url(
 ) -> None:
     """Print a short-lived signed URL of the checkpoint's archive (for curl, aria2c)."""
     out = Output(json_output=json_output, quiet=quiet)
-    ref = CheckpointRef.parse(path, allow_latest=True)
-    settings = settings_for(ctx)
 
     async def work(
-        client: "LogitsClient",
+        client: "LogitsClient", ref: CheckpointRef
     ) -> "tuple[CheckpointRef, models.CheckpointArchiveUrlResponse]":
         resolved = await client.resolve(ref)
         return resolved, await client.archive_url(resolved)
 
-    resolved, answer = call_api(ctx, settings, work)
+    resolved, answer = _call_on_path(ctx, path, work)
     if out.json:
         out.emit_json({"path": str(resolved), **answer.model_dump(mode="json")})
         return
@@ -412,6 +425,13 @@ def url(
 
 
 # -- publish / unpublish ----------------------------------------------------------------
+
+
+VISIBILITY_COLUMNS = [
+    Column("PATH", "path"),
+    Column("PUBLIC", "public", BOOL),
+    Column("CHANGED", "changed", BOOL),
+]
 
 
 def _change_visibility(ctx: typer.Context, paths: list[str], *, public: bool, out: Output) -> None:
@@ -430,22 +450,9 @@ def _change_visibility(ctx: typer.Context, paths: list[str], *, public: bool, ou
 
         return await apply_concurrently(list(range(len(refs))), change)
 
-    for index, error in call_api(ctx, settings, work):
-        report.add(paths[index], error)
+    report.add_all((str(refs[index]), error) for index, error in call_api(ctx, settings, work))
     done = [results[i] for i in sorted(results)]
-    if out.json:
-        out.emit_json(done)
-    elif out.quiet:
-        out.emit_lines(r["path"] for r in done)
-    else:
-        out.emit_table(
-            [
-                Column("PATH", "path"),
-                Column("PUBLIC", "public", BOOL),
-                Column("CHANGED", "changed", BOOL),
-            ],
-            done,
-        )
+    out.emit_listing(done, (r["path"] for r in done), VISIBILITY_COLUMNS, done)
     report.finish()
 
 
@@ -478,13 +485,6 @@ FilterRunOpt = Annotated[
         show_default=False,
     ),
 ]
-BeforeOpt = Annotated[
-    str | None,
-    typer.Option("--before", help="Created before: ISO date or age (30d).", metavar="WHEN"),
-]
-AfterOpt = Annotated[
-    str | None, typer.Option("--after", help="Created after: ISO date or age (1d).", metavar="WHEN")
-]
 KeepLastOpt = Annotated[
     int | None, typer.Option("--keep-last", min=0, help="Never select the newest N (per type).")
 ]
@@ -511,8 +511,8 @@ class Selection:
     ) -> "tuple[list[CheckpointRef], list[models.Checkpoint]]":
         """(selected refs, kept checkpoints); ``@latest`` resolved."""
         if self.run is None:
-            resolved = [await client.resolve(ref) for ref in self.refs]
-            return resolved, []
+            # Resolving @latest may name a checkpoint also given by its name.
+            return unique_refs([await client.resolve(ref) for ref in self.refs]), []
         from logits_cli.api.bulk import select_checkpoints
 
         selected, kept = select_checkpoints(
@@ -552,9 +552,9 @@ def _selection(
     return Selection(
         [],
         run=validate_run_id(run),
-        kind=TYPE_TO_KIND[checkpoint_type.value] if checkpoint_type else None,
-        before=parse_point_in_time(before, now=now) if before else None,
-        after=parse_point_in_time(after, now=now) if after else None,
+        kind=kind_of(checkpoint_type),
+        before=optional_point_in_time(before, now=now),
+        after=optional_point_in_time(after, now=now),
         keep_last=keep_last,
         keep_names=frozenset(validate_name(n) for n in keep_names or []),
     )
@@ -617,8 +617,7 @@ def rm(
                 raise errors.LogitsError("aborted; nothing deleted")
         outcome = call_api(ctx, settings, delete_all)
     report = BulkReport(len(targets), "deleted")
-    for label, error in outcome:
-        report.add(label, error)
+    report.add_all(outcome)
     failed = {label for label, _ in report.failures}
     deleted = [t for t in targets if t not in failed] if not dry_run else []
     listed = targets if dry_run else deleted
@@ -700,18 +699,14 @@ def ttl(
 
     targets, outcome = call_api(ctx, settings, work)
     report = BulkReport(len(targets), "updated")
-    for label, error in outcome:
-        report.add(label, error)
+    report.add_all(outcome)
     done = [results[t] for t in targets if t in results]
-    if out.json:
-        out.emit_json([checkpoint_json(c) for c in done])
-    elif out.quiet:
-        out.emit_lines(c.tinker_path for c in done)
-    else:
-        out.emit_table(
-            [Column("PATH", "tinker_path"), Column("EXPIRES", "expires_at", TIME)],
-            [checkpoint_row(c) for c in done],
-        )
+    out.emit_listing(
+        [checkpoint_json(c) for c in done],
+        (c.tinker_path for c in done),
+        [Column("PATH", "tinker_path"), Column("EXPIRES", "expires_at", TIME)],
+        [checkpoint_row(c) for c in done],
+    )
     report.finish()
 
 
@@ -722,7 +717,12 @@ def extended_ttl(expires_at: datetime | None, extra_seconds: int, now: datetime)
     ``--set``, which is the only reading that gives it an expiry at all.
     """
     base = max(expires_at, now) if expires_at is not None else now
-    return math.ceil((base + timedelta(seconds=extra_seconds) - now).total_seconds())
+    seconds = math.ceil((base + timedelta(seconds=extra_seconds) - now).total_seconds())
+    if seconds > MAX_DURATION_S:
+        raise errors.UsageError(
+            "extending it would make it expire more than 10 years from now, the longest allowed"
+        )
+    return seconds
 
 
 # -- download / sync / verify -------------------------------------------------------------
@@ -769,7 +769,7 @@ def download(
     async def work(client: "LogitsClient") -> "list[DownloadResult]":
         done: list[DownloadResult] = []
         with out.transfer_bars() as bars:
-            for text, ref in zip(paths, refs, strict=True):
+            for ref in refs:
                 try:
                     resolved = await client.resolve(ref)
                     progress = bars.bar(resolved.name) if bars else None
@@ -777,9 +777,9 @@ def download(
                         resolved, output, options=options, progress=progress
                     )
                 except errors.LogitsError as error:
-                    report.add(text, error)
+                    report.add(str(ref), error)
                     if bars is None:
-                        log_line(f"failed {text}: {error.message}")
+                        log_line(f"failed {ref}: {error.message}")
                     continue
                 done.append(result)
                 if bars is None:
@@ -813,28 +813,13 @@ def download(
 @handle_errors
 def sync(
     ctx: typer.Context,
-    output: Annotated[
-        Path,
-        typer.Option(
-            "--output", "-o", help="Destination directory.", file_okay=False, metavar="DIR"
-        ),
-    ],
-    runs: Annotated[
-        list[str] | None,
-        typer.Argument(
-            help="Runs to sync (default: all your runs).", metavar="RUN", show_default=False
-        ),
-    ] = None,
+    output: OutputDirOpt,
+    runs: RunsArg = None,
     checkpoint_type: TypeOpt = None,
     latest: Annotated[
         int | None, typer.Option("--latest", min=1, help="Only the newest N per run and type.")
     ] = None,
-    since: Annotated[
-        str | None,
-        typer.Option(
-            "--since", help="Only those created since: ISO date or age (7d).", metavar="WHEN"
-        ),
-    ] = None,
+    since: SinceOpt = None,
     jobs: Annotated[
         int, typer.Option("--jobs", "-j", min=1, max=32, help="Checkpoints fetched at once.")
     ] = 2,
@@ -872,22 +857,20 @@ def sync(
     out = Output(json_output=json_output, quiet=quiet)
     options = SyncOptions(
         runs=tuple(validate_run_id(r) for r in runs or []),
-        kind=TYPE_TO_KIND[checkpoint_type.value] if checkpoint_type else None,
+        kind=kind_of(checkpoint_type),
         latest=latest,
-        since=parse_point_in_time(since) if since is not None else None,
+        since=optional_point_in_time(since),
         jobs=jobs,
         dry_run=dry_run,
-        max_duration=_optional_seconds(max_duration),
-        lock_wait=_optional_seconds(lock_wait) or 0.0,
+        max_duration=optional_seconds(max_duration),
+        lock_wait=optional_seconds(lock_wait) or 0.0,
         prune_local=prune_local,
         download=DownloadOptions(connections=connections),
     )
     settings = settings_for(ctx)
 
-    def on_item(item: Any) -> None:
-        detail = f" -> {item.local_path}" if item.local_path else ""
-        error = f": {item.error}" if item.error else ""
-        log_line(f"{item.status} {item.tinker_path}{detail}{error}")
+    def on_item(item: "SyncItem") -> None:
+        log_line(sync_log_message(item))
 
     with out.transfer_bars() as bars:
         bar_for: dict[str, Callable[[int, int | None], None]] = {}
@@ -912,12 +895,21 @@ def sync(
         )
     else:
         counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.counts().items()) if n)
-        out.notice(f"sync: {counts or 'nothing to do'} in {summary.elapsed_s:.1f} s")
+        out.log_summary(f"sync: {counts or 'nothing to do'} in {summary.elapsed_s:.1f} s")
     if summary.incomplete:
         counts = summary.counts()
         raise errors.PartialFailureError(
             f"sync incomplete: {counts.get('failed', 0)} failed, {counts.get('not_started', 0)} not started"
         )
+
+
+def sync_log_message(item: "SyncItem") -> str:
+    """One checkpoint's log line. A planned item names its action, so a dry run's plan
+    tells the downloads from the local copies it would prune."""
+    what = f"planned {item.action}" if item.status == "planned" else item.status
+    detail = f" -> {item.local_path}" if item.local_path else ""
+    error = f": {item.error}" if item.error else ""
+    return f"{what} {item.tinker_path}{detail}{error}"
 
 
 @app.command()
@@ -935,39 +927,33 @@ def verify(
     quiet: QuietOpt = False,
 ) -> None:
     """Re-check downloaded checkpoints against their manifests (exit 7 on any mismatch)."""
-    from logits_cli.api.verify import MANIFEST_NAME, verify_checkpoint_dir
+    from logits_cli.api.verify import find_checkpoint_dirs, verify_checkpoint_dir
 
     out = Output(json_output=json_output, quiet=quiet)
     checked: list[Path] = []
     for root in dirs:
         if not root.is_dir():
             raise errors.NotFoundError(f"{root} is not a directory")
-        # Recursive, so both `download -o DIR` (DIR/NAME) and `sync -o DIR`
-        # (DIR/RUN/KIND/NAME) layouts are found.
-        found = sorted(manifest.parent for manifest in root.rglob(MANIFEST_NAME))
+        found = find_checkpoint_dirs(root)
         if not found:
             raise errors.NotFoundError(f"no downloaded checkpoint in {root}")
         checked.extend(found)
     results = [verify_checkpoint_dir(path) for path in checked]
-    if out.json:
-        out.emit_json(
-            [
-                {
-                    "path": str(r.path),
-                    "ok": r.ok,
-                    "problems": list(r.problems),
-                    "tinker_path": r.tinker_path,
-                }
-                for r in results
-            ]
-        )
-    elif out.quiet:
-        out.emit_lines(str(r.path) for r in results if r.ok)
-    else:
-        out.emit_table(
-            [Column("DIR", "path"), Column("OK", "ok", BOOL), Column("CHECKPOINT", "tinker_path")],
-            [{"path": str(r.path), "ok": r.ok, "tinker_path": r.tinker_path} for r in results],
-        )
+    records = [
+        {
+            "path": str(r.path),
+            "ok": r.ok,
+            "problems": list(r.problems),
+            "tinker_path": r.tinker_path,
+        }
+        for r in results
+    ]
+    out.emit_listing(
+        records,
+        (r["path"] for r in records if r["ok"]),
+        [Column("DIR", "path"), Column("OK", "ok", BOOL), Column("CHECKPOINT", "tinker_path")],
+        records,
+    )
     bad = [r for r in results if not r.ok]
     for result in bad:
         for problem in result.problems:

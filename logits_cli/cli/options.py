@@ -23,6 +23,15 @@ RunOpt = Annotated[
         "--run", "-r", help="Training run id (default: $LOGITS_RUN).", autocompletion=complete_run
     ),
 ]
+RunsArg = Annotated[
+    list[str] | None,
+    typer.Argument(
+        metavar="RUN",
+        help="Runs (default: all your runs).",
+        autocompletion=complete_run,
+        show_default=False,
+    ),
+]
 YesOpt = Annotated[
     bool, typer.Option("--yes", "-y", help="Do not ask; required when not on a terminal.")
 ]
@@ -35,24 +44,14 @@ TimeoutOpt = Annotated[
         "--timeout", help="Give up waiting after this long (e.g. 10m, 90).", metavar="DURATION"
     ),
 ]
-PathsArg = Annotated[
-    list[str],
-    typer.Argument(
-        metavar="PATH",
-        help="Checkpoint paths: logits://RUN/KIND/NAME or tinker://…; NAME may be @latest.",
-        autocompletion=complete_path,
-        show_default=False,
-    ),
-]
-OptionalPathsArg = Annotated[
-    list[str] | None,
-    typer.Argument(
-        metavar="PATH",
-        help="Checkpoint paths: logits://RUN/KIND/NAME or tinker://…; NAME may be @latest.",
-        autocompletion=complete_path,
-        show_default=False,
-    ),
-]
+_PATHS = typer.Argument(
+    metavar="PATH",
+    help="Checkpoint paths: logits://RUN/KIND/NAME or tinker://…; NAME may be @latest.",
+    autocompletion=complete_path,
+    show_default=False,
+)
+PathsArg = Annotated[list[str], _PATHS]
+OptionalPathsArg = Annotated[list[str] | None, _PATHS]
 PathArg = Annotated[
     str,
     typer.Argument(
@@ -65,6 +64,17 @@ PathArg = Annotated[
 TypeOpt = Annotated[
     CheckpointType | None,
     typer.Option("--type", "-t", help="Only checkpoints of this type.", case_sensitive=False),
+]
+SinceOpt = Annotated[
+    str | None,
+    typer.Option("--since", help="Created at or after: ISO date or age (7d).", metavar="WHEN"),
+]
+BeforeOpt = Annotated[
+    str | None,
+    typer.Option("--before", help="Created before: ISO date or age (30d).", metavar="WHEN"),
+]
+AfterOpt = Annotated[
+    str | None, typer.Option("--after", help="Created after: ISO date or age (1d).", metavar="WHEN")
 ]
 HomeOpt = Annotated[
     str | None,

@@ -168,6 +168,38 @@ class Output:
         width = max(len(c.header) for c in fields)
         self.emit_lines(f"{r['field']:<{width}}  {_human(r['value'], r['_kind'])}" for r in rows)
 
+    def emit_listing(
+        self,
+        data: Any,
+        ids: Iterable[str],
+        columns: Sequence[Column],
+        rows: Sequence[Mapping[str, Any]],
+        *,
+        empty: str | None = None,
+    ) -> None:
+        """A list in the chosen mode: ``data`` as JSON, ``ids`` one per line (``-q``), or a
+        table of ``rows``; with no rows and an ``empty`` notice, that notice instead."""
+        if self.json:
+            self.emit_json(data)
+        elif self.quiet:
+            self.emit_lines(ids)
+        elif rows or empty is None:
+            self.emit_table(columns, rows)
+        else:
+            self.notice(empty)
+
+    def emit_object(
+        self, data: Any, ident: str, fields: Sequence[Column], record: Mapping[str, Any]
+    ) -> None:
+        """One object in the chosen mode: ``data`` as JSON, its ``ident`` (``-q``), or the
+        ``fields`` of ``record``."""
+        if self.json:
+            self.emit_json(data)
+        elif self.quiet:
+            self.emit_lines([ident])
+        else:
+            self.emit_record(fields, record)
+
     # -- stderr ------------------------------------------------------------------------
     def notice(self, message: str) -> None:
         """A human remark on stderr; silent under ``-q``."""
@@ -176,6 +208,16 @@ class Output:
 
     def warn(self, message: str) -> None:
         _write_stderr(f"Warning: {message}")
+
+    def log_summary(self, message: str) -> None:
+        """A closing summary on stderr, silent under ``-q``: plain on a terminal, timestamped
+        without one, so a cron log has no line without a time."""
+        if self.quiet:
+            return
+        if stderr_is_terminal():
+            _write_stderr(message)
+        else:
+            log_line(message)
 
     @contextmanager
     def status(self, text: str) -> Iterator[Callable[[str], None]]:

@@ -9,7 +9,7 @@ from logits_cli.cli.context import call_api, require_run, settings_for
 from logits_cli.cli.failures import handle_errors
 from logits_cli.cli.options import JsonOpt, QuietOpt, TimeoutOpt
 from logits_cli.cli.output import COUNT, TIME, Column, Output
-from logits_cli.cli.timeparse import parse_duration
+from logits_cli.cli.timeparse import optional_seconds
 from logits_cli.uri import CheckpointRef
 
 if TYPE_CHECKING:
@@ -41,24 +41,15 @@ def _row(run: "models.TrainingRun") -> dict[str, Any]:
     }
 
 
-def _emit_run(out: Output, run: "models.TrainingRun") -> None:
-    if out.json:
-        out.emit_json(run.model_dump(mode="json"))
-    elif out.quiet:
-        out.emit_lines([run.training_run_id])
-    else:
-        out.emit_record(
-            [
-                Column("run", "training_run_id"),
-                Column("base model", "base_model"),
-                Column("lora rank", "lora_rank"),
-                Column("owner", "model_owner"),
-                Column("last request", "last_request_time", TIME),
-                Column("latest training", "last_checkpoint"),
-                Column("latest sampler", "last_sampler_checkpoint"),
-            ],
-            _row(run),
-        )
+RUN_FIELDS = [
+    Column("run", "training_run_id"),
+    Column("base model", "base_model"),
+    Column("lora rank", "lora_rank"),
+    Column("owner", "model_owner"),
+    Column("last request", "last_request_time", TIME),
+    Column("latest training", "last_checkpoint"),
+    Column("latest sampler", "last_sampler_checkpoint"),
+]
 
 
 @app.command("ls")
@@ -90,14 +81,13 @@ def list_runs(
 
     found = call_api(ctx, settings, work)
     remember(settings.home, runs=[r.training_run_id for r in found])
-    if out.json:
-        out.emit_json([r.model_dump(mode="json") for r in found])
-    elif out.quiet:
-        out.emit_lines(r.training_run_id for r in found)
-    elif found:
-        out.emit_table(RUN_COLUMNS, [_row(r) for r in found])
-    else:
-        out.notice("No runs. Create one with `logits runs create --base-model M`.")
+    out.emit_listing(
+        [r.model_dump(mode="json") for r in found],
+        (r.training_run_id for r in found),
+        RUN_COLUMNS,
+        [_row(r) for r in found],
+        empty="No runs. Create one with `logits runs create --base-model M`.",
+    )
 
 
 @app.command()
@@ -123,7 +113,7 @@ def info(
     found = call_api(
         ctx, settings, lambda client: client.get_run(run_id, access_scope="accessible")
     )
-    _emit_run(out, found)
+    out.emit_object(found.model_dump(mode="json"), found.training_run_id, RUN_FIELDS, _row(found))
 
 
 @app.command()
@@ -155,7 +145,7 @@ def create(
         from logits_cli.errors import UsageError
 
         raise UsageError("--with-optimizer needs --from PATH")
-    wait_limit = float(parse_duration(timeout)) if timeout is not None else None
+    wait_limit = optional_seconds(timeout)
     settings = settings_for(ctx)
 
     with out.status(f"Creating a run on {base_model}…") as update:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from logits_cli import errors
 from logits_cli.cli.context import settings_for
 from logits_cli.cli.failures import handle_errors
 from logits_cli.cli.options import HomeOpt, JsonOpt, QuietOpt
@@ -53,7 +54,18 @@ def start(
     from logits_cli.server.serve import run_server
 
     settings = settings_for(ctx, home=home)
-    run_server(settings.home, host=host, port=port, uri_scheme=uri_scheme.value, jwt_auth=jwt_auth)
+    try:
+        run_server(
+            settings.home, host=host, port=port, uri_scheme=uri_scheme.value, jwt_auth=jwt_auth
+        )
+    except SystemExit as stop:
+        if not stop.code:
+            raise
+        # uvicorn exits with its own 3 when it cannot start (address in use, unknown host),
+        # which would read as "authentication" here; its log above says why.
+        raise errors.LogitsError(
+            f"the server could not start on {host}:{port}; see the log above"
+        ) from None
 
 
 @contextmanager
@@ -84,7 +96,9 @@ def create_key(
     with _open_store(ctx, home) as store:
         key = store.create_api_key(user)
     if out.json:
-        out.emit_json({"user": user, "key": key, "prefix": key[:12]})
+        from logits_cli.store.store import KEY_PREFIX_SHOWN
+
+        out.emit_json({"user": user, "key": key, "prefix": key[:KEY_PREFIX_SHOWN]})
         return
     out.emit_lines([key])
     out.notice(f"Created an API key for {user}; it is shown only now. Clients use LOGITS_API_KEY.")
@@ -99,32 +113,26 @@ def list_keys(
     out = Output(json_output=json_output, quiet=quiet)
     with _open_store(ctx, home) as store:
         keys = store.list_api_keys()
-    if out.json:
-        out.emit_json(
-            [
-                {
-                    "prefix": k.prefix,
-                    "user": k.user_id,
-                    "created": isoformat(k.created),
-                    "revoked": k.revoked,
-                }
-                for k in keys
-            ]
-        )
-    elif out.quiet:
-        out.emit_lines(k.prefix for k in keys)
-    elif keys:
-        out.emit_table(
-            [
-                Column("PREFIX", "prefix"),
-                Column("USER", "user_id"),
-                Column("CREATED", "created", TIME),
-                Column("REVOKED", "revoked", BOOL),
-            ],
-            [asdict(k) for k in keys],
-        )
-    else:
-        out.notice("No API keys. Create one with `logits server keys create USER`.")
+    out.emit_listing(
+        [
+            {
+                "prefix": k.prefix,
+                "user": k.user_id,
+                "created": isoformat(k.created),
+                "revoked": k.revoked,
+            }
+            for k in keys
+        ],
+        (k.prefix for k in keys),
+        [
+            Column("PREFIX", "prefix"),
+            Column("USER", "user_id"),
+            Column("CREATED", "created", TIME),
+            Column("REVOKED", "revoked", BOOL),
+        ],
+        [asdict(k) for k in keys],
+        empty="No API keys. Create one with `logits server keys create USER`.",
+    )
 
 
 @keys_app.command("revoke")

@@ -33,6 +33,11 @@ def parse_duration(text: str) -> int:
     return seconds
 
 
+def optional_seconds(text: str | None) -> float | None:
+    """The seconds of an optional duration option (``--timeout``, ``--max-duration``)."""
+    return None if text is None else float(parse_duration(text))
+
+
 def parse_ttl(text: str) -> int | None:
     """A TTL in seconds, or None for ``never`` (no expiry)."""
     if text.strip().lower() in ("never", "none"):
@@ -56,3 +61,9 @@ def parse_point_in_time(text: str, *, now: datetime | None = None) -> datetime:
             f"invalid date {text!r}; expected an ISO date (2025-06-01, 2025-06-01T12:00Z) "
             "or a duration ago (7d)"
         ) from None
+
+
+def optional_point_in_time(text: str | None, *, now: datetime | None = None) -> datetime | None:
+    """The moment of an optional date option; an empty value is an error, not "no filter"
+    (``--before "$CUTOFF"`` with CUTOFF unset must not select everything)."""
+    return None if text is None else parse_point_in_time(text, now=now)

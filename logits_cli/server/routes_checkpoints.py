@@ -12,6 +12,7 @@ from starlette.responses import Response
 
 from logits_cli import models
 from logits_cli.errors import UnavailableError, UsageError
+from logits_cli.store.store import MAX_TTL_SECONDS
 from logits_cli.uri import validate_kind, validate_name, validate_run_id
 
 from .endpoint import Call, route
@@ -21,7 +22,6 @@ from .tokens import BlobClaim
 ACCESS_SCOPES = ("owned", "accessible")
 RUNS_PAGE = (20, 100)  # (default, maximum) of ``limit`` for /training_runs
 CHECKPOINTS_PAGE = (100, 1000)  # (default, maximum) of ``limit`` for /checkpoints
-MAX_TTL_SECONDS = 315_360_000  # ten years (§5.6.6)
 _INTEGER = re.compile(r"-?[0-9]{1,18}")  # bounded so it always fits SQLite's 64-bit integers
 
 
@@ -58,12 +58,37 @@ def _checkpoint_path(call: Call) -> tuple[str, str, str]:
     return run_id, validate_kind(params["kind"]), validate_name(params["name"])
 
 
+def _in_scheme(checkpoint: models.Checkpoint, scheme: str) -> models.Checkpoint:
+    """The checkpoint with its URI in the configured scheme (§3.5).
+
+    The store keeps the URI a checkpoint was saved under, which is what its archive names
+    (§7.1); a server restarted with another ``uri_scheme`` must still answer in its own.
+    """
+    if checkpoint.tinker_path.startswith(f"{scheme}://"):
+        return checkpoint
+    _, _, location = checkpoint.tinker_path.partition("://")
+    return checkpoint.model_copy(update={"tinker_path": f"{scheme}://{location}"})
+
+
+def _run_in_scheme(run: models.TrainingRun, scheme: str) -> models.TrainingRun:
+    latest = {
+        field: _in_scheme(checkpoint, scheme)
+        for field, checkpoint in (
+            ("last_checkpoint", run.last_checkpoint),
+            ("last_sampler_checkpoint", run.last_sampler_checkpoint),
+        )
+        if checkpoint is not None
+    }
+    return run.model_copy(update=latest)
+
+
 async def list_runs(call: Call) -> Response:
     limit, offset = _page(call, *RUNS_PAGE)
     scope = _access_scope(call)
     runs, total = await call.run(
         call.store.list_runs, call.user, access_scope=scope, limit=limit, offset=offset
     )
+    runs = [_run_in_scheme(run, call.settings.uri_scheme) for run in runs]
     cursor = models.Cursor(offset=offset, limit=limit, total_count=total)
     return json_response(models.TrainingRunsResponse(training_runs=runs, cursor=cursor))
 
@@ -72,12 +97,13 @@ async def get_run(call: Call) -> Response:
     scope = _access_scope(call)
     run_id = validate_run_id(call.request.path_params["run_id"])
     run = await call.run(call.store.get_run, call.user, run_id, access_scope=scope)
-    return json_response(run)
+    return json_response(_run_in_scheme(run, call.settings.uri_scheme))
 
 
 async def list_run_checkpoints(call: Call) -> Response:
     run_id = validate_run_id(call.request.path_params["run_id"])
     checkpoints = await call.run(call.store.list_run_checkpoints, call.user, run_id)
+    checkpoints = [_in_scheme(c, call.settings.uri_scheme) for c in checkpoints]
     return json_response(models.CheckpointsListResponse(checkpoints=checkpoints, cursor=None))
 
 
@@ -86,6 +112,7 @@ async def list_user_checkpoints(call: Call) -> Response:
     checkpoints, total = await call.run(
         call.store.list_user_checkpoints, call.user, limit=limit, offset=offset
     )
+    checkpoints = [_in_scheme(c, call.settings.uri_scheme) for c in checkpoints]
     cursor = models.Cursor(offset=offset, limit=limit, total_count=total)
     return json_response(models.CheckpointsListResponse(checkpoints=checkpoints, cursor=cursor))
 

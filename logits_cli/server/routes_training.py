@@ -13,6 +13,7 @@ from starlette.responses import Response
 
 from logits_cli import models
 from logits_cli.errors import JobFailedError, UsageError
+from logits_cli.store.store import MAX_TTL_SECONDS
 from logits_cli.uri import CheckpointRef, validate_name
 
 from .endpoint import Call, parse_fields, route
@@ -46,8 +47,9 @@ async def _require_own_run(call: Call, model_id: str) -> None:
 
 
 def _ttl(ttl_seconds: int | None) -> int | None:
-    if ttl_seconds is not None and ttl_seconds <= 0:
-        raise UsageError("ttl_seconds must be a positive number of seconds")
+    """A bad TTL is a malformed request (400), not a failed future (§5.2, §5.4)."""
+    if ttl_seconds is not None and not 0 < ttl_seconds <= MAX_TTL_SECONDS:
+        raise UsageError(f"ttl_seconds must be an integer from 1 to {MAX_TTL_SECONDS} seconds")
     return ttl_seconds
 
 

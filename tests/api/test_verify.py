@@ -72,3 +72,22 @@ def test_find_checkpoint_dirs(tmp_path: Path) -> None:
     assert find_checkpoint_dirs(tmp_path / "dest") == [first, second]
     assert find_checkpoint_dirs(first) == [first]
     assert find_checkpoint_dirs(tmp_path / "missing") == []
+
+
+def test_find_checkpoint_dirs_finds_both_layouts_and_follows_no_link(tmp_path: Path) -> None:
+    dest = tmp_path / "dest"
+    flat = downloaded(tmp_path, "a")  # download -o DIR: DIR/NAME
+    synced = dest / "run%3A0" / "weights" / "b"  # sync -o DIR: DIR/RUN/KIND/NAME
+    synced.parent.mkdir(parents=True)
+    downloaded(tmp_path, "b").rename(synced)
+    # Inside a checkpoint directory nothing is searched: a copy kept there is not another one.
+    (flat / "old-copy").mkdir()
+    (flat / "old-copy" / MANIFEST_NAME).write_bytes((flat / MANIFEST_NAME).read_bytes())
+    (tmp_path / "elsewhere").mkdir()
+    elsewhere = downloaded(tmp_path / "elsewhere", "c")
+    (dest / "linked").symlink_to(elsewhere.parent, target_is_directory=True)
+    (dest / "run%3A0" / "sampler_weights").symlink_to(elsewhere, target_is_directory=True)
+
+    assert find_checkpoint_dirs(dest) == [flat, synced]
+    # A root the caller names is read even when it is a link; only links below it are not.
+    assert find_checkpoint_dirs(dest / "linked") == [dest / "linked" / "c"]

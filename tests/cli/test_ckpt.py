@@ -366,4 +366,72 @@ def test_sync_fetches_what_is_missing_then_nothing(cli: Cli, run: str, tmp_path:
     assert cli.lines("ckpt", "verify", str(tmp_path), "-q") == [first["items"][0]["local_path"]]
     second = cli.ok("ckpt", "sync", run, "-o", str(tmp_path))
     assert second.stdout == ""
-    assert second.stderr.splitlines()[-1].startswith("sync: 1 present in ")
+    summary = second.stderr.splitlines()[-1]
+    assert LOG_LINE.match(summary) and summary.split(" ", 1)[1].startswith("sync: 1 present in ")
+
+
+def test_sync_without_a_terminal_timestamps_every_line_and_names_planned_actions(
+    cli: Cli, run: str, tmp_path: Path
+) -> None:
+    from logits_cli.api.sync import checkpoint_dir
+    from logits_cli.uri import CheckpointRef
+
+    def local(checkpoint: dict) -> Path:
+        return checkpoint_dir(tmp_path, CheckpointRef.parse(checkpoint["tinker_path"]))
+
+    kept, gone = save(cli, "s1"), save(cli, "s2")
+    cli.ok("ckpt", "sync", run, "-o", str(tmp_path), "-q")
+    cli.ok("ckpt", "rm", gone["tinker_path"], "--yes", "-q")
+    new = save(cli, "s3")
+
+    result = cli.ok("ckpt", "sync", run, "-o", str(tmp_path), "--prune-local", "--dry-run")
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert all(LOG_LINE.match(line) for line in lines), lines
+    *items, summary = [line.split(" ", 1)[1] for line in lines]
+    assert items == [
+        f"planned prune {gone['tinker_path']} -> {local(gone)}",
+        f"planned download {new['tinker_path']} -> {local(new)}",
+        f"present {kept['tinker_path']} -> {local(kept)}",
+    ]
+    assert re.fullmatch(r"sync: 2 planned, 1 present in \d+\.\d s", summary)
+    assert local(gone).is_dir() and not local(new).exists()
+
+
+# -- the same checkpoint or run named twice ---------------------------------------------------
+
+
+def test_a_checkpoint_or_run_named_twice_counts_once(cli: Cli, run: str) -> None:
+    path = save(cli, "twice")["tinker_path"]
+    same = path.replace("logits://", "tinker://")
+    assert cli.lines("ckpt", "ls", run, run, "-q") == [path]
+    published = json.loads(cli.ok("ckpt", "publish", path, same, "--json").stdout)
+    assert published == [{"path": path, "public": True, "changed": True}]
+    latest = f"logits://{run}/weights/@latest"
+    assert cli.lines("ckpt", "rm", path, same, latest, "--yes", "-q") == [path]
+    assert cli.lines("ckpt", "ls", "-q") == []
+
+
+def test_ttl_extend_past_ten_years_says_so(cli: Cli, run: str) -> None:
+    path = save(cli, "far", "--ttl", "3649d")["tinker_path"]
+    result = cli("ckpt", "ttl", path, "--extend", "2d")
+    assert (result.exit_code, result.stdout) == (2, "")
+    assert result.stderr == (
+        "Error: extending it would make it expire more than 10 years from now, "
+        "the longest allowed\n"
+    )
+
+
+def test_an_empty_date_or_duration_is_refused_not_ignored(cli: Cli, run: str) -> None:
+    # `--before "$CUTOFF"` with CUTOFF unset must not select every checkpoint of the run.
+    path = save(cli, "e1")["tinker_path"]
+    for args in (
+        ("ckpt", "rm", "--run", run, "--before", "", "--yes"),
+        ("ckpt", "ttl", "--run", run, "--after", "", "--set", "1d"),
+        ("ckpt", "ls", "--expiring-within", ""),
+    ):
+        result = cli(*args)
+        assert (result.exit_code, result.stdout) == (2, ""), args
+        assert result.stderr.startswith("Error: invalid "), args
+    assert cli.lines("ckpt", "ls", "-q", "--expiring-within", "3650d") == []
+    assert cli.lines("ckpt", "ls", "-q") == [path]

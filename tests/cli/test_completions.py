@@ -57,3 +57,19 @@ def test_corrupt_cache_completes_nothing(isolated_env: Path, content: str) -> No
 
 def test_missing_cache_completes_nothing() -> None:
     assert complete_run("") == [] and complete_path("logits://") == []
+
+
+@pytest.mark.parametrize("command", ["ls", "sync"])
+def test_run_arguments_complete_from_the_cache(isolated_env: Path, command: str) -> None:
+    remember(isolated_env, runs=["run-a", "other"])
+    result = CliRunner().invoke(
+        app,
+        [],
+        env={
+            "_LOGITS_COMPLETE": "complete_bash",
+            "COMP_WORDS": f"logits ckpt {command} run-",
+            "COMP_CWORD": "3",
+        },
+        prog_name="logits",
+    )
+    assert result.stdout.split() == ["run-a"]

@@ -311,11 +311,12 @@ def test_a_cron_run_logs_plain_timestamped_lines_and_exits_8_on_partial_failure(
     assert first.stdout == ""
     assert "\x1b" not in first.stderr and "\r" not in first.stderr
     lines = first.stderr.splitlines()
-    item_lines = [line for line in lines if TIMESTAMPED.match(line)]
+    assert all(TIMESTAMPED.match(line) for line in lines), lines
+    *item_lines, summary = lines  # one line per checkpoint, then the one-line summary
     assert sorted(tuple(line.split(" ")[1:3]) for line in item_lines) == sorted(
         ("downloaded", c.tinker_path) for c in saved
     )
-    assert len(lines) - len(item_lines) <= 1  # at most a one-line summary besides them
+    assert summary.split(" ", 1)[1].startswith("sync: 2 downloaded in ")
 
     again = remote.run("ckpt", "sync", "-o", str(dest), "--json")
     assert again.returncode == 0

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 from tests.cli.conftest import Cli, invoke
@@ -136,3 +140,23 @@ def test_server_keys_bad_user_is_usage(tmp_path: Path) -> None:
     result = invoke(["server", "keys", "create", "Not Valid", "--home", str(tmp_path)])
     assert result.exit_code == 2
     assert result.stderr.startswith("Error: ")
+
+
+def test_server_start_on_a_taken_port_is_an_error_not_an_auth_failure(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "logits_cli", "server", "start", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "LOGITS_HOME": str(tmp_path)},
+            timeout=60,
+        )
+    assert result.returncode == 1  # uvicorn's own 3 would mean "authentication"
+    assert result.stdout == ""
+    assert result.stderr.splitlines()[-1] == (
+        f"Error: the server could not start on 127.0.0.1:{port}; see the log above"
+    )

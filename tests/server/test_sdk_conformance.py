@@ -104,12 +104,14 @@ def test_sdk_training_and_rest_clients(sdk_server, caplog: pytest.LogCaptureFixt
     assert [c.tinker_path for c in store.list_run_checkpoints("alice", model_id)] == [state]
 
 
-def test_sdk_cli_lists_runs_and_checkpoints(server_factory) -> None:
+def test_sdk_cli_manages_runs_and_checkpoints(server_factory, tmp_path: Path) -> None:
+    """Every `tinker run` and `tinker checkpoint` command protocol.md §10.1 names."""
     server = server_factory(uri_scheme="tinker")
     env = {
         **os.environ,
         "TINKER_BASE_URL": server.base_url,
         "TINKER_API_KEY": server.api_key("alice"),
+        "TINKER_TELEMETRY": "0",
     }
     store = server.store
     session = store.create_session(
@@ -132,8 +134,35 @@ def test_sdk_cli_lists_runs_and_checkpoints(server_factory) -> None:
         overwrite=False,
         uri_scheme="tinker",
     )
+    path = f"tinker://{run_id}/weights/cli"
     tinker = str(SDK_PYTHON.parent / "tinker")
-    runs = json.loads(_run([tinker, "--format", "json", "run", "list"], env).stdout)
+
+    def cli(*args: str) -> str:
+        return _run([tinker, "--format", "json", *args], env).stdout
+
+    def stored() -> models.Checkpoint:
+        return store.get_checkpoint("alice", run_id, "weights", "cli")
+
+    runs = json.loads(cli("run", "list"))
     assert [r["training_run_id"] for r in runs["runs"]] == [run_id]
-    listed = json.loads(_run([tinker, "--format", "json", "checkpoint", "list"], env).stdout)
-    assert [c["tinker_path"] for c in listed["checkpoints"]] == [f"tinker://{run_id}/weights/cli"]
+    info = json.loads(cli("run", "info", run_id))
+    assert info["model_owner"] == "alice" and info["last_checkpoint"]["tinker_path"] == path
+    listed = json.loads(cli("checkpoint", "list"))
+    assert [c["tinker_path"] for c in listed["checkpoints"]] == [path]
+    assert json.loads(cli("checkpoint", "info", path))["lora_rank"] == 2
+
+    cli("checkpoint", "publish", path)
+    assert stored().public
+    cli("checkpoint", "unpublish", path)
+    assert not stored().public
+    cli("checkpoint", "set-ttl", path, "--ttl", "3600")
+    assert stored().expires_at is not None
+    cli("checkpoint", "set-ttl", path, "--remove")
+    assert stored().expires_at is None
+
+    cli("checkpoint", "download", path, "--output", str(tmp_path))
+    extracted = {p.name for p in tmp_path.rglob("*") if p.is_file()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "checkpoint_complete"} <= extracted
+
+    cli("checkpoint", "delete", path, "--yes")
+    assert store.list_run_checkpoints("alice", run_id) == []

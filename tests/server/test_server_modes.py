@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import time
@@ -96,3 +97,48 @@ def test_sweeper_reclaims_expired_checkpoints(server_factory) -> None:
         api.ok(api.http.get(f"/api/v1/training_runs/{model_id}/checkpoints"))["checkpoints"] == []
     )
     api.http.close()
+
+
+def test_checkpoints_saved_under_another_scheme_are_listed_in_the_configured_one(
+    tmp_path,
+) -> None:
+    """§3.5: a store filled with ``logits://`` (embedded, default server) and then served with
+    ``uri_scheme = tinker`` for the official SDK answers every URI as ``tinker://``."""
+    embedded = ServerSettings.embedded()
+    store = open_store(tmp_path, embedded)
+    saved_under_logits = create_app(store, embedded)
+    served_for_sdk = create_app(store, dataclasses.replace(embedded, uri_scheme="tinker"))
+
+    async def scenario() -> None:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=saved_under_logits), base_url=EMBEDDED_ORIGIN
+        ) as client:
+            session = await client.post(
+                "/api/v1/create_session", json={"tags": [], "sdk_version": "x"}
+            )
+            body = {"session_id": session.json()["session_id"], "model_seq_id": 0}
+            handle = await client.post(
+                "/api/v1/create_model", json={**body, "base_model": "logits/tiny"}
+            )
+            run_id = handle.json()["model_id"]
+            for endpoint in ("save_weights", "save_weights_for_sampler"):
+                await client.post(f"/api/v1/{endpoint}", json={"model_id": run_id, "path": "s"})
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=served_for_sdk), base_url=EMBEDDED_ORIGIN
+        ) as client:
+            expected = {f"tinker://{run_id}/weights/s", f"tinker://{run_id}/sampler_weights/s"}
+            per_run = (await client.get(f"/api/v1/training_runs/{run_id}/checkpoints")).json()
+            assert {c["tinker_path"] for c in per_run["checkpoints"]} == expected
+            per_user = (await client.get("/api/v1/checkpoints")).json()
+            assert {c["tinker_path"] for c in per_user["checkpoints"]} == expected
+            run = (await client.get(f"/api/v1/training_runs/{run_id}")).json()
+            [listed] = (await client.get("/api/v1/training_runs")).json()["training_runs"]
+            for answer in (run, listed):
+                latest = {
+                    answer["last_checkpoint"]["tinker_path"],
+                    answer["last_sampler_checkpoint"]["tinker_path"],
+                }
+                assert latest == expected
+
+    asyncio.run(scenario())
+    store.close()

@@ -53,7 +53,9 @@ MAX_SEGMENT = 64 * MiB
 # httpx.ASGITransport collects each response body in memory, so the embedded backend gets
 # small bounded ranges: memory stays at connections × this.
 EMBEDDED_SEGMENT = 4 * MiB
-SEGMENTS_PER_CONNECTION = 4
+# The hasher follows the contiguous prefix, which the last segments of all connections
+# complete together: smaller segments leave less to hash after the last byte arrives.
+SEGMENTS_PER_CONNECTION = 8
 MAX_FRUITLESS_ATTEMPTS = 5  # protocol.md §6.3 step 4
 URL_REFRESH_MARGIN_S = 30.0
 JOURNAL_FLUSH_INTERVAL_S = 0.25  # bounds what a kill loses to ~0.25 s of transfer
@@ -149,15 +151,19 @@ def _hasher(algorithm: str) -> Any:
     return Crc32c() if algorithm == "crc32c" else hashlib.new(algorithm)
 
 
-def _hash_range(fd: int, offset: int, count: int, hashers: dict[str, Any]) -> None:
+def _hash_range(
+    fd: int, offset: int, count: int, hashers: dict[str, Any], buffer: memoryview
+) -> None:
+    """Feed ``count`` bytes of the file at ``offset`` to ``hashers``, read into ``buffer``
+    (reused, so hashing allocates nothing)."""
     while count > 0:
-        chunk = os.pread(fd, min(count, HASH_CHUNK), offset)
-        if not chunk:
+        got = os.preadv(fd, [buffer[: min(count, len(buffer))]], offset)
+        if not got:
             raise IntegrityError("the part file is shorter than its journal says")
         for hasher in hashers.values():
-            hasher.update(chunk)
-        offset += len(chunk)
-        count -= len(chunk)
+            hasher.update(buffer[:got])
+        offset += got
+        count -= got
 
 
 def _write_at(fd: int, chunks: list[bytes], offset: int) -> None:
@@ -478,6 +484,7 @@ class ArchiveFetcher:
         return journal.size
 
     async def _hash_prefix(self, fd: int) -> dict[str, bytes]:
+        buffer = memoryview(bytearray(HASH_CHUNK))
         while True:
             layout = self._layout
             expected = self._expected_digest()
@@ -489,7 +496,7 @@ class ArchiveFetcher:
                 if position < end:
                     count = min(end - position, HASH_CHUNK)
                     await asyncio.get_running_loop().run_in_executor(
-                        self._hash_thread, _hash_range, fd, position, count, hashers
+                        self._hash_thread, _hash_range, fd, position, count, hashers, buffer
                     )
                     position += count
                 elif self._fetch_done:

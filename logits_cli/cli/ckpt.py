@@ -894,8 +894,8 @@ def sync(
             i.local_path for i in summary.items if i.local_path and i.status == "downloaded"
         )
     else:
-        counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.counts().items()) if n)
-        out.log_summary(f"sync: {counts or 'nothing to do'} in {summary.elapsed_s:.1f} s")
+        done = ", ".join(f"{n} {status}" for status, n in sorted(summary.counts().items()) if n)
+        out.log_summary(f"sync: {done or 'nothing to do'} in {summary.elapsed_s:.1f} s")
     if summary.incomplete:
         counts = summary.counts()
         raise errors.PartialFailureError(
@@ -950,7 +950,7 @@ def verify(
     ]
     out.emit_listing(
         records,
-        (r["path"] for r in records if r["ok"]),
+        (str(r.path) for r in results if r.ok),
         [Column("DIR", "path"), Column("OK", "ok", BOOL), Column("CHECKPOINT", "tinker_path")],
         records,
     )

@@ -30,7 +30,13 @@ class RootOptions:
 def settings_for(
     ctx: typer.Context, *, run: str | None = None, home: str | None = None
 ) -> config.Settings:
-    """Resolve settings from the root flags plus a command's own ``--run``/``--home``."""
+    """Resolve settings from the root flags plus a command's own ``--run``/``--home``.
+
+    An empty ``--run`` is refused rather than read as "not given": ``--run "$RUN"`` with RUN
+    unset must not fall back to ``$LOGITS_RUN`` and act on another run.
+    """
+    if run is not None and not run.strip():
+        raise UsageError("the run id is empty")
     root = ctx.obj if isinstance(ctx.obj, RootOptions) else RootOptions()
     return config.resolve(
         base_url=root.base_url,

@@ -161,12 +161,11 @@ class Output:
 
     def emit_record(self, fields: Sequence[Column], record: Mapping[str, Any]) -> None:
         """One object as ``key  value`` lines (``key<TAB>value`` when piped)."""
-        rows = [{"field": c.header, "value": record.get(c.key), "_kind": c.kind} for c in fields]
         if not self.stdout_is_terminal:
-            self.emit_lines(f"{r['field']}\t{_plain(r['value'], r['_kind'])}" for r in rows)
+            self.emit_lines(f"{c.header}\t{_plain(record.get(c.key), c.kind)}" for c in fields)
             return
         width = max(len(c.header) for c in fields)
-        self.emit_lines(f"{r['field']:<{width}}  {_human(r['value'], r['_kind'])}" for r in rows)
+        self.emit_lines(f"{c.header:<{width}}  {_human(record.get(c.key), c.kind)}" for c in fields)
 
     def emit_listing(
         self,

@@ -10,6 +10,7 @@ from logits_cli.cli.failures import handle_errors
 from logits_cli.cli.options import JsonOpt, QuietOpt, TimeoutOpt
 from logits_cli.cli.output import COUNT, TIME, Column, Output
 from logits_cli.cli.timeparse import optional_seconds
+from logits_cli.errors import UsageError
 from logits_cli.uri import CheckpointRef
 
 if TYPE_CHECKING:
@@ -140,10 +141,8 @@ def create(
 ) -> None:
     """Create a training run (optionally from a checkpoint); prints its id."""
     out = Output(json_output=json_output, quiet=quiet)
-    source = CheckpointRef.parse(from_path, allow_latest=True) if from_path else None
+    source = CheckpointRef.parse(from_path, allow_latest=True) if from_path is not None else None
     if with_optimizer and source is None:
-        from logits_cli.errors import UsageError
-
         raise UsageError("--with-optimizer needs --from PATH")
     wait_limit = optional_seconds(timeout)
     settings = settings_for(ctx)

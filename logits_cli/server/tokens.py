@@ -8,18 +8,20 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import hmac
 import json
 import os
 import re
 import secrets
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from logits_cli.errors import AuthError, BadSignatureError, UrlExpiredError
+from logits_cli.errors import AuthError, BadSignatureError, ConfigError, UrlExpiredError
 
 SECRET_FILE_NAME = "signing_secret"
 _SECRET_BYTES = 32
@@ -47,19 +49,27 @@ def canonical_json(value: Any) -> bytes:
 
 
 def load_or_create_secret(root: Path) -> bytes:
-    """``<root>/signing_secret``: 32 random bytes, created once with mode 0600."""
+    """``<root>/signing_secret``: 32 random bytes, created once with mode 0600.
+
+    The file appears with its whole content or not at all (written aside, then hard-linked
+    into place), so a process starting at the same moment never reads a short secret: an
+    empty HMAC key would let anyone forge download URLs and JWTs.
+    """
     path = root / SECRET_FILE_NAME
-    try:
-        secret = path.read_bytes()
-    except FileNotFoundError:
-        secret = secrets.token_bytes(_SECRET_BYTES)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    if not path.exists():
+        fd, staging = tempfile.mkstemp(dir=root, prefix=f".{SECRET_FILE_NAME}.")
         try:
-            fd = os.open(path, flags, 0o600)
-        except FileExistsError:  # another process created it first: use theirs
-            return path.read_bytes()
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(secret)
+            with os.fdopen(fd, "wb") as handle:  # mkstemp creates it with mode 0600
+                handle.write(secrets.token_bytes(_SECRET_BYTES))
+                handle.flush()
+                os.fsync(handle.fileno())
+            with contextlib.suppress(FileExistsError):  # another process won: use theirs
+                os.link(staging, path)
+        finally:
+            os.unlink(staging)
+    secret = path.read_bytes()
+    if len(secret) < _SECRET_BYTES:
+        raise ConfigError(f"{path} holds fewer than {_SECRET_BYTES} bytes; delete it to renew it")
     return secret
 
 

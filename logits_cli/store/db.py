@@ -118,6 +118,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """INSERT INTO users (id, created)
             VALUES ('local', CAST((julianday('now') - 2440587.5) * 86400000000 AS INTEGER))""",
     ),
+    (
+        # The store instance (process) running a pending future: a poll can tell a future
+        # whose process died from one still running (Store.get_future).
+        "ALTER TABLE futures ADD COLUMN instance TEXT",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -210,6 +210,9 @@ class Store:
         self._db = db.Database(self.root / "meta.sqlite3")
         self._run_locks: dict[str, threading.Lock] = {}
         self._run_locks_guard = threading.Lock()
+        self.instances_dir = self.root / "instances"
+        self.instance_id = secrets.token_hex(8)
+        self._instance_lock: Any = None  # a FileLock held while this instance may run futures
 
     @classmethod
     def open(cls, root: Path, **kwargs: Any) -> Store:
@@ -217,6 +220,10 @@ class Store:
         return cls(root, **kwargs)
 
     def close(self) -> None:
+        if self._instance_lock is not None:
+            self._instance_lock.release()
+            (self.instances_dir / f"{self.instance_id}.lock").unlink(missing_ok=True)
+            self._instance_lock = None
         self._db.close()
 
     def healthy(self) -> bool:
@@ -933,6 +940,7 @@ class Store:
         """Returns (request_id, created). When (model_id, seq_id, body) repeats an earlier
         request within the retention, returns the earlier id and False (§4.5)."""
         now = self._now_micros()
+        self._claim_instance()  # before the write transaction: it may create a lock file
         with self._db.write() as conn:
             if model_id is not None and seq_id is not None and body_sha256 is not None:
                 earlier = conn.execute(
@@ -953,10 +961,65 @@ class Store:
             request_id = "req_" + secrets.token_hex(16)
             conn.execute(
                 "INSERT INTO futures (request_id, user_id, model_id, operation, seq_id,"
-                " body_sha256, status, created) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?)",
-                (request_id, user_id, model_id, operation, seq_id, body_sha256, now),
+                " body_sha256, status, created, instance)"
+                " VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
+                (
+                    request_id,
+                    user_id,
+                    model_id,
+                    operation,
+                    seq_id,
+                    body_sha256,
+                    now,
+                    self._claim_instance(),
+                ),
             )
         return request_id, True
+
+    def _claim_instance(self) -> str:
+        """This instance's id, holding its lock file from the first future on, so other
+        processes sharing the store can tell it is alive (``_instance_alive``)."""
+        from filelock import FileLock
+
+        if self._instance_lock is None:
+            self.instances_dir.mkdir(mode=0o700, exist_ok=True)
+            lock = FileLock(self.instances_dir / f"{self.instance_id}.lock")
+            lock.acquire()
+            self._instance_lock = lock
+        return self.instance_id
+
+    def _instance_alive(self, instance: str | None) -> bool:
+        """Whether the store instance that took a future still runs: its lock file is held."""
+        from filelock import FileLock, Timeout
+
+        if instance == self.instance_id:
+            return True
+        if instance is None or not re.fullmatch(r"[0-9a-f]{16}", instance):
+            return False
+        path = self.instances_dir / f"{instance}.lock"
+        if not path.exists():
+            return False
+        lock = FileLock(path, timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            return True
+        lock.release()
+        path.unlink(missing_ok=True)
+        return False
+
+    def _abandon_future(self, request_id: str) -> None:
+        failure = {
+            "error": "the server stopped before this request finished; send it again",
+            "category": "server",
+            "code": "internal",
+        }
+        with self._db.write() as conn:
+            conn.execute(
+                "UPDATE futures SET status = 'failed', result = ?, finished = ?"
+                " WHERE request_id = ? AND status = 'pending'",
+                (json.dumps(failure), self._now_micros(), request_id),
+            )
 
     def finish_future(self, request_id: str, *, result: dict[str, Any], failed: bool) -> None:
         with self._db.write() as conn:
@@ -977,15 +1040,20 @@ class Store:
         row = (
             self._db.connection()
             .execute(
-                "SELECT model_id, operation, status, result, created, finished FROM futures"
-                " WHERE request_id = ? AND user_id = ?",
+                "SELECT model_id, operation, status, result, created, finished, instance"
+                " FROM futures WHERE request_id = ? AND user_id = ?",
                 (request_id, user_id),
             )
             .fetchone()
         )
         if row is None:
             raise NotFoundError(f"future {request_id} not found")
-        model_id, operation, status, result, created, finished = row
+        model_id, operation, status, result, created, finished, instance = row
+        if status == "pending" and not self._instance_alive(instance):
+            # Its process died (crash, kill -9) with the job unfinished: without this the
+            # future would answer try_again forever.
+            self._abandon_future(request_id)
+            return self.get_future(user_id, request_id)
         if finished is not None and (
             self._now_micros() - finished > self.future_retention * 1_000_000 or result is None
         ):

@@ -190,7 +190,8 @@ def test_crc32c_check_value() -> None:
 def test_segment_sizes() -> None:
     assert choose_segment_size(None, connections=8, embedded=False) == 8 * MiB
     assert choose_segment_size(100 * MiB, connections=8, embedded=False) == 8 * MiB
-    assert choose_segment_size(2048 * MiB, connections=8, embedded=False) == 64 * MiB
+    assert choose_segment_size(2048 * MiB, connections=8, embedded=False) == 32 * MiB
+    assert choose_segment_size(2048 * MiB, connections=2, embedded=False) == 64 * MiB
     assert choose_segment_size(2048 * MiB, connections=8, embedded=True) == 4 * MiB
 
 

@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -43,7 +44,9 @@ SERVER = textwrap.dedent(
     """
 )
 
-# One download in a child process; prints {"seconds", "bytes_fetched", "peak_rss"} as JSON.
+# One download in a child process; prints {"seconds", "bytes_fetched", "peak_rss", "cpu"} as
+# JSON (cpu: user + system seconds of the download alone, a steadier figure than the
+# wall-clock time on a busy machine).
 # With a stop fraction it freezes once that much is on disk, to be killed by the parent.
 ENGINE = textwrap.dedent(
     """
@@ -65,17 +68,28 @@ ENGINE = textwrap.dedent(
                             run=None, debug=False, api_key_value=key)
         async with open_client(settings) as client:
             options = DownloadOptions(archive_only=mode == "archive", force=True)
+            cpu_before = cpu()
             started = time.perf_counter()
             result = await client.download(CheckpointRef.parse(path), Path(dest),
                                            options=options, progress=progress)
             seconds = time.perf_counter() - started
+            used = cpu() - cpu_before
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         print(json.dumps({"seconds": seconds, "bytes_fetched": result.bytes_fetched,
-                          "peak_rss": peak}), flush=True)
+                          "peak_rss": peak, "cpu": used}), flush=True)
+
+    def cpu():
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
 
     asyncio.run(main())
     """
 )
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def free_port() -> int:
@@ -165,14 +179,16 @@ def main() -> None:
         print(f"archive: {size / 2**30:.2f} GiB ({args.base_model}, rank {args.rank})")
 
         # Alternate curl and our engine so both see the same (possibly busy) machine.
-        curl_times, ours_runs = [], []
+        curl_times, curl_cpu, ours_runs = [], [], []
         for _ in range(args.repeat):
             curl_file = work / "curl.tar"
             url = asyncio.run(signed_url(base_url, key, work / "client", path))
             os.sync()  # neither run pays for the previous one's dirty pages
+            children_before = children_cpu()
             started = time.perf_counter()
             subprocess.run(["curl", "-sS", "-f", "-o", str(curl_file), url], check=True)
             curl_times.append(time.perf_counter() - started)
+            curl_cpu.append(children_cpu() - children_before)
             curl_file.unlink()
             os.sync()
             ours_runs.append(engine(base_url, key, path, work / "ours", "archive"))
@@ -181,6 +197,7 @@ def main() -> None:
         ours = {
             "seconds": statistics.median(run["seconds"] for run in ours_runs),
             "peak_rss": max(run["peak_rss"] for run in ours_runs),
+            "cpu": statistics.median(run["cpu"] for run in ours_runs),
         }
         full = engine(base_url, key, path, work / "full", "extract")
         shutil.rmtree(work / "full")
@@ -199,6 +216,10 @@ def main() -> None:
             f"logits (fetch+verify):  {ours['seconds']:6.2f} s  {size / ours['seconds'] / 2**20:7.1f} MiB/s"
         )
         print(f"logits (with extract):  {full['seconds']:6.2f} s")
+        print(
+            f"client CPU (user+sys):  curl {statistics.median(curl_cpu):.2f} s, "
+            f"logits {ours['cpu']:.2f} s  (the server's is not counted)"
+        )
         print(f"speed vs curl:          {curl_seconds / ours['seconds']:.2f}x   (target >= 0.9x)")
         print(f"peak RSS:               {ours['peak_rss'] / 1e6:.0f} MB  (target <= 150 MB)")
         print(f"peak RSS with extract:  {full['peak_rss'] / 1e6:.0f} MB")

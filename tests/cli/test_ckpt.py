@@ -435,3 +435,11 @@ def test_an_empty_date_or_duration_is_refused_not_ignored(cli: Cli, run: str) ->
         assert result.stderr.startswith("Error: invalid "), args
     assert cli.lines("ckpt", "ls", "-q", "--expiring-within", "3650d") == []
     assert cli.lines("ckpt", "ls", "-q") == [path]
+
+
+def test_an_empty_run_is_refused_not_replaced_by_logits_run(cli: Cli, run: str) -> None:
+    for args in (("ckpt", "save", "x", "--run", ""), ("runs", "info", "")):
+        result = cli(*args)
+        assert (result.exit_code, result.stdout) == (2, ""), args
+        assert result.stderr == "Error: the run id is empty\n", args
+    assert cli.lines("ckpt", "ls", "-q") == []

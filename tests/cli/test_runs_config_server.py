@@ -160,3 +160,10 @@ def test_server_start_on_a_taken_port_is_an_error_not_an_auth_failure(tmp_path: 
     assert result.stderr.splitlines()[-1] == (
         f"Error: the server could not start on 127.0.0.1:{port}; see the log above"
     )
+
+
+def test_runs_create_from_an_empty_path_is_refused_not_ignored() -> None:
+    result = invoke(["runs", "create", "--base-model", "logits/tiny", "--from", ""])
+    assert (result.exit_code, result.stdout) == (2, "")
+    assert result.stderr.startswith("Error: checkpoint path '' ")
+    assert invoke(["runs", "ls", "-q"]).stdout == ""  # no run was created

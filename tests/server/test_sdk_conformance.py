@@ -161,7 +161,7 @@ def test_sdk_cli_manages_runs_and_checkpoints(server_factory, tmp_path: Path) ->
     assert stored().expires_at is None
 
     cli("checkpoint", "download", path, "--output", str(tmp_path))
-    extracted = {p.name for p in tmp_path.rglob("*") if p.is_file()}
+    extracted = {file.name for file in tmp_path.rglob("*") if file.is_file()}
     assert {"adapter_config.json", "adapter_model.safetensors", "checkpoint_complete"} <= extracted
 
     cli("checkpoint", "delete", path, "--yes")

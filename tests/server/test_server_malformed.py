@@ -43,6 +43,9 @@ def _save_bodies(model_id: str) -> list[tuple[str, bytes | dict]]:
             (url, {"path": "ok"}),
             (url, {"model_id": model_id, "path": "ok", "ttl_seconds": 0}),
             (url, {"model_id": model_id, "path": "ok", "ttl_seconds": "60"}),
+            # Beyond ten years: refused up front like PUT …/ttl, not as a failed future.
+            (url, {"model_id": model_id, "path": "ok", "ttl_seconds": 315_360_001}),
+            (url, {"model_id": model_id, "path": "ok", "ttl_seconds": 10**30}),
             (url, {"model_id": model_id, "path": "ok", "overwrite": "yes"}),
             (url, {"model_id": model_id, "path": "ok", "seq_id": "1"}),
             (url, {"model_id": 7, "path": "ok"}),

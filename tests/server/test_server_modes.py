@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import logging
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -100,7 +101,7 @@ def test_sweeper_reclaims_expired_checkpoints(server_factory) -> None:
 
 
 def test_checkpoints_saved_under_another_scheme_are_listed_in_the_configured_one(
-    tmp_path,
+    tmp_path: Path,
 ) -> None:
     """§3.5: a store filled with ``logits://`` (embedded, default server) and then served with
     ``uri_scheme = tinker`` for the official SDK answers every URI as ``tinker://``."""

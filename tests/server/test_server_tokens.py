@@ -7,10 +7,11 @@ import hashlib
 import hmac
 import json
 import stat
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from logits_cli.errors import AuthError, BadSignatureError, UrlExpiredError
+from logits_cli.errors import AuthError, BadSignatureError, ConfigError, UrlExpiredError
 from logits_cli.server.tokens import BlobClaim, Signer, b64url_decode, load_or_create_secret
 
 SECRET = b"s" * 32
@@ -106,3 +107,19 @@ def test_signing_secret_is_created_once_with_mode_0600(tmp_path) -> None:
     assert len(first) == 32
     assert stat.S_IMODE((tmp_path / "signing_secret").stat().st_mode) == 0o600
     assert load_or_create_secret(tmp_path) == first
+
+
+def test_signing_secret_is_never_read_half_written(tmp_path) -> None:
+    """Processes starting together on a fresh home all get the same whole secret."""
+    with ThreadPoolExecutor(8) as pool:
+        secrets = set(pool.map(lambda _: load_or_create_secret(tmp_path), range(32)))
+    [secret] = secrets
+    assert len(secret) == 32
+    assert [entry.name for entry in tmp_path.iterdir()] == ["signing_secret"]
+
+
+def test_a_short_signing_secret_file_is_refused(tmp_path) -> None:
+    # An empty HMAC key would let anyone forge download URLs and JWTs.
+    (tmp_path / "signing_secret").write_bytes(b"")
+    with pytest.raises(ConfigError):
+        load_or_create_secret(tmp_path)

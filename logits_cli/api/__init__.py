@@ -23,7 +23,14 @@ Every failure is a class of ``logits_cli.errors`` (each carries its CLI exit cod
 imports ``cli``, ``typer`` or ``rich``, and never prints: progress goes through callbacks.
 """
 
-from logits_cli.api.client import (
+import sys
+
+# httpx imports its own command-line client (click, rich, pygments: tens of milliseconds)
+# whenever those packages are installed, and Typer installs them. We never use it; a None
+# entry makes that one import fail at once, which httpx handles with a stub ``httpx.main``.
+sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
+
+from logits_cli.api.client import (  # noqa: E402
     DownloadOptions,
     DownloadResult,
     LogitsClient,
@@ -31,7 +38,7 @@ from logits_cli.api.client import (
     ProgressCallback,
     open_client,
 )
-from logits_cli.api.retry import RetryPolicy
+from logits_cli.api.retry import RetryPolicy  # noqa: E402
 
 __all__ = [
     "DownloadOptions",

@@ -1,3 +1,3 @@
-from logits_cli.cli.main import main
+from logits_cli.cli import main
 
 main()

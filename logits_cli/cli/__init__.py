@@ -1,1 +1,22 @@
-"""The Typer command-line interface: one module per command group."""
+"""The Typer command-line interface: one module per command group.
+
+``main`` is the console-script entry point. It lives here, away from Typer, so that a bare
+``logits --version`` (scripts, bug reports) is answered without building the command tree.
+"""
+
+import sys
+
+
+def version_line() -> str:
+    from logits_cli import __version__
+
+    return f"logits {__version__}"
+
+
+def main() -> None:
+    if sys.argv[1:] == ["--version"]:
+        print(version_line())
+        return
+    from logits_cli.cli.main import main as run_app
+
+    run_app()

@@ -4,7 +4,7 @@ from typing import Annotated
 
 import typer
 
-from logits_cli.cli import ckpt, config_cmd, runs, server
+from logits_cli.cli import ckpt, config_cmd, runs, server, version_line
 from logits_cli.cli.context import RootOptions
 from logits_cli.cli.failures import report_error
 from logits_cli.cli.timeparse import parse_duration
@@ -27,9 +27,7 @@ app.add_typer(config_cmd.app, name="config")
 
 def _print_version(value: bool) -> None:
     if value:
-        from logits_cli import __version__
-
-        typer.echo(f"logits {__version__}")
+        typer.echo(version_line())
         raise typer.Exit()
 
 

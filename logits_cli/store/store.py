@@ -213,6 +213,7 @@ class Store:
         self.instances_dir = self.root / "instances"
         self.instance_id = secrets.token_hex(8)
         self._instance_lock: Any = None  # a FileLock held while this instance may run futures
+        self._instance_guard = threading.Lock()
 
     @classmethod
     def open(cls, root: Path, **kwargs: Any) -> Store:
@@ -220,10 +221,11 @@ class Store:
         return cls(root, **kwargs)
 
     def close(self) -> None:
-        if self._instance_lock is not None:
-            self._instance_lock.release()
-            (self.instances_dir / f"{self.instance_id}.lock").unlink(missing_ok=True)
-            self._instance_lock = None
+        with self._instance_guard:
+            if self._instance_lock is not None:
+                self._instance_lock.release()
+                (self.instances_dir / f"{self.instance_id}.lock").unlink(missing_ok=True)
+                self._instance_lock = None
         self._db.close()
 
     def healthy(self) -> bool:
@@ -926,6 +928,9 @@ class Store:
             with suppress(FileNotFoundError):
                 if entry.name.startswith(_NEW_STATE_PREFIX) and entry.stat().st_mtime < cutoff:
                     shutil.rmtree(entry.path, ignore_errors=True)
+        if self.instances_dir.is_dir():
+            for entry in os.scandir(self.instances_dir):
+                self._instance_alive(entry.name.removesuffix(".lock"))  # removes dead ones
 
     # -- futures (§5.2) -------------------------------------------------------------------
     def create_future(
@@ -940,7 +945,7 @@ class Store:
         """Returns (request_id, created). When (model_id, seq_id, body) repeats an earlier
         request within the retention, returns the earlier id and False (§4.5)."""
         now = self._now_micros()
-        self._claim_instance()  # before the write transaction: it may create a lock file
+        instance = self._claim_instance()  # before the transaction: it may create a file
         with self._db.write() as conn:
             if model_id is not None and seq_id is not None and body_sha256 is not None:
                 earlier = conn.execute(
@@ -971,7 +976,7 @@ class Store:
                     seq_id,
                     body_sha256,
                     now,
-                    self._claim_instance(),
+                    instance,
                 ),
             )
         return request_id, True
@@ -981,11 +986,14 @@ class Store:
         processes sharing the store can tell it is alive (``_instance_alive``)."""
         from filelock import FileLock
 
-        if self._instance_lock is None:
-            self.instances_dir.mkdir(mode=0o700, exist_ok=True)
-            lock = FileLock(self.instances_dir / f"{self.instance_id}.lock")
-            lock.acquire()
-            self._instance_lock = lock
+        with self._instance_guard:
+            if self._instance_lock is None:
+                self.instances_dir.mkdir(mode=0o700, exist_ok=True)
+                # Not thread-local: taken by a worker thread, released by close() on another.
+                path = self.instances_dir / f"{self.instance_id}.lock"
+                lock = FileLock(path, thread_local=False)
+                lock.acquire()
+                self._instance_lock = lock
         return self.instance_id
 
     def _instance_alive(self, instance: str | None) -> bool:

@@ -7,6 +7,8 @@ import re
 import shutil
 import sqlite3
 import stat
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -791,3 +793,41 @@ def test_concurrent_saves_on_one_run_all_land(store: Store) -> None:
     listed = store.list_run_checkpoints("local", run)
     assert len(listed) == 12
     assert len({c.sha256 for c in listed}) == 12
+
+
+_CRASH_AFTER_SUBMITTING = """
+import os, sys
+from logits_cli.store import Store
+store = Store.open(sys.argv[1])
+request_id, _ = store.create_future("alice", operation="save_weights", model_id="m")
+print(request_id, flush=True)
+os._exit(0)  # dies like kill -9: no close, the job never finishes
+"""
+
+
+def test_a_future_whose_process_died_fails_instead_of_pending_forever(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    crashed = subprocess.run(
+        [sys.executable, "-c", _CRASH_AFTER_SUBMITTING, str(root)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    orphan = crashed.stdout.strip()
+    running = Store.open(root)
+    alive = Store.open(root)  # another live process sharing the store, as far as locks go
+    try:
+        mine, _ = alive.create_future("alice", operation="save_weights", model_id="m")
+        assert running.get_future("alice", mine).status == "pending"
+        record = running.get_future("alice", orphan)
+        assert record.status == "failed"
+        assert record.result is not None
+        assert (record.result["category"], record.result["code"]) == ("server", "internal")
+        running.sweep()  # and the dead process's lock file is cleaned up
+        assert sorted(p.name for p in running.instances_dir.iterdir()) == [
+            f"{alive.instance_id}.lock"
+        ]
+    finally:
+        alive.close()
+        running.close()
+    assert list(running.instances_dir.iterdir()) == []

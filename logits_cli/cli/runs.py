@@ -13,6 +13,8 @@ from logits_cli.cli.timeparse import optional_seconds
 from logits_cli.errors import UsageError
 from logits_cli.uri import CheckpointRef
 
+DEFAULT_RANK = 32  # the protocol's default for create_model (protocol.md §5.3)
+
 if TYPE_CHECKING:
     from logits_cli import models
     from logits_cli.api.client import LogitsClient
@@ -122,12 +124,23 @@ def info(
 def create(
     ctx: typer.Context,
     base_model: Annotated[
-        str,
+        str | None,
         typer.Option(
-            "--base-model", "-m", help="Base model, e.g. Qwen/Qwen3-8B.", show_default=False
+            "--base-model",
+            "-m",
+            help="Base model, e.g. Qwen/Qwen3-8B. With --from: the checkpoint's.",
+            show_default=False,
         ),
-    ],
-    rank: Annotated[int, typer.Option("--rank", min=1, help="LoRA rank.")] = 32,
+    ] = None,
+    rank: Annotated[
+        int | None,
+        typer.Option(
+            "--rank",
+            min=1,
+            help=f"LoRA rank [default: {DEFAULT_RANK}; with --from: the checkpoint's].",
+            show_default=False,
+        ),
+    ] = None,
     from_path: Annotated[
         str | None,
         typer.Option("--from", help="Start from this checkpoint's weights.", metavar="PATH"),
@@ -147,19 +160,36 @@ def create(
     wait_limit = optional_seconds(timeout)
     settings = settings_for(ctx)
 
-    with out.status(f"Creating a run on {base_model}…") as update:
+    if base_model is None and source is None:
+        raise UsageError("give --base-model MODEL, or --from PATH to start from a checkpoint")
+
+    with out.status("Creating a run…") as update:
 
         async def work(client: "LogitsClient") -> "models.TrainingRun":
+            if source is None:
+                assert base_model is not None
+                return await client.create_run(
+                    base_model,
+                    rank=rank or DEFAULT_RANK,
+                    on_pending=lambda waited: update(f"Creating a run… {waited:.0f} s"),
+                    timeout=wait_limit,
+                )
+            # Like the SDK's create_training_client_from_state: the new run takes the
+            # checkpoint's base model, rank and adapted modules, so the load always fits.
+            resolved = await client.resolve(source)
+            info = await client.weights_info(resolved)
+            _refuse_contradiction("base model", base_model, info.base_model, resolved)
+            _refuse_contradiction("LoRA rank", rank, info.lora_rank, resolved)
             created = await client.create_run(
-                base_model,
-                rank=rank,
+                info.base_model,
+                rank=info.lora_rank or rank or DEFAULT_RANK,
+                train_attn=info.train_attn is not False,
+                train_mlp=info.train_mlp is not False,
+                train_unembed=info.train_unembed is not False,
                 on_pending=lambda waited: update(f"Creating a run… {waited:.0f} s"),
                 timeout=wait_limit,
             )
-            if source is None:
-                return created
-            update(f"Loading {source.name}…")
-            resolved = await client.resolve(source)
+            update(f"Loading {resolved.name}…")
             await client.load(
                 created.training_run_id, resolved, with_optimizer=with_optimizer, timeout=wait_limit
             )
@@ -174,3 +204,11 @@ def create(
     out.notice(
         f"Created run on {created.base_model}; use it with: export LOGITS_RUN={created.training_run_id}"
     )
+
+
+def _refuse_contradiction(what: str, given: object, actual: object, source: CheckpointRef) -> None:
+    if given is not None and actual is not None and given != actual:
+        raise UsageError(
+            f"{source} has {what} {actual}, not {given}; leave the option out to use the "
+            "checkpoint's"
+        )

@@ -63,6 +63,29 @@ def test_runs_create_prints_the_id_and_from_checkpoint(cli: Cli) -> None:
     assert forked.stdout.strip() != run_id
 
 
+def test_runs_create_from_takes_the_checkpoints_model_and_rank(cli: Cli) -> None:
+    run_id = cli.ok("runs", "create", "--base-model", "logits/tiny", "--rank", "3", "-q").stdout
+    path = cli.ok("ckpt", "save", "base", "--run", run_id.strip(), "-q").stdout.strip()
+    forked = json.loads(cli.ok("runs", "create", "--from", path, "--json").stdout)
+    assert (forked["base_model"], forked["lora_rank"]) == ("logits/tiny", 3)
+
+    runs_before = cli.lines("runs", "ls", "-q")
+    clash = cli("runs", "create", "--rank", "8", "--from", path)
+    assert clash.exit_code == 2
+    assert clash.stderr == (
+        f"Error: {path} has LoRA rank 3, not 8; leave the option out to use the checkpoint's\n"
+    )
+    assert cli.lines("runs", "ls", "-q") == runs_before  # nothing created
+
+
+def test_runs_create_needs_a_model_or_a_checkpoint(cli: Cli) -> None:
+    result = cli("runs", "create")
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "Error: give --base-model MODEL, or --from PATH to start from a checkpoint\n"
+    )
+
+
 def test_runs_empty(cli: Cli) -> None:
     assert json.loads(cli.ok("runs", "ls", "--json").stdout) == []
     assert cli.ok("runs", "ls", "-q").stdout == ""

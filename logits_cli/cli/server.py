@@ -49,14 +49,44 @@ def start(
     jwt_auth: Annotated[
         bool, typer.Option("--jwt-auth", help="Offer the JWT exchange to clients.")
     ] = False,
+    public_url: Annotated[
+        str | None,
+        typer.Option(
+            "--public-url",
+            help="Origin clients reach this server at, for download URLs "
+            "[default: the request's scheme and Host].",
+            metavar="URL",
+            show_default=False,
+        ),
+    ] = None,
+    root_path: Annotated[
+        str,
+        typer.Option(
+            "--root-path",
+            help="Path prefix the server is mounted under behind a proxy, e.g. /logits.",
+            metavar="PREFIX",
+        ),
+    ] = "",
 ) -> None:
     """Serve the store over HTTP (uvicorn) until interrupted."""
     from logits_cli.server.serve import run_server
 
+    if public_url is not None and not public_url.startswith(("http://", "https://")):
+        raise errors.UsageError(f"--public-url {public_url!r} must be an absolute http(s) URL")
+    if root_path and (not root_path.startswith("/") or root_path.endswith("/")):
+        raise errors.UsageError(
+            f"--root-path {root_path!r} must start with '/' and not end with one"
+        )
     settings = settings_for(ctx, home=home)
     try:
         run_server(
-            settings.home, host=host, port=port, uri_scheme=uri_scheme.value, jwt_auth=jwt_auth
+            settings.home,
+            host=host,
+            port=port,
+            uri_scheme=uri_scheme.value,
+            jwt_auth=jwt_auth,
+            public_url=public_url,
+            root_path=root_path,
         )
     except SystemExit as stop:
         if not stop.code:

@@ -156,10 +156,20 @@ def serve(home: Path, settings: ServerSettings, host: str, port: int) -> None:
 
 
 def run_server(
-    home: Path, *, host: str, port: int, uri_scheme: str, jwt_auth: bool = False
+    home: Path,
+    *,
+    host: str,
+    port: int,
+    uri_scheme: str,
+    jwt_auth: bool = False,
+    public_url: str | None = None,
+    root_path: str = "",
 ) -> None:
     """Entry point of ``logits server start``."""
-    serve(home, ServerSettings(uri_scheme=uri_scheme, jwt_auth=jwt_auth), host, port)
+    settings = ServerSettings(
+        uri_scheme=uri_scheme, jwt_auth=jwt_auth, public_url=public_url, root_path=root_path
+    )
+    serve(home, settings, host, port)
 
 
 @dataclass(frozen=True)

@@ -65,25 +65,41 @@ def test_errors_have_no_traceback_unless_logits_debug(tmp_path: Path) -> None:
     assert "Traceback" in debug.stderr
 
 
-def test_server_start_serves_the_cli_and_stops_on_ctrl_c(tmp_path: Path) -> None:
-    home = tmp_path / "server"
-    key = logits("server", "keys", "create", "alice", "--home", str(home)).stdout.strip()
+def _start_server(home: Path, *options: str) -> tuple[subprocess.Popen[str], str]:
+    """``logits server start`` in a real process; returns it and its http://127.0.0.1:PORT."""
     server = subprocess.Popen(
-        [sys.executable, "-m", "logits_cli", "server", "start", "--port", "0", "--home", str(home)],
+        [
+            sys.executable,
+            "-m",
+            "logits_cli",
+            "server",
+            "start",
+            "--port",
+            "0",
+            "--home",
+            str(home),
+            *options,
+        ],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
     )
+    assert server.stderr is not None
+    for line in server.stderr:
+        match = re.search(r"running on (http://127\.0\.0\.1:\d+)", line)
+        if match:
+            return server, match.group(1)
+    server.kill()
+    raise AssertionError("the server never said where it listens")
+
+
+def test_server_start_serves_the_cli_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    home = tmp_path / "server"
+    key = logits("server", "keys", "create", "alice", "--home", str(home)).stdout.strip()
+    server, origin = _start_server(home)
     try:
-        assert server.stderr is not None
-        for line in server.stderr:
-            match = re.search(r"running on (http://127\.0\.0\.1:\d+)", line)
-            if match:
-                break
-        else:
-            raise AssertionError("the server never said where it listens")
-        env = {"LOGITS_BASE_URL": match.group(1), "LOGITS_API_KEY": key}
+        env = {"LOGITS_BASE_URL": origin, "LOGITS_API_KEY": key}
         created = logits(
             "runs", "create", "--base-model", "logits/tiny", "--rank", "2", env_extra=env
         )
@@ -95,3 +111,28 @@ def test_server_start_serves_the_cli_and_stops_on_ctrl_c(tmp_path: Path) -> None
         _, rest = server.communicate(timeout=60)
     assert "Finished server process" in rest  # a graceful shutdown, then the usual 130
     assert server.returncode == 130
+
+
+def test_server_start_behind_a_proxy_prefix_issues_public_urls(tmp_path: Path) -> None:
+    home = tmp_path / "server"
+    key = logits("server", "keys", "create", "alice", "--home", str(home)).stdout.strip()
+    server, origin = _start_server(
+        home, "--root-path", "/svc/logits", "--public-url", "https://models.example.org"
+    )
+    try:
+        env = {"LOGITS_BASE_URL": origin + "/svc/logits", "LOGITS_API_KEY": key}
+        run = logits("runs", "create", "-m", "logits/tiny", "--rank", "2", env_extra=env)
+        assert run.returncode == 0, run.stderr
+        env["LOGITS_RUN"] = run.stdout.strip()
+        path = logits("ckpt", "save", "s", env_extra=env).stdout.strip()
+        url = json.loads(logits("ckpt", "url", path, "--json", env_extra=env).stdout)["url"]
+        assert url.startswith("https://models.example.org/svc/logits/api/v1/blobs/")
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.communicate(timeout=60)
+
+
+def test_server_start_refuses_a_relative_public_url(tmp_path: Path) -> None:
+    result = logits("server", "start", "--home", str(tmp_path), "--public-url", "example.org")
+    assert result.returncode == 2
+    assert result.stderr == ("Error: --public-url 'example.org' must be an absolute http(s) URL\n")

@@ -12,14 +12,34 @@ from typing import Final
 from logits_cli.errors import UsageError
 
 SCHEMES: Final = ("logits", "tinker")
-KINDS: Final = ("weights", "sampler_weights")
-KIND_TO_TYPE: Final = {"weights": "training", "sampler_weights": "sampler"}
+# ``external_weights`` checkpoints are adapter-only exports of the files generation
+# (docs/protocol.md §11.3): listed, deleted, published and downloaded file by file.
+EXTERNAL_KIND: Final = "external_weights"
+KINDS: Final = ("weights", "sampler_weights", EXTERNAL_KIND)
+# The kinds a ``…/archive`` request (docs/protocol.md §5.6.4) can serve.
+ARCHIVE_KINDS: Final = ("weights", "sampler_weights")
+KIND_TO_TYPE: Final = {
+    "weights": "training",
+    "sampler_weights": "sampler",
+    EXTERNAL_KIND: "external",
+}
 TYPE_TO_KIND: Final = {v: k for k, v in KIND_TO_TYPE.items()}
 LATEST: Final = "@latest"
 
 NAME_RE: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
-_RUN_ID_FORBIDDEN: Final = re.compile(r"[/?#%\s\x00-\x1f\x7f]")
-_PATH_FORBIDDEN: Final = re.compile(r"[?#%\s\x00-\x1f\x7f]")
+# '%' is refused so no segment can smuggle an encoded '/' or '.'; '\\' because some proxies
+# read it as '/'. Dot-only segments are refused separately (``_is_dot_segment``).
+_RUN_ID_FORBIDDEN: Final = re.compile(r"[/\\?#%\s\x00-\x1f\x7f]")
+_PATH_FORBIDDEN: Final = re.compile(r"[\\?#%\s\x00-\x1f\x7f]")
+# Segments of kinds this client does not know (listed by newer deployments): lower-case words.
+_KIND_RE: Final = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
+
+def _is_dot_segment(segment: str) -> bool:
+    """``.``, ``..`` (and, to be safe, any all-dots segment): RFC 3986 dot segments, which
+    httpx and servers fold away, re-targeting the request (``/training_runs/../checkpoints``
+    is the user-wide listing)."""
+    return bool(segment) and segment.strip(".") == ""
 
 
 def validate_name(name: str) -> str:
@@ -41,6 +61,8 @@ def validate_run_id(run_id: str) -> str:
     """Run ids are opaque; only what would break a URL path is refused (protocol.md §3.3)."""
     if not run_id:
         raise UsageError("run id is empty")
+    if _is_dot_segment(run_id):
+        raise UsageError(f"run id {run_id!r} is not a run id: dot segments are not allowed")
     match = _RUN_ID_FORBIDDEN.search(run_id)
     if match:
         raise UsageError(f"run id {run_id!r} contains a forbidden character {match.group()!r}")
@@ -50,9 +72,23 @@ def validate_run_id(run_id: str) -> str:
 def validate_kind(kind: str) -> str:
     if kind not in KINDS:
         raise UsageError(
-            f"unknown checkpoint kind {kind!r}; expected 'weights' or 'sampler_weights'"
+            f"unknown checkpoint kind {kind!r}; expected 'weights', 'sampler_weights' "
+            "or 'external_weights'"
         )
     return kind
+
+
+def validate_segment(segment: str, what: str) -> str:
+    """Any other path segment that becomes part of a request path: not empty, not a dot
+    segment, no character that could end or re-shape the path."""
+    if not segment:
+        raise UsageError(f"{what} is empty")
+    if _is_dot_segment(segment):
+        raise UsageError(f"{what} {segment!r} is a dot segment, which is not allowed")
+    match = _RUN_ID_FORBIDDEN.search(segment)
+    if match:
+        raise UsageError(f"{what} {segment!r} contains a forbidden character {match.group()!r}")
+    return segment
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +162,10 @@ class CheckpointRef:
             )
         validate_run_id(run_id)
         if any_kind and kind not in KINDS:
+            # Unknown kinds still become request path segments: keep them inert.
+            if not _KIND_RE.fullmatch(kind):
+                raise UsageError(f"checkpoint path {text!r} has an invalid kind {kind!r}")
+            validate_segment(name, "checkpoint name")
             return cls(run_id, kind, name, scheme)
         validate_kind(kind)
         if not (allow_latest and name == LATEST):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from logits_cli.api.http import join_url
 from logits_cli.errors import UsageError
 from logits_cli.uri import KINDS, LATEST, NAME_RE, CheckpointRef, validate_name
 
@@ -17,14 +19,19 @@ names = st.builds(
     st.sampled_from(NAME_FIRST),
     st.text(alphabet=NAME_REST, max_size=127),
 )
-# Run ids are opaque: anything printable without / ? # % whitespace or control characters.
-run_ids = st.text(
-    alphabet=st.characters(
-        min_codepoint=0x21, max_codepoint=0x2FF, blacklist_characters="/?#%\x7f"
-    ),
-    min_size=1,
-    max_size=60,
-).filter(lambda s: not any(c.isspace() for c in s))
+# Run ids are opaque: anything printable without / \\ ? # % whitespace or control characters,
+# and never a dot segment (".", "..").
+run_ids = (
+    st.text(
+        alphabet=st.characters(
+            min_codepoint=0x21, max_codepoint=0x2FF, blacklist_characters="/\\?#%\x7f"
+        ),
+        min_size=1,
+        max_size=60,
+    )
+    .filter(lambda s: not any(c.isspace() for c in s))
+    .filter(lambda s: s.strip(".") != "")
+)
 schemes = st.sampled_from(["logits", "tinker"])
 kinds = st.sampled_from(KINDS)
 
@@ -61,10 +68,17 @@ def test_latest_selector_only_when_allowed() -> None:
 
 
 def test_unknown_kind_parses_only_for_listings() -> None:
-    ref = CheckpointRef.parse("logits://run/external_weights/x", any_kind=True)
-    assert ref.kind == "external_weights"
-    with pytest.raises(UsageError, match="unknown checkpoint kind 'external_weights'"):
-        CheckpointRef.parse("logits://run/external_weights/x")
+    ref = CheckpointRef.parse("logits://run/future_weights/x", any_kind=True)
+    assert ref.kind == "future_weights"
+    with pytest.raises(UsageError, match="unknown checkpoint kind 'future_weights'"):
+        CheckpointRef.parse("logits://run/future_weights/x")
+    with pytest.raises(UsageError, match="invalid kind"):
+        CheckpointRef.parse("logits://run/Future.W/x", any_kind=True)
+
+
+def test_external_weights_is_a_known_kind() -> None:
+    ref = CheckpointRef.parse("tinker://run/external_weights/x")
+    assert (ref.kind, ref.checkpoint_type) == ("external_weights", "external")
 
 
 @pytest.mark.parametrize(
@@ -115,3 +129,40 @@ def test_name_grammar_matches_the_regex(name: str) -> None:
     else:
         with pytest.raises(UsageError):
             validate_name(name)
+
+
+# Segments built from dots, slashes, percent signs and a few letters: what an attacker tries.
+hostile_text = st.text(alphabet="./%2eEfF\\ab:", max_size=30)
+
+
+@given(hostile_text, st.sampled_from([*KINDS, "future_kind", "..", "%2e"]), hostile_text)
+def test_no_parsed_ref_yields_a_request_path_other_than_the_one_it_names(
+    run_id: str, kind: str, name: str
+) -> None:
+    """Issue 8 F1: whatever parses is sent to exactly the path it names; httpx's dot-segment
+    folding or percent-decoding never re-targets it."""
+    for any_kind in (False, True):
+        text = f"logits://{run_id}/{kind}/{name}"
+        try:
+            ref = CheckpointRef.parse(text, any_kind=any_kind)
+        except UsageError:
+            continue
+        endpoint = f"training_runs/{ref.run_id}/checkpoints/{ref.kind}/{ref.name}"
+        url = httpx.URL(join_url("http://h.invalid/prefix", endpoint))
+        expected = ["", "prefix", "api", "v1", "training_runs", run_id, "checkpoints", kind, name]
+        assert url.raw_path.decode("ascii").split("/") == expected
+        assert url.path.split("/") == expected
+
+
+@pytest.mark.parametrize("run_id", [".", "..", "...", "a\\b"])
+def test_dot_and_backslash_run_ids_are_refused(run_id: str) -> None:
+    with pytest.raises(UsageError):
+        CheckpointRef.parse(f"logits://{run_id}/weights/s1")
+
+
+@pytest.mark.parametrize(
+    "endpoint", ["training_runs/../checkpoints", "a/./b", "x/%2e%2E/y", "x/%2F/y", "runs/.../x"]
+)
+def test_join_url_refuses_dot_segments(endpoint: str) -> None:
+    with pytest.raises(UsageError):
+        join_url("http://h.invalid", endpoint)

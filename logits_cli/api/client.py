@@ -37,7 +37,14 @@ from logits_cli.errors import (
     UnexpectedResponseError,
     UsageError,
 )
-from logits_cli.uri import KINDS, CheckpointRef, validate_name, validate_run_id
+from logits_cli.uri import (
+    ARCHIVE_KINDS,
+    EXTERNAL_KIND,
+    KINDS,
+    CheckpointRef,
+    validate_name,
+    validate_run_id,
+)
 
 # Called while a future is pending, with the seconds waited so far (for a spinner).
 PendingCallback = Callable[[float], None]
@@ -293,6 +300,11 @@ class LogitsClient:
     ) -> str:
         """load_weights future; returns the loaded path as the server reports it."""
         validate_run_id(run_id)
+        if ref.kind == EXTERNAL_KIND:
+            raise UsageError(
+                f"cannot load {ref}: external_weights checkpoints are adapter-only exports "
+                "for download; load the weights/ checkpoint they were exported from"
+            )
         source = await self._target(ref, "load")
         if with_optimizer and source.kind != "weights":
             raise UsageError(
@@ -354,7 +366,7 @@ class LogitsClient:
 
     async def archive_url(self, ref: CheckpointRef) -> models.CheckpointArchiveUrlResponse:
         """Signed URL and expiry (302 or JSON form, §5.6.4)."""
-        target = await self._target(ref, "download")
+        target = await self._target(ref, "download", kinds=ARCHIVE_KINDS)
         response = await self._layer.request(
             "GET",
             f"{_checkpoint_endpoint(target)}/archive",
@@ -375,9 +387,11 @@ class LogitsClient:
         answer = self._layer.parse(response, models.CheckpointArchiveUrlResponse)
         return answer.model_copy(update={"url": str(response.request.url.join(answer.url))})
 
-    async def _target(self, ref: CheckpointRef, operation: str) -> CheckpointRef:
+    async def _target(
+        self, ref: CheckpointRef, operation: str, *, kinds: tuple[str, ...] = KINDS
+    ) -> CheckpointRef:
         """``ref`` with ``@latest`` resolved, refusing kinds this client cannot act on."""
-        _require_known_kind(ref, operation)
+        _require_known_kind(ref, operation, kinds)
         target = await self.resolve(ref)
         # Refs built by hand skip the parser; their parts become URL path segments.
         validate_run_id(target.run_id)
@@ -437,7 +451,7 @@ class LogitsClient:
         options, progress)``."""
         from logits_cli.api.transfer import download_checkpoint
 
-        _require_known_kind(ref, "download")
+        _require_known_kind(ref, "download", ARCHIVE_KINDS)
         return await download_checkpoint(self, ref, dest_dir, options, progress)
 
     async def aclose(self) -> None:
@@ -492,18 +506,18 @@ def _newest(checkpoints: list[models.Checkpoint], ref: CheckpointRef) -> models.
     return max(of_kind, key=lambda c: c.time)
 
 
-def _require_known_kind(ref: CheckpointRef, operation: str) -> None:
-    """Newer deployments list kinds such as ``external_weights`` (protocol.md §10.2): they
-    parse and list, but this client acts only on the two kinds it knows."""
-    if ref.kind not in KINDS:
+def _require_known_kind(ref: CheckpointRef, operation: str, kinds: tuple[str, ...]) -> None:
+    """Kinds a deployment lists but this operation cannot act on are refused before any
+    request; unknown kinds parse and list, but nothing else (docs/protocol.md §11)."""
+    if ref.kind not in kinds:
         raise UsageError(
-            f"cannot {operation} {ref}: checkpoints of kind {ref.kind!r} are not supported; "
-            "only weights and sampler_weights are"
+            f"cannot {operation} {ref}: checkpoints of kind {ref.kind!r} are not supported "
+            f"here; only {', '.join(kinds)} are"
         )
 
 
 def _checkpoint_endpoint(ref: CheckpointRef) -> str:
-    return f"training_runs/{ref.run_id}/checkpoints/{ref.kind}/{ref.name}"
+    return f"training_runs/{validate_run_id(ref.run_id)}/checkpoints/{ref.kind}/{ref.name}"
 
 
 def _expires_header(value: str | None) -> datetime:

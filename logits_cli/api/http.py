@@ -43,7 +43,18 @@ M = TypeVar("M", bound=BaseModel)
 
 
 def join_url(base_url: str, endpoint: str) -> str:
-    """``base_url`` + ``/api/v1/<endpoint>``, keeping any path prefix of the base (§1.2)."""
+    """``base_url`` + ``/api/v1/<endpoint>``, keeping any path prefix of the base (§1.2).
+
+    The last line of defence against re-targeting: httpx folds dot segments away, so
+    ``training_runs/../checkpoints`` would become the user-wide listing. Callers validate
+    their parts (``uri.py``); an endpoint that still holds a dot or encoded segment is a
+    usage error here, before anything is sent."""
+    for segment in endpoint.split("?", 1)[0].split("/"):
+        lowered = segment.lower()
+        if (segment and segment.strip(".") == "") or "%2e" in lowered or "%2f" in lowered:
+            raise errors.UsageError(
+                f"refusing to send a request whose path has a dot segment: {segment!r}"
+            )
     base = base_url if base_url.endswith("/") else base_url + "/"
     return base + API_PREFIX + endpoint.lstrip("/")
 

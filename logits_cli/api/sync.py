@@ -44,7 +44,7 @@ from logits_cli.api.bulk import apply_concurrently, as_utc, newest_per_group, no
 from logits_cli.api.client import DownloadOptions, LogitsClient, ProgressCallback
 from logits_cli.api.verify import MANIFEST_NAME
 from logits_cli.errors import BusyError, LogitsError, UsageError
-from logits_cli.uri import KINDS, CheckpointRef, validate_run_id
+from logits_cli.uri import ARCHIVE_KINDS, CheckpointRef, validate_run_id
 
 LOCK_NAME = ".logits-sync.lock"
 LOCK_POLL_S = 0.2
@@ -333,7 +333,7 @@ def _select(listed: list[models.Checkpoint], options: SyncOptions) -> list[model
     kind = normalize_kind(options.kind)
     # Kinds from newer deployments (protocol.md §10.2) have no name grammar to make them
     # safe as paths, so sync leaves them alone.
-    chosen = [c for c in listed if c.kind in KINDS and (kind is None or c.kind == kind)]
+    chosen = [c for c in listed if c.kind in ARCHIVE_KINDS and (kind is None or c.kind == kind)]
     if options.since is not None:
         since = as_utc(options.since)
         chosen = [c for c in chosen if c.time >= since]
@@ -396,7 +396,7 @@ def _prune(
         if own is None:
             continue
         manifest, ref = own
-        if ref.kind not in KINDS or checkpoint_dir(dest, ref) != directory:
+        if ref.kind not in ARCHIVE_KINDS or checkpoint_dir(dest, ref) != directory:
             continue
         if runs and ref.run_id not in runs:
             continue

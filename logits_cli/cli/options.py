@@ -11,6 +11,7 @@ from logits_cli.cli.completion_cache import complete_path, complete_run
 class CheckpointType(StrEnum):
     training = "training"
     sampler = "sampler"
+    external = "external"
 
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]
@@ -63,7 +64,7 @@ PathArg = Annotated[
 ]
 TypeOpt = Annotated[
     CheckpointType | None,
-    typer.Option("--type", "-t", help="Only checkpoints of this type.", case_sensitive=False),
+    typer.Option("--type", "-t", help="Only checkpoints of this type (training, sampler or external).", case_sensitive=False),
 ]
 SinceOpt = Annotated[
     str | None,

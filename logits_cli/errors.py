@@ -131,6 +131,13 @@ class RangeNotSatisfiableError(LogitsError):
     code = "range_not_satisfiable"
 
 
+class PayloadTooLargeError(UsageError):
+    """A request body above the endpoint's documented limit (HTTP 413)."""
+
+    http_status = 413
+    code = "payload_too_large"
+
+
 class JobFailedError(LogitsError):
     """A future finished with a failure the other classes do not describe."""
 
@@ -176,6 +183,13 @@ class InternalServerError(UnavailableError):
     code = "internal"
 
 
+class InsufficientStorageError(UnavailableError):
+    """The server's store has no space left (HTTP 507); retrying soon will not help."""
+
+    http_status = 507
+    code = "insufficient_storage"
+
+
 # -- exit 7..9 ----------------------------------------------------------------------------
 
 
@@ -214,8 +228,10 @@ _BY_CODE: dict[str, type[LogitsError]] = {
         AlreadyPrivateError,
         MethodNotAllowedError,
         RangeNotSatisfiableError,
+        PayloadTooLargeError,
         RateLimitedError,
         InternalServerError,
+        InsufficientStorageError,
         UnavailableError,
     )
 }
@@ -230,8 +246,10 @@ _BY_STATUS: dict[int, type[LogitsError]] = {
     408: UnavailableError,
     409: ConflictError,
     410: GoneError,
+    413: PayloadTooLargeError,
     416: RangeNotSatisfiableError,
     429: RateLimitedError,
+    507: InsufficientStorageError,
 }
 
 

@@ -123,6 +123,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # whose process died from one still running (Store.get_future).
         "ALTER TABLE futures ADD COLUMN instance TEXT",
     ),
+    (
+        # The store instance running a request under an idempotency key: a record left
+        # "running" by a process that died is released instead of blocking retries for a day.
+        "ALTER TABLE idempotency ADD COLUMN instance TEXT",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

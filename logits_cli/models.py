@@ -82,6 +82,8 @@ class Checkpoint(WireModel):
     public: bool = False
     expires_at: UTCDateTime | None = None
     sha256: str | None = None
+    # §11.4: metadata sent with the save (SDK 0.38); the SDK reads string values only.
+    user_metadata: dict[str, str] | None = None
 
     @property
     def kind(self) -> str:
@@ -152,6 +154,7 @@ class SaveWeightsForSamplerResult(WireModel):
 
 class LoadWeightsResult(WireModel):
     path: str | None = None
+    model_id: str | None = None  # §11.2: set by create-via-load
     type: Literal["load_weights"] | None = "load_weights"
 
 
@@ -178,6 +181,8 @@ class WeightsInfoResponse(WireModel):
     train_unembed: bool | None = None
     train_mlp: bool | None = None
     train_attn: bool | None = None
+    # §11.4; SDK 0.38 requires an object here when the key is present (never null).
+    optimizer_config: dict[str, Any] = Field(default_factory=lambda: {"type": "adamw"})
 
 
 class ModelData(WireModel):
@@ -193,6 +198,7 @@ class GetInfoResponse(WireModel):
     is_lora: bool | None = None
     lora_rank: int | None = None
     model_name: str | None = None
+    optimizer_config: dict[str, Any] = Field(default_factory=lambda: {"type": "adamw"})
 
 
 class CreateSessionResponse(WireModel):
@@ -237,6 +243,65 @@ class ClientConfigResponse(WireModel):
     """§8.6. Only ``pjwt_auth_enabled`` concerns this protocol; the rest keep defaults."""
 
     pjwt_auth_enabled: bool = False
+
+
+# -- §11: the SDK 0.38 dialect ----------------------------------------------------------------
+
+
+class SaveWeightsExternalResult(WireModel):
+    path: str
+    size_bytes: int | None = None
+    type: Literal["save_weights_external"] | None = "save_weights_external"
+
+
+class ExternalWeightsUrlsResponse(WireModel):
+    """§11.3: one signed URL per file, keyed by its path relative to the checkpoint root."""
+
+    urls: dict[str, str]
+    expires: UTCDateTime
+
+
+class CopyWeightsResponse(WireModel):
+    tinker_path: str
+
+
+class ListSessionsResponse(WireModel):
+    sessions: list[str]
+
+
+class GetSessionResponse(WireModel):
+    training_run_ids: list[str]
+    sampler_ids: list[str]
+    user_metadata: dict[str, str] | None = None
+    display_name: str | None = None
+
+
+class SessionSummary(WireModel):
+    session_id: str
+    created_at: UTCDateTime
+    owner: str
+    project_id: str
+    status: dict[str, Any] | None = None
+    checkpoints_count: int
+    display_name: str | None = None
+    user_metadata: dict[str, str] | None = None
+    checkpoint_storage_bytes: int | None = None
+
+
+class SessionSearchResponse(WireModel):
+    sessions: list[SessionSummary]
+    next_cursor: dict[str, Any] | None = None
+
+
+class CreateSamplingSessionResponse(WireModel):
+    type: Literal["create_sampling_session"] = "create_sampling_session"
+    sampling_session_id: str
+
+
+class GetSamplerResponse(WireModel):
+    sampler_id: str
+    base_model: str
+    model_path: str | None = None
 
 
 # -- requests (§4.1, §5) --------------------------------------------------------------------

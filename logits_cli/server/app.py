@@ -21,6 +21,7 @@ from logits_cli.store.store import Store
 from . import routes_blobs, routes_checkpoints, routes_service, routes_training
 from .endpoint import ServerContext
 from .futures import FutureRunner
+from .guards import PathGuard
 from .responses import error_response
 from .settings import ServerSettings
 from .tokens import Signer, load_or_create_secret
@@ -69,7 +70,10 @@ def create_app(store: Store, settings: ServerSettings) -> Starlette:
             *routes_checkpoints.ROUTES,
             *routes_blobs.ROUTES,
         ],
-        middleware=[Middleware(MountPrefix, root_path=settings.root_path)],
+        middleware=[
+            Middleware(PathGuard),  # first: it judges the raw path before anything routes it
+            Middleware(MountPrefix, root_path=settings.root_path),
+        ],
         # Endpoints render their own errors; these catch what happens before them
         # (unknown route, wrong method) and anything that escapes.
         exception_handlers={

@@ -7,7 +7,6 @@ Handlers are ``async def handler(call: Call) -> Response``; they raise classes o
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from logits_cli.errors import AuthError, UnavailableError, UsageError
 from logits_cli.store.store import LOCAL_USER, IdempotencyRecord, Store
 
 from .futures import FutureRunner
+from .request_body import DEFAULT_BODY_LIMIT, parse_json_object, read_body
 from .responses import error_response, status_headers
 from .settings import ServerSettings
 from .tokens import Signer
@@ -55,6 +55,7 @@ class Call:
     user: str  # "" on endpoints that need no credential
     body: bytes
     used_jwt: bool = False
+    key_id: str | None = None  # the API key (its store id) the credential stands for
 
     @property
     def store(self) -> Store:
@@ -66,15 +67,7 @@ class Call:
 
     def json(self) -> dict[str, Any]:
         """The body as a JSON object; an empty body counts as ``{}``."""
-        if not self.body.strip():
-            return {}
-        try:
-            data = json.loads(self.body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise UsageError("request body is not valid JSON") from exc
-        if not isinstance(data, dict):
-            raise UsageError("request body must be a JSON object")
-        return data
+        return parse_json_object(self.body)
 
     def parse(self, model: type[M], data: dict[str, Any] | None = None) -> M:
         return parse_fields(model, self.json() if data is None else data)
@@ -105,14 +98,20 @@ def route(
     *,
     authenticated: bool = True,
     idempotent: bool = True,
+    max_body: int = DEFAULT_BODY_LIMIT,
 ) -> Route:
+    """``max_body``: the endpoint's body limit in bytes (413 above it; README, server section)."""
+
     async def endpoint(request: Request) -> Response:
         context: ServerContext = request.app.state.context
+        body_read = False
         try:
-            body = await request.body()
-            call = Call(request, context, "", body)
+            call = Call(request, context, "", b"")
+            # Credentials first: a caller without one never gets the server to read a byte.
             if authenticated:
-                call.user, call.used_jwt = await _authenticate(request, context)
+                call.user, call.used_jwt, call.key_id = await _authenticate(request, context)
+            call.body = await read_body(request, max_body)
+            body_read = True
             key = request.headers.get("x-idempotency-key")
             if (
                 idempotent
@@ -123,24 +122,38 @@ def route(
                 return await _idempotent(call, handler, key)
             return await handler(call)
         except Exception as exc:
-            return error_response(exc)
+            response = error_response(exc)
+            if not body_read:
+                # The unread body is still on the wire: end the connection instead of
+                # reading (or letting the client send) it.
+                response.headers["connection"] = "close"
+            return response
 
     return Route(path, endpoint, methods=list(methods))
 
 
-async def _authenticate(request: Request, context: ServerContext) -> tuple[str, bool]:
-    """The caller's user id, and whether it presented a JWT (§2.1, §2.3)."""
+async def _authenticate(request: Request, context: ServerContext) -> tuple[str, bool, str | None]:
+    """The caller's user id, whether it presented a JWT, and its API key's id (§2.1, §2.3).
+
+    A JWT names the key it was minted with; it is honoured only while that key is
+    unrevoked, so revoking a key ends its JWTs at once.
+    """
     if not context.settings.auth:
-        return LOCAL_USER, False
+        return LOCAL_USER, False, None
     credential = request.headers.get("x-api-key", "").strip()
     if not credential:
         raise AuthError("missing X-API-Key header")
+    store = context.store
     if context.settings.jwt_auth and credential.startswith(_JWT_PREFIX):
-        return context.signer.verify_jwt(credential), True
-    user = await anyio.to_thread.run_sync(context.store.authenticate, credential)
+        claims = context.signer.verify_jwt_claims(credential)
+        owner = await anyio.to_thread.run_sync(store.user_for_key_id, claims.key_id)
+        if owner is None or owner != claims.subject:
+            raise AuthError("the API key this token was issued for is revoked; use a valid key")
+        return claims.subject, True, claims.key_id
+    user = await anyio.to_thread.run_sync(store.authenticate, credential)
     if user is None:
         raise AuthError("invalid or revoked API key")
-    return user, False
+    return user, False, store.key_id(credential)
 
 
 async def _idempotent(call: Call, handler: Handler, key: str) -> Response:

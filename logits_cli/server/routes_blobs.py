@@ -27,6 +27,17 @@ _SINGLE_RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)", re.IGNORECASE)
 _CHUNK_SIZE = 1024 * 1024  # larger reads than FileResponse's 64 KiB: fewer sends per GiB
 
 RangeDecision = tuple[int, int] | Literal["whole", "unsatisfiable"]
+# Positions with more digits than this exceed any file; they are not converted to int at
+# all (Python refuses str-to-int conversions over 4,300 digits, which used to be a 500).
+_MAX_POSITION_DIGITS = 18
+_BEYOND_ANY_FILE = 1 << 63
+
+
+def _position(digits: str) -> int:
+    significant = digits.lstrip("0") or "0"
+    if len(significant) > _MAX_POSITION_DIGITS:
+        return _BEYOND_ANY_FILE
+    return int(significant)
 
 
 def decide_range(range_header: str | None, size: int) -> RangeDecision:
@@ -40,16 +51,17 @@ def decide_range(range_header: str | None, size: int) -> RangeDecision:
     if not first_text and not last_text:
         return "whole"
     if not first_text:  # suffix: the last n bytes
-        suffix = int(last_text)
+        suffix = _position(last_text)
         if suffix == 0 or size == 0:
             return "unsatisfiable"
         return max(size - suffix, 0), size - 1
-    first = int(first_text)
-    if last_text and int(last_text) < first:
+    first = _position(first_text)
+    last = _position(last_text) if last_text else None
+    if last is not None and last < first:
         return "whole"  # an invalid range-spec is ignored (RFC 9110 §14.2)
     if first >= size:
         return "unsatisfiable"
-    return first, min(int(last_text), size - 1) if last_text else size - 1
+    return first, size - 1 if last is None else min(last, size - 1)
 
 
 def if_range_matches(if_range: str | None, etag: str, last_modified: str) -> bool:

@@ -8,6 +8,7 @@ from logits_cli import models
 from logits_cli.errors import AuthError, NotFoundError, UnavailableError
 
 from .endpoint import Call, route
+from .request_body import TELEMETRY_BODY_LIMIT
 from .responses import json_response
 
 
@@ -38,7 +39,7 @@ async def auth_token(call: Call) -> Response:
     if call.used_jwt:
         # A JWT must not mint its successor, or a revoked API key would live on forever.
         raise AuthError("a JWT is obtained with an API key")
-    jwt = call.context.signer.issue_jwt(call.user, ttl=call.settings.jwt_ttl)
+    jwt = call.context.signer.issue_jwt(call.user, ttl=call.settings.jwt_ttl, key_id=call.key_id)
     return json_response(models.AuthTokenResponse(jwt=jwt))
 
 
@@ -73,5 +74,12 @@ ROUTES = [
     route("/api/v1/auth/token", auth_token, ["POST"], idempotent=False),
     route("/api/v1/create_session", create_session, ["POST"]),
     route("/api/v1/session_heartbeat", session_heartbeat, ["POST"], idempotent=False),
-    route("/api/v1/telemetry", telemetry, ["POST"], authenticated=False, idempotent=False),
+    route(
+        "/api/v1/telemetry",
+        telemetry,
+        ["POST"],
+        authenticated=False,
+        idempotent=False,
+        max_body=TELEMETRY_BODY_LIMIT,
+    ),
 ]

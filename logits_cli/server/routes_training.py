@@ -14,7 +14,7 @@ from starlette.responses import Response
 from logits_cli import models
 from logits_cli.errors import JobFailedError, UsageError
 from logits_cli.store.store import MAX_TTL_SECONDS
-from logits_cli.uri import CheckpointRef, validate_name
+from logits_cli.uri import CheckpointRef, validate_name, validate_run_id, validate_segment
 
 from .endpoint import Call, parse_fields, route
 from .futures import Job, request_digest
@@ -42,7 +42,9 @@ async def _submit(
 
 
 async def _require_own_run(call: Call, model_id: str) -> None:
-    """404 for a run that is unknown or not the caller's, before any future exists."""
+    """400 for an id that is no run id (``.``, ``..``, a ``/``), 404 for a run that is
+    unknown or not the caller's: both before any future exists."""
+    validate_run_id(model_id)
     await call.run(call.store.get_run, call.user, model_id, access_scope="owned")
 
 
@@ -62,6 +64,11 @@ async def create_model(call: Call) -> Response:
     lora = parse_fields(models.LoraConfig, lora_data or {}, location="lora_config")
     if lora.rank <= 0:
         raise UsageError("lora_config.rank must be a positive integer")
+    if lora.seed is not None and lora.seed < 0:
+        raise UsageError("lora_config.seed must be a non-negative integer")
+    if request.model_seq_id < 0:
+        raise UsageError("model_seq_id must be a non-negative integer")
+    validate_segment(request.session_id, "session id")
     if not (lora.train_attn or lora.train_mlp or lora.train_unembed):
         raise UsageError("at least one of train_attn, train_mlp, train_unembed must be true")
     # The session must be the caller's; a heartbeat checks exactly that, and creating a
@@ -86,6 +93,7 @@ async def create_model(call: Call) -> Response:
 
 async def get_info(call: Call) -> Response:
     request = call.parse(models.GetInfoRequest)
+    validate_run_id(request.model_id)
     info = await call.run(call.store.get_info, call.user, request.model_id)
     return json_response(info)
 

@@ -92,6 +92,12 @@ class BlobClaim:
     expires: int  # Unix seconds
 
 
+@dataclass(frozen=True)
+class JwtClaims:
+    subject: str  # the user id
+    key_id: str | None  # the API key it was minted with (None: a token from before key ids)
+
+
 class Signer:
     def __init__(self, secret: bytes) -> None:
         self._blob_key = secret
@@ -144,17 +150,32 @@ class Signer:
         return claim
 
     # -- JWTs (§2.3) ------------------------------------------------------------------------
-    def issue_jwt(self, user_id: str, *, ttl: int, now: float | None = None) -> str:
+    def issue_jwt(
+        self, user_id: str, *, ttl: int, key_id: str | None = None, now: float | None = None
+    ) -> str:
+        """``key_id`` (claim ``kid``) names the API key it was minted with, so the server can
+        refuse the JWT the moment that key is revoked."""
         issued = int(time.time() if now is None else now)
         header = b64url_encode(canonical_json(_JWT_HEADER))
-        payload = b64url_encode(
-            canonical_json({"sub": user_id, "iat": issued, "exp": issued + ttl, "iss": _JWT_ISSUER})
-        )
+        claims: dict[str, Any] = {
+            "sub": user_id,
+            "iat": issued,
+            "exp": issued + ttl,
+            "iss": _JWT_ISSUER,
+        }
+        if key_id is not None:
+            claims["kid"] = key_id
+        payload = b64url_encode(canonical_json(claims))
         signing_input = f"{header}.{payload}"
         return f"{signing_input}.{_sign(self._jwt_key, signing_input)}"
 
     def verify_jwt(self, token: str, *, now: float | None = None) -> str:
         """The ``sub`` of a valid, unexpired JWT signed by this server; AuthError otherwise."""
+        return self.verify_jwt_claims(token, now=now).subject
+
+    def verify_jwt_claims(self, token: str, *, now: float | None = None) -> JwtClaims:
+        """The claims of a valid, unexpired JWT signed by this server; AuthError otherwise.
+        The caller still checks that the key named by ``key_id`` is unrevoked."""
         invalid = AuthError("invalid or expired token")
         parts = token.split(".")
         if len(parts) != 3:
@@ -173,9 +194,11 @@ class Signer:
             raise invalid
         if not isinstance(claims, dict) or claims.get("iss") != _JWT_ISSUER:
             raise invalid
-        subject, expires = claims.get("sub"), claims.get("exp")
+        subject, expires, key_id = claims.get("sub"), claims.get("exp"), claims.get("kid")
         if not isinstance(subject, str) or type(expires) is not int:
+            raise invalid
+        if key_id is not None and not isinstance(key_id, str):
             raise invalid
         if (time.time() if now is None else now) >= expires:
             raise invalid
-        return subject
+        return JwtClaims(subject=subject, key_id=key_id)

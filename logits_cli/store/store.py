@@ -325,6 +325,24 @@ class Store:
             return None
         return str(row[1])
 
+    @staticmethod
+    def key_id(key: str) -> str:
+        """The id of an API key: the SHA-256 the store keeps, which reveals nothing of it."""
+        return _sha256_hex(key)
+
+    def user_for_key_id(self, key_id: str | None) -> str | None:
+        """The user of an unrevoked key, by id (a JWT's ``kid``), else None."""
+        if not isinstance(key_id, str) or not _BLOB_NAME_RE.fullmatch(key_id):
+            return None
+        row = (
+            self._db.connection()
+            .execute(
+                "SELECT user_id FROM api_keys WHERE key_sha256 = ? AND revoked IS NULL", (key_id,)
+            )
+            .fetchone()
+        )
+        return None if row is None else str(row[0])
+
     # -- sessions (§5.1) ------------------------------------------------------------------
     def create_session(
         self,

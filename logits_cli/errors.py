@@ -274,6 +274,7 @@ def error_for_status(status: int, code: str | None, detail: str) -> LogitsError:
 _FUTURE_FAILURES: dict[str, type[LogitsError]] = {
     "already_exists": ConflictError,
     "not_found": NotFoundError,
+    "insufficient_storage": InsufficientStorageError,
 }
 
 

@@ -20,6 +20,7 @@ import httpx
 from pydantic import BaseModel
 
 from logits_cli import __version__, models
+from logits_cli.api.answers import AnswerLimits
 from logits_cli.api.futures import wait_for_future
 from logits_cli.api.http import (
     BlobTransport,
@@ -537,12 +538,14 @@ def open_client(
     *,
     retry_policy: RetryPolicy | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
+    limits: AnswerLimits | None = None,
 ) -> LogitsClient:
     """The one constructor: remote (base URL + key) or embedded (ASGI transport over the
     reference server on ``settings.store_dir``, auth off).
 
     ``retry_policy`` changes the §9 deadline or backoff; ``transport`` replaces the network
-    for a remote client (tests use ``httpx.MockTransport``).
+    for a remote client (tests use ``httpx.MockTransport``); ``limits`` the deadline, minimum
+    rate and size cap of each API answer (``answers.py``).
     """
     policy = retry_policy or RetryPolicy()
     if settings.base_url is not None:
@@ -553,6 +556,7 @@ def open_client(
             api_key=settings.api_key,
             policy=policy,
             sdk_version=__version__,
+            limits=limits,
         )
         blob_mounts = {"all://": transport} if transport is not None else None
         return LogitsClient(settings, layer, embedded=False, blob_mounts=blob_mounts)
@@ -578,7 +582,12 @@ def open_client(
     asgi = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     http = httpx.AsyncClient(timeout=default_timeout(), transport=asgi)
     layer = RequestLayer(
-        http, EMBEDDED_ORIGIN, api_key=None, policy=policy, sdk_version=__version__
+        http,
+        EMBEDDED_ORIGIN,
+        api_key=None,
+        policy=policy,
+        sdk_version=__version__,
+        limits=limits,
     )
     return LogitsClient(
         settings,

@@ -21,6 +21,7 @@ from logits_cli.api.http import (
     CONNECT_TIMEOUT_S,
     RequestLayer,
     TransientFailure,
+    explain_full_disk,
     new_idempotency_key,
 )
 from logits_cli.api.retry import Deadline, is_retryable_status
@@ -116,7 +117,8 @@ def _finished(
         failed = layer.validate(response, models.RequestFailed, outcome)
         message = layer.redact(" ".join(failed.error.split())) or "the server gave no reason"
         category = failed.category if failed.category in FAILURE_CATEGORIES else "unknown"
-        raise errors.error_for_failed_future(f"{what} failed: {message}", category, failed.code)
+        error = errors.error_for_failed_future(f"{what} failed: {message}", category, failed.code)
+        raise explain_full_disk(error)
     return layer.validate(response, result_model, outcome)
 
 

@@ -6,8 +6,15 @@
   for a JWT that is refreshed when 60 s or less remain, and once more after a 401.
 * Retries follow §9 (see ``retry.py``); POST, PUT and DELETE carry one ``X-Idempotency-Key``
   per call, reused on every retry of that call.
-* Every httpx exception becomes ``UnavailableError`` and every non-2xx answer a class of
-  ``errors.py``. Messages are one line and never hold the key, the JWT or a URL token.
+* Every attempt reads its answer within a deadline, a minimum rate and a size cap
+  (``answers.py``: 120 s, 1 KiB/s over 30 s, 64 MiB by default; ``AnswerLimits``).
+* Every httpx exception and every non-2xx answer becomes a class of ``errors.py``
+  (``error_for_httpx``, ``RequestLayer.error_for``): network failures, timeouts and broken
+  HTTP are ``UnavailableError`` (exit 6), retried when a repeat may cure them; a redirect loop
+  is ``UnavailableError`` at once; a URL or request httpx cannot send is ``ConfigError`` (exit
+  2) when it came from the configuration and ``UnexpectedResponseError`` (exit 1) when the
+  server handed it out. 507 (the server's disk is full) is not retried. Messages are one line
+  and never hold the key, the JWT or a URL token.
 """
 
 from __future__ import annotations
@@ -30,7 +37,14 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from logits_cli import errors, models
-from logits_cli.api.retry import RetryPolicy, is_retryable_status
+from logits_cli.api.answers import (
+    AnswerLimits,
+    AnswerTimeout,
+    AnswerTooLarge,
+    fetch_answer,
+    format_size,
+)
+from logits_cli.api.retry import Deadline, RetryPolicy, is_retryable_status
 
 API_PREFIX = "api/v1/"
 CONNECT_TIMEOUT_S = 5.0
@@ -89,6 +103,10 @@ def one_line(text: str, limit: int = MAX_DETAIL_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+# Every exception an httpx request raises for a failure. (``httpx.StreamError`` and its
+# subclasses are misuse of a response object: bugs, left to surface as such.)
+HTTPX_ERRORS: tuple[type[Exception], ...] = (httpx.HTTPError, httpx.InvalidURL)
+
 # Exceptions a repeat may cure; the others (bad URL scheme, undecodable body, redirect loop)
 # fail the same way every time.
 _TRANSIENT_HTTPX_ERRORS = (
@@ -97,6 +115,15 @@ _TRANSIENT_HTTPX_ERRORS = (
     httpx.RemoteProtocolError,
     httpx.ProxyError,
 )
+
+# Failures to even form a request: the URL or a header cannot be sent.
+_UNSENDABLE_HTTPX_ERRORS = (httpx.InvalidURL, httpx.UnsupportedProtocol, httpx.LocalProtocolError)
+
+
+def is_transient_httpx_error(exc: Exception) -> bool:
+    """Whether a repeat of the request may cure ``exc`` (connection errors, timeouts, a
+    server breaking the HTTP protocol, proxy failures)."""
+    return isinstance(exc, _TRANSIENT_HTTPX_ERRORS)
 
 
 def describe_httpx_error(exc: Exception) -> str:
@@ -118,6 +145,7 @@ def describe_httpx_error(exc: Exception) -> str:
         (httpx.UnsupportedProtocol, "unsupported URL scheme"),
         (httpx.DecodingError, "cannot decode the answer"),
         (httpx.TooManyRedirects, "too many redirects"),
+        (httpx.InvalidURL, "invalid URL"),
     ]
     reason = next((text for cls, text in reasons if isinstance(exc, cls)), type(exc).__name__)
     cause: BaseException | None = exc
@@ -126,6 +154,46 @@ def describe_httpx_error(exc: Exception) -> str:
             return f"{reason} ({cause.strerror.lower()})"
         cause = cause.__cause__ or cause.__context__
     return reason
+
+
+def error_for_httpx(
+    exc: Exception, *, host: str, where: str = "", url_from_server: bool = False
+) -> errors.LogitsError:
+    """The ``errors.py`` class for an httpx exception (one of ``HTTPX_ERRORS``), with a
+    one-line message that never quotes a URL.
+
+    ``host`` names the peer, ``where`` (e.g. ``"GET /api/v1/healthz"``) the request.
+    ``url_from_server`` says who supplied the URL: a URL httpx cannot send is then the
+    server's fault (``UnexpectedResponseError``, exit 1), else the configuration's
+    (``ConfigError``, exit 2). Callers decide about retries with ``is_transient_httpx_error``
+    first; this function gives the final error either way.
+
+    The transfer engine maps blob-download failures with ``url_from_server=True``.
+    """
+    suffix = f" ({where})" if where else ""
+    reason = describe_httpx_error(exc)
+    if isinstance(exc, httpx.TooManyRedirects):
+        source = _request_host(exc) or host
+        return errors.UnavailableError(
+            f"too many redirects from {source}{suffix}",
+            hint=f"{source} redirects in a loop; report it to the service's operator",
+        )
+    if isinstance(exc, _UNSENDABLE_HTTPX_ERRORS):
+        message = f"cannot send the request to {host}: {reason}{suffix}"
+        if url_from_server:
+            return errors.UnexpectedResponseError(message)
+        return errors.ConfigError(
+            message, hint="check the base URL and API key with `logits config show`"
+        )
+    return errors.UnavailableError(f"{reason} talking to {host}{suffix}")
+
+
+def _request_host(exc: Exception) -> str | None:
+    try:
+        request = exc.request  # type: ignore[attr-defined]
+    except (AttributeError, RuntimeError):  # httpx raises RuntimeError when none was set
+        return None
+    return request.url.host or None
 
 
 class RequestLayer:
@@ -143,11 +211,13 @@ class RequestLayer:
         api_key: Callable[[], str | None] | None,
         policy: RetryPolicy,
         sdk_version: str,
+        limits: AnswerLimits | None = None,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.http = http
         self.base_url = base_url
         self.policy = policy
+        self.limits = limits or AnswerLimits()
         self._api_key_source = api_key
         self._api_key: str | None = None
         self._sdk_version = sdk_version
@@ -174,6 +244,11 @@ class RequestLayer:
                 raise errors.AuthError(
                     f"no API key is configured for {self._host}",
                     hint="set LOGITS_API_KEY or LOGITS_API_KEY_CMD",
+                )
+            if not (key.isascii() and key.isprintable()):
+                raise errors.AuthError(
+                    "the API key holds characters an HTTP header cannot carry",
+                    hint="check LOGITS_API_KEY or LOGITS_API_KEY_CMD",
                 )
             self._api_key = key
             self._secrets.add(key)
@@ -284,6 +359,7 @@ class RequestLayer:
                     idempotency_key=key,
                     authenticated=authenticated,
                     allow_jwt=allow_jwt,
+                    deadline_s=self._attempt_deadline(attempt, deadline),
                 )
             except TransientFailure as exc:
                 failure = exc
@@ -300,6 +376,9 @@ class RequestLayer:
                 raise self.error_for(response, attempts=attempt + 1)
             attempt += 1
 
+    def _attempt_deadline(self, attempt: int, budget: Deadline) -> float | None:
+        return self.limits.attempt_deadline(attempt, budget.remaining())
+
     async def attempt(
         self,
         method: str,
@@ -311,17 +390,22 @@ class RequestLayer:
         authenticated: bool = True,
         allow_jwt: bool = True,
         timeout: httpx.Timeout | None = None,
+        deadline_s: float | None = None,
     ) -> httpx.Response:
         """One request, whatever its status; after a 401 on a JWT, refresh it and repeat once.
 
-        Raises ``TransientFailure`` for errors a retry may cure and ``UnavailableError`` for
-        the other httpx errors.
+        ``deadline_s`` bounds the whole answer (None: the limits' full attempt deadline).
+        Raises ``TransientFailure`` for errors a retry may cure and the mapped error of
+        ``error_for_httpx`` (or ``UnexpectedResponseError`` for an oversized answer) for the
+        others.
         """
+        if deadline_s is None:
+            deadline_s = self.limits.attempt_deadline_s
         request = (method, endpoint, json, params, idempotency_key, authenticated, allow_jwt)
-        response, sent_jwt = await self._attempt_once(*request, timeout)
+        response, sent_jwt = await self._attempt_once(*request, timeout, deadline_s)
         if response.status_code == 401 and sent_jwt is not None:
             await self.refresh_jwt(stale=sent_jwt)
-            response, _ = await self._attempt_once(*request, timeout)
+            response, _ = await self._attempt_once(*request, timeout, deadline_s)
         return response
 
     async def _attempt_once(
@@ -334,6 +418,7 @@ class RequestLayer:
         authenticated: bool,
         allow_jwt: bool,
         timeout: httpx.Timeout | None,
+        deadline_s: float | None,
     ) -> tuple[httpx.Response, str | None]:
         """The answer, and the JWT it was sent with (None when it carried the API key)."""
         headers: dict[str, str] = {}
@@ -344,8 +429,9 @@ class RequestLayer:
                 headers["X-API-Key"] = credential
         if idempotency_key is not None:
             headers["X-Idempotency-Key"] = idempotency_key
+        where = f"{method} /{API_PREFIX}{endpoint}"
         try:
-            response = await self.http.request(
+            request = self.http.build_request(
                 method,
                 self.url(endpoint),
                 json=json,
@@ -353,14 +439,22 @@ class RequestLayer:
                 headers=headers,
                 timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
             )
-        except _TRANSIENT_HTTPX_ERRORS as exc:
-            raise TransientFailure(self._transport_message(exc, method, endpoint)) from None
-        except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError) as exc:
-            raise errors.UnavailableError(self._transport_message(exc, method, endpoint)) from None
+            response = await fetch_answer(self.http, request, self.limits, deadline_s=deadline_s)
+        except AnswerTimeout as exc:
+            raise TransientFailure(f"{exc.reason} from {self._host} ({where})") from None
+        except AnswerTooLarge as exc:
+            raise errors.UnexpectedResponseError(
+                f"the answer from {self._host} to {where} is larger than "
+                f"{format_size(exc.limit)}; refusing to read it",
+                hint="check that the base URL points at a Tinker-compatible service "
+                "(`logits config show`)",
+            ) from None
+        except HTTPX_ERRORS as exc:
+            if is_transient_httpx_error(exc):
+                message = f"{describe_httpx_error(exc)} talking to {self._host} ({where})"
+                raise TransientFailure(message) from None
+            raise error_for_httpx(exc, host=self._host, where=where) from None
         return response, credential if is_jwt else None
-
-    def _transport_message(self, exc: Exception, method: str, endpoint: str) -> str:
-        return f"{describe_httpx_error(exc)} talking to {self._host} ({method} /{API_PREFIX}{endpoint})"
 
     # -- errors and parsing ---------------------------------------------------------------
     def error_for(
@@ -395,7 +489,7 @@ class RequestLayer:
         error = errors.error_for_status(status, code, detail)
         if status == 401 and error.hint is None:
             error.hint = "check LOGITS_API_KEY or LOGITS_API_KEY_CMD"
-        return error
+        return explain_full_disk(error)
 
     def parse(self, response: httpx.Response, model: type[M]) -> M:
         """Validate a 2xx JSON body; anything unreadable is ``UnexpectedResponseError``."""
@@ -422,6 +516,25 @@ class RequestLayer:
                 f"{location}: {first['msg'].lower()}",
                 status=response.status_code,
             ) from None
+
+
+FULL_DISK_SUMMARY = "the server has no space left to store this"
+FULL_DISK_HINT = (
+    "the server's disk is full: ask its operator to free space there, or delete checkpoints "
+    "you no longer need (`logits ckpt rm`)"
+)
+
+
+def explain_full_disk(error: errors.LogitsError) -> errors.LogitsError:
+    """An ``InsufficientStorageError`` (507, or a future failed with that code) says plainly
+    that the server's disk is full, and hints so, instead of "check the service address"."""
+    if isinstance(error, errors.InsufficientStorageError):
+        if FULL_DISK_SUMMARY not in error.message:
+            error.message = f"{FULL_DISK_SUMMARY} ({error.message})"
+            error.args = (error.message,)
+        if error.hint is None:
+            error.hint = FULL_DISK_HINT
+    return error
 
 
 def _where(response: httpx.Response) -> str:

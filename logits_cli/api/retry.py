@@ -1,6 +1,7 @@
 """The client retry policy of protocol.md §9, shared by the request layer and the transfer engine.
 
-What is retried: connection errors, timeouts, 408, 429 and 5xx. Attempt ``n`` (from 0) sleeps a
+What is retried: connection errors, timeouts, 408, 429 and 5xx except 507 (the server's disk is
+full: waiting minutes for an operator to free space helps nobody, so it is reported at once). Attempt ``n`` (from 0) sleeps a
 random time in ``[0, min(10 s, 0.5 s × 2^n)]``, or exactly ``Retry-After`` on 429/503 when it is
 above 0 and at most 60 s. All attempts of one call share a deadline; no sleep runs past it.
 
@@ -24,9 +25,12 @@ MAX_DELAY_S = 10.0
 MAX_RETRY_AFTER_S = 60.0
 
 
+INSUFFICIENT_STORAGE = 507
+
+
 def is_retryable_status(status: int) -> bool:
-    """408, 429 and every 5xx are retried; every other status is final."""
-    return status in (408, 429) or 500 <= status <= 599
+    """408, 429 and every 5xx but 507 are retried; every other status is final."""
+    return status in (408, 429) or (500 <= status <= 599 and status != INSUFFICIENT_STORAGE)
 
 
 def retry_after_seconds(

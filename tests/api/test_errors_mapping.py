@@ -7,12 +7,14 @@ import base64
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from logits_cli import config, errors
 from logits_cli.api import open_client
+from logits_cli.api.http import HTTPX_ERRORS, error_for_httpx, is_transient_httpx_error
 from logits_cli.api.retry import RetryPolicy
 
 pytestmark = pytest.mark.anyio
@@ -36,7 +38,7 @@ JWT = _jwt()
 
 
 def expected_exit(status: int) -> int:
-    if status == 400:
+    if status in (400, 413):
         return errors.EXIT_USAGE
     if status in (401, 402, 403):
         return errors.EXIT_AUTH
@@ -141,7 +143,8 @@ async def test_known_codes_refine_their_status(tmp_path: Path) -> None:
             assert type(caught.value) is error_class, answer
 
 
-TRANSPORT_FAILURES = [
+WHERE = f"(GET /api/v1/training_runs/{RUN})"
+UNAVAILABLE = [
     (httpx.ConnectError, "cannot connect"),
     (httpx.ConnectTimeout, "connection timed out"),
     (httpx.ReadTimeout, "timed out waiting for the answer"),
@@ -149,17 +152,21 @@ TRANSPORT_FAILURES = [
     (httpx.PoolTimeout, "timed out waiting for a free connection"),
     (httpx.ReadError, "connection dropped while reading the answer"),
     (httpx.WriteError, "connection dropped while sending the request"),
+    (httpx.CloseError, "connection failed while closing"),
     (httpx.RemoteProtocolError, "the server broke the HTTP protocol"),
-    (httpx.LocalProtocolError, "invalid HTTP request"),
     (httpx.ProxyError, "proxy error"),
-    (httpx.UnsupportedProtocol, "unsupported URL scheme"),
     (httpx.DecodingError, "cannot decode the answer"),
-    (httpx.TooManyRedirects, "too many redirects"),
+]
+# The request itself cannot be sent: with a configured base URL, that is the configuration.
+UNSENDABLE = [
+    (httpx.LocalProtocolError, "invalid HTTP request"),
+    (httpx.UnsupportedProtocol, "unsupported URL scheme"),
+    (httpx.InvalidURL, "invalid URL"),
 ]
 
 
-@pytest.mark.parametrize(("exception", "reason"), TRANSPORT_FAILURES)
-async def test_every_httpx_error_is_unavailable_without_secrets(
+@pytest.mark.parametrize(("exception", "reason"), UNAVAILABLE)
+async def test_network_httpx_errors_are_unavailable_without_secrets(
     exception: type[httpx.HTTPError], reason: str, tmp_path: Path
 ) -> None:
     def handler(request: httpx.Request) -> httpx.Response:
@@ -181,10 +188,72 @@ async def test_every_httpx_error_is_unavailable_without_secrets(
     ) as client:
         with pytest.raises(errors.UnavailableError) as caught:
             await client.get_run(RUN)
-    assert str(caught.value) == (
-        f"{reason} talking to svc.example.org (GET /api/v1/training_runs/{RUN})"
-    )
+    assert str(caught.value) == f"{reason} talking to svc.example.org {WHERE}"
     assert caught.value.exit_code == errors.EXIT_UNAVAILABLE
+
+
+def _raising_client(tmp_path: Path, exception: Exception) -> Any:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("client/config"):
+            return httpx.Response(200, json={})
+        raise exception
+
+    settings = config.resolve(
+        env={
+            "LOGITS_HOME": str(tmp_path),
+            "LOGITS_BASE_URL": "https://svc.example.org/p",
+            "LOGITS_API_KEY": KEY,
+        }
+    )
+    return open_client(
+        settings, retry_policy=RetryPolicy(deadline_s=0.0), transport=httpx.MockTransport(handler)
+    )
+
+
+@pytest.mark.parametrize(("exception", "reason"), UNSENDABLE)
+async def test_unsendable_requests_are_config_errors(
+    exception: type[Exception], reason: str, tmp_path: Path
+) -> None:
+    async with _raising_client(tmp_path, exception(f"bad {KEY} https://x/?sig=S3cr3t")) as client:
+        with pytest.raises(errors.ConfigError) as caught:
+            await client.get_run(RUN)
+    assert str(caught.value) == f"cannot send the request to svc.example.org: {reason} {WHERE}"
+    assert caught.value.exit_code == errors.EXIT_USAGE
+    assert caught.value.hint == "check the base URL and API key with `logits config show`"
+
+
+async def test_redirect_loop_names_the_host(tmp_path: Path) -> None:
+    loop = httpx.TooManyRedirects(f"Exceeded with {KEY} at https://x/?sig=S3cr3t")
+    async with _raising_client(tmp_path, loop) as client:
+        with pytest.raises(errors.UnavailableError) as caught:
+            await client.get_run(RUN)
+    assert str(caught.value) == f"too many redirects from svc.example.org {WHERE}"
+    assert caught.value.exit_code == errors.EXIT_UNAVAILABLE
+    assert caught.value.hint is not None and "redirects in a loop" in caught.value.hint
+
+
+@pytest.mark.parametrize(
+    ("exception", "transient", "error_class", "exit_code"),
+    [
+        (httpx.ReadError("x"), True, errors.UnavailableError, errors.EXIT_UNAVAILABLE),
+        (httpx.RemoteProtocolError("x"), True, errors.UnavailableError, errors.EXIT_UNAVAILABLE),
+        (httpx.DecodingError("x"), False, errors.UnavailableError, errors.EXIT_UNAVAILABLE),
+        (httpx.TooManyRedirects("x"), False, errors.UnavailableError, errors.EXIT_UNAVAILABLE),
+        (httpx.InvalidURL("x"), False, errors.UnexpectedResponseError, errors.EXIT_ERROR),
+        (httpx.UnsupportedProtocol("x"), False, errors.UnexpectedResponseError, errors.EXIT_ERROR),
+        (httpx.LocalProtocolError("x"), False, errors.UnexpectedResponseError, errors.EXIT_ERROR),
+    ],
+)
+def test_blob_urls_from_the_server_map_to_the_servers_fault(
+    exception: Exception, transient: bool, error_class: type, exit_code: int
+) -> None:
+    """The mapping the transfer engine uses for signed blob URLs (handed out by the server)."""
+    assert isinstance(exception, HTTPX_ERRORS)
+    assert is_transient_httpx_error(exception) is transient
+    error = error_for_httpx(exception, host="blobs.example", url_from_server=True)
+    assert type(error) is error_class
+    assert error.exit_code == exit_code
+    assert "blobs.example" in error.message and "\n" not in error.message
 
 
 async def test_os_error_reason_is_kept(tmp_path: Path) -> None:

@@ -30,10 +30,11 @@ class FakeTime:
         self.now += seconds
 
 
-def test_retryable_statuses_are_exactly_408_429_and_5xx() -> None:
+def test_retryable_statuses_are_exactly_408_429_and_5xx_but_507() -> None:
     retried = {status for status in range(100, 600) if is_retryable_status(status)}
-    assert retried == {408, 429, *range(500, 600)}
-    for final in (400, 401, 403, 404, 405, 409, 410, 416):
+    assert retried == {408, 429, *range(500, 600)} - {507}
+    # 507: the server's disk is full; retrying for minutes would only hide it.
+    for final in (400, 401, 403, 404, 405, 409, 410, 416, 507):
         assert not is_retryable_status(final)
 
 

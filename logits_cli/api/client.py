@@ -62,6 +62,11 @@ class DownloadOptions:
     force: bool = False  # replace an existing, verified DEST/NAME
     timeout: float | None = None  # overall seconds; None = no limit
     stall_timeout: float = 30.0  # no byte for this long aborts and retries a segment
+    # curl's -Y/-y: under this many bytes/s (all connections together), averaged over
+    # low_speed_time seconds, aborts and retries the attempt; 0 disables (api/limits.py).
+    low_speed_limit: int = 64 * 1024
+    low_speed_time: float = 30.0
+    lock_wait: float = 0.0  # seconds to wait for another process downloading the same file
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,7 @@ class DownloadResult:
     bytes_fetched: int  # bytes actually transferred this time (resume makes it < size)
     skipped: bool  # already present and verified; nothing fetched
     resumed: bool
+    repaired: tuple[str, ...] = ()  # what was wrong with the local copy this download replaced
 
 
 class LogitsClient:

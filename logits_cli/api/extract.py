@@ -6,6 +6,12 @@ and hashed while it is written. ``checkpoint_complete`` must be present and ever
 lists must match. Only then is the manifest written inside the temporary directory and the
 directory renamed into place, so a final ``DEST/NAME`` always verifies. Any failure removes
 the temporary directory.
+
+Hostile archives are bounded (issue 8): at most ``MAX_MEMBERS`` members; every member must
+be named by ``checkpoint_complete`` (protocol.md §7.4 says ``files`` lists every other
+member, so an unlisted one is not part of the checkpoint); a compressed archive may expand
+to at most ``MAX_EXPANSION`` times its size, and no member is written that the disk cannot
+hold, checked from its header before its first byte.
 """
 
 from __future__ import annotations
@@ -26,12 +32,18 @@ from pydantic import ValidationError
 
 from logits_cli import models
 from logits_cli.api.verify import HASH_CHUNK, MANIFEST_NAME, check_member_name
-from logits_cli.errors import ConflictError, IntegrityError, UsageError
+from logits_cli.errors import ConflictError, IntegrityError, LogitsError, UsageError
 from logits_cli.uri import CheckpointRef
 
 COMPLETE_MEMBER = "checkpoint_complete"
 # checkpoint_complete is a small JSON document; a huge one is hostile.
 MAX_COMPLETE_SIZE = 16 * 1024 * 1024
+# A checkpoint has four members; tens of thousands of junk ones are an attack on the
+# directory, refused before they are all written.
+MAX_MEMBERS = 256
+# Tensors hardly compress; JSON does. Far past this, a compressed archive is a bomb.
+MAX_EXPANSION = 32
+_COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")
 
 
 def extract_checkpoint(
@@ -49,7 +61,7 @@ def extract_checkpoint(
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=dest_dir))
     staging.chmod(0o755)  # mkdtemp makes it private; the final directory is an ordinary one
     try:
-        files, complete = _unpack_checked(archive, staging)
+        files, complete = _unpack_checked(archive, staging, archive_size)
         _check_belongs_to(complete, checkpoint)
         manifest = models.LocalManifest(
             tinker_path=checkpoint.tinker_path,
@@ -71,19 +83,50 @@ def extract_checkpoint(
     return final
 
 
+def _expansion_budget(archive: Path, archive_size: int) -> int:
+    """How many member bytes the archive may unpack to."""
+    with open(archive, "rb") as raw:
+        start = raw.read(6)
+    compressed = any(start.startswith(magic) for magic in _COMPRESSED_MAGIC)
+    size = max(archive_size, archive.stat().st_size)
+    return size * MAX_EXPANSION if compressed else size
+
+
+def _check_room(member: tarfile.TarInfo, unpacked: int, budget: int, staging: Path) -> None:
+    if unpacked + member.size > budget:
+        raise IntegrityError(
+            f"archive member {member.name!r} would unpack the archive past {budget} bytes "
+            f"({MAX_EXPANSION}x its size): refused as a decompression bomb"
+        )
+    free = shutil.disk_usage(staging).free
+    if member.size > free:
+        raise LogitsError(
+            f"not enough free space in {staging.parent} to unpack {member.name!r}: "
+            f"{member.size} bytes needed, {free} available"
+        )
+
+
 def _unpack_checked(
-    archive: Path, staging: Path
+    archive: Path, staging: Path, archive_size: int
 ) -> tuple[dict[str, models.FileDigest], models.CheckpointComplete]:
     files: dict[str, models.FileDigest] = {}
     complete_raw: bytes | None = None
+    budget = _expansion_budget(archive, archive_size)
+    unpacked = 0
     try:
         with open(archive, "rb") as raw, tarfile.open(fileobj=raw, mode="r|*") as tar:
-            for member in tar:
+            for count, member in enumerate(tar, start=1):
+                if count > MAX_MEMBERS:
+                    raise IntegrityError(
+                        f"the archive has more than {MAX_MEMBERS} members; a checkpoint has a few"
+                    )
                 check_member_name(member.name)
                 if not member.isreg():
                     raise IntegrityError(f"archive member {member.name!r} is not a regular file")
                 if member.name in files:
                     raise IntegrityError(f"archive member {member.name!r} appears twice")
+                _check_room(member, unpacked, budget, staging)
+                unpacked += member.size
                 source = tar.extractfile(member)
                 if source is None:
                     raise IntegrityError(f"archive member {member.name!r} has no data")
@@ -107,6 +150,12 @@ def _unpack_checked(
         complete = models.CheckpointComplete.model_validate_json(complete_raw)
     except ValidationError:
         raise IntegrityError(f"incomplete checkpoint: {COMPLETE_MEMBER} is unreadable") from None
+    unlisted = sorted(set(files) - set(complete.files) - {COMPLETE_MEMBER})
+    if unlisted:
+        raise IntegrityError(
+            f"archive member {unlisted[0]!r} is not listed in {COMPLETE_MEMBER}"
+            + (f" (nor are {len(unlisted) - 1} others)" if len(unlisted) > 1 else "")
+        )
     for listed, expected in sorted(complete.files.items()):
         got = files.get(listed)
         if got is None:

@@ -15,8 +15,14 @@ already safe.
 
 A checkpoint is *present* when its directory holds our manifest for the same checkpoint and
 the manifest's archive digest equals the listed ``sha256`` (size and creation time when the
-server lists no digest). Files are not re-hashed here: that is ``verify``'s job, and it keeps
-a nightly run over hundreds of checkpoints well under a second.
+server lists no digest) and every file the manifest lists is there with its listed size; a
+copy with a file missing or resized is downloaded again (``repaired`` says what was wrong).
+Files are not re-hashed here: that is ``verify``'s job, and it keeps a nightly run over
+hundreds of checkpoints well under a second.
+
+``max_duration`` bounds the downloads: none starts after it, and those in flight are
+cancelled when it runs out (their fetched bytes stay resumable, the item fails); then the
+summary is returned and the lock released.
 
 The lock is a ``filelock.FileLock``: the OS drops it when its holder dies, so a crashed or
 SIGKILLed sync never blocks the next one.
@@ -42,7 +48,7 @@ from pydantic import ValidationError
 from logits_cli import models
 from logits_cli.api.bulk import apply_concurrently, as_utc, newest_per_group, normalize_kind
 from logits_cli.api.client import DownloadOptions, LogitsClient, ProgressCallback
-from logits_cli.api.verify import MANIFEST_NAME
+from logits_cli.api.verify import MANIFEST_NAME, damaged_files
 from logits_cli.errors import BusyError, LogitsError, UsageError
 from logits_cli.uri import ARCHIVE_KINDS, CheckpointRef, validate_run_id
 
@@ -61,7 +67,7 @@ class SyncOptions:
     since: datetime | None = None  # only checkpoints created at or after this
     jobs: int = 2  # concurrent downloads
     dry_run: bool = False
-    max_duration: float | None = None  # seconds after which no new download starts
+    max_duration: float | None = None  # seconds the whole run may take (see the module doc)
     lock_wait: float = 0.0  # seconds to wait for another sync to finish
     prune_local: bool = False
     download: DownloadOptions = field(default_factory=DownloadOptions)
@@ -76,6 +82,8 @@ class SyncItem:
     error: str | None = None
     # "download" or "prune": a dry run reports a planned prune as status "planned".
     action: str = "download"
+    # What was wrong with a local copy that is downloaded again (missing or resized files).
+    repaired: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -258,7 +266,10 @@ async def _sync(
     started: float,
 ) -> list[SyncItem]:
     runs = tuple(dict.fromkeys(options.runs))
+    # The listing is bounded by the request layer's deadlines, not cut here: even a run
+    # whose budget is spent reports every selected checkpoint (as not started).
     listed = await _list_remote(client, runs)
+    deadline = started + options.max_duration if options.max_duration is not None else None
     items: list[SyncItem] = []
 
     if options.prune_local:
@@ -273,8 +284,6 @@ async def _sync(
     if options.dry_run:
         return items
 
-    deadline = started + options.max_duration if options.max_duration is not None else None
-
     async def fetch(planned: _Planned) -> None:
         item = planned.item
         if deadline is not None and time.monotonic() >= deadline:
@@ -285,11 +294,20 @@ async def _sync(
         if planned.replace:
             download_options = dataclasses.replace(download_options, force=True)
         try:
-            result = await client.download(
-                planned.ref,
-                checkpoint_dir(dest, planned.ref).parent,
-                options=download_options,
-                progress=_progress_of(item, progress),
+            async with asyncio.timeout(_left(deadline)) as cut:
+                result = await client.download(
+                    planned.ref,
+                    checkpoint_dir(dest, planned.ref).parent,
+                    options=download_options,
+                    progress=_progress_of(item, progress),
+                )
+        except TimeoutError:
+            if not cut.expired():
+                raise
+            item.status = "failed"
+            item.error = (
+                f"stopped at the {options.max_duration:g} s limit; "
+                "what was fetched is kept and the next run resumes it"
             )
         except LogitsError as error:
             item.status, item.error = "failed", str(error)
@@ -301,6 +319,11 @@ async def _sync(
 
     await apply_concurrently(downloads, fetch, jobs=options.jobs)
     return items
+
+
+def _left(deadline: float | None) -> float | None:
+    """Seconds until ``deadline`` (a ``time.monotonic`` value), for ``asyncio.timeout``."""
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
 def _progress_of(item: SyncItem, progress: SyncProgressCallback | None) -> ProgressCallback | None:
@@ -367,7 +390,12 @@ def _plan(
             item.status = "failed"
             item.error = f"{target} exists and is not this checkpoint's download; move it away"
         elif is_current(own[0], checkpoint):
-            item.status = "present"
+            problems = damaged_files(target, own[0])
+            if problems:
+                item.repaired = problems
+                downloads.append(_Planned(ref, item, replace=True))
+            else:
+                item.status = "present"
         else:
             downloads.append(_Planned(ref, item, replace=True))
     return items, downloads

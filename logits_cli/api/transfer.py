@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import errno
 import hashlib
 import json
@@ -34,8 +35,9 @@ import httpx
 from logits_cli import models
 from logits_cli.api.client import DownloadOptions, DownloadResult, ProgressCallback
 from logits_cli.api.extract import extract_checkpoint
+from logits_cli.api.limits import LowSpeedGuard, RetryBudget, TooSlow, per_connection_limit
 from logits_cli.api.retry import RetryPolicy, is_retryable_status
-from logits_cli.api.verify import read_manifest
+from logits_cli.api.verify import damaged_files, read_manifest
 from logits_cli.errors import (
     BusyError,
     ConflictError,
@@ -379,6 +381,8 @@ class ArchiveFetcher:
         stall_timeout: float,
         progress: ProgressCallback | None = None,
         policy: RetryPolicy | None = None,
+        low_speed_limit: float = 0,
+        low_speed_time: float = 0,
     ) -> None:
         self._http = http
         self._urls = urls
@@ -392,6 +396,8 @@ class ArchiveFetcher:
         self._stall_timeout = stall_timeout
         self._progress = progress
         self._policy = policy or RetryPolicy()
+        self._low_speed_limit = per_connection_limit(low_speed_limit, self._connections)
+        self._low_speed_time = low_speed_time
         self._journal: Journal | None = None
         self._planned = asyncio.Event()
         self._pending: deque[int] = deque()
@@ -588,6 +594,7 @@ class ArchiveFetcher:
 
     async def _fetch_segment(self, fd: int, index: int) -> None:
         fruitless = 0
+        budget = RetryBudget()
         while True:
             index = self._current(index)
             if self._journal is not None and self._journal.missing(index) <= 0:
@@ -606,6 +613,10 @@ class ArchiveFetcher:
                     raise UnavailableError(
                         f"download failed: {failure.reason} "
                         f"({fruitless} attempts in a row without progress)"
+                    ) from None
+                if give_up := budget.failed(time.monotonic()):
+                    raise UnavailableError(
+                        f"download failed: {failure.reason} ({give_up})"
                     ) from None
                 if failure.renew_url or self._urls.expired():
                     await self._urls.renew(generation)
@@ -638,17 +649,22 @@ class ArchiveFetcher:
                         slack = self._stall_timeout / 4
                         rearmed = loop.time()
                         stall.reschedule(rearmed + self._stall_timeout + slack)
+                        speed = LowSpeedGuard(self._low_speed_limit, self._low_speed_time, rearmed)
+                        received = 0
                         async for chunk in response.aiter_raw():
                             now = loop.time()
                             if now - rearmed > slack:
                                 stall.reschedule(now + self._stall_timeout + slack)
                                 rearmed = now
-                            position += len(chunk)
-                            if limit is not None and position > limit:
-                                raise UnexpectedResponseError(
-                                    "the server sent more bytes than were asked for"
+                            if limit is not None and position + len(chunk) > limit:
+                                # Never past the promised size: not one byte is written.
+                                raise IntegrityError(
+                                    f"the server sent more than the {limit} bytes promised"
                                 )
+                            position += len(chunk)
+                            received += len(chunk)
                             await writer.add(chunk)
+                            speed.update(now, received)
                     finally:
                         # Whatever arrived is good up to here; and no write may still be
                         # running once this attempt is over.
@@ -659,6 +675,8 @@ class ArchiveFetcher:
             raise _RetryableFailure(
                 f"no data for {self._stall_timeout:g} s", renew_url=self._urls.expired()
             ) from None
+        except TooSlow as slow:
+            raise _RetryableFailure(str(slow), renew_url=self._urls.expired()) from None
         except httpx.TransportError as exc:
             raise _RetryableFailure(
                 f"network error ({type(exc).__name__})", renew_url=self._urls.expired()
@@ -675,6 +693,13 @@ class ArchiveFetcher:
         """Check the answer's status and headers; return where its body goes and where it
         must stop (None: until the connection's end)."""
         status = response.status_code
+        encoding = response.headers.get("content-encoding", "").strip().lower()
+        if status in (200, 206) and encoding not in ("", "identity"):
+            # protocol.md §6.2: ranges and digests are of the raw archive; a decoded body
+            # could also be any size at all (a gzip bomb).
+            raise IntegrityError(
+                f"the server applied Content-Encoding {encoding!r} to the archive; refused"
+            )
         if status == 206:
             return self._accept_range(fd, response, offset, last)
         if status == 200:
@@ -868,25 +893,31 @@ def _install_file(source: Path, target: Path) -> None:
         aside.unlink()
 
 
-def _already_present(final: Path, checkpoint: models.Checkpoint, *, archive_only: bool) -> bool:
-    """Whether ``final`` already holds exactly this checkpoint (no network needed)."""
+def _local_copy(
+    final: Path, checkpoint: models.Checkpoint, *, archive_only: bool
+) -> tuple[bool, list[str]]:
+    """Whether ``final`` already holds our download of exactly this checkpoint (no network
+    needed), and what is wrong with its files: missing or resized ones, found from the
+    manifest's names and sizes without re-hashing. A damaged copy is replaced."""
     if archive_only:
         if not final.is_file() or checkpoint.sha256 is None:
-            return False
+            return False, []
         if checkpoint.size_bytes is not None and final.stat().st_size != checkpoint.size_bytes:
-            return False
-        return hash_file(final, {"sha256"})["sha256"].hex() == checkpoint.sha256.lower()
+            return False, []
+        return hash_file(final, {"sha256"})["sha256"].hex() == checkpoint.sha256.lower(), []
     try:
         manifest = read_manifest(final)
     except IntegrityError:
-        return False
+        return False, []
     if checkpoint.sha256 is not None:
-        return manifest.archive_sha256 == checkpoint.sha256.lower()
-    return (
-        manifest.tinker_path == checkpoint.tinker_path
-        and manifest.archive_size == checkpoint.size_bytes
-        and manifest.created == checkpoint.time
-    )
+        same = manifest.archive_sha256 == checkpoint.sha256.lower()
+    else:
+        same = (
+            manifest.tinker_path == checkpoint.tinker_path
+            and manifest.archive_size == checkpoint.size_bytes
+            and manifest.created == checkpoint.time
+        )
+    return same, damaged_files(final, manifest) if same else []
 
 
 def _sweep_leftovers(dest_dir: Path, name: str) -> None:
@@ -921,16 +952,45 @@ def _check_free_space(dest_dir: Path, part: Path, size: int | None, *, archive_o
         )
 
 
-def _lock_part(lock_path: Path) -> filelock.BaseFileLock:
-    lock = filelock.FileLock(lock_path, timeout=0)
+def _prepare_destination(dest_dir: Path, lock_path: Path) -> None:
+    """Create ``dest_dir`` and prove it writable by creating the lock file, so an unwritable
+    destination is reported as such, not as a lock that seems held (``-o /proc/self``)."""
     try:
-        lock.acquire()
-    except filelock.Timeout:
-        raise BusyError(
-            f"another process is downloading into {lock_path.parent} "
-            f"(lock {lock_path.name} is held)"
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(lock_path, os.O_WRONLY | os.O_CREAT, 0o644))
+    except OSError as exc:
+        raise LogitsError(
+            f"cannot write in {dest_dir}: {exc.strerror or exc}",
+            hint="choose a directory you can write to with -o DIR",
         ) from None
-    return lock
+
+
+async def _lock_part(lock_path: Path, wait: float) -> filelock.BaseFileLock:
+    """Hold the part file's lock, polling for up to ``wait`` seconds (non-blocking attempts
+    keep Ctrl-C and cancellation immediate)."""
+    lock = filelock.FileLock(lock_path, timeout=0)
+    give_up = time.monotonic() + wait
+    while True:
+        try:
+            lock.acquire()
+            return lock
+        except filelock.Timeout:
+            remaining = give_up - time.monotonic()
+            if remaining <= 0:
+                raise BusyError(
+                    f"another process is downloading into {lock_path.parent} "
+                    f"(lock {lock_path.name} is held)",
+                    hint="let it finish, or pass --lock-wait 10m to wait for it",
+                ) from None
+            await asyncio.sleep(min(0.2, remaining))
+
+
+def _discard_unresumable(part: Path, journal_path: Path, *, invalid: bool) -> None:
+    """After a failure keep only what a later run can resume: a part file with a journal
+    that counts some good bytes. Invalid content (an integrity failure) goes too."""
+    journal = None if invalid else Journal.load(journal_path)
+    if journal is None or journal.done_bytes == 0 or not part.is_file():
+        _discard(part, journal_path, journal_path.with_name(journal_path.name + ".tmp"))
 
 
 def _unlock_part(lock: filelock.BaseFileLock, lock_path: Path) -> None:
@@ -947,9 +1007,19 @@ async def download_checkpoint(
     options: DownloadOptions | None = None,
     progress: ProgressCallback | None = None,
 ) -> DownloadResult:
-    """Fetch, verify and extract one checkpoint into ``dest_dir/NAME`` (design.md §5)."""
+    """Fetch, verify and extract one checkpoint into ``dest_dir/NAME`` (design.md §5).
+
+    ``options.timeout`` bounds all of it: metadata, waiting for the part lock, the transfer
+    (extraction, once started, is finished so DEST stays consistent). When it runs out the
+    transfer is cancelled and what was fetched stays resumable."""
+    options = options or DownloadOptions()
     try:
-        return await _download(client, ref, Path(dest_dir), options or DownloadOptions(), progress)
+        async with asyncio.timeout(options.timeout) as deadline:
+            return await _download(client, ref, Path(dest_dir), options, progress)
+    except TimeoutError:
+        if not deadline.expired():
+            raise
+        raise UnavailableError(f"download did not finish within {options.timeout:g} s") from None
     except OSError as exc:
         # Network failures are httpx errors, handled inside; an OSError here is local:
         # a full disk, a read-only or unwritable destination.
@@ -968,34 +1038,32 @@ async def _download(
     ref = await client.resolve(ref)
     checkpoint: models.Checkpoint = await client.get_checkpoint(ref)
     name = validate_name(checkpoint.name)
-    dest_dir.mkdir(parents=True, exist_ok=True)
     final = dest_dir / (f"{name}.tar" if options.archive_only else name)
-
-    if not options.force and await asyncio.to_thread(
-        _already_present, final, checkpoint, archive_only=options.archive_only
-    ):
-        return DownloadResult(checkpoint, final, bytes_fetched=0, skipped=True, resumed=False)
-    if not options.force and (final.exists() or final.is_symlink()):
-        raise ConflictError(
-            f"{final} already exists and holds something else", hint="pass --force to replace it"
-        )
-
     part, journal_path, lock_path = _part_paths(dest_dir, name)
-    lock = _lock_part(lock_path)
+
+    repaired: list[str] = []
+    if not options.force:
+        present, repaired = await asyncio.to_thread(
+            _local_copy, final, checkpoint, archive_only=options.archive_only
+        )
+        if present and not repaired:
+            return DownloadResult(checkpoint, final, bytes_fetched=0, skipped=True, resumed=False)
+        if repaired:
+            options = dataclasses.replace(options, force=True)  # our own copy, damaged
+        elif final.exists() or final.is_symlink():
+            raise ConflictError(
+                f"{final} already exists and holds something else",
+                hint="pass --force to replace it",
+            )
+
+    _prepare_destination(dest_dir, lock_path)
+    lock = await _lock_part(lock_path, options.lock_wait)
     try:
         _sweep_leftovers(dest_dir, name)
         _check_free_space(dest_dir, part, checkpoint.size_bytes, archive_only=options.archive_only)
-        work = _fetch_verified(client, ref, checkpoint, part, journal_path, options, progress)
-        if options.timeout is None:
-            fetched, resumed, archive_sha256, size = await work
-        else:
-            try:
-                async with asyncio.timeout(options.timeout):
-                    fetched, resumed, archive_sha256, size = await work
-            except TimeoutError:
-                raise UnavailableError(
-                    f"download did not finish within {options.timeout:g} s"
-                ) from None
+        fetched, resumed, archive_sha256, size = await _fetch_verified(
+            client, ref, checkpoint, part, journal_path, options, progress
+        )
         if options.archive_only:
             _install_file(part, final)
             _discard(journal_path)
@@ -1012,9 +1080,19 @@ async def _download(
                 options,
             )
             await _complete_even_if_cancelled(finish)
+    except BaseException as exc:
+        _discard_unresumable(part, journal_path, invalid=isinstance(exc, IntegrityError))
+        raise
     finally:
         _unlock_part(lock, lock_path)
-    return DownloadResult(checkpoint, final, bytes_fetched=fetched, skipped=False, resumed=resumed)
+    return DownloadResult(
+        checkpoint,
+        final,
+        bytes_fetched=fetched,
+        skipped=False,
+        resumed=resumed,
+        repaired=tuple(repaired),
+    )
 
 
 def _extract_and_finish(
@@ -1125,6 +1203,8 @@ async def _fetch_and_check(
             stall_timeout=options.stall_timeout,
             progress=progress,
             policy=policy,
+            low_speed_limit=options.low_speed_limit,
+            low_speed_time=options.low_speed_time,
         )
         result = await fetcher.run()
         fetched_total += result.bytes_fetched

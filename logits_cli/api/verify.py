@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,6 +63,25 @@ def file_sha256(path: Path) -> tuple[int, str]:
             digest.update(chunk)
             size += len(chunk)
     return size, digest.hexdigest()
+
+
+def damaged_files(path: Path, manifest: models.LocalManifest) -> list[str]:
+    """The cheap check ``download`` and ``sync`` make of a copy they find in place: every
+    file the manifest lists exists as a regular file of the listed size. Names and sizes
+    only (one ``lstat`` each), no re-hash: that is ``verify``'s job."""
+    problems: list[str] = []
+    for name, expected in sorted(manifest.files.items()):
+        try:
+            check_member_name(name)
+            status = os.lstat(path / name)
+        except (IntegrityError, OSError):
+            problems.append(f"{name} missing")
+            continue
+        if not stat.S_ISREG(status.st_mode):
+            problems.append(f"{name} missing")
+        elif status.st_size != expected.size:
+            problems.append(f"{name} has {status.st_size} bytes, expected {expected.size}")
+    return problems
 
 
 def verify_checkpoint_dir(path: Path) -> VerifyResult:

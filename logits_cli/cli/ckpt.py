@@ -750,21 +750,52 @@ def download(
         bool, typer.Option("--archive-only", help="Verify and keep NAME.tar; do not extract.")
     ] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing download.")] = False,
+    timeout: Annotated[
+        str | None,
+        typer.Option(
+            "--timeout",
+            help="Give up on the whole command after this long (e.g. 2h); default: no limit.",
+            metavar="DURATION",
+        ),
+    ] = None,
+    lock_wait: Annotated[
+        str | None,
+        typer.Option(
+            "--lock-wait",
+            help="Wait this long for another download of the same checkpoint (else exit 9).",
+            metavar="DURATION",
+        ),
+    ] = None,
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Download, verify and extract checkpoints into DIR/NAME; prints their local paths."""
+    import dataclasses
+    import time
+
     from logits_cli.api.client import DownloadOptions, DownloadResult
 
     out = Output(json_output=json_output, quiet=quiet)
     if keep_archive and archive_only:
         raise errors.UsageError("--keep-archive and --archive-only cannot be combined")
     refs = parse_refs(paths)
+    total_limit = optional_seconds(timeout)
     options = DownloadOptions(
-        connections=connections, keep_archive=keep_archive, archive_only=archive_only, force=force
+        connections=connections,
+        keep_archive=keep_archive,
+        archive_only=archive_only,
+        force=force,
+        lock_wait=optional_seconds(lock_wait) or 0.0,
     )
     settings = settings_for(ctx)
     report = BulkReport(len(refs), "downloaded")
+    give_up = None if total_limit is None else time.monotonic() + total_limit
+
+    def options_now() -> DownloadOptions:
+        """--timeout is one deadline for every checkpoint of the command."""
+        if give_up is None:
+            return options
+        return dataclasses.replace(options, timeout=max(0.0, give_up - time.monotonic()))
 
     async def work(client: "LogitsClient") -> "list[DownloadResult]":
         done: list[DownloadResult] = []
@@ -774,7 +805,7 @@ def download(
                     resolved = await client.resolve(ref)
                     progress = bars.bar(resolved.name) if bars else None
                     result = await client.download(
-                        resolved, output, options=options, progress=progress
+                        resolved, output, options=options_now(), progress=progress
                     )
                 except errors.LogitsError as error:
                     report.add(str(ref), error)
@@ -782,6 +813,8 @@ def download(
                         log_line(f"failed {ref}: {error.message}")
                     continue
                 done.append(result)
+                if result.repaired:
+                    log_line(f"repaired {result.path}: {'; '.join(result.repaired)}")
                 if bars is None:
                     what = "present" if result.skipped else "downloaded"
                     log_line(
@@ -828,7 +861,7 @@ def sync(
         str | None,
         typer.Option(
             "--max-duration",
-            help="Start no new download after this long (e.g. 50m).",
+            help="Stop after this long (e.g. 50m): downloads in flight are cancelled, resumable.",
             metavar="DURATION",
         ),
     ] = None,
@@ -907,9 +940,12 @@ def sync_log_message(item: "SyncItem") -> str:
     """One checkpoint's log line. A planned item names its action, so a dry run's plan
     tells the downloads from the local copies it would prune."""
     what = f"planned {item.action}" if item.status == "planned" else item.status
+    if item.repaired and item.status == "downloaded":
+        what = "repaired"
     detail = f" -> {item.local_path}" if item.local_path else ""
+    damage = f" ({'; '.join(item.repaired)})" if item.repaired else ""
     error = f": {item.error}" if item.error else ""
-    return f"{what} {item.tinker_path}{detail}{error}"
+    return f"{what} {item.tinker_path}{detail}{damage}{error}"
 
 
 @app.command()

@@ -59,11 +59,21 @@ def test_extracts_files_and_writes_a_manifest(tmp_path: Path, gzip: bool) -> Non
     assert verify_checkpoint_dir(final).ok
 
 
-def test_extra_members_are_kept(tmp_path: Path) -> None:
-    members = [*GOOD_FILES.items(), ("README.md", b"hello\n")]
-    members.append(("checkpoint_complete", complete_document(GOOD_FILES)))
+def test_extra_members_listed_in_checkpoint_complete_are_kept(tmp_path: Path) -> None:
+    files = {**GOOD_FILES, "README.md": b"hello\n"}
+    members = [*files.items(), ("checkpoint_complete", complete_document(files))]
     final = extract(tmp_path, build_tar(members))
     assert (final / "README.md").read_bytes() == b"hello\n"
+
+
+def test_a_member_not_named_by_checkpoint_complete_is_refused(tmp_path: Path) -> None:
+    # Issue 8 F7: checkpoint_complete lists every other member (protocol.md §7.4).
+    members = [*GOOD_FILES.items(), ("README.md", b"hello\n")]
+    members.append(("checkpoint_complete", complete_document(GOOD_FILES)))
+    with pytest.raises(IntegrityError) as caught:
+        extract(tmp_path, build_tar(members))
+    assert caught.value.message == "archive member 'README.md' is not listed in checkpoint_complete"
+    assert listing(tmp_path / "dest") == []
 
 
 def special(name: str, kind: bytes, linkname: str = "") -> tarfile.TarInfo:

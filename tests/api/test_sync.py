@@ -369,6 +369,7 @@ def test_summary_json_shape(embedded, tmp_path):
                 ),
                 "error": None,
                 "action": "download",
+                "repaired": [],
             }
         ],
     }

@@ -21,6 +21,7 @@ import anyio.to_thread
 from logits_cli.errors import JobFailedError, LogitsError
 from logits_cli.store.store import FutureRecord, Store
 
+from .responses import storage_full
 from .tokens import canonical_json
 
 logger = logging.getLogger("logits.server")
@@ -34,6 +35,9 @@ _STORE_RECHECK_SECONDS = 0.5
 
 def failure_result(exc: BaseException) -> dict[str, Any]:
     """``{"error", "category", "code"}`` for a job that raised."""
+    full = storage_full(exc)
+    if full is not None:
+        exc = full
     if isinstance(exc, JobFailedError):
         return {"error": exc.message, "category": exc.category, "code": exc.failure_code}
     if isinstance(exc, LogitsError):
@@ -127,9 +131,9 @@ class FutureRunner:
         try:
             result, failed = job(), False
         except Exception as exc:
-            if not isinstance(exc, LogitsError):
-                logger.error("future %s failed unexpectedly", request_id, exc_info=exc)
             result, failed = failure_result(exc), True
+            if not isinstance(exc, LogitsError) and result["code"] == "internal":
+                logger.error("future %s failed unexpectedly", request_id, exc_info=exc)
         try:
             self._store.finish_future(request_id, result=result, failed=failed)
         except Exception as exc:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 from typing import Any
 
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 
-from logits_cli.errors import LogitsError
+from logits_cli.errors import InsufficientStorageError, LogitsError
+from logits_cli.store.store import STORAGE_FULL_ERRNOS
 
 logger = logging.getLogger("logits.server")
 
@@ -52,8 +54,32 @@ def error_body(
     return json_response({"detail": detail, "code": code}, status_code=status, headers=all_headers)
 
 
+def storage_full(exc: BaseException) -> InsufficientStorageError | None:
+    """The 507 a full disk or quota deserves, when ``exc`` (or what caused it) is one:
+    ``ENOSPC``/``EDQUOT`` from the file system, ``SQLITE_FULL`` from the database."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in STORAGE_FULL_ERRNOS:
+            break
+        if isinstance(current, sqlite3.Error) and (
+            getattr(current, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+            or "disk is full" in str(current)
+        ):
+            break
+        current = current.__cause__ or current.__context__
+    else:
+        return None
+    logger.warning("the store has no space left: %s", current)
+    return InsufficientStorageError("the server's store has no space left")
+
+
 def error_response(exc: BaseException) -> Response:
     """Render any exception; unexpected ones become 500 ``internal`` without leaking details."""
+    full = storage_full(exc)
+    if full is not None:
+        exc = full
     if isinstance(exc, LogitsError):
         return error_body(exc.http_status, exc.code, exc.message)
     if isinstance(exc, HTTPException):

@@ -13,8 +13,10 @@ from .responses import json_response
 
 
 async def healthz(call: Call) -> Response:
-    if not await call.run(call.store.healthy):
-        raise UnavailableError("the store is not available")
+    """503 when the store cannot take writes, a full disk included (docs/protocol.md §5.1)."""
+    problem = await call.run(call.store.health_problem, min_free_bytes=call.settings.min_free_bytes)
+    if problem is not None:
+        raise UnavailableError(problem)
     return json_response(models.HealthResponse())
 
 

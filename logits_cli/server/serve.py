@@ -20,6 +20,7 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from logits_cli.store.recovery import recover
 from logits_cli.store.store import Store
 
 from .app import close_app, create_app
@@ -103,6 +104,17 @@ class BuiltServer:
 
     def run(self) -> None:
         """Serve until interrupted (or ``should_exit``), then shut everything down."""
+        try:
+            recovered = recover(self.store)  # what a crashed predecessor left behind
+        except Exception as exc:
+            logger.error("start-up recovery failed", exc_info=exc)
+        else:
+            if recovered.idempotency_claims or recovered.futures:
+                logger.info(
+                    "released %d idempotency records and failed %d futures of dead processes",
+                    recovered.idempotency_claims,
+                    recovered.futures,
+                )
         self.sweeper.start()
         try:
             self.server.run()

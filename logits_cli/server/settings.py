@@ -26,6 +26,8 @@ class ServerSettings:
     signing_secret: bytes | None = None  # None: read or create <store root>/signing_secret
     max_rank: int = 256
     sweep_interval: float = 60.0  # served mode: seconds between TTL sweeps of the store
+    # /healthz answers 503 when the store's filesystem has less free space than this.
+    min_free_bytes: int = 64 << 20
 
     @classmethod
     def embedded(cls) -> ServerSettings:

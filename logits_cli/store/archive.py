@@ -143,9 +143,16 @@ def manifest_bytes(manifest: models.CheckpointComplete) -> bytes:
 
 
 def build_archive(
-    state_dir: Path, blobs_dir: Path, *, kind: str, tinker_path: str, created: datetime
+    state_dir: Path,
+    blobs_dir: Path,
+    *,
+    kind: str,
+    tinker_path: str,
+    created: datetime,
+    owner: str | None = None,
 ) -> tuple[Path, str, int]:
     """Snapshot ``state_dir`` into ``blobs_dir/<sha256>``; returns (path, sha256, size).
+    ``owner`` tags the temp file (``lora.temp_path_beside``) for the start-up sweep.
 
     The bytes depend only on the member files, ``kind``, ``tinker_path`` and ``created``.
     """
@@ -157,7 +164,7 @@ def build_archive(
     blobs_dir.mkdir(parents=True, exist_ok=True)
 
     with (
-        temp_path_beside(blobs_dir, "archive") as temp,
+        temp_path_beside(blobs_dir, "archive", owner) as temp,
         ThreadPoolExecutor(max_workers=2, thread_name_prefix="archive-sha256") as hashers,
     ):
         # The flusher must be shut down (its fdatasync finished) before ``out`` is closed.

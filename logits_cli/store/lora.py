@@ -163,10 +163,19 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+TEMP_SUFFIX = ".tmp"
+RESTORE_PREFIX = ".restore-"  # scratch directory of a load, inside the run's state directory
+
+
 @contextmanager
-def temp_path_beside(directory: Path, name: str) -> Iterator[Path]:
-    """A fresh temp file path beside ``name``; removed unless the caller renamed it away."""
-    fd, temp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
+def temp_path_beside(directory: Path, name: str, owner: str | None = None) -> Iterator[Path]:
+    """A fresh temp file path beside ``name``; removed unless the caller renamed it away.
+
+    ``owner`` (a store instance id) goes into the name, ``.NAME.OWNER.XXXX.tmp``, so a
+    start-up sweep can remove the files of a process that crashed and only those.
+    """
+    prefix = f".{name}.{owner}." if owner else f".{name}."
+    fd, temp = tempfile.mkstemp(dir=directory, prefix=prefix, suffix=TEMP_SUFFIX)
     os.close(fd)
     path = Path(temp)
     try:
@@ -320,7 +329,9 @@ def _stream_member(source: Any, destination: Path) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
-def restore_state(state_dir: Path, archive: Path, *, optimizer: bool) -> None:
+def restore_state(
+    state_dir: Path, archive: Path, *, optimizer: bool, owner: str | None = None
+) -> None:
     """Replace the live state with an archive's members (a ``load``).
 
     Members are streamed to temp files and checked against ``checkpoint_complete`` before any
@@ -329,7 +340,8 @@ def restore_state(state_dir: Path, archive: Path, *, optimizer: bool) -> None:
     """
     wanted = {ADAPTER_CONFIG, ADAPTER_MODEL} | ({OPTIMIZER_STATE} if optimizer else set())
     state_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=state_dir, prefix=".restore-") as scratch:
+    scratch_prefix = f"{RESTORE_PREFIX}{owner}-" if owner else RESTORE_PREFIX
+    with tempfile.TemporaryDirectory(dir=state_dir, prefix=scratch_prefix) as scratch:
         staged: dict[str, Path] = {}
         digests: dict[str, models.FileDigest] = {}
         manifest: models.CheckpointComplete | None = None

@@ -12,6 +12,7 @@ embedded ``ckpt ls``, with its 300 ms budget) need none of them.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import hmac
 import json
@@ -49,6 +50,7 @@ from logits_cli.uri import (
     format_path,
     validate_kind,
     validate_name,
+    validate_run_id,
 )
 
 LOCAL_USER = "local"  # the single implicit user of the embedded backend (protocol.md §1.4)
@@ -66,6 +68,8 @@ _USER_ID_RE = re.compile(r"[a-z0-9_-]{1,64}")
 _BLOB_NAME_RE = re.compile(r"[0-9a-f]{64}")
 _NEW_STATE_PREFIX = ".new-"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# A write that fails with these is a full disk or quota, not a bug (server: HTTP 507).
+STORAGE_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
 @dataclass(frozen=True)
@@ -228,15 +232,29 @@ class Store:
                 self._instance_lock = None
         self._db.close()
 
-    def healthy(self) -> bool:
-        """Database answers and the blob directory is writable."""
+    def healthy(self, *, min_free_bytes: int = 0) -> bool:
+        """Database answers, the blob directory is writable and has ``min_free_bytes``."""
+        return self.health_problem(min_free_bytes=min_free_bytes) is None
+
+    def health_problem(self, *, min_free_bytes: int = 0) -> str | None:
+        """Why the store cannot take writes (unreadable database, unwritable or (nearly)
+        full blob directory), or None when it can."""
         try:
             self._db.connection().execute("SELECT 1").fetchone()
-            with tempfile.TemporaryFile(dir=self.blobs_dir):
-                pass
-        except (OSError, sqlite3.Error):
-            return False
-        return True
+            with tempfile.TemporaryFile(dir=self.blobs_dir) as probe:
+                probe.write(b"\0")  # creating an empty file succeeds even on a full disk
+                probe.flush()
+                os.fsync(probe.fileno())
+            stats = os.statvfs(self.blobs_dir)
+        except OSError as exc:
+            if exc.errno in STORAGE_FULL_ERRNOS:
+                return "the server's store has no space left"
+            return "the store is not writable"
+        except sqlite3.Error:
+            return "the store's database is not available"
+        if stats.f_bavail * stats.f_frsize < min_free_bytes:
+            return "the server's store has (nearly) no space left"
+        return None
 
     # -- time, paths, locks ---------------------------------------------------------------
     def _now(self) -> datetime:
@@ -247,7 +265,9 @@ class Store:
 
     def state_dir(self, run_id: str) -> Path:
         """The run's live state directory; ``quote`` keeps the name reversible and free of
-        ``:`` (not allowed in Windows file names)."""
+        ``:`` (not allowed in Windows file names). A dot-segment id (``.``, ``..``) would
+        name ``runs/`` or the store root itself, so it is refused (UsageError)."""
+        validate_run_id(run_id)
         return self.runs_dir / quote(run_id, safe="")
 
     @contextmanager
@@ -438,7 +458,9 @@ class Store:
 
         # The state is built beside its final place and renamed in while the row is inserted,
         # so a run row never exists without its state.
-        staging = Path(tempfile.mkdtemp(prefix=_NEW_STATE_PREFIX, dir=self.runs_dir))
+        # Named after this instance: a start-up sweep removes it only once we are dead.
+        owner = self._claim_instance()
+        staging = Path(tempfile.mkdtemp(prefix=f"{_NEW_STATE_PREFIX}{owner}-", dir=self.runs_dir))
         try:
             init_state(staging, base_model, lora_config)
             now = self._now_micros()
@@ -530,6 +552,7 @@ class Store:
     def get_run(
         self, viewer: str, run_id: str, *, access_scope: str = "owned"
     ) -> models.TrainingRun:
+        validate_run_id(run_id)
         scope = self._run_scope(access_scope)
         now = self._now_micros()
         with self._db.read() as conn:
@@ -558,6 +581,7 @@ class Store:
             return self._training_runs(conn, viewer, [_Run._make(row) for row in rows], now), total
 
     def _owned_run(self, conn: sqlite3.Connection, user_id: str, run_id: str) -> _Run:
+        validate_run_id(run_id)
         row = conn.execute(
             f"SELECT {_RUN} FROM runs r WHERE r.id = ? AND r.user_id = ?", (run_id, user_id)
         ).fetchone()
@@ -612,6 +636,7 @@ class Store:
             _, sha256, size = build_archive(
                 self.state_dir(run_id),
                 self.blobs_dir,
+                owner=self._claim_instance(),
                 kind=kind,
                 tinker_path=tinker_path,
                 created=created,
@@ -717,6 +742,7 @@ class Store:
                     self.state_dir(run_id),
                     self.blobs_dir / str(checkpoint.sha256),
                     optimizer=optimizer,
+                    owner=self._claim_instance(),
                 )
             except FileNotFoundError as exc:  # deleted or overwritten since the lookup
                 raise NotFoundError(f"checkpoint {source} not found") from exc
@@ -1034,6 +1060,21 @@ class Store:
         path.unlink(missing_ok=True)
         return False
 
+    def fail_dead_futures(self) -> int:
+        """Start-up recovery: fail the pending futures of dead instances; returns how many."""
+        pending = self._db.connection().execute(
+            "SELECT request_id, instance FROM futures WHERE status = 'pending'"
+        )
+        alive: dict[str | None, bool] = {}
+        failed = 0
+        for request_id, instance in pending.fetchall():
+            if instance not in alive:
+                alive[instance] = self._instance_alive(instance)
+            if not alive[instance]:
+                self._abandon_future(request_id)
+                failed += 1
+        return failed
+
     def _abandon_future(self, request_id: str) -> None:
         failure = {
             "error": "the server stopped before this request finished; send it again",
@@ -1100,27 +1141,68 @@ class Store:
         self, scope: tuple[str, str, str, str], body_sha256: str
     ) -> IdempotencyRecord | None:
         """Atomically: if no record exists, insert a "running" one and return None (the
-        caller runs the request). Otherwise return the existing record."""
+        caller runs the request). Otherwise return the existing record. A "running" record
+        whose instance has died (crash, kill -9) is taken over: the request runs again."""
         now = self._now_micros()
+        instance = self._claim_instance()  # before the transaction: it may create a file
+        where = "user_id = ? AND method = ? AND path = ? AND key = ?"
+        for _ in range(2):
+            with self._db.write() as conn:
+                conn.execute(
+                    f"DELETE FROM idempotency WHERE {where} AND created <= ?",
+                    (*scope, now - self.idempotency_retention * 1_000_000),
+                )
+                inserted = conn.execute(
+                    "INSERT INTO idempotency (user_id, method, path, key, body_sha256, state,"
+                    " created, instance) VALUES (?, ?, ?, ?, ?, 'running', ?, ?)"
+                    " ON CONFLICT DO NOTHING",
+                    (*scope, body_sha256, now, instance),
+                ).rowcount
+                if inserted:
+                    return None
+                row = conn.execute(
+                    "SELECT body_sha256, state, status, body, content_type, location, instance"
+                    f" FROM idempotency WHERE {where}",
+                    scope,
+                ).fetchone()
+            record, owner = IdempotencyRecord(*row[:6]), row[6]
+            # Checked outside the transaction: it takes a file lock.
+            if record.state != "running" or self._instance_alive(owner):
+                return record
+            self._release_claim_of(scope, owner)
+        return record
+
+    def _release_claim_of(self, scope: tuple[str, str, str, str], owner: str | None) -> None:
+        """Drop a "running" record if ``owner`` still holds it (it died without finishing)."""
         with self._db.write() as conn:
             conn.execute(
                 "DELETE FROM idempotency WHERE user_id = ? AND method = ? AND path = ? AND key = ?"
-                " AND created <= ?",
-                (*scope, now - self.idempotency_retention * 1_000_000),
+                " AND state = 'running' AND instance IS ?",
+                (*scope, owner),
             )
-            inserted = conn.execute(
-                "INSERT INTO idempotency (user_id, method, path, key, body_sha256, state, created)"
-                " VALUES (?, ?, ?, ?, ?, 'running', ?) ON CONFLICT DO NOTHING",
-                (*scope, body_sha256, now),
-            ).rowcount
-            if inserted:
-                return None
-            row = conn.execute(
-                "SELECT body_sha256, state, status, body, content_type, location FROM idempotency"
-                " WHERE user_id = ? AND method = ? AND path = ? AND key = ?",
-                scope,
-            ).fetchone()
-        return IdempotencyRecord(*row)
+
+    def release_dead_idempotency_claims(self) -> int:
+        """Start-up recovery: drop every "running" record of a dead instance; returns how
+        many. Records of live instances (other processes sharing the store) stay."""
+        owners = [
+            owner
+            for (owner,) in self._db.connection().execute(
+                "SELECT DISTINCT instance FROM idempotency WHERE state = 'running'"
+            )
+        ]
+        released = 0
+        for owner in owners:
+            if self._instance_alive(owner):
+                continue
+            with self._db.write() as conn:
+                released += conn.execute(
+                    "DELETE FROM idempotency WHERE state = 'running' AND instance IS ?", (owner,)
+                ).rowcount
+        return released
+
+    def instance_alive(self, instance: str | None) -> bool:
+        """Whether the store instance (process) named ``instance`` still runs."""
+        return self._instance_alive(instance)
 
     def idempotency_finish(
         self,

@@ -523,6 +523,12 @@ def _require_known_kind(ref: CheckpointRef, operation: str, kinds: tuple[str, ..
         )
 
 
+def _identity_headers() -> dict[str, str]:
+    """Sent on every API request. A server hides ``external`` rows from requests without
+    ``X-Sdk-Version`` (clients that cannot parse them, docs/protocol.md §11.3); we can."""
+    return {"X-Sdk-Version": f"logits/{__version__}", "User-Agent": f"logits/{__version__}"}
+
+
 def _checkpoint_endpoint(ref: CheckpointRef) -> str:
     return f"training_runs/{validate_run_id(ref.run_id)}/checkpoints/{ref.kind}/{ref.name}"
 
@@ -555,7 +561,9 @@ def open_client(
     """
     policy = retry_policy or RetryPolicy()
     if settings.base_url is not None:
-        http = httpx.AsyncClient(timeout=default_timeout(), transport=transport)
+        http = httpx.AsyncClient(
+            timeout=default_timeout(), transport=transport, headers=_identity_headers()
+        )
         layer = RequestLayer(
             http,
             settings.base_url,
@@ -586,7 +594,7 @@ def open_client(
 
     # App exceptions become 500 answers, as behind a real server, instead of escaping here.
     asgi = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    http = httpx.AsyncClient(timeout=default_timeout(), transport=asgi)
+    http = httpx.AsyncClient(timeout=default_timeout(), transport=asgi, headers=_identity_headers())
     layer = RequestLayer(
         http,
         EMBEDDED_ORIGIN,

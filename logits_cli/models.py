@@ -212,6 +212,8 @@ class CreateSessionResponse(WireModel):
 class SupportedModel(WireModel):
     model_name: str | None = None
     max_context_length: int | None = None
+    trainable: bool | None = None  # 2026 dialect (§11.4); absent from older servers
+    sampleable: bool | None = None
 
 
 class ServerCapabilities(WireModel):

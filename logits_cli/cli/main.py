@@ -4,7 +4,7 @@ from typing import Annotated
 
 import typer
 
-from logits_cli.cli import ckpt, config_cmd, runs, server, version_line
+from logits_cli.cli import ckpt, config_cmd, models_cmd, runs, server, version_line
 from logits_cli.cli.context import RootOptions
 from logits_cli.cli.failures import report_error
 from logits_cli.cli.timeparse import parse_duration
@@ -23,6 +23,7 @@ app.add_typer(ckpt.app, name="ckpt")
 app.add_typer(runs.app, name="runs")
 app.add_typer(server.app, name="server")
 app.add_typer(config_cmd.app, name="config")
+app.add_typer(models_cmd.app, name="models")
 
 
 def _print_version(value: bool) -> None:

@@ -67,6 +67,16 @@ def start(
             metavar="PREFIX",
         ),
     ] = "",
+    model_configs: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--model-config",
+            help="Offer one more base model from its Hugging Face config.json: PATH (named by "
+            "the file's _name_or_path) or NAME=PATH. Repeatable.",
+            metavar="[NAME=]PATH",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Serve the store over HTTP (uvicorn) until interrupted."""
     from logits_cli.server.serve import run_server
@@ -77,6 +87,10 @@ def start(
         raise errors.UsageError(
             f"--root-path {root_path!r} must start with '/' and not end with one"
         )
+    if model_configs:
+        from logits_cli.store.catalog import load_catalog
+
+        load_catalog(model_configs)  # a bad config is a usage error before anything starts
     settings = settings_for(ctx, home=home)
     try:
         run_server(
@@ -87,6 +101,7 @@ def start(
             jwt_auth=jwt_auth,
             public_url=public_url,
             root_path=root_path,
+            model_configs=tuple(model_configs or ()),
         )
     except SystemExit as stop:
         if not stop.code:

@@ -22,8 +22,12 @@ async def healthz(call: Call) -> Response:
 
 async def capabilities(call: Call) -> Response:
     known = await call.run(call.store.known_base_models)
+    # Every catalog model takes training runs; none can sample, since this reference server
+    # runs no model (sampling requests fail, protocol.md §11.5).
     supported = [
-        models.SupportedModel(model_name=name, max_context_length=context)
+        models.SupportedModel(
+            model_name=name, max_context_length=context, trainable=True, sampleable=False
+        )
         for name, context in known
     ]
     return json_response(models.ServerCapabilities(supported_models=supported))

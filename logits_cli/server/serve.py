@@ -20,6 +20,7 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from logits_cli.store.catalog import load_catalog
 from logits_cli.store.recovery import recover
 from logits_cli.store.store import Store
 
@@ -132,6 +133,7 @@ def open_store(home: Path, settings: ServerSettings) -> Store:
         max_rank=settings.max_rank,
         future_retention=settings.future_retention,
         idempotency_retention=settings.idempotency_retention,
+        catalog=load_catalog(settings.model_configs),
     )
 
 
@@ -176,10 +178,15 @@ def run_server(
     jwt_auth: bool = False,
     public_url: str | None = None,
     root_path: str = "",
+    model_configs: tuple[str, ...] = (),
 ) -> None:
     """Entry point of ``logits server start``."""
     settings = ServerSettings(
-        uri_scheme=uri_scheme, jwt_auth=jwt_auth, public_url=public_url, root_path=root_path
+        uri_scheme=uri_scheme,
+        jwt_auth=jwt_auth,
+        public_url=public_url,
+        root_path=root_path,
+        model_configs=model_configs,
     )
     serve(home, settings, host, port)
 

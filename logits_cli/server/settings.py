@@ -26,6 +26,9 @@ class ServerSettings:
     signing_secret: bytes | None = None  # None: read or create <store root>/signing_secret
     max_rank: int = 256
     sweep_interval: float = 60.0  # served mode: seconds between TTL sweeps of the store
+    # Extra base models from Hugging Face config.json files: "PATH" (named by the file's
+    # _name_or_path) or "NAME=PATH"; added to the shipped catalog (store/catalog.py).
+    model_configs: tuple[str, ...] = ()
     # /healthz answers 503 when the store's filesystem has less free space than this.
     min_free_bytes: int = 64 << 20
 

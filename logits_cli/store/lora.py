@@ -17,7 +17,6 @@ import tempfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,8 @@ from safetensors.numpy import save_file
 
 from logits_cli import models
 from logits_cli.errors import IntegrityError, UsageError
+from logits_cli.store.catalog import ModelShape, default_catalog
+from logits_cli.store.layout import lora_tensor_shapes, target_modules
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_MODEL = "adapter_model.safetensors"
@@ -46,83 +47,22 @@ COPY_CHUNK = 8 << 20
 _MAX_CONFIG_BYTES = 1 << 20  # adapter_config.json and checkpoint_complete are a few hundred bytes
 
 
-@dataclass(frozen=True)
-class ModelShape:
-    """The dimensions of a base model that decide its LoRA tensor shapes."""
-
-    name: str
-    arch: str
-    hidden_size: int
-    intermediate_size: int
-    num_layers: int
-    num_attention_heads: int
-    num_key_value_heads: int
-    head_dim: int
-    vocab_size: int
-    max_context_length: int
-
-
-# Values from each model's public config.json (max_context_length = max_position_embeddings).
-# "logits/tiny" is synthetic: it keeps demos and tests fast while exercising every module kind.
-MODEL_SHAPES: dict[str, ModelShape] = {
-    shape.name: shape
-    for shape in (
-        ModelShape("Qwen/Qwen3-0.6B", "qwen3", 1024, 3072, 28, 16, 8, 128, 151936, 40960),
-        ModelShape("Qwen/Qwen3-4B", "qwen3", 2560, 9728, 36, 32, 8, 128, 151936, 40960),
-        ModelShape("Qwen/Qwen3-8B", "qwen3", 4096, 12288, 36, 32, 8, 128, 151936, 40960),
-        ModelShape("Qwen/Qwen3-32B", "qwen3", 5120, 25600, 64, 64, 8, 128, 151936, 40960),
-        ModelShape("meta-llama/Llama-3.1-8B", "llama", 4096, 14336, 32, 32, 8, 128, 128256, 131072),
-        ModelShape("meta-llama/Llama-3.2-1B", "llama", 2048, 8192, 16, 32, 8, 64, 128256, 131072),
-        ModelShape("logits/tiny", "llama", 64, 128, 2, 4, 2, 16, 256, 2048),
-    )
-}
-
-
 def shape_for(base_model: str) -> ModelShape | None:
-    return MODEL_SHAPES.get(base_model)
+    """The shape of a model of the shipped catalog (a store may carry a larger one)."""
+    return default_catalog().get(base_model)
 
 
-def target_modules(lora: models.LoraConfig) -> list[str]:
-    """The PEFT ``target_modules`` of a LoRA config, sorted (protocol.md §7.2)."""
-    names: list[str] = []
-    if lora.train_attn:
-        names += ["q_proj", "k_proj", "v_proj", "o_proj"]
-    if lora.train_mlp:
-        names += ["gate_proj", "up_proj", "down_proj"]
-    if lora.train_unembed:
-        names.append("lm_head")
-    return sorted(names)
+def __getattr__(name: str) -> Any:
+    # MODEL_SHAPES is built on first use: the catalog is data read from base_models.json.
+    if name == "MODEL_SHAPES":
+        return {shape.name: shape for shape in default_catalog()}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def adapter_modules(shape: ModelShape, lora: models.LoraConfig) -> dict[str, tuple[int, int]]:
-    """Module path -> (in_features, out_features) for every module the adapter covers."""
-    attention_width = shape.num_attention_heads * shape.head_dim
-    kv_width = shape.num_key_value_heads * shape.head_dim
-    per_layer: list[tuple[str, int, int]] = []
-    if lora.train_attn:
-        per_layer += [
-            ("self_attn.q_proj", shape.hidden_size, attention_width),
-            ("self_attn.k_proj", shape.hidden_size, kv_width),
-            ("self_attn.v_proj", shape.hidden_size, kv_width),
-            ("self_attn.o_proj", attention_width, shape.hidden_size),
-        ]
-    if lora.train_mlp:
-        per_layer += [
-            ("mlp.gate_proj", shape.hidden_size, shape.intermediate_size),
-            ("mlp.up_proj", shape.hidden_size, shape.intermediate_size),
-            ("mlp.down_proj", shape.intermediate_size, shape.hidden_size),
-        ]
-    modules = {
-        f"model.layers.{layer}.{suffix}": (in_features, out_features)
-        for layer in range(shape.num_layers)
-        for suffix, in_features, out_features in per_layer
-    }
-    if lora.train_unembed:
-        modules["lm_head"] = (shape.hidden_size, shape.vocab_size)
-    return dict(sorted(modules.items()))
-
-
-def adapter_config(base_model: str, lora: models.LoraConfig) -> dict[str, Any]:
+def adapter_config(
+    base_model: str, lora: models.LoraConfig, shape: ModelShape | None = None
+) -> dict[str, Any]:
+    shape = shape or default_catalog().require(base_model)
     return {
         "base_model_name_or_path": base_model,
         "bias": "none",
@@ -133,7 +73,7 @@ def adapter_config(base_model: str, lora: models.LoraConfig) -> dict[str, Any]:
         "modules_to_save": None,
         "peft_type": "LORA",
         "r": lora.rank,
-        "target_modules": target_modules(lora),
+        "target_modules": target_modules(shape, lora),
         "task_type": "CAUSAL_LM",
     }
 
@@ -256,38 +196,41 @@ def _zero_moments(shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
 # -- creating and restoring the live state ------------------------------------------------
 
 
-def init_state(state_dir: Path, base_model: str, lora: models.LoraConfig) -> None:
+def init_state(
+    state_dir: Path, base_model: str, lora: models.LoraConfig, shape: ModelShape | None = None
+) -> None:
     """Write a fresh adapter: A random (PEFT's Kaiming-uniform bound), B zero, Adam at step 0.
 
+    ``shape`` is the base model's entry in the caller's catalog (default: the shipped one).
     With ``lora.seed`` the tensors are reproducible; without it they come from OS entropy.
-    Unknown base models are the caller's to refuse; this needs a known shape.
     """
-    shape = shape_for(base_model)
+    shape = shape or shape_for(base_model)
     if shape is None:
         raise UsageError(f"unknown base model {base_model!r}")
     if lora.rank <= 0:
         raise UsageError(f"LoRA rank must be positive, got {lora.rank}")
-    modules = adapter_modules(shape, lora)
-    if not modules:
+    shapes = lora_tensor_shapes(shape, lora)
+    if not shapes:
         raise UsageError("a LoRA config must train at least one of attn, mlp or unembed")
     state_dir.mkdir(parents=True, exist_ok=True)
 
     rng = np.random.default_rng(lora.seed)
     tensors: dict[str, np.ndarray] = {}
-    for module, (in_features, out_features) in modules.items():
-        bound = np.float32(1.0 / np.sqrt(in_features))
-        lora_a = rng.random((lora.rank, in_features), dtype=np.float32)
+    # Linear modules first, in module order, then the experts: the draws of a seed stay
+    # those of earlier releases for models without experts.
+    for name in sorted(shapes, key=lambda n: ".mlp.experts." in n):
+        if ".lora_B." in name:
+            tensors[name] = np.zeros(shapes[name], dtype=np.float32)
+            continue
+        bound = np.float32(1.0 / np.sqrt(shapes[name][-1]))  # fan-in: the last dimension
+        lora_a = rng.random(shapes[name], dtype=np.float32)
         lora_a *= 2 * bound
         lora_a -= bound
-        tensors[f"base_model.model.{module}.lora_A.weight"] = lora_a
-        tensors[f"base_model.model.{module}.lora_B.weight"] = np.zeros(
-            (out_features, lora.rank), dtype=np.float32
-        )
-    shapes = {name: tensor.shape for name, tensor in tensors.items()}
+        tensors[name] = lora_a
 
     _write_atomically(
         state_dir / ADAPTER_CONFIG,
-        _write_bytes(adapter_config_bytes(adapter_config(base_model, lora))),
+        _write_bytes(adapter_config_bytes(adapter_config(base_model, lora, shape))),
     )
     _write_atomically(state_dir / ADAPTER_MODEL, _write_tensors(tensors, ADAPTER_METADATA))
     del tensors

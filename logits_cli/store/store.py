@@ -43,6 +43,7 @@ from logits_cli.errors import (
     UsageError,
 )
 from logits_cli.store import db
+from logits_cli.store.catalog import Catalog
 from logits_cli.uri import (
     KIND_TO_TYPE,
     SCHEMES,
@@ -197,8 +198,10 @@ class Store:
         future_retention: int = 3600,
         idempotency_retention: int = 86400,
         clock: Callable[[], datetime] | None = None,
+        catalog: Catalog | None = None,
     ) -> None:
         self.root = Path(root)
+        self._catalog = catalog  # None: the shipped base-model catalog, read on first use
         self.max_rank = max_rank
         self.future_retention = future_retention
         self.idempotency_retention = idempotency_retention
@@ -404,11 +407,18 @@ class Store:
             raise NotFoundError(f"session {session_id} not found")
 
     # -- runs (§5.3, §5.5) ----------------------------------------------------------------
+    @property
+    def catalog(self) -> Catalog:
+        """The base models this store creates runs on (store/catalog.py)."""
+        if self._catalog is None:
+            from logits_cli.store.catalog import default_catalog
+
+            self._catalog = default_catalog()
+        return self._catalog
+
     def known_base_models(self) -> list[tuple[str, int]]:
         """(model_name, max_context_length) for get_server_capabilities."""
-        from logits_cli.store.lora import MODEL_SHAPES
-
-        return [(name, shape.max_context_length) for name, shape in MODEL_SHAPES.items()]
+        return [(shape.name, shape.max_context_length) for shape in self.catalog]
 
     def create_run(
         self,
@@ -424,7 +434,7 @@ class Store:
         its id. Same session+seq with an identical body returns the existing id; with a
         different body raises ConflictError. NotFoundError for an unknown session or base
         model; UsageError(invalid_argument) for a rank above ``max_rank``."""
-        from logits_cli.store.lora import init_state, shape_for
+        from logits_cli.store.lora import init_state
 
         if model_seq_id < 0:
             raise UsageError(f"model_seq_id must be >= 0, got {model_seq_id}")
@@ -445,8 +455,7 @@ class Store:
             existing = self._existing_run(conn, run_id, body_sha256)
         if existing is not None:
             return existing
-        if shape_for(base_model) is None:
-            raise NotFoundError(f"base model {base_model!r} is not supported by this server")
+        shape = self.catalog.require(base_model)  # NotFoundError naming the nearest
         if lora_config.rank <= 0:
             raise UsageError(f"LoRA rank must be positive, got {lora_config.rank}")
         if lora_config.rank > self.max_rank:
@@ -462,7 +471,7 @@ class Store:
         owner = self._claim_instance()
         staging = Path(tempfile.mkdtemp(prefix=f"{_NEW_STATE_PREFIX}{owner}-", dir=self.runs_dir))
         try:
-            init_state(staging, base_model, lora_config)
+            init_state(staging, base_model, lora_config, shape)
             now = self._now_micros()
             with self._db.write() as conn:
                 existing = self._existing_run(conn, run_id, body_sha256)
@@ -590,10 +599,8 @@ class Store:
         return _Run._make(row)
 
     def get_info(self, user_id: str, run_id: str) -> models.GetInfoResponse:
-        from logits_cli.store.lora import shape_for
-
         run = self._owned_run(self._db.connection(), user_id, run_id)
-        shape = shape_for(run.base_model)
+        shape = self.catalog.get(run.base_model)
         return models.GetInfoResponse(
             model_id=run.id,
             model_data=models.ModelData(

@@ -17,11 +17,12 @@ def test_healthz_needs_no_key(shared_alice: Api) -> None:
 def test_capabilities_list_the_store_base_models(shared_alice: Api) -> None:
     answer = shared_alice.ok(shared_alice.http.get("/api/v1/get_server_capabilities"))
     expected = [
-        {"model_name": name, "max_context_length": context}
+        {"model_name": name, "max_context_length": context, "trainable": True, "sampleable": False}
         for name, context in shared_alice.server.store.known_base_models()
     ]
     assert answer == {"supported_models": expected}
-    assert {"model_name": "logits/tiny", "max_context_length": 2048} in expected
+    tiny = {"model_name": "logits/tiny", "max_context_length": 2048}
+    assert {**tiny, "trainable": True, "sampleable": False} in expected
 
 
 def test_client_config_reports_jwt_auth_off(shared_alice: Api) -> None:

@@ -17,7 +17,7 @@ from safetensors.numpy import load_file, save_file
 
 from logits_cli import models
 from logits_cli.errors import IntegrityError, UsageError
-from logits_cli.store import archive, lora
+from logits_cli.store import archive, layout, lora
 
 TINY = "logits/tiny"
 CREATED = datetime(2025, 6, 1, 12, 0, 5, tzinfo=UTC)
@@ -85,24 +85,36 @@ def fake_training(state: Path) -> None:
 
 def test_known_models_come_from_their_configs() -> None:
     qwen = lora.shape_for("Qwen/Qwen3-8B")
-    assert qwen == lora.ModelShape(
-        "Qwen/Qwen3-8B", "qwen3", 4096, 12288, 36, 32, 8, 128, 151936, 40960
-    )
-    assert set(lora.MODEL_SHAPES) == {
+    assert qwen is not None
+    assert (
+        qwen.name,
+        qwen.arch,
+        qwen.hidden_size,
+        qwen.intermediate_size,
+        qwen.num_layers,
+        qwen.num_attention_heads,
+        qwen.num_key_value_heads,
+        qwen.head_dim,
+        qwen.vocab_size,
+        qwen.max_context_length,
+    ) == ("Qwen/Qwen3-8B", "qwen3", 4096, 12288, 36, 32, 8, 128, 151936, 40960)
+    assert qwen.source == "huggingface.co/Qwen/Qwen3-8B/config.json"
+    assert {
         "Qwen/Qwen3-0.6B",
         "Qwen/Qwen3-4B",
         "Qwen/Qwen3-8B",
         "Qwen/Qwen3-32B",
+        "Qwen/Qwen3.5-4B",
         "meta-llama/Llama-3.1-8B",
         "meta-llama/Llama-3.2-1B",
         TINY,
-    }
+    } <= set(lora.MODEL_SHAPES)
     assert lora.shape_for("nobody/unknown") is None
 
 
 def test_adapter_modules_of_qwen3_8b() -> None:
     shape = lora.MODEL_SHAPES["Qwen/Qwen3-8B"]
-    modules = lora.adapter_modules(shape, models.LoraConfig(rank=32))
+    modules = layout.adapter_modules(shape, models.LoraConfig(rank=32))
     assert len(modules) == 36 * 7 + 1
     assert list(modules) == sorted(modules)
     assert modules["model.layers.0.self_attn.q_proj"] == (4096, 4096)
@@ -117,16 +129,18 @@ def test_adapter_modules_of_qwen3_8b() -> None:
 
 def test_adapter_modules_follow_the_train_flags() -> None:
     shape = lora.MODEL_SHAPES["meta-llama/Llama-3.2-1B"]
-    mlp_only = lora.adapter_modules(shape, models.LoraConfig(train_attn=False, train_unembed=False))
+    mlp_only = layout.adapter_modules(
+        shape, models.LoraConfig(train_attn=False, train_unembed=False)
+    )
     assert {path.rsplit(".", 1)[1] for path in mlp_only} == {"gate_proj", "up_proj", "down_proj"}
     assert len(mlp_only) == 16 * 3
-    attn = lora.adapter_modules(shape, models.LoraConfig(train_mlp=False, train_unembed=False))
+    attn = layout.adapter_modules(shape, models.LoraConfig(train_mlp=False, train_unembed=False))
     # Llama-3.2-1B: 32 heads of 64 (2048 wide), 8 key/value heads (512 wide).
     assert attn["model.layers.15.self_attn.q_proj"] == (2048, 2048)
     assert attn["model.layers.15.self_attn.k_proj"] == (2048, 512)
     assert attn["model.layers.15.self_attn.o_proj"] == (2048, 2048)
     assert "lm_head" not in attn
-    unembed = lora.adapter_modules(shape, models.LoraConfig(train_attn=False, train_mlp=False))
+    unembed = layout.adapter_modules(shape, models.LoraConfig(train_attn=False, train_mlp=False))
     assert unembed == {"lm_head": (2048, 128256)}
 
 

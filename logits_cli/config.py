@@ -3,10 +3,17 @@
 ``resolve()`` is the only reader of ``os.environ`` and of ``config.toml`` in the project.
 It is cheap (no network, no heavy imports) and records where each value came from, which
 ``logits config show`` prints. The API key command runs lazily, at most once per process.
+
+``config.toml`` is checked whole before anything is taken from it: an unknown key (``baseurl``)
+or a value of the wrong type (``base_url = 5``) anywhere in it is a ``ConfigError`` (exit 2)
+naming the file, the table, the key and what was expected, since ignoring it would silently
+select the embedded backend instead of the service the profile meant. So is a profile name
+(``--profile``, ``LOGITS_PROFILE``, top-level ``profile``) that the file does not define.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import subprocess
 import tomllib
@@ -19,6 +26,18 @@ from logits_cli.errors import AuthError, ConfigError
 
 CONFIG_FILE_NAME = "config.toml"
 KEY_COMMAND_TIMEOUT_S = 30.0
+
+# Every key a [profiles.NAME] table may hold, and what its (string) value is.
+PROFILE_KEYS: dict[str, str] = {
+    "base_url": "an absolute http(s) URL",
+    "api_key": "an API key",
+    "api_key_cmd": "a shell command that prints the API key",
+    "run": "a run id",
+}
+TOP_LEVEL_KEYS: dict[str, str] = {
+    "profile": "the name of the default profile",
+    "profiles": "a table of [profiles.NAME] tables",
+}
 
 
 @dataclass(frozen=True)
@@ -120,6 +139,64 @@ def _load_config_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
 
 
+def _toml_type(value: object) -> str:
+    """The TOML name of a parsed value's type, for messages (never the value: it may be a
+    secret)."""
+    names = [
+        (bool, "a boolean"),
+        (int, "an integer"),
+        (float, "a float"),
+        (str, "a string"),
+        (list, "an array"),
+        (dict, "a table"),
+    ]
+    return next((name for cls, name in names if isinstance(value, cls)), "a date or time")
+
+
+def _unknown_key(where: str, key: str, known: Mapping[str, str]) -> ConfigError:
+    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+    advice = f"did you mean {close[0]!r}?" if close else "known keys: " + ", ".join(sorted(known))
+    if known is TOP_LEVEL_KEYS and key in PROFILE_KEYS:
+        advice = f"{key} belongs in a [profiles.NAME] table"
+    return ConfigError(f"{where} unknown key {key!r} ({advice})")
+
+
+def _check_config(path: Path, config: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """Validate the whole file; return its profiles."""
+    for key in config:
+        if key not in TOP_LEVEL_KEYS:
+            raise _unknown_key(f"{path}:", key, TOP_LEVEL_KEYS)
+    default = config.get("profile")
+    if default is not None and not isinstance(default, str):
+        raise ConfigError(
+            f"{path}: 'profile' must be a string ({TOP_LEVEL_KEYS['profile']}), "
+            f"not {_toml_type(default)}"
+        )
+    profiles = config.get("profiles", {})
+    if not isinstance(profiles, dict):
+        raise ConfigError(
+            f"{path}: 'profiles' must be a table of [profiles.NAME] tables, "
+            f"not {_toml_type(profiles)}"
+        )
+    for name, table in profiles.items():
+        where = f"{path}: [profiles.{name}]"
+        if not isinstance(table, dict):
+            raise ConfigError(
+                f"{path}: profiles.{name} must be a [profiles.{name}] table, "
+                f"not {_toml_type(table)}"
+            )
+        for key, value in table.items():
+            if key not in PROFILE_KEYS:
+                raise _unknown_key(where, key, PROFILE_KEYS)
+            if not isinstance(value, str):
+                raise ConfigError(
+                    f"{where} {key} must be a string ({PROFILE_KEYS[key]}), not {_toml_type(value)}"
+                )
+        if "base_url" in table:
+            _check_base_url(table["base_url"].strip(), where)
+    return profiles
+
+
 def _check_base_url(url: str, source: str) -> str:
     if not url.startswith(("http://", "https://")) or len(url) <= len("https://"):
         raise ConfigError(f"base URL {url!r} (from {source}) must be an absolute http(s) URL")
@@ -145,10 +222,9 @@ def resolve(
     else:
         home_path, sources["home"] = default_home(env), "default"
 
-    config = _load_config_file(home_path / CONFIG_FILE_NAME)
-    profiles = config.get("profiles", {})
-    if not isinstance(profiles, dict):
-        raise ConfigError(f"{home_path / CONFIG_FILE_NAME}: 'profiles' must be a table")
+    config_path = home_path / CONFIG_FILE_NAME
+    config = _load_config_file(config_path)
+    profiles = _check_config(config_path, config)
 
     if profile is not None:
         profile_name: str | None = profile
@@ -159,13 +235,10 @@ def resolve(
         profile_name, sources["profile"] = config["profile"], "config file"
     else:
         profile_name = None
-    profile_table: dict[str, Any] = {}
+    profile_table: dict[str, str] = {}
     if profile_name is not None:
         if profile_name not in profiles:
-            known = ", ".join(sorted(profiles)) or "none defined"
-            raise ConfigError(
-                f"profile {profile_name!r} is not in {home_path / CONFIG_FILE_NAME} ({known})"
-            )
+            raise _missing_profile(profile_name, sources["profile"], config_path, profiles)
         profile_table = profiles[profile_name]
     where = f"config profile {profile_name}"
 
@@ -222,6 +295,23 @@ def resolve(
         api_key_cmd=key_cmd,
         sources=sources,
     )
+
+
+def _missing_profile(
+    name: str, source: str, path: Path, profiles: Mapping[str, object]
+) -> ConfigError:
+    origin = "" if source == "config file" else f" (from {source})"
+    if not path.exists():
+        return ConfigError(
+            f"profile {name!r}{origin} is not defined: {path} does not exist",
+            hint=f"create it with a [profiles.{name}] table holding base_url",
+        )
+    close = difflib.get_close_matches(name, list(profiles), n=1, cutoff=0.6)
+    if close:
+        advice = f"did you mean {close[0]!r}?"
+    else:
+        advice = "defined: " + (", ".join(sorted(profiles)) or "none")
+    return ConfigError(f"profile {name!r}{origin} is not in {path} ({advice})")
 
 
 def debug_enabled(env: Mapping[str, str] | None = None) -> bool:

@@ -108,3 +108,154 @@ def test_mask_secret_never_shows_the_key() -> None:
     assert key not in masked
     assert masked.startswith("tml-")
     assert config.mask_secret(None) == "(not set)"
+
+
+# -- F11: a config file is checked whole; mistakes are exit 2, never the embedded backend ---
+
+
+def resolve_prod(home: Path, text: str) -> config.Settings:
+    write_config(home, text)
+    return config.resolve(env={"LOGITS_HOME": str(home), "LOGITS_PROFILE": "prod"})
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            '[profiles.prod]\nbaseurl = "https://prod.example"\n',
+            "[profiles.prod] unknown key 'baseurl' (did you mean 'base_url'?)",
+        ),
+        (
+            '[profiles.prod]\napi_key_command = "pass show logits"\n',
+            "[profiles.prod] unknown key 'api_key_command' (did you mean 'api_key_cmd'?)",
+        ),
+        (
+            '[profiles.prod]\nzone = "eu"\n',
+            "[profiles.prod] unknown key 'zone' (known keys: api_key, api_key_cmd, base_url, run)",
+        ),
+        (
+            "[profiles.prod]\nbase_url = 5\n",
+            "[profiles.prod] base_url must be a string (an absolute http(s) URL), not an integer",
+        ),
+        (
+            "[profiles.prod]\napi_key = true\n",
+            "[profiles.prod] api_key must be a string (an API key), not a boolean",
+        ),
+        (
+            '[profiles.prod]\nbase_url = ["https://a.example"]\n',
+            "[profiles.prod] base_url must be a string (an absolute http(s) URL), not an array",
+        ),
+        (
+            '[profiles.prod]\nbase_url = "https://prod.example"\n[profiles.prod.extra]\nx = 1\n',
+            "[profiles.prod] unknown key 'extra'",
+        ),
+        (
+            '[profiles.prod]\nbase_url = ""\n',
+            "base URL '' (from {path}: [profiles.prod]) must be an absolute http(s) URL",
+        ),
+        (
+            'base_url = "https://prod.example"\n[profiles.prod]\n',
+            "unknown key 'base_url' (base_url belongs in a [profiles.NAME] table)",
+        ),
+        ('profiles = "prod"\n', "'profiles' must be a table of [profiles.NAME] tables"),
+        ("profile = 3\n[profiles.prod]\n", "'profile' must be a string"),
+        ('[profiles]\nprod = "https://x.example"\n', "profiles.prod must be a [profiles.prod]"),
+    ],
+)
+def test_config_mistakes_name_the_file_the_key_and_the_expectation(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    path = tmp_path / "config.toml"
+    with pytest.raises(ConfigError) as caught:
+        resolve_prod(tmp_path, text)
+    assert str(caught.value).startswith(f"{path}:") or f"from {path}:" in str(caught.value)
+    assert message.format(path=path) in str(caught.value)
+    assert caught.value.exit_code == 2
+
+
+def test_a_mistake_in_another_profile_is_reported_too(tmp_path: Path) -> None:
+    write_config(
+        tmp_path, '[profiles.ok]\nbase_url = "https://ok.example"\n[profiles.bad]\nrn = 1\n'
+    )
+    with pytest.raises(
+        ConfigError, match=r"\[profiles.bad\] unknown key 'rn' \(did you mean 'run'"
+    ):
+        config.resolve(env={"LOGITS_HOME": str(tmp_path), "LOGITS_PROFILE": "ok"})
+
+
+def test_wrong_typed_secrets_are_not_quoted(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        resolve_prod(tmp_path, "[profiles.prod]\napi_key = 123456789\n")
+    assert "123456789" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (None, "profile 'prod' (from env LOGITS_PROFILE) is not defined: {path} does not exist"),
+        (
+            '[profiles.prd]\nbase_url = "https://prod.example"\n',
+            "profile 'prod' (from env LOGITS_PROFILE) is not in {path} (did you mean 'prd'?)",
+        ),
+        (
+            '[profiles.staging]\nbase_url = "https://s.example"\n',
+            "profile 'prod' (from env LOGITS_PROFILE) is not in {path} (defined: staging)",
+        ),
+    ],
+)
+def test_an_undefined_profile_is_a_config_error(
+    tmp_path: Path, text: str | None, message: str
+) -> None:
+    if text is not None:
+        write_config(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        config.resolve(env={"LOGITS_HOME": str(tmp_path), "LOGITS_PROFILE": "prod"})
+    assert str(caught.value) == message.format(path=tmp_path / "config.toml")
+
+
+def test_a_valid_file_still_resolves(tmp_path: Path) -> None:
+    settings = resolve_prod(
+        tmp_path,
+        'profile = "prod"\n[profiles.prod]\nbase_url = "https://prod.example"\n'
+        'api_key_cmd = "echo tml-k"\nrun = "r1"\n[profiles.empty]\n',
+    )
+    assert settings.base_url == "https://prod.example"
+    assert settings.run == "r1"
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        (
+            '[profiles.prod]\nbaseurl = "https://prod.example"\n',
+            "Error: {path}: [profiles.prod] unknown key 'baseurl' (did you mean 'base_url'?)",
+        ),
+        (
+            "[profiles.prod]\nbase_url = 5\n",
+            "Error: {path}: [profiles.prod] base_url must be a string (an absolute http(s) URL),"
+            " not an integer",
+        ),
+        (None, "Error: profile 'prod' (from env LOGITS_PROFILE) is not defined: {path} does not"),
+    ],
+)
+def test_cli_sync_with_a_broken_profile_exits_2_and_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str | None, line: str
+) -> None:
+    # Before the fix: exit 0, a sync from the embedded backend instead of the service.
+    from tests.cli.conftest import invoke
+
+    home = tmp_path / "home"
+    home.mkdir()
+    if text is not None:
+        write_config(home, text)
+    monkeypatch.setenv("LOGITS_HOME", str(home))
+    monkeypatch.setenv("LOGITS_PROFILE", "prod")
+    dest = tmp_path / "D"
+    result = invoke(["ckpt", "sync", "-o", str(dest)])
+    assert result.exit_code == 2, (result.stdout, result.stderr)
+    assert result.stdout == ""
+    first = result.stderr.splitlines()[0]
+    assert first.startswith(line.format(path=home / "config.toml")), first
+    assert "Traceback" not in result.stderr
+    assert not dest.exists()
+    assert not (home / "store").exists()

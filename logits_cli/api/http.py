@@ -530,7 +530,7 @@ def explain_full_disk(error: errors.LogitsError) -> errors.LogitsError:
     that the server's disk is full, and hints so, instead of "check the service address"."""
     if isinstance(error, errors.InsufficientStorageError):
         if FULL_DISK_SUMMARY not in error.message:
-            error.message = f"{FULL_DISK_SUMMARY} ({error.message})"
+            error.message = f"{FULL_DISK_SUMMARY}: {error.message}"
             error.args = (error.message,)
         if error.hint is None:
             error.hint = FULL_DISK_HINT

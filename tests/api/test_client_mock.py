@@ -562,6 +562,12 @@ async def test_future_caller_timeout(
             errors.JobFailedError,
             "save of weights/step-1 failed: disk full",
         ),
+        (
+            {"error": "no space left", "category": "server", "code": "insufficient_storage"},
+            errors.InsufficientStorageError,
+            "the server has no space left to store this: "
+            "save of weights/step-1 failed: no space left",
+        ),
     ],
 )
 async def test_failed_futures_map_to_errors(
@@ -577,6 +583,9 @@ async def test_failed_futures_map_to_errors(
             await client.save(RUN, "step-1")
     assert type(caught.value) is error
     assert str(caught.value) == message
+    if isinstance(caught.value, errors.InsufficientStorageError):
+        assert caught.value.exit_code == errors.EXIT_UNAVAILABLE
+        assert caught.value.hint and "server's disk is full" in caught.value.hint
     if isinstance(caught.value, errors.JobFailedError):
         assert caught.value.category in ("user", "unknown")
 
@@ -772,3 +781,44 @@ async def test_timeouts_are_5s_connect_60s_read_and_45s_for_future_polls(
     }
     assert poll.extensions["timeout"]["connect"] == 5.0
     assert poll.extensions["timeout"]["read"] == 45.0
+
+
+async def test_507_is_final_and_says_it_is_the_servers_disk(
+    server: FakeServer, make_client: Callable[..., LogitsClient], fake_time: FakeTime
+) -> None:
+    server.route(
+        "POST",
+        "save_weights",
+        lambda r: httpx.Response(
+            507, json={"detail": "store full", "code": "insufficient_storage"}
+        ),
+    )
+    async with make_client() as client:
+        with pytest.raises(errors.InsufficientStorageError) as caught:
+            await client.save(RUN, "step-1")
+    assert str(caught.value) == "the server has no space left to store this: store full (HTTP 507)"
+    assert len(server.sent("POST", "save_weights")) == 1
+    assert fake_time.sleeps == []
+
+
+async def test_a_507_without_a_body_is_still_the_servers_disk(
+    server: FakeServer, make_client: Callable[..., LogitsClient]
+) -> None:
+    server.route("GET", f"training_runs/{RUN}", lambda r: httpx.Response(507))
+    async with make_client() as client:
+        with pytest.raises(errors.InsufficientStorageError) as caught:
+            await client.get_run(RUN)
+    assert str(caught.value) == (
+        "the server has no space left to store this: "
+        "example.org answered HTTP 507 Insufficient Storage"
+    )
+
+
+@pytest.mark.parametrize("key", ["tml-line\nbreak", "tml-caf\u00e9", "tml-tab\there"])
+async def test_an_api_key_http_cannot_carry_is_refused_before_sending(
+    key: str, server: FakeServer, make_client: Callable[..., LogitsClient]
+) -> None:
+    async with make_client(LOGITS_API_KEY=key) as client:
+        with pytest.raises(errors.AuthError, match="characters an HTTP header cannot carry"):
+            await client.get_run(RUN)
+    assert all("X-API-Key" not in request.headers for request in server.requests)

@@ -7,6 +7,7 @@ import random
 import httpx
 import pytest
 
+from logits_cli.api.answers import AnswerLimits
 from logits_cli.api.retry import RetryPolicy, is_retryable_status, retry_after_seconds
 
 pytestmark = pytest.mark.anyio
@@ -118,3 +119,12 @@ async def test_retry_after_beyond_the_deadline_gives_up_at_once() -> None:
     response = httpx.Response(429, headers={"Retry-After": "30"})
     assert not await policy.pause(0, policy.start(), response)
     assert fake.sleeps == []
+
+
+def test_answer_deadline_of_a_retry_is_the_rest_of_the_budget_but_at_least_5_s() -> None:
+    limits = AnswerLimits()
+    assert limits.attempt_deadline(0, budget_left_s=0.0) == 120.0  # one whole attempt always
+    assert limits.attempt_deadline(1, budget_left_s=50.0) == 50.0
+    assert limits.attempt_deadline(2, budget_left_s=0.5) == 5.0
+    assert limits.attempt_deadline(1, budget_left_s=500.0) == 120.0
+    assert AnswerLimits(attempt_deadline_s=None).attempt_deadline(3, 1.0) is None

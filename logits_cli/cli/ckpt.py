@@ -1,30 +1,44 @@
 """``logits ckpt …``: save, load, list, inspect, download, sync, publish, expire, delete.
 
 Each command parses its input, makes its calls inside one ``call_api`` session, and renders
-the result. Bulk work (publish, rm, ttl over several checkpoints) goes through
+the result. Rendering lives in ``ckpt_render``, path parsing and bulk selection in
+``ckpt_select``. Bulk work (publish, rm, ttl over several checkpoints) goes through
 ``api.bulk.apply_concurrently``; any failed item makes the command exit 8.
 """
 
-import math
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
 from logits_cli import errors
+from logits_cli.cli import ckpt_retention
+from logits_cli.cli.ckpt_render import (
+    CHECKPOINT_COLUMNS,
+    INFO_FIELDS,
+    VISIBILITY_COLUMNS,
+    SortKey,
+    checkpoint_json,
+    checkpoint_row,
+    count_line,
+    run_of,
+    saved_notice,
+)
+from logits_cli.cli.ckpt_select import (
+    BulkReport,
+    extended_ttl,
+    kind_of,
+    parse_path,
+    parse_refs,
+)
 from logits_cli.cli.context import call_api, require_run, settings_for
 from logits_cli.cli.failures import handle_errors, report_error
 from logits_cli.cli.options import (
-    AfterOpt,
     BeforeOpt,
-    CheckpointType,
     DryRunOpt,
     JsonOpt,
-    OptionalPathsArg,
     PathArg,
     PathsArg,
     QuietOpt,
@@ -33,18 +47,15 @@ from logits_cli.cli.options import (
     SinceOpt,
     TimeoutOpt,
     TypeOpt,
-    YesOpt,
 )
-from logits_cli.cli.output import BOOL, SIZE, TIME, Column, Output, interactive, log_line
+from logits_cli.cli.output import BOOL, Column, Output, log_line
 from logits_cli.cli.timeparse import (
-    MAX_DURATION_S,
     optional_point_in_time,
     optional_seconds,
-    parse_duration,
     parse_ttl,
 )
 from logits_cli.config import Settings
-from logits_cli.uri import TYPE_TO_KIND, CheckpointRef, validate_name, validate_run_id
+from logits_cli.uri import CheckpointRef, validate_name, validate_run_id
 
 if TYPE_CHECKING:
     from logits_cli import models
@@ -53,76 +64,11 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
+__all__ = ["BulkReport", "extended_ttl", "kind_of", "parse_refs", "sync_log_message"]
+
 app = typer.Typer(
     help="Save, list, download, publish, expire and delete checkpoints.", no_args_is_help=True
 )
-
-CHECKPOINT_COLUMNS = [
-    Column("NAME", "name"),
-    Column("TYPE", "checkpoint_type"),
-    Column("SIZE", "size_bytes", SIZE),
-    Column("PUBLIC", "public", BOOL),
-    Column("CREATED", "time", TIME),
-    Column("EXPIRES", "expires_at", TIME),
-    Column("PATH", "tinker_path"),
-]
-
-
-INFO_FIELDS = [
-    Column("path", "tinker_path"),
-    Column("type", "checkpoint_type"),
-    Column("size", "size_bytes", SIZE),
-    Column("public", "public", BOOL),
-    Column("created", "time", TIME),
-    Column("expires", "expires_at", TIME),
-    Column("sha256", "sha256"),
-    Column("base model", "base_model"),
-    Column("lora rank", "lora_rank"),
-]
-
-
-class SortKey(StrEnum):
-    time = "time"
-    name = "name"
-    size = "size"
-
-
-def checkpoint_row(checkpoint: "models.Checkpoint") -> dict[str, Any]:
-    return {
-        "name": checkpoint.name,
-        "checkpoint_type": checkpoint.checkpoint_type,
-        "size_bytes": checkpoint.size_bytes,
-        "public": checkpoint.public,
-        "time": checkpoint.time,
-        "expires_at": checkpoint.expires_at,
-        "tinker_path": checkpoint.tinker_path,
-    }
-
-
-def checkpoint_json(checkpoint: "models.Checkpoint") -> dict[str, Any]:
-    return checkpoint.model_dump(mode="json")
-
-
-def kind_of(checkpoint_type: CheckpointType | None) -> str | None:
-    """The URI kind of a ``--type`` value (None: both kinds)."""
-    return TYPE_TO_KIND[checkpoint_type.value] if checkpoint_type else None
-
-
-def parse_refs(texts: Sequence[str]) -> list[CheckpointRef]:
-    """Every path parsed up front, so a typo fails before any request is sent."""
-    if not texts:
-        raise errors.UsageError("no checkpoint path given")
-    return unique_refs(CheckpointRef.parse(text, allow_latest=True) for text in texts)
-
-
-def unique_refs(refs: Iterable[CheckpointRef]) -> list[CheckpointRef]:
-    """Each checkpoint once, in first-named order, whatever the scheme: a checkpoint named
-    twice must not be deleted twice (a spurious failure) or published twice at once (a race
-    over which call reports the change)."""
-    unique: dict[tuple[str, str, str], CheckpointRef] = {}
-    for ref in refs:
-        unique.setdefault((ref.run_id, ref.kind, ref.name), ref)
-    return list(unique.values())
 
 
 def _call_on_path(
@@ -132,49 +78,31 @@ def _call_on_path(
 ) -> T:
     """Parse one checkpoint path (a typo fails before any request), then run ``work`` on it
     in one API session."""
-    ref = CheckpointRef.parse(path, allow_latest=True)
-    return call_api(ctx, settings_for(ctx), lambda client: work(client, ref))
+    settings = settings_for(ctx)
+    ref = parse_path(path, settings.run)
+    return call_api(ctx, settings, lambda client: work(client, ref))
 
 
-def _remember(settings: Settings, checkpoints: "Sequence[models.Checkpoint]") -> None:
-    """Feed the completion cache; a path it cannot parse is simply not remembered."""
+def _remember(
+    settings: Settings,
+    checkpoints: "Sequence[models.Checkpoint]",
+    *,
+    complete_runs: Sequence[str] | None = None,
+    all_runs: bool = False,
+) -> None:
+    """Feed the completion cache. ``complete_runs``/``all_runs``: ``checkpoints`` is the
+    whole listing of those runs (or of every run), so cached paths of them it no longer
+    shows were deleted or expired and are dropped."""
     from logits_cli.cli.completion_cache import remember
 
-    runs: dict[str, None] = {}
-    for checkpoint in checkpoints:
-        try:
-            runs[CheckpointRef.parse(checkpoint.tinker_path, any_kind=True).run_id] = None
-        except errors.UsageError:
-            continue
-    remember(settings.home, runs=runs, paths=[c.tinker_path for c in checkpoints])
-
-
-@dataclass
-class BulkReport:
-    """Per-item failures of a bulk command; decides the exit code once output is printed."""
-
-    total: int
-    verb: str
-    failures: list[tuple[str, errors.LogitsError]] = field(default_factory=list)
-
-    def add(self, label: str, error: errors.LogitsError | None) -> None:
-        if error is not None:
-            self.failures.append((label, error))
-
-    def add_all(self, outcome: Iterable[tuple[str, errors.LogitsError | None]]) -> None:
-        for label, error in outcome:
-            self.add(label, error)
-
-    def finish(self) -> None:
-        if not self.failures:
-            return
-        if self.total == 1:
-            raise self.failures[0][1]
-        for label, error in self.failures:
-            report_error(type(error)(f"{label}: {error.message}"))
-        raise errors.PartialFailureError(
-            f"{len(self.failures)} of {self.total} checkpoints could not be {self.verb}"
-        )
+    runs = dict.fromkeys(run_of(c.tinker_path) for c in checkpoints)
+    remember(
+        settings.home,
+        runs=runs,
+        paths=[c.tinker_path for c in checkpoints],
+        replace_runs=complete_runs,
+        replace_all=all_runs,
+    )
 
 
 # -- save / load ----------------------------------------------------------------------------
@@ -205,7 +133,16 @@ def save(
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Snapshot the run's state as a new checkpoint; prints its path."""
+    """Snapshot the run's state as a new checkpoint; prints its path.
+
+    Examples:
+
+    \b
+      export LOGITS_RUN=$(logits runs create --base-model Qwen/Qwen3-8B)
+      logits ckpt save step_1000
+      logits ckpt save step_1000_s --sampler --ttl 7d
+      P=$(logits ckpt save step_2000 --overwrite)
+    """
     out = Output(json_output=json_output, quiet=quiet)
     validate_name(name)
     ttl_seconds = parse_ttl(ttl) if ttl is not None else None
@@ -236,8 +173,7 @@ def save(
         out.emit_json(checkpoint_json(checkpoint))
         return
     out.emit_lines([checkpoint.tinker_path])
-    size = f" ({checkpoint.size_bytes} bytes)" if checkpoint.size_bytes is not None else ""
-    out.notice(f"Saved {checkpoint.checkpoint_id}{size}")
+    out.notice(saved_notice(checkpoint))
 
 
 @app.command()
@@ -253,11 +189,19 @@ def load(
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Load a checkpoint (yours or a public one) into the run."""
+    """Load a checkpoint (yours or a public one) into the run.
+
+    Examples:
+
+    \b
+      logits ckpt load step_1000                 # a name in $LOGITS_RUN
+      logits ckpt load logits://RUN/weights/@latest --with-optimizer
+      logits ckpt load tinker://OTHER/weights/base --run MYRUN
+    """
     out = Output(json_output=json_output, quiet=quiet)
-    ref = CheckpointRef.parse(path, allow_latest=True)
-    wait_limit = optional_seconds(timeout)
     settings = settings_for(ctx, run=run)
+    ref = parse_path(path, settings.run)
+    wait_limit = optional_seconds(timeout)
     run_id = require_run(settings)
 
     with out.status(f"Loading {ref.name}…") as update:
@@ -308,15 +252,29 @@ def list_checkpoints(
         ),
     ] = None,
     sort: Annotated[
-        SortKey, typer.Option("--sort", help="Order: newest first, by name, or largest first.")
+        SortKey,
+        typer.Option("--sort", help="Order: time (newest first), name, or size (largest first)."),
     ] = SortKey.time,
     limit: Annotated[
-        int | None, typer.Option("--limit", min=1, help="Show at most this many.")
+        int | None, typer.Option("--limit", min=1, metavar="N", help="Show at most N.")
     ] = None,
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """List checkpoints of some runs, or of all your runs."""
+    """List checkpoints of some runs, or of all your runs.
+
+    On a terminal: one line per checkpoint (RUN and KIND/NAME, relative times), then the
+    count and total size. Piped: tab-separated NAME, TYPE, SIZE (bytes), PUBLIC, CREATED,
+    EXPIRES (ISO-8601 UTC) and the full PATH; -q prints full paths only.
+
+    Examples:
+
+    \b
+      logits ckpt ls
+      logits ckpt ls "$LOGITS_RUN" --type sampler --since 7d
+      logits ckpt ls --expiring-within 48h --sort size
+      logits ckpt ls -q | head -1            # the newest checkpoint's full path
+    """
     out = Output(json_output=json_output, quiet=quiet)
     run_ids = list(dict.fromkeys(validate_run_id(r) for r in runs or []))
     now = datetime.now(UTC)
@@ -364,14 +322,19 @@ def list_checkpoints(
         selected.sort(key=lambda c: c.time, reverse=True)
     if limit is not None:
         selected = selected[:limit]
-    _remember(settings, selected)
+    # Filters apply here, after the fetch: ``checkpoints`` is the runs' whole listing.
+    _remember(settings, checkpoints, complete_runs=run_ids, all_runs=not run_ids)
 
+    shown_runs = list(dict.fromkeys(run_of(c.tinker_path) for c in selected))
+    # One run: its id goes in the footer, and the row keeps room for sizes and ages.
+    columns = [c for c in CHECKPOINT_COLUMNS if len(shown_runs) != 1 or c.key != "run_id"]
     out.emit_listing(
         [checkpoint_json(c) for c in selected],
         (c.tinker_path for c in selected),
-        CHECKPOINT_COLUMNS,
+        columns,
         [checkpoint_row(c) for c in selected],
         empty="No checkpoints.",
+        footer=count_line(selected, runs=shown_runs),
     )
 
 
@@ -380,7 +343,15 @@ def list_checkpoints(
 def info(
     ctx: typer.Context, path: PathArg, json_output: JsonOpt = False, quiet: QuietOpt = False
 ) -> None:
-    """Show one checkpoint, with its base model and LoRA rank."""
+    """Show one checkpoint, with its base model and LoRA rank.
+
+    Examples:
+
+    \b
+      logits ckpt info logits://RUN/weights/step_1000
+      logits ckpt info sampler_weights/@latest     # in $LOGITS_RUN
+      logits ckpt info step_1000 --json | jq .size_bytes
+    """
     out = Output(json_output=json_output, quiet=quiet)
 
     async def work(
@@ -402,21 +373,59 @@ def info(
     out.emit_object(record, checkpoint.tinker_path, INFO_FIELDS, shown)
 
 
+def _embedded_archive_url(settings: Settings, checkpoint: "models.Checkpoint") -> str:
+    """On the embedded backend the archive is a file of the local store: its ``file://``
+    URL works with curl on this machine, where the embedded server's own origin cannot."""
+    blob = settings.store_dir / "blobs" / (checkpoint.sha256 or "")
+    if checkpoint.sha256 is None or not blob.is_file():
+        raise errors.UnsupportedError(
+            f"{checkpoint.tinker_path} has no archive file in the local store",
+            hint=f"download it with `logits ckpt download {checkpoint.tinker_path}`",
+        )
+    return blob.resolve().as_uri()
+
+
 @app.command()
 @handle_errors
 def url(
     ctx: typer.Context, path: PathArg, json_output: JsonOpt = False, quiet: QuietOpt = False
 ) -> None:
-    """Print a short-lived signed URL of the checkpoint's archive (for curl, aria2c)."""
+    """Print a short-lived signed URL of the checkpoint's archive (for curl, aria2c).
+
+    On the embedded backend (no LOGITS_BASE_URL) it prints a file:// URL of the archive in
+    the local store instead, which does not expire; curl reads it.
+
+    Examples:
+
+    \b
+      curl -o ckpt.tar "$(logits ckpt url logits://RUN/weights/step_1000)"
+      logits ckpt url step_1000 --json | jq -r .expires
+    """
     out = Output(json_output=json_output, quiet=quiet)
+    settings = settings_for(ctx)
+    ref = parse_path(path, settings.run)
+
+    if settings.embedded:
+
+        async def local(client: "LogitsClient") -> "models.Checkpoint":
+            return await client.get_checkpoint(await client.resolve(ref))
+
+        checkpoint = call_api(ctx, settings, local)
+        link = _embedded_archive_url(settings, checkpoint)
+        if out.json:
+            out.emit_json({"path": checkpoint.tinker_path, "url": link, "expires": None})
+            return
+        out.emit_lines([link])
+        out.notice("A file in the embedded store on this machine; it does not expire")
+        return
 
     async def work(
-        client: "LogitsClient", ref: CheckpointRef
+        client: "LogitsClient",
     ) -> "tuple[CheckpointRef, models.CheckpointArchiveUrlResponse]":
         resolved = await client.resolve(ref)
         return resolved, await client.archive_url(resolved)
 
-    resolved, answer = _call_on_path(ctx, path, work)
+    resolved, answer = call_api(ctx, settings, work)
     if out.json:
         out.emit_json({"path": str(resolved), **answer.model_dump(mode="json")})
         return
@@ -427,18 +436,11 @@ def url(
 # -- publish / unpublish ----------------------------------------------------------------
 
 
-VISIBILITY_COLUMNS = [
-    Column("PATH", "path"),
-    Column("PUBLIC", "public", BOOL),
-    Column("CHANGED", "changed", BOOL),
-]
-
-
 def _change_visibility(ctx: typer.Context, paths: list[str], *, public: bool, out: Output) -> None:
     from logits_cli.api.bulk import apply_concurrently
 
-    refs = parse_refs(paths)
     settings = settings_for(ctx)
+    refs = parse_refs(paths, settings.run)
     results: dict[int, dict[str, Any]] = {}
     report = BulkReport(len(refs), "published" if public else "unpublished")
 
@@ -461,7 +463,16 @@ def _change_visibility(ctx: typer.Context, paths: list[str], *, public: bool, ou
 def publish(
     ctx: typer.Context, paths: PathsArg, json_output: JsonOpt = False, quiet: QuietOpt = False
 ) -> None:
-    """Make checkpoints public (readable by every user of the service)."""
+    """Make checkpoints public (readable by every user of the service).
+
+    Already public is success (CHANGED no; "changed": false in JSON).
+
+    Examples:
+
+    \b
+      logits ckpt publish logits://RUN/sampler_weights/final
+      logits ckpt publish step_1000 step_2000      # names in $LOGITS_RUN
+    """
     _change_visibility(ctx, paths, public=True, out=Output(json_output=json_output, quiet=quiet))
 
 
@@ -470,259 +481,21 @@ def publish(
 def unpublish(
     ctx: typer.Context, paths: PathsArg, json_output: JsonOpt = False, quiet: QuietOpt = False
 ) -> None:
-    """Make checkpoints private again."""
+    """Make checkpoints private again.
+
+    Examples:
+
+    \b
+      logits ckpt unpublish logits://RUN/sampler_weights/final
+      logits ckpt ls --public -q | xargs logits ckpt unpublish
+    """
     _change_visibility(ctx, paths, public=False, out=Output(json_output=json_output, quiet=quiet))
 
 
-# -- rm / ttl: explicit paths, or a run with retention filters ------------------------------
+# -- rm / ttl: explicit paths, or a run with retention filters (ckpt_retention) -------------
 
-FilterRunOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--run",
-        "-r",
-        help="Select from this run with the filters below instead of naming paths.",
-        show_default=False,
-    ),
-]
-KeepLastOpt = Annotated[
-    int | None, typer.Option("--keep-last", min=0, help="Never select the newest N (per type).")
-]
-KeepNameOpt = Annotated[
-    list[str] | None,
-    typer.Option("--keep-name", help="Never select this name (repeatable).", metavar="NAME"),
-]
-
-
-@dataclass(frozen=True)
-class Selection:
-    """Which checkpoints a bulk command acts on: explicit paths, or a filtered run."""
-
-    refs: list[CheckpointRef]
-    run: str | None = None
-    kind: str | None = None
-    before: datetime | None = None
-    after: datetime | None = None
-    keep_last: int | None = None
-    keep_names: frozenset[str] = frozenset()
-
-    async def targets(
-        self, client: "LogitsClient"
-    ) -> "tuple[list[CheckpointRef], list[models.Checkpoint]]":
-        """(selected refs, kept checkpoints); ``@latest`` resolved."""
-        if self.run is None:
-            # Resolving @latest may name a checkpoint also given by its name.
-            return unique_refs([await client.resolve(ref) for ref in self.refs]), []
-        from logits_cli.api.bulk import select_checkpoints
-
-        selected, kept = select_checkpoints(
-            await client.list_checkpoints(self.run),
-            kind=self.kind,
-            before=self.before,
-            after=self.after,
-            keep_last=self.keep_last,
-            keep_names=self.keep_names,
-        )
-        return [CheckpointRef.parse(c.tinker_path, any_kind=True) for c in selected], kept
-
-
-def _selection(
-    paths: list[str] | None,
-    run: str | None,
-    checkpoint_type: CheckpointType | None,
-    before: str | None,
-    after: str | None,
-    keep_last: int | None,
-    keep_names: list[str] | None,
-) -> Selection:
-    filters_given = any(
-        v is not None for v in (checkpoint_type, before, after, keep_last, keep_names)
-    )
-    if paths and run is not None:
-        raise errors.UsageError("give checkpoint paths or --run with filters, not both")
-    if paths:
-        if filters_given:
-            raise errors.UsageError(
-                "--type, --before, --after, --keep-last and --keep-name need --run"
-            )
-        return Selection(parse_refs(paths))
-    if run is None:
-        raise errors.UsageError("give checkpoint paths, or --run RUN with filters")
-    now = datetime.now(UTC)
-    return Selection(
-        [],
-        run=validate_run_id(run),
-        kind=kind_of(checkpoint_type),
-        before=optional_point_in_time(before, now=now),
-        after=optional_point_in_time(after, now=now),
-        keep_last=keep_last,
-        keep_names=frozenset(validate_name(n) for n in keep_names or []),
-    )
-
-
-@app.command()
-@handle_errors
-def rm(
-    ctx: typer.Context,
-    paths: OptionalPathsArg = None,
-    run: FilterRunOpt = None,
-    checkpoint_type: TypeOpt = None,
-    before: BeforeOpt = None,
-    after: AfterOpt = None,
-    keep_last: KeepLastOpt = None,
-    keep_name: KeepNameOpt = None,
-    max_delete: Annotated[
-        int | None, typer.Option("--max-delete", min=0, help="Refuse to delete more than N.")
-    ] = None,
-    dry_run: DryRunOpt = False,
-    yes: YesOpt = False,
-    json_output: JsonOpt = False,
-    quiet: QuietOpt = False,
-) -> None:
-    """Delete checkpoints, by path or by retention filters over a run (--run)."""
-    from logits_cli.api.bulk import apply_concurrently
-
-    out = Output(json_output=json_output, quiet=quiet)
-    selection = _selection(paths, run, checkpoint_type, before, after, keep_last, keep_name)
-    if not (yes or dry_run or interactive()):
-        raise errors.ConfirmationRequired(
-            "refusing to delete without --yes when not on a terminal", hint="add --yes to confirm"
-        )
-    settings = settings_for(ctx)
-
-    async def plan(client: "LogitsClient") -> tuple[list[CheckpointRef], list[str]]:
-        refs, kept = await selection.targets(client)
-        if max_delete is not None and len(refs) > max_delete:
-            raise errors.UsageError(
-                f"{len(refs)} checkpoints match, more than --max-delete {max_delete}; nothing deleted"
-            )
-        return refs, [c.tinker_path for c in kept]
-
-    async def delete_all(client: "LogitsClient") -> list[tuple[str, errors.LogitsError | None]]:
-        async def delete(target: CheckpointRef) -> None:
-            await client.delete(target)
-
-        return [(str(t), e) for t, e in await apply_concurrently(refs, delete)]
-
-    refs, kept = call_api(ctx, settings, plan)
-    targets = [str(t) for t in refs]
-    outcome: list[tuple[str, errors.LogitsError | None]] = []
-    if refs and not dry_run:
-        if not yes:
-            # Asked between two API sessions, not inside one: a blocking prompt inside the
-            # event loop would leave Ctrl-C to asyncio, which cannot interrupt it.
-            listing = "\n".join(f"  {t}" for t in targets)
-            typer.echo(f"About to delete {len(targets)} checkpoint(s):\n{listing}", err=True)
-            if not typer.confirm("Delete them?", default=False, err=True):
-                raise errors.LogitsError("aborted; nothing deleted")
-        outcome = call_api(ctx, settings, delete_all)
-    report = BulkReport(len(targets), "deleted")
-    report.add_all(outcome)
-    failed = {label for label, _ in report.failures}
-    deleted = [t for t in targets if t not in failed] if not dry_run else []
-    listed = targets if dry_run else deleted
-    if out.json:
-        out.emit_json(
-            {
-                "dry_run": dry_run,
-                "deleted": deleted,
-                "selected": targets,
-                "kept": kept,
-                "failed": [
-                    {"path": label, "error": error.message} for label, error in report.failures
-                ],
-            }
-        )
-    else:
-        out.emit_lines(listed)
-        verb = "Would delete" if dry_run else "Deleted"
-        out.notice(f"{verb} {len(listed)} checkpoint(s)" + (f", kept {len(kept)}" if run else ""))
-    report.finish()
-
-
-@app.command()
-@handle_errors
-def ttl(
-    ctx: typer.Context,
-    paths: OptionalPathsArg = None,
-    set_to: Annotated[
-        str | None,
-        typer.Option(
-            "--set", help="Expire this long from now (30d) or 'never'.", metavar="DURATION"
-        ),
-    ] = None,
-    extend: Annotated[
-        str | None,
-        typer.Option(
-            "--extend",
-            help="Push the current expiry back by this long (from now if it never expired).",
-            metavar="DURATION",
-        ),
-    ] = None,
-    remove: Annotated[bool, typer.Option("--remove", help="Never expire.")] = False,
-    run: FilterRunOpt = None,
-    checkpoint_type: TypeOpt = None,
-    before: BeforeOpt = None,
-    after: AfterOpt = None,
-    keep_last: KeepLastOpt = None,
-    keep_name: KeepNameOpt = None,
-    json_output: JsonOpt = False,
-    quiet: QuietOpt = False,
-) -> None:
-    """Set, extend or remove checkpoint expiry."""
-    from logits_cli.api.bulk import apply_concurrently
-
-    out = Output(json_output=json_output, quiet=quiet)
-    if sum((set_to is not None, extend is not None, remove)) != 1:
-        raise errors.UsageError("give exactly one of --set, --extend or --remove")
-    set_seconds = parse_ttl(set_to) if set_to is not None else None
-    extend_seconds = parse_duration(extend) if extend is not None else None
-    selection = _selection(paths, run, checkpoint_type, before, after, keep_last, keep_name)
-    settings = settings_for(ctx)
-    results: dict[str, models.Checkpoint] = {}
-
-    async def work(
-        client: "LogitsClient",
-    ) -> tuple[list[str], list[tuple[str, errors.LogitsError | None]]]:
-        targets, _kept = await selection.targets(client)
-
-        async def apply(target: CheckpointRef) -> None:
-            ttl_seconds = set_seconds
-            if extend_seconds is not None:
-                current = await client.get_checkpoint(target)
-                ttl_seconds = extended_ttl(current.expires_at, extend_seconds, datetime.now(UTC))
-            await client.set_ttl(target, ttl_seconds)
-            results[str(target)] = await client.get_checkpoint(target)
-
-        outcome = await apply_concurrently(targets, apply)
-        return [str(t) for t in targets], [(str(t), e) for t, e in outcome]
-
-    targets, outcome = call_api(ctx, settings, work)
-    report = BulkReport(len(targets), "updated")
-    report.add_all(outcome)
-    done = [results[t] for t in targets if t in results]
-    out.emit_listing(
-        [checkpoint_json(c) for c in done],
-        (c.tinker_path for c in done),
-        [Column("PATH", "tinker_path"), Column("EXPIRES", "expires_at", TIME)],
-        [checkpoint_row(c) for c in done],
-    )
-    report.finish()
-
-
-def extended_ttl(expires_at: datetime | None, extra_seconds: int, now: datetime) -> int:
-    """The TTL that moves an expiry back by ``extra_seconds``.
-
-    A checkpoint that never expired is extended from now: the result is the same as
-    ``--set``, which is the only reading that gives it an expiry at all.
-    """
-    base = max(expires_at, now) if expires_at is not None else now
-    seconds = math.ceil((base + timedelta(seconds=extra_seconds) - now).total_seconds())
-    if seconds > MAX_DURATION_S:
-        raise errors.UsageError(
-            "extending it would make it expire more than 10 years from now, the longest allowed"
-        )
-    return seconds
+app.command()(ckpt_retention.rm)
+app.command()(ckpt_retention.ttl)
 
 
 # -- download / sync / verify -------------------------------------------------------------
@@ -962,18 +735,37 @@ def verify(
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Re-check downloaded checkpoints against their manifests (exit 7 on any mismatch)."""
+    """Re-check downloaded checkpoints against their manifests.
+
+    A DIR that is missing or holds no checkpoint is reported and the others are still
+    checked. Exit 7 if any checkpoint fails verification, else 8 if some DIR had nothing to
+    check, 4 if none had.
+
+    Examples:
+
+    \b
+      logits ckpt verify ./ckpts/step_1000
+      logits ckpt verify ./ckpts                # every checkpoint below it
+    """
     from logits_cli.api.verify import find_checkpoint_dirs, verify_checkpoint_dir
 
     out = Output(json_output=json_output, quiet=quiet)
     checked: list[Path] = []
-    for root in dirs:
+    unusable: list[errors.LogitsError] = []
+    for root in dict.fromkeys(dirs):
         if not root.is_dir():
-            raise errors.NotFoundError(f"{root} is not a directory")
+            unusable.append(errors.NotFoundError(f"{root} is not a directory"))
+            continue
         found = find_checkpoint_dirs(root)
         if not found:
-            raise errors.NotFoundError(f"no downloaded checkpoint in {root}")
+            unusable.append(errors.NotFoundError(f"no downloaded checkpoint in {root}"))
         checked.extend(found)
+    if not checked:
+        if len(unusable) == 1:
+            raise unusable[0]
+        for error in unusable:
+            report_error(error)
+        raise errors.NotFoundError(f"none of the {len(unusable)} directories holds a checkpoint")
     results = [verify_checkpoint_dir(path) for path in checked]
     records = [
         {
@@ -987,12 +779,22 @@ def verify(
     out.emit_listing(
         records,
         (str(r.path) for r in results if r.ok),
-        [Column("DIR", "path"), Column("OK", "ok", BOOL), Column("CHECKPOINT", "tinker_path")],
+        [
+            Column("DIR", "path"),
+            Column("OK", "ok", BOOL),
+            Column("CHECKPOINT", "tinker_path", priority=1),
+        ],
         records,
     )
     bad = [r for r in results if not r.ok]
     for result in bad:
         for problem in result.problems:
             out.warn(f"{result.path}: {problem}")
+    for error in unusable:
+        report_error(error)
     if bad:
         raise errors.IntegrityError(f"{len(bad)} of {len(results)} checkpoints failed verification")
+    if unusable:
+        raise errors.PartialFailureError(
+            f"{len(unusable)} of {len(dict.fromkeys(dirs))} directories had no checkpoint to verify"
+        )

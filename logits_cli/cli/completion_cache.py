@@ -44,15 +44,58 @@ def _read(path: Path | None) -> dict[str, list[str]]:
     }
 
 
-def remember(home: Path, *, runs: Iterable[str] = (), paths: Iterable[str] = ()) -> None:
-    """Put these first in the cache (most recent first), dropping the oldest."""
+def _run_of(path: str) -> str:
+    return path.partition("://")[2].split("/", 1)[0]
+
+
+def remember(
+    home: Path,
+    *,
+    runs: Iterable[str] = (),
+    paths: Iterable[str] = (),
+    replace_runs: Iterable[str] | None = None,
+    replace_all: bool = False,
+) -> None:
+    """Put these first in the cache (most recent first), dropping the oldest.
+
+    ``paths`` may be the whole listing of the runs in ``replace_runs`` (or of every run,
+    ``replace_all``): cached paths of those runs it does not hold are gone and dropped.
+    """
     path = _cache_file(home)
     if path is None:
         return
     data = _read(path)
-    for key, fresh in (("runs", list(runs)), ("paths", list(paths))):
+    fresh_paths = list(paths)
+    stale_runs = set(replace_runs or ())
+    if replace_all or stale_runs:
+        data["paths"] = [
+            p for p in data.get("paths", []) if not replace_all and _run_of(p) not in stale_runs
+        ]
+    for key, fresh in (("runs", list(runs)), ("paths", fresh_paths)):
         merged = list(dict.fromkeys([*fresh, *data.get(key, [])]))
         data[key] = merged[:MAX_ENTRIES]
+    _write(path, data)
+
+
+def forget(home: Path, paths: Iterable[str]) -> None:
+    """Drop deleted checkpoints (in either scheme) from the cache."""
+    gone = {_without_scheme(p) for p in paths}
+    if not gone:
+        return
+    path = _cache_file(home)
+    if path is None:
+        return
+    data = _read(path)
+    if "paths" in data:
+        data["paths"] = [p for p in data["paths"] if _without_scheme(p) not in gone]
+        _write(path, data)
+
+
+def _without_scheme(path: str) -> str:
+    return path.partition("://")[2]
+
+
+def _write(path: Path, data: dict[str, list[str]]) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(
@@ -69,4 +112,15 @@ def complete_run(incomplete: str) -> list[str]:
 
 
 def complete_path(incomplete: str) -> list[str]:
-    return [p for p in _read(_cache_file()).get("paths", []) if p.startswith(incomplete)]
+    """Cached paths starting with ``incomplete``, plus ``…/KIND/@latest`` of each run and
+    kind seen; a path cached in one scheme is offered in the scheme being typed."""
+    scheme = incomplete.partition("://")[0] if "://" in incomplete else None
+    candidates: dict[str, None] = {}
+    for cached in _read(_cache_file()).get("paths", []):
+        cached_scheme, _, rest = cached.partition("://")
+        shown_scheme = scheme if scheme in ("logits", "tinker") else cached_scheme
+        head, _, _name = rest.rpartition("/")
+        for candidate in (f"{shown_scheme}://{rest}", f"{shown_scheme}://{head}/@latest"):
+            if candidate.startswith(incomplete):
+                candidates[candidate] = None
+    return list(candidates)

@@ -4,6 +4,7 @@ paths and run ids reads the local cache only."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -13,26 +14,48 @@ from logits_cli.cli.completion_cache import CACHE_FILE_NAME, complete_path, comp
 from logits_cli.cli.main import app
 
 COMPLETIONS = Path(__file__).resolve().parents[2] / "completions"
-REGENERATE = (
-    "for s in bash zsh fish; do _LOGITS_COMPLETE=source_$s logits > completions/logits.$s; done"
+REGENERATE = "for s in zsh fish; do _LOGITS_COMPLETE=source_$s logits > completions/logits.$s; done"
+# The call into the program that Typer's bash script makes, and ours must make too.
+PROTOCOL_CALL = re.compile(
+    r"env COMP_WORDS=\"\$\{(?:COMP_WORDS|words)\[\*\]\}\" \\\n\s+COMP_CWORD=\$(?:COMP_CWORD|cword) "
+    r"\\\n\s+_LOGITS_COMPLETE=complete_bash \$1 "
 )
 
 
-@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
-def test_completion_scripts_are_current(shell: str) -> None:
+def generated(shell: str) -> str:
     result = CliRunner().invoke(
         app, [], env={"_LOGITS_COMPLETE": f"source_{shell}"}, prog_name="logits"
     )
     assert result.exit_code == 0
+    return result.stdout
+
+
+@pytest.mark.parametrize("shell", ["zsh", "fish"])
+def test_completion_scripts_are_current(shell: str) -> None:
     committed = (COMPLETIONS / f"logits.{shell}").read_text()
-    assert result.stdout == committed, f"completions/logits.{shell} is stale; run: {REGENERATE}"
+    assert generated(shell) == committed, f"completions/logits.{shell} is stale; run: {REGENERATE}"
+
+
+def test_shipped_bash_script_speaks_the_protocol_typer_generates() -> None:
+    """completions/logits.bash is ours (it keeps logits:// paths whole); it must still call
+    the program exactly as Typer's generated script does, and register the same way."""
+    typer_script = generated("bash")
+    ours = (COMPLETIONS / "logits.bash").read_text()
+    assert PROTOCOL_CALL.search(typer_script), "Typer changed its bash protocol; update ours"
+    assert PROTOCOL_CALL.search(ours)
+    (register,) = [line for line in typer_script.splitlines() if line.startswith("complete ")]
+    assert register in ours.splitlines()
+    assert "__ltrim_colon_completions" in ours and "_get_comp_words_by_ref -n :" in ours
 
 
 def test_cache_feeds_completion(isolated_env: Path) -> None:
     remember(isolated_env, runs=["run-a"], paths=["logits://run-a/weights/s1"])
     remember(isolated_env, runs=["run-b"], paths=["logits://run-b/weights/s2"])
     assert complete_run("run-") == ["run-b", "run-a"]
-    assert complete_path("logits://run-a") == ["logits://run-a/weights/s1"]
+    assert complete_path("logits://run-a") == [
+        "logits://run-a/weights/s1",
+        "logits://run-a/weights/@latest",
+    ]
     result = CliRunner().invoke(
         app,
         [],
@@ -43,7 +66,7 @@ def test_cache_feeds_completion(isolated_env: Path) -> None:
         },
         prog_name="logits",
     )
-    assert result.stdout.split() == ["logits://run-b/weights/s2"]
+    assert result.stdout.split() == ["logits://run-b/weights/s2", "logits://run-b/weights/@latest"]
 
 
 @pytest.mark.parametrize("content", ["not json", "[1, 2]", '{"runs": "x", "paths": [3]}'])

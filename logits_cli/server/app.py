@@ -18,7 +18,15 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from logits_cli.errors import ConfigError, LogitsError
 from logits_cli.store.store import Store
 
-from . import routes_blobs, routes_checkpoints, routes_service, routes_training
+from . import (
+    routes_blobs,
+    routes_checkpoints,
+    routes_exports,
+    routes_sampling,
+    routes_service,
+    routes_sessions,
+    routes_training,
+)
 from .endpoint import ServerContext
 from .futures import FutureRunner
 from .guards import PathGuard
@@ -69,6 +77,10 @@ def create_app(store: Store, settings: ServerSettings) -> Starlette:
             *routes_training.ROUTES,
             *routes_checkpoints.ROUTES,
             *routes_blobs.ROUTES,
+            # The SDK 0.38 dialect (docs/protocol.md §11).
+            *routes_sessions.ROUTES,
+            *routes_sampling.ROUTES,
+            *routes_exports.ROUTES,
         ],
         middleware=[
             Middleware(PathGuard),  # first: it judges the raw path before anything routes it

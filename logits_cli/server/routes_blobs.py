@@ -18,6 +18,7 @@ from starlette.responses import FileResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from logits_cli.errors import NotFoundError, RangeNotSatisfiableError
+from logits_cli.store import exports
 from logits_cli.store.store import BlobInfo
 
 from .endpoint import Call, route
@@ -88,11 +89,12 @@ class ArchiveResponse(FileResponse):
         byte_range: tuple[int, int] | None,
         headers: dict[str, str],
         stat_result: os.stat_result,
+        media_type: str = "application/x-tar",
     ) -> None:
         super().__init__(
             blob.path,
             headers=headers,
-            media_type="application/x-tar",
+            media_type=media_type,
             stat_result=stat_result,
         )
         self._byte_range = byte_range
@@ -123,12 +125,22 @@ def archive_headers(blob: BlobInfo, run_id: str, kind: str, name: str) -> dict[s
 
 async def blob(call: Call) -> Response:
     claim = call.context.signer.verify_blob_token(call.request.path_params["token"])
-    info = await call.run(call.store.blob_for, claim.run_id, claim.kind, claim.name, claim.sha256)
+    file = claim.file
+    if file is not None:  # one file of an external_weights export (docs/protocol.md §11.3)
+        info = await call.run(
+            exports.export_blob_for, call.store, claim.run_id, claim.name, file, claim.sha256
+        )
+    else:
+        info = await call.run(
+            call.store.blob_for, claim.run_id, claim.kind, claim.name, claim.sha256
+        )
     try:
         stat_result = await call.run(os.stat, info.path)
     except FileNotFoundError:
         raise NotFoundError("checkpoint archive not found") from None
     headers = archive_headers(info, claim.run_id, claim.kind, claim.name)
+    if file is not None:
+        headers["content-disposition"] = f'attachment; filename="{file.rsplit("/", 1)[-1]}"'
     request_headers = call.request.headers
     decision: RangeDecision = "whole"
     if if_range_matches(request_headers.get("if-range"), headers["etag"], headers["last-modified"]):
@@ -142,7 +154,8 @@ async def blob(call: Call) -> Response:
             headers={"content-range": f"bytes */{stat_result.st_size}"},
         )
     byte_range = None if decision == "whole" else decision
-    return ArchiveResponse(info, byte_range, headers, stat_result)
+    media_type = "application/octet-stream" if file is not None else "application/x-tar"
+    return ArchiveResponse(info, byte_range, headers, stat_result, media_type)
 
 
 ROUTES = [

@@ -11,9 +11,10 @@ from urllib.parse import urlsplit
 from starlette.responses import Response
 
 from logits_cli import models
-from logits_cli.errors import UnavailableError, UsageError
+from logits_cli.errors import NotFoundError, UnavailableError, UsageError
+from logits_cli.store import exports
 from logits_cli.store.store import MAX_TTL_SECONDS
-from logits_cli.uri import validate_kind, validate_name, validate_run_id
+from logits_cli.uri import EXTERNAL_KIND, validate_kind, validate_name, validate_run_id
 
 from .endpoint import Call, route
 from .responses import json_response
@@ -100,18 +101,31 @@ async def get_run(call: Call) -> Response:
     return json_response(_run_in_scheme(run, call.settings.uri_scheme))
 
 
+def _shows_external(call: Call) -> bool:
+    """SDK 0.24 fails a whole listing on ``checkpoint_type: "external"`` and sends no
+    ``x-sdk-version``; 0.38 and our client send one (docs/protocol.md §11.3)."""
+    return "x-sdk-version" in call.request.headers
+
+
 async def list_run_checkpoints(call: Call) -> Response:
     run_id = validate_run_id(call.request.path_params["run_id"])
     checkpoints = await call.run(call.store.list_run_checkpoints, call.user, run_id)
+    if not _shows_external(call):
+        checkpoints = [c for c in checkpoints if c.kind != EXTERNAL_KIND]
+    checkpoints = await call.run(exports.annotate, call.store, checkpoints)
     checkpoints = [_in_scheme(c, call.settings.uri_scheme) for c in checkpoints]
     return json_response(models.CheckpointsListResponse(checkpoints=checkpoints, cursor=None))
 
 
 async def list_user_checkpoints(call: Call) -> Response:
     limit, offset = _page(call, *CHECKPOINTS_PAGE)
+    include_external = _shows_external(call)
     checkpoints, total = await call.run(
-        call.store.list_user_checkpoints, call.user, limit=limit, offset=offset
+        lambda: exports.list_user_checkpoints(
+            call.store, call.user, limit=limit, offset=offset, include_external=include_external
+        )
     )
+    checkpoints = await call.run(exports.annotate, call.store, checkpoints)
     checkpoints = [_in_scheme(c, call.settings.uri_scheme) for c in checkpoints]
     cursor = models.Cursor(offset=offset, limit=limit, total_count=total)
     return json_response(models.CheckpointsListResponse(checkpoints=checkpoints, cursor=cursor))
@@ -160,6 +174,14 @@ def _public_base(call: Call) -> str:
 
 async def archive_url(call: Call) -> Response:
     run_id, kind, name = _checkpoint_path(call)
+    # The files generation has no archive endpoint; exports download file by file
+    # (docs/protocol.md §11, §11.3).
+    if getattr(call.settings, "downloads", "both") == "files":
+        raise NotFoundError("this deployment has no archive downloads (no such endpoint)")
+    if kind == EXTERNAL_KIND:
+        raise NotFoundError(
+            f"{kind}/{name} has no archive; fetch its files through external_weights_urls"
+        )
     checkpoint = await call.run(call.store.get_checkpoint, call.user, run_id, kind, name)
     if checkpoint.sha256 is None:
         raise UnavailableError("the archive of this checkpoint is not ready yet")

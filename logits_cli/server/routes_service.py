@@ -6,6 +6,7 @@ from starlette.responses import Response
 
 from logits_cli import models
 from logits_cli.errors import AuthError, NotFoundError, UnavailableError
+from logits_cli.store import sessions
 
 from .endpoint import Call, route
 from .request_body import TELEMETRY_BODY_LIMIT
@@ -64,7 +65,8 @@ async def create_session(call: Call) -> Response:
 
 async def session_heartbeat(call: Call) -> Response:
     request = call.parse(models.SessionHeartbeatRequest)
-    await call.run(call.store.heartbeat, call.user, request.session_id)
+    # 410 once the session is finished (docs/protocol.md §11.1).
+    await call.run(sessions.heartbeat, call.store, call.user, request.session_id)
     return json_response(models.HeartbeatResponse())
 
 

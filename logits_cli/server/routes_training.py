@@ -12,7 +12,8 @@ from typing import Any
 from starlette.responses import Response
 
 from logits_cli import models
-from logits_cli.errors import JobFailedError, UsageError
+from logits_cli.errors import UsageError
+from logits_cli.store import exports, sessions
 from logits_cli.store.store import MAX_TTL_SECONDS
 from logits_cli.uri import CheckpointRef, validate_name, validate_run_id, validate_segment
 
@@ -48,6 +49,17 @@ async def _require_own_run(call: Call, model_id: str) -> None:
     await call.run(call.store.get_run, call.user, model_id, access_scope="owned")
 
 
+def _string_metadata(body: dict[str, Any]) -> dict[str, str] | None:
+    """``user_metadata`` of a save (SDK 0.38): an object of strings, else 400."""
+    metadata = body.get("user_metadata")
+    if metadata is not None and (
+        not isinstance(metadata, dict)
+        or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())
+    ):
+        raise UsageError("invalid field user_metadata: expected an object of strings")
+    return metadata
+
+
 def _ttl(ttl_seconds: int | None) -> int | None:
     """A bad TTL is a malformed request (400), not a failed future (§5.2, §5.4)."""
     if ttl_seconds is not None and not 0 < ttl_seconds <= MAX_TTL_SECONDS:
@@ -71,9 +83,10 @@ async def create_model(call: Call) -> Response:
     validate_segment(request.session_id, "session id")
     if not (lora.train_attn or lora.train_mlp or lora.train_unembed):
         raise UsageError("at least one of train_attn, train_mlp, train_unembed must be true")
-    # The session must be the caller's; a heartbeat checks exactly that, and creating a
-    # model is session activity anyway.
-    await call.run(call.store.heartbeat, call.user, request.session_id)
+    optimizer = exports.optimizer_config(body.get("optimizer_config"))
+    # The session must be the caller's and not finished (410, docs/protocol.md §11.1); a
+    # heartbeat checks exactly that, and creating a model is session activity anyway.
+    await call.run(sessions.heartbeat, call.store, call.user, request.session_id)
     user, store = call.user, call.store
     model_id = f"{request.session_id}:train:{request.model_seq_id}"
 
@@ -86,6 +99,7 @@ async def create_model(call: Call) -> Response:
             lora_config=lora,
             user_metadata=request.user_metadata,
         )
+        exports.set_run_optimizer(store, run_id, optimizer or {"type": "adamw"})
         return models.CreateModelResult(model_id=run_id).model_dump(mode="json")
 
     return await _submit(call, operation="create_model", model_id=model_id, job=job, body=body)
@@ -95,11 +109,18 @@ async def get_info(call: Call) -> Response:
     request = call.parse(models.GetInfoRequest)
     validate_run_id(request.model_id)
     info = await call.run(call.store.get_info, call.user, request.model_id)
-    return json_response(info)
+    optimizer = await call.run(exports.run_optimizer, call.store, request.model_id)
+    return json_response(info.model_copy(update={"optimizer_config": optimizer}))
 
 
 def _save_job(
-    call: Call, model_id: str, kind: str, name: str, ttl: int | None, overwrite: bool
+    call: Call,
+    model_id: str,
+    kind: str,
+    name: str,
+    ttl: int | None,
+    overwrite: bool,
+    metadata: dict[str, str] | None = None,
 ) -> Job:
     user, store, scheme = call.user, call.store, call.settings.uri_scheme
 
@@ -113,6 +134,7 @@ def _save_job(
             overwrite=overwrite,
             uri_scheme=scheme,
         )
+        exports.set_checkpoint_metadata(store, model_id, kind, name, metadata)
         if kind == "weights":
             return models.SaveWeightsResult(path=checkpoint.tinker_path).model_dump(mode="json")
         result = models.SaveWeightsForSamplerResult(path=checkpoint.tinker_path)
@@ -126,8 +148,9 @@ async def save_weights(call: Call) -> Response:
     request = call.parse(models.SaveWeightsRequest, body)
     name = validate_name(request.path)
     ttl = _ttl(request.ttl_seconds)
+    metadata = _string_metadata(body)
     await _require_own_run(call, request.model_id)
-    job = _save_job(call, request.model_id, "weights", name, ttl, request.overwrite)
+    job = _save_job(call, request.model_id, "weights", name, ttl, request.overwrite, metadata)
     return await _submit(
         call,
         operation="save_weights",
@@ -138,12 +161,17 @@ async def save_weights(call: Call) -> Response:
     )
 
 
-def _ephemeral_sampler_job() -> dict[str, Any]:
-    raise JobFailedError(
-        "ephemeral sampler weights are not supported",
-        category="user",
-        failure_code="not_supported",
-    )
+def _ephemeral_sampler_job(call: Call, model_id: str, seq_id: int) -> Job:
+    """``save_weights_and_get_sampling_client``: an unnamed, unlisted save bound to a new
+    sampling session (docs/protocol.md §11.5)."""
+    user, store = call.user, call.store
+
+    def job() -> dict[str, Any]:
+        sampler_id = sessions.ephemeral_sampler(store, user, model_id, seq_id)
+        result = models.SaveWeightsForSamplerResult(sampling_session_id=sampler_id)
+        return result.model_dump(mode="json", exclude={"path"})
+
+    return job
 
 
 async def save_weights_for_sampler(call: Call) -> Response:
@@ -154,11 +182,15 @@ async def save_weights_for_sampler(call: Call) -> Response:
     ttl = _ttl(request.ttl_seconds)
     if request.path is not None:
         name = validate_name(request.path)
+    metadata = _string_metadata(body)
     await _require_own_run(call, request.model_id)
     if request.path is None:
-        job = _ephemeral_sampler_job
+        assert request.sampling_session_seq_id is not None
+        job = _ephemeral_sampler_job(call, request.model_id, request.sampling_session_seq_id)
     else:
-        job = _save_job(call, request.model_id, "sampler_weights", name, ttl, request.overwrite)
+        job = _save_job(
+            call, request.model_id, "sampler_weights", name, ttl, request.overwrite, metadata
+        )
     return await _submit(
         call,
         operation="save_weights_for_sampler",
@@ -171,6 +203,8 @@ async def save_weights_for_sampler(call: Call) -> Response:
 
 async def load_weights(call: Call) -> Response:
     body = call.json()
+    if body.get("model_id") is None and "session_id" in body:
+        return await _create_via_load(call, body)
     request = call.parse(models.LoadWeightsRequest, body)
     source = str(CheckpointRef.parse(request.path))
     await _require_own_run(call, request.model_id)
@@ -180,7 +214,7 @@ async def load_weights(call: Call) -> Response:
         path = store.load_checkpoint(
             user, request.model_id, source=source, optimizer=request.optimizer, uri_scheme=scheme
         )
-        return models.LoadWeightsResult(path=path).model_dump(mode="json")
+        return models.LoadWeightsResult(path=path).model_dump(mode="json", exclude={"model_id"})
 
     return await _submit(
         call,
@@ -192,11 +226,63 @@ async def load_weights(call: Call) -> Response:
     )
 
 
+async def _create_via_load(call: Call, body: dict[str, Any]) -> Response:
+    """docs/protocol.md §11.2: a new model ``<session>:train:<seq>`` whose base model, rank
+    and modules come from the checkpoint, loaded from it in the same future."""
+    session_id, seq = body.get("session_id"), body.get("model_seq_id")
+    path, optimizer = body.get("path"), body.get("optimizer")
+    if not isinstance(session_id, str):
+        raise UsageError("invalid field session_id: expected a string")
+    if type(seq) is not int or seq < 0:
+        raise UsageError("invalid field model_seq_id: expected an integer >= 0")
+    if not isinstance(path, str):
+        raise UsageError("invalid field path: field required")
+    if type(optimizer) is not bool:
+        raise UsageError("invalid field optimizer: expected a boolean")
+    base_model = body.get("base_model")
+    if base_model is not None and not isinstance(base_model, str):
+        raise UsageError("invalid field base_model: expected a string")
+    run_metadata = body.get("user_metadata")
+    if run_metadata is not None and not isinstance(run_metadata, dict):
+        raise UsageError("invalid field user_metadata: expected an object")
+    requested_optimizer = exports.optimizer_config(body.get("optimizer_config"))
+    source = str(CheckpointRef.parse(path))
+    await call.run(sessions.heartbeat, call.store, call.user, session_id)
+    user, store, scheme = call.user, call.store, call.settings.uri_scheme
+    model_id = f"{session_id}:train:{seq}"
+
+    def job() -> dict[str, Any]:
+        _, lora, source_base, source_optimizer = exports.source_config(store, user, source)
+        if base_model is not None and base_model != source_base:
+            raise UsageError(
+                f"checkpoint {source} is for base model {source_base}, not {base_model}"
+            )
+        optimizer_config = requested_optimizer or source_optimizer
+        if optimizer and optimizer_config != source_optimizer:
+            raise UsageError("optimizer_config cannot override the restored optimizer state")
+        run_id = store.create_run(
+            user,
+            session_id=session_id,
+            model_seq_id=seq,
+            base_model=source_base,
+            lora_config=lora,
+            user_metadata=run_metadata,
+        )
+        exports.set_run_optimizer(store, run_id, optimizer_config)
+        loaded = store.load_checkpoint(
+            user, run_id, source=source, optimizer=optimizer, uri_scheme=scheme
+        )
+        return models.LoadWeightsResult(path=loaded, model_id=run_id).model_dump(mode="json")
+
+    return await _submit(call, operation="load_weights", model_id=model_id, job=job, body=body)
+
+
 async def weights_info(call: Call) -> Response:
     request = call.parse(models.WeightsInfoRequest)
     source = str(CheckpointRef.parse(request.tinker_path))
     info = await call.run(call.store.weights_info, call.user, source)
-    return json_response(info)
+    optimizer = await call.run(lambda: exports.source_config(call.store, call.user, source)[3])
+    return json_response(info.model_copy(update={"optimizer_config": optimizer}))
 
 
 async def retrieve_future(call: Call) -> Response:

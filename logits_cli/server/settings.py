@@ -26,6 +26,9 @@ class ServerSettings:
     signing_secret: bytes | None = None  # None: read or create <store root>/signing_secret
     max_rank: int = 256
     sweep_interval: float = 60.0  # served mode: seconds between TTL sweeps of the store
+    # Which generation of downloads to serve (docs/protocol.md §11): "archive" (…/archive
+    # only), "files" (external_weights exports only; …/archive answers 404) or "both".
+    downloads: str = "both"
     # Extra base models from Hugging Face config.json files: "PATH" (named by the file's
     # _name_or_path) or "NAME=PATH"; added to the shipped catalog (store/catalog.py).
     model_configs: tuple[str, ...] = ()

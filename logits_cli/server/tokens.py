@@ -90,6 +90,9 @@ class BlobClaim:
     name: str
     sha256: str
     expires: int  # Unix seconds
+    # One file of an external_weights export (docs/protocol.md §11.3), by its relative path;
+    # None for a checkpoint archive. Archive tokens carry no "f", so they are unchanged.
+    file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -105,18 +108,17 @@ class Signer:
 
     # -- blob tokens (§6.1) ---------------------------------------------------------------
     def blob_token(self, claim: BlobClaim) -> str:
-        payload = b64url_encode(
-            canonical_json(
-                {
-                    "d": claim.sha256,
-                    "e": claim.expires,
-                    "k": claim.kind,
-                    "n": claim.name,
-                    "r": claim.run_id,
-                    "v": 1,
-                }
-            )
-        )
+        fields: dict[str, Any] = {
+            "d": claim.sha256,
+            "e": claim.expires,
+            "k": claim.kind,
+            "n": claim.name,
+            "r": claim.run_id,
+            "v": 1,
+        }
+        if claim.file is not None:
+            fields["f"] = claim.file
+        payload = b64url_encode(canonical_json(fields))
         return f"{payload}.{_sign(self._blob_key, payload)}"
 
     def verify_blob_token(self, token: str, *, now: float | None = None) -> BlobClaim:
@@ -137,12 +139,15 @@ class Signer:
                 name=fields["n"],
                 sha256=fields["d"],
                 expires=fields["e"],
+                file=fields.get("f"),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise invalid from exc
         types_ok = all(
             isinstance(v, str) for v in (claim.run_id, claim.kind, claim.name, claim.sha256)
         )
+        if claim.file is not None and not isinstance(claim.file, str):
+            raise invalid
         if fields.get("v") != 1 or not types_ok or type(claim.expires) is not int:
             raise invalid
         if (time.time() if now is None else now) > claim.expires:
@@ -159,6 +164,8 @@ class Signer:
         header = b64url_encode(canonical_json(_JWT_HEADER))
         claims: dict[str, Any] = {
             "sub": user_id,
+            # SDK 0.38's `whoami` decodes org_id (docs/protocol.md §11.4): one org per user.
+            "org_id": user_id,
             "iat": issued,
             "exp": issued + ttl,
             "iss": _JWT_ISSUER,

@@ -128,6 +128,41 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # "running" by a process that died is released instead of blocking retries for a day.
         "ALTER TABLE idempotency ADD COLUMN instance TEXT",
     ),
+    (
+        # The SDK 0.38 dialect (docs/protocol.md §11). A finished session refuses new models
+        # and answers heartbeats with 410.
+        "ALTER TABLE sessions ADD COLUMN finished INTEGER",
+        "ALTER TABLE sessions ADD COLUMN finish_reason TEXT",
+        "ALTER TABLE sessions ADD COLUMN finish_detail TEXT",
+        # JSON such as {"type": "adamw"}; NULL for runs created before, which are Adam.
+        "ALTER TABLE runs ADD COLUMN optimizer_config TEXT",
+        # Rows hang off a checkpoint row and go with it (delete, overwrite, TTL sweep).
+        """CREATE TABLE checkpoint_metadata (
+            checkpoint_row INTEGER PRIMARY KEY REFERENCES checkpoints(id) ON DELETE CASCADE,
+            user_metadata TEXT NOT NULL
+        )""",
+        # The files of an external_weights checkpoint, each a blob under exports/<sha256>.
+        """CREATE TABLE export_files (
+            checkpoint_row INTEGER NOT NULL REFERENCES checkpoints(id) ON DELETE CASCADE,
+            path TEXT NOT NULL,
+            sha256 TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            PRIMARY KEY (checkpoint_row, path)
+        )""",
+        "CREATE INDEX export_files_by_sha256 ON export_files (sha256)",
+        """CREATE TABLE sampling_sessions (
+            id TEXT PRIMARY KEY,
+            user_id TEXT NOT NULL,
+            session_id TEXT NOT NULL,
+            seq_id INTEGER NOT NULL,
+            base_model TEXT NOT NULL,
+            model_path TEXT,
+            run_id TEXT,
+            body_sha256 TEXT NOT NULL,
+            created INTEGER NOT NULL
+        )""",
+        "CREATE INDEX sampling_sessions_by_session ON sampling_sessions (session_id, seq_id)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

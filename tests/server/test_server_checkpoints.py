@@ -19,6 +19,7 @@ CHECKPOINT_FIELDS = {
     "public",
     "expires_at",
     "sha256",
+    "user_metadata",  # docs/protocol.md §11.4
 }
 
 

@@ -79,6 +79,7 @@ def test_jwt_round_trip_and_claims() -> None:
         "exp": 1060,
         "iat": 1000,
         "iss": "logits",
+        "org_id": "alice",  # docs/protocol.md §11.4
         "sub": "alice",
     }
     assert signer.verify_jwt(jwt, now=1059) == "alice"

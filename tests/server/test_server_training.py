@@ -50,6 +50,7 @@ def test_create_model_handle_and_result(alice: Api) -> None:
         "train_unembed": False,
         "train_mlp": True,
         "train_attn": True,
+        "optimizer_config": {"type": "adamw"},  # docs/protocol.md §11.4
     }
 
 
@@ -183,15 +184,24 @@ def test_name_conflict_is_a_failed_future_and_overwrite_replaces(alice: Api) -> 
     assert after["time"] > before["time"]
 
 
-def test_ephemeral_sampler_save_is_not_supported(alice: Api) -> None:
+def test_ephemeral_sampler_save_opens_a_sampling_session(alice: Api) -> None:
+    # docs/protocol.md §11.5: unnamed, unlisted, bound to a sampling session of the run.
     model_id = alice.create_model()
+    session_id = model_id.split(":")[0]
     body = {"model_id": model_id, "sampling_session_seq_id": 0, "seq_id": 1}
-    failed = alice.future_result(alice.ok(alice.post("/api/v1/save_weights_for_sampler", body)))
-    assert failed == {
-        "error": "ephemeral sampler weights are not supported",
-        "category": "user",
-        "code": "not_supported",
+    result = alice.future_result(alice.ok(alice.post("/api/v1/save_weights_for_sampler", body)))
+    assert result == {
+        "sampling_session_id": f"{session_id}:sample:0",
+        "type": "save_weights_for_sampler",
     }
+    sampler = alice.ok(alice.http.get(f"/api/v1/samplers/{session_id}:sample:0"))
+    assert sampler == {
+        "sampler_id": f"{session_id}:sample:0",
+        "base_model": "logits/tiny",
+        "model_path": None,
+    }
+    listed = alice.ok(alice.http.get(f"/api/v1/training_runs/{model_id}/checkpoints"))
+    assert listed["checkpoints"] == []
 
 
 def test_duplicate_seq_id_answers_the_original_future(alice: Api, live_server) -> None:

@@ -1,0 +1,497 @@
+"""Exports, copies, checkpoint metadata and optimizer configs (docs/protocol.md §11.3, §11.4).
+
+An ``external_weights`` checkpoint is a row of ``checkpoints`` like any other (so listing,
+delete, TTL and publish work unchanged) whose files are rows of ``export_files``, each a
+content-addressed blob under ``exports/<sha256>``. Its ``sha256`` column holds the digest of
+the file list, not of an archive: there is none, and the blob endpoint never serves one for it.
+
+Blobs are adopted (renamed into place, row inserted) and discarded under one lock per store,
+so a delete never removes a blob that a concurrent export or copy is adopting.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from logits_cli import models
+from logits_cli.errors import NotFoundError, UsageError
+from logits_cli.store.store import (
+    _CKPT,
+    _UNEXPIRED,
+    BlobInfo,
+    Store,
+    _check_ttl,
+    _checkpoint,
+    _from_micros,
+    _string_metadata,
+)
+from logits_cli.uri import EXTERNAL_KIND, CheckpointRef, format_path, validate_name
+
+AGE_SUFFIX = ".age"
+OPTIMIZER_TYPES = {"adamw": {"type": "adamw"}, "dimuon": {"type": "dimuon", "version": 1}}
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_COPY_CHUNK = 8 << 20
+_ADOPT_LOCKS: dict[str, threading.Lock] = {}
+_ADOPT_LOCKS_GUARD = threading.Lock()
+
+
+@dataclass(frozen=True)
+class ExportFile:
+    path: str  # relative to the checkpoint root; ends in ".age" when encrypted
+    sha256: str
+    size: int
+
+
+def exports_dir(store: Store) -> Path:
+    path = store.root / "exports"
+    path.mkdir(mode=0o700, exist_ok=True)
+    return path
+
+
+@contextmanager
+def _adopting(store: Store) -> Iterator[None]:
+    from filelock import FileLock
+
+    with _ADOPT_LOCKS_GUARD:
+        lock = _ADOPT_LOCKS.setdefault(str(store.root), threading.Lock())
+    with lock, FileLock(store.root / ".exports.lock"):
+        yield
+
+
+# -- optimizer configs (§11.4) ------------------------------------------------------------
+
+
+def optimizer_config(data: Any) -> dict[str, Any] | None:
+    """The canonical config for a request's ``optimizer_config``; 400 for an unknown one."""
+    if data is None:
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("type"), str):
+        raise UsageError("optimizer_config must be an object with a string 'type'")
+    known = OPTIMIZER_TYPES.get(data["type"])
+    if known is None:
+        raise UsageError(
+            f"unknown optimizer type {data['type']!r}; this server offers "
+            + ", ".join(sorted(OPTIMIZER_TYPES))
+        )
+    if data != known and {**known, **data} != known:
+        raise UsageError(f"unsupported fields or version in optimizer_config {data!r}")
+    return dict(known)
+
+
+def set_run_optimizer(store: Store, run_id: str, config: dict[str, Any]) -> None:
+    with store._db.write() as conn:
+        conn.execute(
+            "UPDATE runs SET optimizer_config = ? WHERE id = ?",
+            (json.dumps(config, sort_keys=True), run_id),
+        )
+
+
+def run_optimizer(store: Store, run_id: str) -> dict[str, Any]:
+    row = (
+        store._db.connection()
+        .execute("SELECT optimizer_config FROM runs WHERE id = ?", (run_id,))
+        .fetchone()
+    )
+    if row is None or row[0] is None:
+        return dict(OPTIMIZER_TYPES["adamw"])
+    return dict(json.loads(row[0]))
+
+
+# -- checkpoint metadata (§11.4) ------------------------------------------------------------
+
+
+def set_checkpoint_metadata(
+    store: Store, run_id: str, kind: str, name: str, metadata: dict[str, Any] | None
+) -> None:
+    if not metadata:
+        return
+    with store._db.write() as conn:
+        row = conn.execute(
+            "SELECT id FROM checkpoints WHERE run_id = ? AND kind = ? AND name = ?",
+            (run_id, kind, name),
+        ).fetchone()
+        if row is not None:
+            conn.execute(
+                "INSERT OR REPLACE INTO checkpoint_metadata (checkpoint_row, user_metadata)"
+                " VALUES (?, ?)",
+                (row[0], json.dumps(_string_metadata(metadata), sort_keys=True)),
+            )
+
+
+def annotate(store: Store, checkpoints: list[models.Checkpoint]) -> list[models.Checkpoint]:
+    """Add stored ``user_metadata``; external rows report no archive digest (there is none)."""
+    if not checkpoints:
+        return checkpoints
+    conn = store._db.connection()
+    keys = [
+        (c.tinker_path.partition("://")[2].split("/", 1)[0], c.kind, c.name) for c in checkpoints
+    ]
+    found: dict[tuple[str, str, str], dict[str, str]] = {}
+    for run_id in {key[0] for key in keys}:
+        rows = conn.execute(
+            "SELECT c.kind, c.name, m.user_metadata FROM checkpoint_metadata m"
+            " JOIN checkpoints c ON c.id = m.checkpoint_row WHERE c.run_id = ?",
+            (run_id,),
+        )
+        for kind, name, text in rows:
+            found[(run_id, kind, name)] = json.loads(text)
+    result = []
+    for key, checkpoint in zip(keys, checkpoints, strict=True):
+        update: dict[str, Any] = {}
+        if key in found:
+            update["user_metadata"] = found[key]
+        if checkpoint.kind == EXTERNAL_KIND:
+            update["sha256"] = None
+        result.append(checkpoint.model_copy(update=update) if update else checkpoint)
+    return result
+
+
+def list_user_checkpoints(
+    store: Store, user_id: str, *, limit: int, offset: int, include_external: bool
+) -> tuple[list[models.Checkpoint], int]:
+    """``Store.list_user_checkpoints``, optionally without ``external_weights`` rows (for
+    clients that cannot parse them, §11.3), paged over what is shown."""
+    if include_external:
+        return store.list_user_checkpoints(user_id, limit=limit, offset=offset)
+    where = f"c.user_id = :user AND {_UNEXPIRED} AND c.kind != :external"
+    params = {
+        "user": user_id,
+        "now": store._now_micros(),
+        "limit": limit,
+        "offset": offset,
+        "external": EXTERNAL_KIND,
+    }
+    with store._db.read() as conn:
+        total = conn.execute(f"SELECT count(*) FROM checkpoints c WHERE {where}", params).fetchone()
+        rows = conn.execute(
+            f"SELECT {_CKPT} FROM checkpoints c WHERE {where}"
+            " ORDER BY c.time DESC, c.tinker_path LIMIT :limit OFFSET :offset",
+            params,
+        ).fetchall()
+    return [_checkpoint(row) for row in rows], total[0]
+
+
+# -- blobs ----------------------------------------------------------------------------------
+
+
+def _stage_copy(source: Path, directory: Path) -> tuple[Path, str, int]:
+    """Copy ``source`` into a temp file in ``directory``; (temp path, sha256, size)."""
+    digest = hashlib.sha256()
+    fd, temp = tempfile.mkstemp(dir=directory, prefix=".export-", suffix=".tmp")
+    size = 0
+    with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
+        while chunk := src.read(_COPY_CHUNK):
+            digest.update(chunk)
+            out.write(chunk)
+            size += len(chunk)
+        out.flush()
+        os.fsync(out.fileno())
+    return Path(temp), digest.hexdigest(), size
+
+
+def _stage_encrypted(source: Path, directory: Path, recipients: list[Any]) -> tuple[Path, str, int]:
+    import pyrage
+
+    fd, temp = tempfile.mkstemp(dir=directory, prefix=".export-", suffix=".tmp")
+    os.close(fd)
+    pyrage.encrypt_file(str(source), temp, recipients)
+    digest = hashlib.sha256()
+    with open(temp, "rb") as handle:
+        while chunk := handle.read(_COPY_CHUNK):
+            digest.update(chunk)
+        os.fsync(handle.fileno())
+    return Path(temp), digest.hexdigest(), os.path.getsize(temp)
+
+
+def age_recipients(texts: list[str]) -> list[Any]:
+    """Parse native ``age1…`` keys and SSH public keys; 400 for anything else."""
+    import pyrage
+
+    if not texts:
+        raise UsageError("age_encryption_recipients must not be empty when given")
+    parsed = []
+    for text in texts:
+        if not isinstance(text, str):
+            raise UsageError("age_encryption_recipients must be strings")
+        try:
+            if text.startswith("age1"):
+                parsed.append(pyrage.x25519.Recipient.from_str(text))
+            else:
+                parsed.append(pyrage.ssh.Recipient.from_str(text))
+        except Exception:
+            raise UsageError(f"not an age or SSH public key: {text[:24]!r}") from None
+    return parsed
+
+
+def _manifest_digest(files: list[ExportFile]) -> str:
+    listing = {f.path: {"sha256": f.sha256, "size": f.size} for f in files}
+    return hashlib.sha256(json.dumps(listing, sort_keys=True).encode()).hexdigest()
+
+
+def gc_export_blobs(store: Store) -> int:
+    """Remove blobs no export row references (deleted, overwritten or swept exports)."""
+    directory = exports_dir(store)
+    removed = 0
+    with _adopting(store):
+        conn = store._db.connection()
+        for entry in os.scandir(directory):
+            if not _SHA256.fullmatch(entry.name):
+                continue
+            used = conn.execute(
+                "SELECT 1 FROM export_files WHERE sha256 = ? LIMIT 1", (entry.name,)
+            ).fetchone()
+            if used is None:
+                with suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                    removed += 1
+    return removed
+
+
+def _insert_export(
+    store: Store,
+    user_id: str,
+    run_id: str,
+    name: str,
+    staged: list[tuple[str, Path | None, str, int]],
+    *,
+    tinker_path: str,
+    ttl_seconds: int | None,
+) -> models.Checkpoint:
+    """Adopt staged blobs (temp path None: the blob exists already) and insert the rows."""
+    directory = exports_dir(store)
+    files = [ExportFile(path, sha256, size) for path, _, sha256, size in staged]
+    digest = _manifest_digest(files)
+    size = sum(f.size for f in files)
+    with _adopting(store):
+        for _, temp, sha256, _ in staged:
+            if temp is not None:
+                os.replace(temp, directory / sha256)
+            elif not (directory / sha256).is_file():
+                raise NotFoundError("the source export's files are gone")
+        now = store._now_micros()
+        expires_at = None if ttl_seconds is None else now + ttl_seconds * 1_000_000
+        with store._db.write() as conn:
+            old = store._check_name_free(conn, run_id, EXTERNAL_KIND, name, False)
+            if old is not None:  # an expired export of that name
+                conn.execute("DELETE FROM checkpoints WHERE id = ?", (old[0],))
+            cursor = conn.execute(
+                "INSERT INTO checkpoints (run_id, user_id, kind, name, tinker_path, time,"
+                " expires_at, public, size_bytes, sha256) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?)",
+                (run_id, user_id, EXTERNAL_KIND, name, tinker_path, now, expires_at, size, digest),
+            )
+            conn.executemany(
+                "INSERT INTO export_files (checkpoint_row, path, sha256, size) VALUES (?, ?, ?, ?)",
+                [(cursor.lastrowid, f.path, f.sha256, f.size) for f in files],
+            )
+            conn.execute("UPDATE runs SET last_request_time = ? WHERE id = ?", (now, run_id))
+    return _checkpoint((EXTERNAL_KIND, name, tinker_path, now, expires_at, False, size, digest))
+
+
+def save_external(
+    store: Store,
+    user_id: str,
+    run_id: str,
+    *,
+    name: str,
+    ttl_seconds: int | None,
+    recipients: list[str] | None,
+    uri_scheme: str,
+) -> models.Checkpoint:
+    """Export the run's current adapter (adapter_config.json, adapter_model.safetensors) as
+    ``external_weights/NAME``; every file age-encrypted when ``recipients`` are given."""
+    from logits_cli.store.lora import ADAPTER_CONFIG, ADAPTER_MODEL
+
+    validate_name(name)
+    _check_ttl(ttl_seconds)
+    parsed = None if recipients is None else age_recipients(recipients)
+    store._owned_run(store._db.connection(), user_id, run_id)
+    directory = exports_dir(store)
+    staged: list[tuple[str, Path | None, str, int]] = []
+    try:
+        with store._run_lock(run_id):
+            store._check_name_free(store._db.connection(), run_id, EXTERNAL_KIND, name, False)
+            state = store.state_dir(run_id)
+            for member in (ADAPTER_CONFIG, ADAPTER_MODEL):
+                if parsed is None:
+                    temp, sha256, size = _stage_copy(state / member, directory)
+                    staged.append((member, temp, sha256, size))
+                else:
+                    temp, sha256, size = _stage_encrypted(state / member, directory, parsed)
+                    staged.append((member + AGE_SUFFIX, temp, sha256, size))
+            tinker_path = format_path(run_id, EXTERNAL_KIND, name, uri_scheme)
+            checkpoint = _insert_export(
+                store,
+                user_id,
+                run_id,
+                name,
+                staged,
+                tinker_path=tinker_path,
+                ttl_seconds=ttl_seconds,
+            )
+    finally:
+        for _, temp, _, _ in staged:
+            if temp is not None:
+                temp.unlink(missing_ok=True)
+    gc_export_blobs(store)
+    return checkpoint
+
+
+def _export_files(
+    store: Store, run_id: str, name: str, *, viewer: str | None
+) -> tuple[list[ExportFile], datetime]:
+    """The files of an unexpired export; ``viewer`` None skips the visibility check."""
+    conn = store._db.connection()
+    visible = "" if viewer is None else " AND (c.user_id = :viewer OR c.public = 1)"
+    row = conn.execute(
+        f"SELECT c.id, c.time FROM checkpoints c WHERE c.run_id = :run_id AND c.kind = :kind"
+        f" AND c.name = :name AND {_UNEXPIRED}{visible}",
+        {
+            "run_id": run_id,
+            "kind": EXTERNAL_KIND,
+            "name": name,
+            "viewer": viewer,
+            "now": store._now_micros(),
+        },
+    ).fetchone()
+    if row is None:
+        raise NotFoundError(f"checkpoint {EXTERNAL_KIND}/{name} not found in run {run_id}")
+    files = conn.execute(
+        "SELECT path, sha256, size FROM export_files WHERE checkpoint_row = ? ORDER BY path",
+        (row[0],),
+    ).fetchall()
+    return [ExportFile(*f) for f in files], _from_micros(row[1])
+
+
+def export_files(store: Store, viewer: str, run_id: str, name: str) -> list[ExportFile]:
+    """The export's files, for its owner or anyone when it is public; else NotFoundError."""
+    return _export_files(store, run_id, name, viewer=viewer)[0]
+
+
+def export_blob_for(store: Store, run_id: str, name: str, path: str, sha256: str) -> BlobInfo:
+    """For the blob endpoint: the export exists, is unexpired, and holds ``path`` with digest
+    ``sha256``; no visibility check (§6.1)."""
+    files, created = _export_files(store, run_id, name, viewer=None)
+    for file in files:
+        if file.path == path and file.sha256 == sha256:
+            blob = exports_dir(store) / sha256
+            if blob.is_file():
+                return BlobInfo(path=blob, sha256=sha256, size=file.size, created=created)
+    raise NotFoundError(f"file {path} not found in {EXTERNAL_KIND}/{name} of run {run_id}")
+
+
+# -- copies (§11.4) -------------------------------------------------------------------------
+
+
+def copy_checkpoint(
+    store: Store,
+    user_id: str,
+    *,
+    source: str,
+    destination_run: str,
+    ttl_seconds: int | None,
+    uri_scheme: str,
+) -> str:
+    """A new checkpoint of the same kind and name with the same files in ``destination_run``
+    (the caller's); the source is the caller's own or public. Returns its URI."""
+    from logits_cli.store.archive import build_archive
+    from logits_cli.store.lora import restore_state
+
+    _check_ttl(ttl_seconds)
+    with store._db.read() as conn:
+        ref, checkpoint, origin = store._source_checkpoint(conn, user_id, source)
+        target = store._owned_run(conn, user_id, destination_run)
+    if (origin.base_model, origin.lora_rank) != (target.base_model, target.lora_rank):
+        raise UsageError(
+            f"run {destination_run} ({target.base_model}, rank {target.lora_rank}) cannot hold"
+            f" a copy of {source} ({origin.base_model}, rank {origin.lora_rank})"
+        )
+    if ref.run_id == destination_run:
+        raise UsageError(f"{source} is already in run {destination_run}")
+    tinker_path = format_path(destination_run, ref.kind, ref.name, uri_scheme)
+    with store._run_lock(destination_run):
+        conn = store._db.connection()
+        try:
+            store._check_name_free(conn, destination_run, ref.kind, ref.name, False)
+        except Exception:
+            raise UsageError(
+                f"checkpoint {ref.kind}/{ref.name} already exists in run {destination_run}"
+            ) from None
+        if ref.kind == EXTERNAL_KIND:
+            files = export_files(store, user_id, ref.run_id, ref.name)
+            _insert_export(
+                store,
+                user_id,
+                destination_run,
+                ref.name,
+                [(f.path, None, f.sha256, f.size) for f in files],
+                tinker_path=tinker_path,
+                ttl_seconds=ttl_seconds,
+            )
+            return tinker_path
+        scratch = Path(tempfile.mkdtemp(prefix=".copy-", dir=store.runs_dir))
+        try:
+            restore_state(
+                scratch,
+                store.blobs_dir / str(checkpoint.sha256),
+                optimizer=ref.kind == "weights",
+            )
+            created = store._now()
+            _, sha256, size = build_archive(
+                scratch, store.blobs_dir, kind=ref.kind, tinker_path=tinker_path, created=created
+            )
+        except FileNotFoundError as exc:
+            raise NotFoundError(f"checkpoint {source} not found") from exc
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        from logits_cli.store.store import _to_micros
+
+        time = _to_micros(created)
+        expires_at = None if ttl_seconds is None else time + ttl_seconds * 1_000_000
+        with store._db.write() as conn:
+            old = store._check_name_free(conn, destination_run, ref.kind, ref.name, False)
+            if old is not None:
+                conn.execute("DELETE FROM checkpoints WHERE id = ?", (old[0],))
+            conn.execute(
+                "INSERT INTO checkpoints (run_id, user_id, kind, name, tinker_path, time,"
+                " expires_at, public, size_bytes, sha256) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?)",
+                (
+                    destination_run,
+                    user_id,
+                    ref.kind,
+                    ref.name,
+                    tinker_path,
+                    time,
+                    expires_at,
+                    size,
+                    sha256,
+                ),
+            )
+    return tinker_path
+
+
+def source_config(
+    store: Store, viewer: str, source: str
+) -> tuple[CheckpointRef, models.LoraConfig, str, dict[str, Any]]:
+    """For create-via-load and copies: the visible source's kind, LoRA config, base model
+    and optimizer config."""
+    with store._db.read() as conn:
+        ref, _, run = store._source_checkpoint(conn, viewer, source)
+    lora = models.LoraConfig(
+        rank=run.lora_rank,
+        train_unembed=bool(run.train_unembed),
+        train_mlp=bool(run.train_mlp),
+        train_attn=bool(run.train_attn),
+    )
+    return ref, lora, run.base_model, run_optimizer(store, run.id)

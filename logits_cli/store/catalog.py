@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import difflib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -182,7 +182,7 @@ class Catalog:
         for shape in shapes:
             self._shapes[shape.name] = shape
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[ModelShape]:
         return iter(self._shapes.values())
 
     def __contains__(self, name: object) -> bool:

@@ -9,7 +9,7 @@
 * Every attempt reads its answer within a deadline, a minimum rate and a size cap
   (``answers.py``: 120 s, 1 KiB/s over 30 s, 64 MiB by default; ``AnswerLimits``).
 * Every httpx exception and every non-2xx answer becomes a class of ``errors.py``
-  (``error_for_httpx``, ``RequestLayer.error_for``): network failures, timeouts and broken
+  (``transport_errors.py``, ``RequestLayer.error_for``): network failures, timeouts and broken
   HTTP are ``UnavailableError`` (exit 6), retried when a repeat may cure them; a redirect loop
   is ``UnavailableError`` at once; a URL or request httpx cannot send is ``ConfigError`` (exit
   2) when it came from the configuration and ``UnexpectedResponseError`` (exit 1) when the
@@ -22,17 +22,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import json
-import select
-import socket
 import time
-import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection
 from typing import Any, TypeVar
 
-import httpcore
 import httpx
 from pydantic import BaseModel, ValidationError
 
@@ -44,7 +39,21 @@ from logits_cli.api.answers import (
     fetch_answer,
     format_size,
 )
+from logits_cli.api.blob_transport import (  # noqa: F401  (re-exported for importers)
+    BLOB_READ_SIZE,
+    BlobTransport,
+    env_proxies_configured,
+)
 from logits_cli.api.retry import Deadline, RetryPolicy, is_retryable_status
+from logits_cli.api.transport_errors import (  # noqa: F401  (re-exported for importers)
+    FULL_DISK_HINT,
+    FULL_DISK_SUMMARY,
+    HTTPX_ERRORS,
+    describe_httpx_error,
+    error_for_httpx,
+    explain_full_disk,
+    is_transient_httpx_error,
+)
 
 API_PREFIX = "api/v1/"
 CONNECT_TIMEOUT_S = 5.0
@@ -101,99 +110,6 @@ def jwt_expiry(token: str) -> float | None:
 def one_line(text: str, limit: int = MAX_DETAIL_CHARS) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-# Every exception an httpx request raises for a failure. (``httpx.StreamError`` and its
-# subclasses are misuse of a response object: bugs, left to surface as such.)
-HTTPX_ERRORS: tuple[type[Exception], ...] = (httpx.HTTPError, httpx.InvalidURL)
-
-# Exceptions a repeat may cure; the others (bad URL scheme, undecodable body, redirect loop)
-# fail the same way every time.
-_TRANSIENT_HTTPX_ERRORS = (
-    httpx.TimeoutException,
-    httpx.NetworkError,
-    httpx.RemoteProtocolError,
-    httpx.ProxyError,
-)
-
-# Failures to even form a request: the URL or a header cannot be sent.
-_UNSENDABLE_HTTPX_ERRORS = (httpx.InvalidURL, httpx.UnsupportedProtocol, httpx.LocalProtocolError)
-
-
-def is_transient_httpx_error(exc: Exception) -> bool:
-    """Whether a repeat of the request may cure ``exc`` (connection errors, timeouts, a
-    server breaking the HTTP protocol, proxy failures)."""
-    return isinstance(exc, _TRANSIENT_HTTPX_ERRORS)
-
-
-def describe_httpx_error(exc: Exception) -> str:
-    """A short reason for an httpx exception, built without ``str(exc)``, which may quote
-    the URL (and so a signed token)."""
-    reasons: list[tuple[type[Exception], str]] = [
-        (httpx.ConnectTimeout, "connection timed out"),
-        (httpx.ReadTimeout, "timed out waiting for the answer"),
-        (httpx.WriteTimeout, "timed out sending the request"),
-        (httpx.PoolTimeout, "timed out waiting for a free connection"),
-        (httpx.TimeoutException, "timed out"),
-        (httpx.ConnectError, "cannot connect"),
-        (httpx.ReadError, "connection dropped while reading the answer"),
-        (httpx.WriteError, "connection dropped while sending the request"),
-        (httpx.CloseError, "connection failed while closing"),
-        (httpx.RemoteProtocolError, "the server broke the HTTP protocol"),
-        (httpx.LocalProtocolError, "invalid HTTP request"),
-        (httpx.ProxyError, "proxy error"),
-        (httpx.UnsupportedProtocol, "unsupported URL scheme"),
-        (httpx.DecodingError, "cannot decode the answer"),
-        (httpx.TooManyRedirects, "too many redirects"),
-        (httpx.InvalidURL, "invalid URL"),
-    ]
-    reason = next((text for cls, text in reasons if isinstance(exc, cls)), type(exc).__name__)
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, OSError) and cause.strerror:
-            return f"{reason} ({cause.strerror.lower()})"
-        cause = cause.__cause__ or cause.__context__
-    return reason
-
-
-def error_for_httpx(
-    exc: Exception, *, host: str, where: str = "", url_from_server: bool = False
-) -> errors.LogitsError:
-    """The ``errors.py`` class for an httpx exception (one of ``HTTPX_ERRORS``), with a
-    one-line message that never quotes a URL.
-
-    ``host`` names the peer, ``where`` (e.g. ``"GET /api/v1/healthz"``) the request.
-    ``url_from_server`` says who supplied the URL: a URL httpx cannot send is then the
-    server's fault (``UnexpectedResponseError``, exit 1), else the configuration's
-    (``ConfigError``, exit 2). Callers decide about retries with ``is_transient_httpx_error``
-    first; this function gives the final error either way.
-
-    The transfer engine maps blob-download failures with ``url_from_server=True``.
-    """
-    suffix = f" ({where})" if where else ""
-    reason = describe_httpx_error(exc)
-    if isinstance(exc, httpx.TooManyRedirects):
-        source = _request_host(exc) or host
-        return errors.UnavailableError(
-            f"too many redirects from {source}{suffix}",
-            hint=f"{source} redirects in a loop; report it to the service's operator",
-        )
-    if isinstance(exc, _UNSENDABLE_HTTPX_ERRORS):
-        message = f"cannot send the request to {host}: {reason}{suffix}"
-        if url_from_server:
-            return errors.UnexpectedResponseError(message)
-        return errors.ConfigError(
-            message, hint="check the base URL and API key with `logits config show`"
-        )
-    return errors.UnavailableError(f"{reason} talking to {host}{suffix}")
-
-
-def _request_host(exc: Exception) -> str | None:
-    try:
-        request = exc.request  # type: ignore[attr-defined]
-    except (AttributeError, RuntimeError):  # httpx raises RuntimeError when none was set
-        return None
-    return request.url.host or None
 
 
 class RequestLayer:
@@ -518,25 +434,6 @@ class RequestLayer:
             ) from None
 
 
-FULL_DISK_SUMMARY = "the server has no space left to store this"
-FULL_DISK_HINT = (
-    "the server's disk is full: ask its operator to free space there, or delete checkpoints "
-    "you no longer need (`logits ckpt rm`)"
-)
-
-
-def explain_full_disk(error: errors.LogitsError) -> errors.LogitsError:
-    """An ``InsufficientStorageError`` (507, or a future failed with that code) says plainly
-    that the server's disk is full, and hints so, instead of "check the service address"."""
-    if isinstance(error, errors.InsufficientStorageError):
-        if FULL_DISK_SUMMARY not in error.message:
-            error.message = f"{FULL_DISK_SUMMARY}: {error.message}"
-            error.args = (error.message,)
-        if error.hint is None:
-            error.hint = FULL_DISK_HINT
-    return error
-
-
 def _where(response: httpx.Response) -> str:
     return f"{response.request.method} {response.request.url.path}"
 
@@ -552,231 +449,3 @@ class TransientFailure(Exception):
         if attempts > 1:
             return errors.UnavailableError(f"{self.message}; gave up after {attempts} attempts")
         return errors.UnavailableError(self.message)
-
-
-# -- the blob transport: large socket reads ---------------------------------------------------
-
-# httpcore asks the network for 64 KiB at a time; on loopback and fast links the per-read cost
-# of the async stack (not the network) then bounds a download, so blob connections ask for
-# this much whatever httpcore requests.
-BLOB_READ_SIZE = 1024 * 1024
-
-# The httpcore exceptions httpx would raise in their place; subclasses come first so the
-# most specific match wins.
-_HTTPCORE_ERRORS: tuple[tuple[type[Exception], type[httpx.TransportError]], ...] = (
-    (httpcore.ConnectTimeout, httpx.ConnectTimeout),
-    (httpcore.ReadTimeout, httpx.ReadTimeout),
-    (httpcore.WriteTimeout, httpx.WriteTimeout),
-    (httpcore.PoolTimeout, httpx.PoolTimeout),
-    (httpcore.TimeoutException, httpx.TimeoutException),
-    (httpcore.ConnectError, httpx.ConnectError),
-    (httpcore.ReadError, httpx.ReadError),
-    (httpcore.WriteError, httpx.WriteError),
-    (httpcore.NetworkError, httpx.NetworkError),
-    (httpcore.ProxyError, httpx.ProxyError),
-    (httpcore.UnsupportedProtocol, httpx.UnsupportedProtocol),
-    (httpcore.RemoteProtocolError, httpx.RemoteProtocolError),
-    (httpcore.LocalProtocolError, httpx.LocalProtocolError),
-)
-
-
-@contextlib.contextmanager
-def _httpx_errors() -> Iterator[None]:
-    try:
-        yield
-    except Exception as exc:
-        mapped = next((to for source, to in _HTTPCORE_ERRORS if isinstance(exc, source)), None)
-        if mapped is None:
-            raise
-        raise mapped(str(exc)) from exc
-
-
-class _ReadAheadStream(httpcore.AsyncNetworkStream):
-    """An anyio stream (TLS included) asked for ``read_size`` bytes per read."""
-
-    def __init__(self, inner: httpcore.AsyncNetworkStream, read_size: int) -> None:
-        self._inner = inner
-        self._read_size = read_size
-
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return await self._inner.read(max(max_bytes, self._read_size), timeout)
-
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        await self._inner.write(buffer, timeout)
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-    async def start_tls(self, *args: Any, **kwargs: Any) -> httpcore.AsyncNetworkStream:
-        return _ReadAheadStream(await self._inner.start_tls(*args, **kwargs), self._read_size)
-
-    def get_extra_info(self, info: str) -> Any:
-        return self._inner.get_extra_info(info)
-
-
-class _ReadAheadBackend(httpcore.AsyncNetworkBackend):
-    def __init__(self, read_size: int) -> None:
-        self._inner = httpcore.AnyIOBackend()
-        self._read_size = read_size
-
-    async def connect_tcp(self, *args: Any, **kwargs: Any) -> httpcore.AsyncNetworkStream:
-        return _ReadAheadStream(await self._inner.connect_tcp(*args, **kwargs), self._read_size)
-
-    async def sleep(self, seconds: float) -> None:
-        await self._inner.sleep(seconds)
-
-
-class _SocketStream(httpcore.AsyncNetworkStream):
-    """A plain TCP socket read directly: a read is one ``recv`` when data is waiting, which
-    it nearly always is on a fast link, with no transport, protocol or queue in between
-    (anyio's asyncio streams also cap each read at 256 KiB)."""
-
-    def __init__(self, sock: socket.socket, read_size: int) -> None:
-        self._sock = sock
-        self._read_size = read_size
-
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        size = max(max_bytes, self._read_size)
-        try:
-            return self._sock.recv(size)
-        except BlockingIOError:
-            pass
-        except OSError as exc:
-            raise httpcore.ReadError(str(exc)) from exc
-        try:
-            async with asyncio.timeout(timeout):
-                return await asyncio.get_running_loop().sock_recv(self._sock, size)
-        except TimeoutError as exc:
-            raise httpcore.ReadTimeout("timed out reading") from exc
-        except OSError as exc:
-            raise httpcore.ReadError(str(exc)) from exc
-
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        try:
-            async with asyncio.timeout(timeout):
-                await asyncio.get_running_loop().sock_sendall(self._sock, buffer)
-        except TimeoutError as exc:
-            raise httpcore.WriteTimeout("timed out writing") from exc
-        except OSError as exc:
-            raise httpcore.WriteError(str(exc)) from exc
-
-    async def aclose(self) -> None:
-        self._sock.close()
-
-    def get_extra_info(self, info: str) -> Any:
-        if info == "socket":
-            return self._sock
-        if info == "client_addr":
-            return self._sock.getsockname()
-        if info == "server_addr":
-            return self._sock.getpeername()
-        if info == "is_readable":  # an idle pooled connection with data waiting is dead
-            readable, _, _ = select.select([self._sock], [], [], 0)
-            return bool(readable)
-        return None
-
-
-class _SocketBackend(httpcore.AsyncNetworkBackend):
-    """Plain TCP connections as ``_SocketStream``; only for ``http://`` URLs."""
-
-    def __init__(self, read_size: int) -> None:
-        self._read_size = read_size
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        source = (local_address, 0) if local_address else None
-        try:
-            # The standard library tries each address of the name in turn.
-            sock = await asyncio.to_thread(socket.create_connection, (host, port), timeout, source)
-        except TimeoutError as exc:
-            raise httpcore.ConnectTimeout("timed out connecting") from exc
-        except OSError as exc:
-            raise httpcore.ConnectError(str(exc)) from exc
-        sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        for option in socket_options or ():
-            sock.setsockopt(*option)
-        return _SocketStream(sock, self._read_size)
-
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
-
-
-class _BodyStream(httpx.AsyncByteStream):
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        with _httpx_errors():
-            async for part in self._inner:
-                yield part
-
-    async def aclose(self) -> None:
-        with _httpx_errors():
-            await self._inner.aclose()
-
-
-class BlobTransport(httpx.AsyncBaseTransport):
-    """HTTP/1.1 over httpcore's connection pools (``network_backend`` is httpcore's public
-    hook for the socket layer), reading ``read_size`` bytes at a time: plain sockets read
-    directly for ``http://``, anyio's TLS streams for ``https://``. Certificates are verified
-    as by httpx's own transport, honouring ``SSL_CERT_FILE``/``SSL_CERT_DIR``."""
-
-    def __init__(self, *, read_size: int = BLOB_READ_SIZE) -> None:
-        limits = httpx.Limits()
-        pool_options: dict[str, Any] = {
-            "max_connections": limits.max_connections,
-            "max_keepalive_connections": limits.max_keepalive_connections,
-            "keepalive_expiry": limits.keepalive_expiry,
-        }
-        self._plain_pool = httpcore.AsyncConnectionPool(
-            network_backend=_SocketBackend(read_size), **pool_options
-        )
-        self._tls_pool = httpcore.AsyncConnectionPool(
-            ssl_context=httpx.create_ssl_context(trust_env=True),
-            network_backend=_ReadAheadBackend(read_size),
-            **pool_options,
-        )
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        assert isinstance(request.stream, httpx.AsyncByteStream)
-        core_request = httpcore.Request(
-            method=request.method,
-            url=httpcore.URL(
-                scheme=request.url.raw_scheme,
-                host=request.url.raw_host,
-                port=request.url.port,
-                target=request.url.raw_path,
-            ),
-            headers=request.headers.raw,
-            content=request.stream,
-            extensions=request.extensions,
-        )
-        pool = self._plain_pool if request.url.scheme == "http" else self._tls_pool
-        with _httpx_errors():
-            answer = await pool.handle_async_request(core_request)
-        return httpx.Response(
-            status_code=answer.status,
-            headers=answer.headers,
-            stream=_BodyStream(answer.stream),
-            extensions=answer.extensions,
-        )
-
-    async def aclose(self) -> None:
-        try:
-            await self._plain_pool.aclose()
-        finally:
-            await self._tls_pool.aclose()
-
-
-def env_proxies_configured() -> bool:
-    """Whether ``HTTP(S)_PROXY``/``ALL_PROXY`` are set: httpx honours them only for clients
-    built without a custom transport."""
-    proxies = urllib.request.getproxies()
-    return any(scheme in proxies for scheme in ("http", "https", "all"))

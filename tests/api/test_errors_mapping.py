@@ -14,8 +14,12 @@ import pytest
 
 from logits_cli import config, errors
 from logits_cli.api import open_client
-from logits_cli.api.http import HTTPX_ERRORS, error_for_httpx, is_transient_httpx_error
 from logits_cli.api.retry import RetryPolicy
+from logits_cli.api.transport_errors import (
+    HTTPX_ERRORS,
+    error_for_httpx,
+    is_transient_httpx_error,
+)
 
 pytestmark = pytest.mark.anyio
 

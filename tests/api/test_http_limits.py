@@ -22,8 +22,8 @@ import pytest
 from logits_cli import config, errors
 from logits_cli.api import LogitsClient, open_client
 from logits_cli.api.answers import AnswerLimits
-from logits_cli.api.http import error_for_httpx
 from logits_cli.api.retry import RetryPolicy
+from logits_cli.api.transport_errors import error_for_httpx
 from tests.hostile_server import HostileServer, Request, head, hostile
 
 pytestmark = pytest.mark.anyio
@@ -416,7 +416,7 @@ def _one_checkpoint_then_a_redirect_loop(port_of: Callable[[], int]) -> Callable
 
 @pytest.mark.xfail(
     reason="api/transfer.py catches only httpx.TransportError; TooManyRedirects escapes it "
-    "until it maps failures through api.http.error_for_httpx (the transfer engine's change)",
+    "until it maps failures through api.transport_errors.error_for_httpx (the transfer engine's change)",
     strict=False,
 )
 def test_cli_download_through_a_redirect_loop_exits_6_naming_the_host(

@@ -21,10 +21,10 @@ from logits_cli.api.http import (
     CONNECT_TIMEOUT_S,
     RequestLayer,
     TransientFailure,
-    explain_full_disk,
     new_idempotency_key,
 )
 from logits_cli.api.retry import Deadline, is_retryable_status
+from logits_cli.api.transport_errors import explain_full_disk
 
 # At least the server's poll hold (10 s) + 20 s (§9).
 FUTURE_READ_TIMEOUT_S = 45.0

@@ -39,13 +39,13 @@ from logits_cli.api.answers import (
     fetch_answer,
     format_size,
 )
-from logits_cli.api.blob_transport import (  # noqa: F401  (re-exported for importers)
+from logits_cli.api.blob_transport import (
     BLOB_READ_SIZE,
     BlobTransport,
     env_proxies_configured,
 )
 from logits_cli.api.retry import Deadline, RetryPolicy, is_retryable_status
-from logits_cli.api.transport_errors import (  # noqa: F401  (re-exported for importers)
+from logits_cli.api.transport_errors import (
     FULL_DISK_HINT,
     FULL_DISK_SUMMARY,
     HTTPX_ERRORS,
@@ -63,6 +63,29 @@ IDEMPOTENT_METHODS = frozenset({"POST", "PUT", "DELETE"})
 MAX_DETAIL_CHARS = 300
 
 M = TypeVar("M", bound=BaseModel)
+
+# Names other modules import from here, some defined in blob_transport.py/transport_errors.py.
+__all__ = [
+    "API_PREFIX",
+    "BLOB_READ_SIZE",
+    "CONNECT_TIMEOUT_S",
+    "FULL_DISK_HINT",
+    "FULL_DISK_SUMMARY",
+    "HTTPX_ERRORS",
+    "BlobTransport",
+    "RequestLayer",
+    "TransientFailure",
+    "default_timeout",
+    "describe_httpx_error",
+    "env_proxies_configured",
+    "error_for_httpx",
+    "explain_full_disk",
+    "is_transient_httpx_error",
+    "join_url",
+    "jwt_expiry",
+    "new_idempotency_key",
+    "one_line",
+]
 
 
 def join_url(base_url: str, endpoint: str) -> str:

@@ -120,9 +120,10 @@ def _destination(call: Call, body: dict[str, Any], source_base: tuple[Any, ...])
     session_id = body.get("session_id")
     seq = body.get("model_seq_id")
     if session_id is None:
-        project = body.get("destination_project_id")
-        if not isinstance(project, str) or not project:
-            raise UsageError("give destination_project_id, or session_id and model_seq_id")
+        # SDK 0.38 sends no project when TINKER_PROJECT_ID is unset: the caller's default.
+        project = body.get("destination_project_id") or sessions.DEFAULT_PROJECT
+        if not isinstance(project, str):
+            raise UsageError("invalid field destination_project_id: expected a string")
         # A session of its own for the copy, in the destination project.
         session_id = store.create_session(
             user,

@@ -151,6 +151,22 @@ async def test_dripping_answer_fails_unavailable_within_the_deadline(tmp_path: P
     assert len(srv.requests) >= 2  # a timeout is retried, within the retry budget
 
 
+async def test_dripping_headers_are_bounded_by_the_deadline_too(tmp_path: Path) -> None:
+    def drip_headers(request: Request, sock: socket.socket) -> None:
+        raw = b"HTTP/1.1 200 OK\r\n" + b"X-Padding: " + b"a" * 500 + b"\r\n"
+        for byte in range(len(raw)):
+            sock.sendall(raw[byte : byte + 1])
+            time.sleep(0.2)
+
+    limits = AnswerLimits(attempt_deadline_s=3.0)
+    with hostile(api({"healthz": drip_headers})) as srv:
+        started = time.monotonic()
+        async with make_client(srv, tmp_path, limits=limits) as client:
+            with pytest.raises(errors.UnavailableError, match=r"^no complete answer within 3 s"):
+                await client.health()
+        assert time.monotonic() - started < 30
+
+
 async def test_answer_below_the_minimum_rate_is_abandoned(tmp_path: Path) -> None:
     # No deadline at all: the minimum rate alone must end the drip.
     limits = AnswerLimits(attempt_deadline_s=None, low_speed_window_s=1.0)

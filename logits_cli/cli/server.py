@@ -31,6 +31,12 @@ class UriScheme(StrEnum):
     tinker = "tinker"
 
 
+class Downloads(StrEnum):
+    archive = "archive"
+    files = "files"
+    both = "both"
+
+
 @app.command()
 @handle_errors
 def start(
@@ -77,6 +83,14 @@ def start(
             show_default=False,
         ),
     ] = None,
+    downloads: Annotated[
+        Downloads,
+        typer.Option(
+            "--downloads",
+            help="Which generation of downloads to serve: 'archive' (one tar per checkpoint), "
+            "'files' (per-file exports, no archive endpoint) or both.",
+        ),
+    ] = Downloads.both,
 ) -> None:
     """Serve the store over HTTP (uvicorn) until interrupted."""
     from logits_cli.server.serve import run_server
@@ -102,6 +116,7 @@ def start(
             public_url=public_url,
             root_path=root_path,
             model_configs=tuple(model_configs or ()),
+            downloads=downloads.value,
         )
     except SystemExit as stop:
         if not stop.code:

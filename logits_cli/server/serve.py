@@ -179,6 +179,7 @@ def run_server(
     public_url: str | None = None,
     root_path: str = "",
     model_configs: tuple[str, ...] = (),
+    downloads: str = "both",
 ) -> None:
     """Entry point of ``logits server start``."""
     settings = ServerSettings(
@@ -187,6 +188,7 @@ def run_server(
         public_url=public_url,
         root_path=root_path,
         model_configs=model_configs,
+        downloads=downloads,
     )
     serve(home, settings, host, port)
 

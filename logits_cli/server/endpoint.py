@@ -123,13 +123,18 @@ def route(
             return await handler(call)
         except Exception as exc:
             response = error_response(exc)
-            if not body_read:
+            if not body_read and _has_body(request):
                 # The unread body is still on the wire: end the connection instead of
                 # reading (or letting the client send) it.
                 response.headers["connection"] = "close"
             return response
 
     return Route(path, endpoint, methods=list(methods))
+
+
+def _has_body(request: Request) -> bool:
+    headers = request.headers
+    return "transfer-encoding" in headers or headers.get("content-length", "0").strip() != "0"
 
 
 async def _authenticate(request: Request, context: ServerContext) -> tuple[str, bool, str | None]:

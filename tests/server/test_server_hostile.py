@@ -348,3 +348,12 @@ def test_blob_range_with_a_5000_digit_number(served: ServerProcess, served_key: 
         assert answer.status == 206, (spec, answer.body[:200])
         assert answer.headers["content-range"] == f"bytes {first}-{size - 1}/{size}"
     assert "Traceback" not in served.log()
+
+
+def test_a_401_without_a_body_keeps_the_connection(served: ServerProcess) -> None:
+    with connect(served.port) as sock:
+        for _ in range(2):  # the same connection answers twice
+            sock.sendall(request_head("GET", "/api/v1/training_runs"))
+            answer = read_answer(sock)
+            assert_json_error(answer, 401, "unauthenticated")
+            assert answer.headers.get("connection") != "close"

@@ -12,26 +12,18 @@ embedded ``ckpt ls``, with its 300 ms budget) need none of them.
 
 from __future__ import annotations
 
-import errno
-import hashlib
 import hmac
 import json
 import os
-import re
 import secrets
 import shutil
 import sqlite3
 import tempfile
-import threading
 import time as wallclock
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from contextlib import suppress
 from pathlib import Path
-from typing import Any, NamedTuple
-from urllib.parse import quote
+from typing import Any
 
 from logits_cli import models
 from logits_cli.errors import (
@@ -42,8 +34,37 @@ from logits_cli.errors import (
     NotFoundError,
     UsageError,
 )
-from logits_cli.store import db
 from logits_cli.store.catalog import Catalog
+from logits_cli.store.core import StoreCore
+from logits_cli.store.rows import (  # re-exported: the public surface of store.store
+    _BLOB_NAME_RE,
+    _CKPT,
+    _EPOCH,
+    _NEW_STATE_PREFIX,
+    _RUN,
+    _UNEXPIRED,
+    _USER_ID_RE,
+    _VISIBLE_TO,
+    ACCESS_SCOPES,
+    KEY_PREFIX,
+    KEY_PREFIX_SHOWN,
+    LOCAL_USER,
+    MAX_TTL_SECONDS,
+    MIN_REVOKE_PREFIX,
+    ORPHAN_GRACE_SECONDS,
+    STORAGE_FULL_ERRNOS,
+    ApiKeyInfo,
+    BlobInfo,
+    FutureRecord,
+    IdempotencyRecord,
+    _check_ttl,
+    _checkpoint,
+    _from_micros,
+    _Run,
+    _sha256_hex,
+    _string_metadata,
+    _to_micros,
+)
 from logits_cli.uri import (
     KIND_TO_TYPE,
     SCHEMES,
@@ -54,235 +75,11 @@ from logits_cli.uri import (
     validate_run_id,
 )
 
-LOCAL_USER = "local"  # the single implicit user of the embedded backend (protocol.md §1.4)
 
-ACCESS_SCOPES = ("owned", "accessible")
-MAX_TTL_SECONDS = 315_360_000  # ten years (protocol.md §5.6.6); also keeps datetimes in range
-KEY_PREFIX = "tml-"
-KEY_PREFIX_SHOWN = 12  # "tml-" + 8 characters: enough to tell keys apart, useless to an attacker
-MIN_REVOKE_PREFIX = 8
-# Blobs and state directories that no row references are only reclaimed once they are this
-# old (file modification time), so a save or create in flight never loses its files.
-ORPHAN_GRACE_SECONDS = 3600
+class Store(StoreCore):
+    """Opened on a directory: ``meta.sqlite3``, ``blobs/<sha256>``, ``runs/<run>/…``.
 
-_USER_ID_RE = re.compile(r"[a-z0-9_-]{1,64}")
-_BLOB_NAME_RE = re.compile(r"[0-9a-f]{64}")
-_NEW_STATE_PREFIX = ".new-"
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-# A write that fails with these is a full disk or quota, not a bug (server: HTTP 507).
-STORAGE_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
-
-
-@dataclass(frozen=True)
-class ApiKeyInfo:
-    prefix: str  # the first 12 characters of the key ("tml-" + 8), safe to show
-    user_id: str
-    created: datetime
-    revoked: bool
-
-
-@dataclass(frozen=True)
-class FutureRecord:
-    request_id: str
-    user_id: str
-    model_id: str | None
-    operation: str  # "create_model" | "save_weights" | "save_weights_for_sampler" | "load_weights"
-    status: str  # "pending" | "done" | "failed"
-    result: dict[str, Any] | None  # success object, or {"error", "category", "code"}
-    created: datetime
-    finished: datetime | None
-
-
-@dataclass(frozen=True)
-class IdempotencyRecord:
-    body_sha256: str
-    state: str  # "running" | "done"
-    status: int | None
-    body: bytes | None
-    content_type: str | None
-    location: str | None
-
-
-@dataclass(frozen=True)
-class BlobInfo:
-    """What the blob endpoint needs to serve a checkpoint archive."""
-
-    path: Path
-    sha256: str
-    size: int
-    created: datetime
-
-
-def _to_micros(moment: datetime) -> int:
-    delta = moment - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
-def _from_micros(micros: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=micros)
-
-
-def _sha256_hex(data: str | bytes) -> str:
-    return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()
-
-
-def _check_ttl(ttl_seconds: int | None) -> None:
-    if ttl_seconds is None:
-        return
-    if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int) or ttl_seconds <= 0:
-        raise UsageError(f"ttl_seconds must be a positive integer, got {ttl_seconds!r}")
-    if ttl_seconds > MAX_TTL_SECONDS:
-        raise UsageError(f"ttl_seconds {ttl_seconds} is above the limit of ten years")
-
-
-def _string_metadata(user_metadata: dict[str, Any] | None) -> dict[str, str] | None:
-    """TrainingRun.user_metadata values must be strings [SDK]; others are JSON-encoded."""
-    if user_metadata is None:
-        return None
-    return {
-        str(key): value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-        for key, value in user_metadata.items()
-    }
-
-
-# -- rows -----------------------------------------------------------------------------------
-
-# Columns of a checkpoint row, in the order ``_checkpoint`` reads them.
-_CKPT = "c.kind, c.name, c.tinker_path, c.time, c.expires_at, c.public, c.size_bytes, c.sha256"
-_UNEXPIRED = "(c.expires_at IS NULL OR c.expires_at > :now)"
-_VISIBLE_TO = f"{_UNEXPIRED} AND (c.user_id = :viewer OR c.public = 1)"
-
-
-def _checkpoint(row: tuple[Any, ...]) -> models.Checkpoint:
-    kind, name, tinker_path, time, expires_at, public, size_bytes, sha256 = row[:8]
-    # Rows were validated on the way in; skipping pydantic validation keeps a listing of
-    # thousands of checkpoints cheap.
-    return models.Checkpoint.model_construct(
-        checkpoint_id=f"{kind}/{name}",
-        checkpoint_type=KIND_TO_TYPE[kind],
-        time=_from_micros(time),
-        tinker_path=tinker_path,
-        size_bytes=size_bytes,
-        public=bool(public),
-        expires_at=None if expires_at is None else _from_micros(expires_at),
-        sha256=sha256,
-    )
-
-
-class _Run(NamedTuple):
-    id: str
-    user_id: str
-    base_model: str
-    lora_rank: int
-    train_unembed: int
-    train_mlp: int
-    train_attn: int
-    user_metadata: str | None
-    body_sha256: str
-    created: int
-    last_request_time: int
-
-
-_RUN = ", ".join(f"r.{field}" for field in _Run._fields)
-
-
-class Store:
-    """Opened on a directory: ``meta.sqlite3``, ``blobs/<sha256>``, ``runs/<run>/…``."""
-
-    # -- lifecycle -----------------------------------------------------------------------
-    def __init__(
-        self,
-        root: Path,
-        *,
-        max_rank: int = 256,
-        future_retention: int = 3600,
-        idempotency_retention: int = 86400,
-        clock: Callable[[], datetime] | None = None,
-        catalog: Catalog | None = None,
-    ) -> None:
-        self.root = Path(root)
-        self._catalog = catalog  # None: the shipped base-model catalog, read on first use
-        self.max_rank = max_rank
-        self.future_retention = future_retention
-        self.idempotency_retention = idempotency_retention
-        self._clock = clock or (lambda: datetime.now(UTC))
-        self.blobs_dir = self.root / "blobs"
-        self.runs_dir = self.root / "runs"
-
-        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(self.root, 0o700)
-        self.blobs_dir.mkdir(mode=0o700, exist_ok=True)
-        self.runs_dir.mkdir(mode=0o700, exist_ok=True)
-        db.migrate(self.root / "meta.sqlite3", self.root / ".meta.lock")
-        self._db = db.Database(self.root / "meta.sqlite3")
-        self._run_locks: dict[str, threading.Lock] = {}
-        self._run_locks_guard = threading.Lock()
-        self.instances_dir = self.root / "instances"
-        self.instance_id = secrets.token_hex(8)
-        self._instance_lock: Any = None  # a FileLock held while this instance may run futures
-        self._instance_guard = threading.Lock()
-
-    @classmethod
-    def open(cls, root: Path, **kwargs: Any) -> Store:
-        """Create the directory (0700), the schema (migrations via PRAGMA user_version)."""
-        return cls(root, **kwargs)
-
-    def close(self) -> None:
-        with self._instance_guard:
-            if self._instance_lock is not None:
-                self._instance_lock.release()
-                (self.instances_dir / f"{self.instance_id}.lock").unlink(missing_ok=True)
-                self._instance_lock = None
-        self._db.close()
-
-    def healthy(self, *, min_free_bytes: int = 0) -> bool:
-        """Database answers, the blob directory is writable and has ``min_free_bytes``."""
-        return self.health_problem(min_free_bytes=min_free_bytes) is None
-
-    def health_problem(self, *, min_free_bytes: int = 0) -> str | None:
-        """Why the store cannot take writes (unreadable database, unwritable or (nearly)
-        full blob directory), or None when it can."""
-        try:
-            self._db.connection().execute("SELECT 1").fetchone()
-            with tempfile.TemporaryFile(dir=self.blobs_dir) as probe:
-                probe.write(b"\0")  # creating an empty file succeeds even on a full disk
-                probe.flush()
-                os.fsync(probe.fileno())
-            stats = os.statvfs(self.blobs_dir)
-        except OSError as exc:
-            if exc.errno in STORAGE_FULL_ERRNOS:
-                return "the server's store has no space left"
-            return "the store is not writable"
-        except sqlite3.Error:
-            return "the store's database is not available"
-        if stats.f_bavail * stats.f_frsize < min_free_bytes:
-            return "the server's store has (nearly) no space left"
-        return None
-
-    # -- time, paths, locks ---------------------------------------------------------------
-    def _now(self) -> datetime:
-        return self._clock().astimezone(UTC)
-
-    def _now_micros(self) -> int:
-        return _to_micros(self._now())
-
-    def state_dir(self, run_id: str) -> Path:
-        """The run's live state directory; ``quote`` keeps the name reversible and free of
-        ``:`` (not allowed in Windows file names). A dot-segment id (``.``, ``..``) would
-        name ``runs/`` or the store root itself, so it is refused (UsageError)."""
-        validate_run_id(run_id)
-        return self.runs_dir / quote(run_id, safe="")
-
-    @contextmanager
-    def _run_lock(self, run_id: str) -> Iterator[None]:
-        """Serialise saves, loads and deletes of one run, across threads and processes."""
-        from filelock import FileLock
-
-        with self._run_locks_guard:
-            lock = self._run_locks.setdefault(run_id, threading.Lock())
-        lock_file = self.runs_dir / f"{quote(run_id, safe='')}.lock"
-        with lock, FileLock(lock_file):
-            yield
+    Composed of one mixin per area (core.py and the modules named in its docstring)."""
 
     # -- users and API keys (§2.1) --------------------------------------------------------
     def create_api_key(self, user_id: str) -> str:
@@ -1032,41 +829,6 @@ class Store:
             )
         return request_id, True
 
-    def _claim_instance(self) -> str:
-        """This instance's id, holding its lock file from the first future on, so other
-        processes sharing the store can tell it is alive (``_instance_alive``)."""
-        from filelock import FileLock
-
-        with self._instance_guard:
-            if self._instance_lock is None:
-                self.instances_dir.mkdir(mode=0o700, exist_ok=True)
-                # Not thread-local: taken by a worker thread, released by close() on another.
-                path = self.instances_dir / f"{self.instance_id}.lock"
-                lock = FileLock(path, thread_local=False)
-                lock.acquire()
-                self._instance_lock = lock
-        return self.instance_id
-
-    def _instance_alive(self, instance: str | None) -> bool:
-        """Whether the store instance that took a future still runs: its lock file is held."""
-        from filelock import FileLock, Timeout
-
-        if instance == self.instance_id:
-            return True
-        if instance is None or not re.fullmatch(r"[0-9a-f]{16}", instance):
-            return False
-        path = self.instances_dir / f"{instance}.lock"
-        if not path.exists():
-            return False
-        lock = FileLock(path, timeout=0)
-        try:
-            lock.acquire()
-        except Timeout:
-            return True
-        lock.release()
-        path.unlink(missing_ok=True)
-        return False
-
     def fail_dead_futures(self) -> int:
         """Start-up recovery: fail the pending futures of dead instances; returns how many."""
         pending = self._db.connection().execute(
@@ -1207,10 +969,6 @@ class Store:
                 ).rowcount
         return released
 
-    def instance_alive(self, instance: str | None) -> bool:
-        """Whether the store instance (process) named ``instance`` still runs."""
-        return self._instance_alive(instance)
-
     def idempotency_finish(
         self,
         scope: tuple[str, str, str, str],
@@ -1235,3 +993,36 @@ class Store:
                 " AND state = 'running'",
                 scope,
             )
+
+
+# The store's public surface (and the helpers sessions.py and exports.py share).
+__all__ = [
+    "ACCESS_SCOPES",
+    "KEY_PREFIX",
+    "KEY_PREFIX_SHOWN",
+    "LOCAL_USER",
+    "MAX_TTL_SECONDS",
+    "MIN_REVOKE_PREFIX",
+    "ORPHAN_GRACE_SECONDS",
+    "STORAGE_FULL_ERRNOS",
+    "_BLOB_NAME_RE",
+    "_CKPT",
+    "_EPOCH",
+    "_NEW_STATE_PREFIX",
+    "_RUN",
+    "_UNEXPIRED",
+    "_USER_ID_RE",
+    "_VISIBLE_TO",
+    "ApiKeyInfo",
+    "BlobInfo",
+    "FutureRecord",
+    "IdempotencyRecord",
+    "Store",
+    "_Run",
+    "_check_ttl",
+    "_checkpoint",
+    "_from_micros",
+    "_sha256_hex",
+    "_string_metadata",
+    "_to_micros",
+]

@@ -1,0 +1,165 @@
+"""The core every area of the store builds on: the directory, the database, the clock,
+per-run locks and the liveness of store instances (processes sharing the store).
+
+The areas (``accounts``, ``runs``, ``checkpoints``, ``blobs``, ``futures``, ``idempotency``)
+are mixins over ``StoreCore``; ``store.Store`` composes them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import sqlite3
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Self
+from urllib.parse import quote
+
+from logits_cli.store import db
+from logits_cli.store.catalog import Catalog
+from logits_cli.store.rows import STORAGE_FULL_ERRNOS, _to_micros
+from logits_cli.uri import validate_run_id
+
+
+class StoreCore:
+    """Opened on a directory: ``meta.sqlite3``, ``blobs/<sha256>``, ``runs/<run>/…``."""
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def __init__(
+        self,
+        root: Path,
+        *,
+        max_rank: int = 256,
+        future_retention: int = 3600,
+        idempotency_retention: int = 86400,
+        clock: Callable[[], datetime] | None = None,
+        catalog: Catalog | None = None,
+    ) -> None:
+        self.root = Path(root)
+        self._catalog = catalog  # None: the shipped base-model catalog, read on first use
+        self.max_rank = max_rank
+        self.future_retention = future_retention
+        self.idempotency_retention = idempotency_retention
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self.blobs_dir = self.root / "blobs"
+        self.runs_dir = self.root / "runs"
+
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.root, 0o700)
+        self.blobs_dir.mkdir(mode=0o700, exist_ok=True)
+        self.runs_dir.mkdir(mode=0o700, exist_ok=True)
+        db.migrate(self.root / "meta.sqlite3", self.root / ".meta.lock")
+        self._db = db.Database(self.root / "meta.sqlite3")
+        self._run_locks: dict[str, threading.Lock] = {}
+        self._run_locks_guard = threading.Lock()
+        self.instances_dir = self.root / "instances"
+        self.instance_id = secrets.token_hex(8)
+        self._instance_lock: Any = None  # a FileLock held while this instance may run futures
+        self._instance_guard = threading.Lock()
+
+    @classmethod
+    def open(cls, root: Path, **kwargs: Any) -> Self:
+        """Create the directory (0700), the schema (migrations via PRAGMA user_version)."""
+        return cls(root, **kwargs)
+
+    def close(self) -> None:
+        with self._instance_guard:
+            if self._instance_lock is not None:
+                self._instance_lock.release()
+                (self.instances_dir / f"{self.instance_id}.lock").unlink(missing_ok=True)
+                self._instance_lock = None
+        self._db.close()
+
+    def healthy(self, *, min_free_bytes: int = 0) -> bool:
+        """Database answers, the blob directory is writable and has ``min_free_bytes``."""
+        return self.health_problem(min_free_bytes=min_free_bytes) is None
+
+    def health_problem(self, *, min_free_bytes: int = 0) -> str | None:
+        """Why the store cannot take writes (unreadable database, unwritable or (nearly)
+        full blob directory), or None when it can."""
+        try:
+            self._db.connection().execute("SELECT 1").fetchone()
+            with tempfile.TemporaryFile(dir=self.blobs_dir) as probe:
+                probe.write(b"\0")  # creating an empty file succeeds even on a full disk
+                probe.flush()
+                os.fsync(probe.fileno())
+            stats = os.statvfs(self.blobs_dir)
+        except OSError as exc:
+            if exc.errno in STORAGE_FULL_ERRNOS:
+                return "the server's store has no space left"
+            return "the store is not writable"
+        except sqlite3.Error:
+            return "the store's database is not available"
+        if stats.f_bavail * stats.f_frsize < min_free_bytes:
+            return "the server's store has (nearly) no space left"
+        return None
+
+    # -- time, paths, locks ---------------------------------------------------------------
+    def _now(self) -> datetime:
+        return self._clock().astimezone(UTC)
+
+    def _now_micros(self) -> int:
+        return _to_micros(self._now())
+
+    def state_dir(self, run_id: str) -> Path:
+        """The run's live state directory; ``quote`` keeps the name reversible and free of
+        ``:`` (not allowed in Windows file names). A dot-segment id (``.``, ``..``) would
+        name ``runs/`` or the store root itself, so it is refused (UsageError)."""
+        validate_run_id(run_id)
+        return self.runs_dir / quote(run_id, safe="")
+
+    @contextmanager
+    def _run_lock(self, run_id: str) -> Iterator[None]:
+        """Serialise saves, loads and deletes of one run, across threads and processes."""
+        from filelock import FileLock
+
+        with self._run_locks_guard:
+            lock = self._run_locks.setdefault(run_id, threading.Lock())
+        lock_file = self.runs_dir / f"{quote(run_id, safe='')}.lock"
+        with lock, FileLock(lock_file):
+            yield
+
+    # -- instances: which processes are alive ---------------------------------------------
+    def _claim_instance(self) -> str:
+        """This instance's id, holding its lock file from the first future on, so other
+        processes sharing the store can tell it is alive (``_instance_alive``)."""
+        from filelock import FileLock
+
+        with self._instance_guard:
+            if self._instance_lock is None:
+                self.instances_dir.mkdir(mode=0o700, exist_ok=True)
+                # Not thread-local: taken by a worker thread, released by close() on another.
+                path = self.instances_dir / f"{self.instance_id}.lock"
+                lock = FileLock(path, thread_local=False)
+                lock.acquire()
+                self._instance_lock = lock
+        return self.instance_id
+
+    def _instance_alive(self, instance: str | None) -> bool:
+        """Whether the store instance that took a future still runs: its lock file is held."""
+        from filelock import FileLock, Timeout
+
+        if instance == self.instance_id:
+            return True
+        if instance is None or not re.fullmatch(r"[0-9a-f]{16}", instance):
+            return False
+        path = self.instances_dir / f"{instance}.lock"
+        if not path.exists():
+            return False
+        lock = FileLock(path, timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            return True
+        lock.release()
+        path.unlink(missing_ok=True)
+        return False
+
+    def instance_alive(self, instance: str | None) -> bool:
+        """Whether the store instance (process) named ``instance`` still runs."""
+        return self._instance_alive(instance)

@@ -907,7 +907,7 @@ def _local_copy(
         return hash_file(final, {"sha256"})["sha256"].hex() == checkpoint.sha256.lower(), []
     try:
         manifest = read_manifest(final)
-    except IntegrityError:
+    except (IntegrityError, OSError):  # OSError: DEST is no directory; reported later
         return False, []
     if checkpoint.sha256 is not None:
         same = manifest.archive_sha256 == checkpoint.sha256.lower()
@@ -955,13 +955,16 @@ def _check_free_space(dest_dir: Path, part: Path, size: int | None, *, archive_o
 def _prepare_destination(dest_dir: Path, lock_path: Path) -> None:
     """Create ``dest_dir`` and prove it writable by creating the lock file, so an unwritable
     destination is reported as such, not as a lock that seems held (``-o /proc/self``)."""
+    hint = "choose a directory you can write to with -o DIR"
     try:
         dest_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LogitsError(f"cannot create {dest_dir}: {exc.strerror or exc}", hint=hint) from None
+    try:
         os.close(os.open(lock_path, os.O_WRONLY | os.O_CREAT, 0o644))
     except OSError as exc:
         raise LogitsError(
-            f"cannot write in {dest_dir}: {exc.strerror or exc}",
-            hint="choose a directory you can write to with -o DIR",
+            f"cannot create files in {dest_dir}: {exc.strerror or exc}", hint=hint
         ) from None
 
 

@@ -439,3 +439,46 @@ def test_tinker_scheme_paths_sync_and_prune_like_logits_ones(server_factory, tmp
         ]
 
     play(lambda: open_client(settings), scenario)
+
+
+def test_a_damaged_local_copy_is_repaired_not_reported_present(open_backend, tmp_path):
+    # Issue 8 F8: names and sizes from our manifest, checked on every run without re-hashing.
+    dest = tmp_path / "mirror"
+
+    async def scenario(client: LogitsClient) -> None:
+        run = await new_run(client)
+        deleted, truncated, intact = [
+            await client.save(run, name) for name in ("step-1", "step-2", "step-3")
+        ]
+        await run_sync(client, dest, SyncOptions())
+        local = {
+            c.tinker_path: checkpoint_dir(dest, CheckpointRef.parse(c.tinker_path))
+            for c in (deleted, truncated, intact)
+        }
+        (local[deleted.tinker_path] / "adapter_config.json").unlink()
+        tensors = local[truncated.tinker_path] / "adapter_model.safetensors"
+        size = tensors.stat().st_size
+        with open(tensors, "r+b") as handle:
+            handle.truncate(size - 1)
+
+        plan = await run_sync(client, dest, SyncOptions(dry_run=True))
+        assert {i.tinker_path: (i.status, i.repaired) for i in plan.items} == {
+            deleted.tinker_path: ("planned", ["adapter_config.json missing"]),
+            truncated.tinker_path: (
+                "planned",
+                [f"adapter_model.safetensors has {size - 1} bytes, expected {size}"],
+            ),
+            intact.tinker_path: ("present", []),
+        }
+        repaired = await run_sync(client, dest, SyncOptions())
+        assert {i.tinker_path: i.status for i in repaired.items} == {
+            deleted.tinker_path: "downloaded",
+            truncated.tinker_path: "downloaded",
+            intact.tinker_path: "present",
+        }
+        assert repaired.bytes_fetched == deleted.size_bytes + truncated.size_bytes
+        assert all(verify_checkpoint_dir(path).ok for path in local.values())
+        again = await run_sync(client, dest, SyncOptions())
+        assert {i.status for i in again.items} == {"present"}
+
+    play(open_backend, scenario)

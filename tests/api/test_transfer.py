@@ -277,7 +277,7 @@ def test_an_unusable_destination_is_a_clean_error(tmp_path: Path) -> None:
             checkpoint = await make_checkpoint(client)
             blocker = tmp_path / "not-a-directory"
             blocker.write_text("a file where the destination should be")
-            with pytest.raises(LogitsError, match=r"^cannot write the download in"):
+            with pytest.raises(LogitsError, match=r"^cannot create .*not-a-directory: File exists"):
                 await client.download(ref_of(checkpoint), blocker)
 
     asyncio.run(scenario())
@@ -305,5 +305,92 @@ def test_extraction_is_finished_before_a_cancellation_lands() -> None:
         with pytest.raises(asyncio.CancelledError):
             await outer
         assert finished == [True]
+
+    asyncio.run(scenario())
+
+
+# -- issue 8 F8: a damaged local copy is noticed and repaired ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("damage", "reported"),
+    [
+        (lambda path: path.unlink(), "adapter_model.safetensors missing"),
+        (
+            lambda path: path.write_bytes(path.read_bytes()[:100]),
+            "adapter_model.safetensors has 100 bytes, expected {size}",
+        ),
+    ],
+    ids=["deleted", "truncated"],
+)
+def test_a_damaged_copy_is_downloaded_again(tmp_path: Path, damage: Any, reported: str) -> None:
+    async def scenario() -> None:
+        async with embedded_client(tmp_path / "home") as client:
+            checkpoint = await make_checkpoint(client)
+            dest = tmp_path / "dest"
+            first = await client.download(ref_of(checkpoint), dest)
+            tensors = first.path / "adapter_model.safetensors"
+            size = tensors.stat().st_size
+            damage(tensors)
+            assert not verify_checkpoint_dir(first.path).ok
+            again = await client.download(ref_of(checkpoint), dest)
+            assert not again.skipped
+            assert again.repaired == (reported.format(size=size),)
+            assert again.bytes_fetched == checkpoint.size_bytes
+            assert verify_checkpoint_dir(again.path).ok
+            assert listing(dest) == ["ckpt"]
+            third = await client.download(ref_of(checkpoint), dest)
+            assert third.skipped and third.repaired == ()
+
+    asyncio.run(scenario())
+
+
+# -- issue 8 F15: unwritable destinations and busy part files ---------------------------------
+
+
+def test_an_unwritable_destination_is_not_reported_as_busy(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with embedded_client(tmp_path / "home") as client:
+            checkpoint = await make_checkpoint(client)
+            with pytest.raises(LogitsError) as caught:
+                await client.download(ref_of(checkpoint), Path("/proc/self"))
+            assert not isinstance(caught.value, BusyError)
+            assert caught.value.exit_code == 1
+            assert caught.value.message.startswith("cannot create files in /proc/self: ")
+            assert caught.value.hint == "choose a directory you can write to with -o DIR"
+
+    asyncio.run(scenario())
+
+
+def test_a_busy_part_file_hints_lock_wait_and_lock_wait_waits(tmp_path: Path) -> None:
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    holding, release = threading.Event(), threading.Event()
+
+    def other_downloader() -> None:
+        # Its own thread takes and drops the lock (filelock's locks are per thread).
+        with filelock.FileLock(dest / ".ckpt.part.lock"):
+            holding.set()
+            release.wait(60)
+
+    async def scenario() -> None:
+        async with embedded_client(tmp_path / "home") as client:
+            checkpoint = await make_checkpoint(client)
+            holder = threading.Thread(target=other_downloader)
+            holder.start()
+            try:
+                assert holding.wait(60)
+                with pytest.raises(BusyError) as caught:
+                    await client.download(ref_of(checkpoint), dest)
+                assert caught.value.hint == "let it finish, or pass --lock-wait 10m to wait for it"
+                threading.Timer(0.3, release.set).start()
+                result = await client.download(
+                    ref_of(checkpoint), dest, options=DownloadOptions(lock_wait=60)
+                )
+            finally:
+                release.set()
+                holder.join()
+            assert verify_checkpoint_dir(result.path).ok
+            assert listing(dest) == ["ckpt"]
 
     asyncio.run(scenario())

@@ -15,6 +15,13 @@ import typer
 
 from logits_cli import errors
 from logits_cli.cli import ckpt_retention
+from logits_cli.cli.arguments import (
+    DirsArgument,
+    NameArgument,
+    PathArgument,
+    PathsArgument,
+    RunsArgument,
+)
 from logits_cli.cli.ckpt_render import (
     CHECKPOINT_COLUMNS,
     INFO_FIELDS,
@@ -39,7 +46,6 @@ from logits_cli.cli.options import (
     BeforeOpt,
     DryRunOpt,
     JsonOpt,
-    PathArg,
     PathsArg,
     QuietOpt,
     RunOpt,
@@ -112,10 +118,7 @@ def _remember(
 @handle_errors
 def save(
     ctx: typer.Context,
-    name: Annotated[
-        str,
-        typer.Argument(help="Checkpoint name, e.g. step_1000.", metavar="NAME", show_default=False),
-    ],
+    name: NameArgument,
     run: RunOpt = None,
     sampler: Annotated[
         bool, typer.Option("--sampler", help="Weights only (sampler_weights), no optimizer state.")
@@ -134,6 +137,8 @@ def save(
     quiet: QuietOpt = False,
 ) -> None:
     """Snapshot the run's state as a new checkpoint; prints its path.
+
+    NAME: 1-128 characters of A-Z a-z 0-9 . _ -, starting with a letter, digit or _.
 
     Examples:
 
@@ -180,7 +185,7 @@ def save(
 @handle_errors
 def load(
     ctx: typer.Context,
-    path: PathArg,
+    path: PathArgument,
     run: RunOpt = None,
     with_optimizer: Annotated[
         bool, typer.Option("--with-optimizer", help="Restore the optimizer state too.")
@@ -190,6 +195,9 @@ def load(
     quiet: QuietOpt = False,
 ) -> None:
     """Load a checkpoint (yours or a public one) into the run.
+
+    PATH is logits://RUN/KIND/NAME (or tinker://…), or NAME or KIND/NAME in the run of
+    --run or $LOGITS_RUN; NAME may be @latest.
 
     Examples:
 
@@ -231,7 +239,7 @@ def load(
 @handle_errors
 def list_checkpoints(
     ctx: typer.Context,
-    runs: RunsArg = None,
+    runs: RunsArgument = None,
     checkpoint_type: TypeOpt = None,
     since: SinceOpt = None,
     before: BeforeOpt = None,
@@ -253,7 +261,11 @@ def list_checkpoints(
     ] = None,
     sort: Annotated[
         SortKey,
-        typer.Option("--sort", help="Order: time (newest first), name, or size (largest first)."),
+        typer.Option(
+            "--sort",
+            help="Order: time (newest first), name, or size (largest first).",
+            metavar="KEY",
+        ),
     ] = SortKey.time,
     limit: Annotated[
         int | None, typer.Option("--limit", min=1, metavar="N", help="Show at most N.")
@@ -261,7 +273,7 @@ def list_checkpoints(
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """List checkpoints of some runs, or of all your runs.
+    """List checkpoints of some runs (RUN...), or of all your runs.
 
     On a terminal: one line per checkpoint (RUN and KIND/NAME, relative times), then the
     count and total size. Piped: tab-separated NAME, TYPE, SIZE (bytes), PUBLIC, CREATED,
@@ -341,9 +353,12 @@ def list_checkpoints(
 @app.command()
 @handle_errors
 def info(
-    ctx: typer.Context, path: PathArg, json_output: JsonOpt = False, quiet: QuietOpt = False
+    ctx: typer.Context, path: PathArgument, json_output: JsonOpt = False, quiet: QuietOpt = False
 ) -> None:
     """Show one checkpoint, with its base model and LoRA rank.
+
+    PATH is logits://RUN/KIND/NAME (or tinker://…), or NAME or KIND/NAME in the run of
+    --run or $LOGITS_RUN; NAME may be @latest.
 
     Examples:
 
@@ -388,9 +403,13 @@ def _embedded_archive_url(settings: Settings, checkpoint: "models.Checkpoint") -
 @app.command()
 @handle_errors
 def url(
-    ctx: typer.Context, path: PathArg, json_output: JsonOpt = False, quiet: QuietOpt = False
+    ctx: typer.Context, path: PathArgument, json_output: JsonOpt = False, quiet: QuietOpt = False
 ) -> None:
-    """Print a short-lived signed URL of the checkpoint's archive (for curl, aria2c).
+    """Print a signed URL of the archive, for curl or aria2c.
+
+    The URL is short-lived; its expiry goes to stderr.
+    PATH is logits://RUN/KIND/NAME (or tinker://…), or NAME or KIND/NAME in the run of
+    --run or $LOGITS_RUN; NAME may be @latest.
 
     On the embedded backend (no LOGITS_BASE_URL) it prints a file:// URL of the archive in
     the local store instead, which does not expire; curl reads it.
@@ -461,9 +480,12 @@ def _change_visibility(ctx: typer.Context, paths: list[str], *, public: bool, ou
 @app.command()
 @handle_errors
 def publish(
-    ctx: typer.Context, paths: PathsArg, json_output: JsonOpt = False, quiet: QuietOpt = False
+    ctx: typer.Context, paths: PathsArgument, json_output: JsonOpt = False, quiet: QuietOpt = False
 ) -> None:
-    """Make checkpoints public (readable by every user of the service).
+    """Make checkpoints public (readable by every user).
+
+    PATH is logits://RUN/KIND/NAME (or tinker://…), or NAME or KIND/NAME in the run of
+    --run or $LOGITS_RUN; NAME may be @latest.
 
     Already public is success (CHANGED no; "changed": false in JSON).
 
@@ -479,9 +501,12 @@ def publish(
 @app.command()
 @handle_errors
 def unpublish(
-    ctx: typer.Context, paths: PathsArg, json_output: JsonOpt = False, quiet: QuietOpt = False
+    ctx: typer.Context, paths: PathsArgument, json_output: JsonOpt = False, quiet: QuietOpt = False
 ) -> None:
     """Make checkpoints private again.
+
+    PATH is logits://RUN/KIND/NAME (or tinker://…), or NAME or KIND/NAME in the run of
+    --run or $LOGITS_RUN; NAME may be @latest.
 
     Examples:
 
@@ -581,6 +606,11 @@ def download(
                         resolved, output, options=options_now(), progress=progress
                     )
                 except errors.LogitsError as error:
+                    if give_up is not None and time.monotonic() >= give_up:
+                        error = errors.UnavailableError(
+                            f"did not finish within --timeout {timeout}",
+                            hint="run the same command again to resume the download",
+                        )
                     report.add(str(ref), error)
                     if bars is None:
                         log_line(f"failed {ref}: {error.message}")
@@ -724,18 +754,13 @@ def sync_log_message(item: "SyncItem") -> str:
 @app.command()
 @handle_errors
 def verify(
-    dirs: Annotated[
-        list[Path],
-        typer.Argument(
-            metavar="DIR",
-            help="Downloaded checkpoint directories, or directories holding them.",
-            show_default=False,
-        ),
-    ],
+    dirs: DirsArgument,
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Re-check downloaded checkpoints against their manifests.
+
+    DIR: a downloaded checkpoint directory, or a directory holding them.
 
     A DIR that is missing or holds no checkpoint is reported and the others are still
     checked. Exit 7 if any checkpoint fails verification, else 8 if some DIR had nothing to

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from logits_cli import errors
+from logits_cli.cli.arguments import OptionalPathsArgument
 from logits_cli.cli.ckpt_render import (
     TTL_COLUMNS,
     checkpoint_json,
@@ -30,7 +31,6 @@ from logits_cli.cli.options import (
     BeforeOpt,
     DryRunOpt,
     JsonOpt,
-    OptionalPathsArg,
     QuietOpt,
     TypeOpt,
     YesOpt,
@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 @handle_errors
 def rm(
     ctx: typer.Context,
-    paths: OptionalPathsArg = None,
+    paths: OptionalPathsArgument = None,
     run: FilterRunOpt = None,
     checkpoint_type: TypeOpt = None,
     before: BeforeOpt = None,
@@ -64,7 +64,10 @@ def rm(
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Delete checkpoints, by path or by retention filters over a run (--run).
+    """Delete checkpoints, by path or by filters over a run (--run).
+
+    PATH is logits://RUN/KIND/NAME (or tinker://…), or NAME or KIND/NAME in the run of
+    --run or $LOGITS_RUN; NAME may be @latest.
 
     On a terminal it lists what it will delete (sizes, ages) and asks; answering no prints
     "Nothing deleted." and exits 1, as gh does on a cancelled prompt. Without a terminal it
@@ -167,7 +170,7 @@ def _forget(settings: Settings, paths: list[str]) -> None:
 @handle_errors
 def ttl(
     ctx: typer.Context,
-    paths: OptionalPathsArg = None,
+    paths: OptionalPathsArgument = None,
     set_to: Annotated[
         str | None,
         typer.Option(
@@ -194,6 +197,12 @@ def ttl(
 ) -> None:
     """Set, extend or remove checkpoint expiry.
 
+    PATH is logits://RUN/KIND/NAME (or tinker://…), or NAME or KIND/NAME in the run of
+    --run or $LOGITS_RUN; NAME may be @latest.
+
+    In --set, --extend, --before and --after, write minutes as min and months as mo:
+    a bare m is refused as ambiguous.
+
     Examples:
 
     \b
@@ -208,7 +217,7 @@ def ttl(
     if sum((set_to is not None, extend is not None, remove)) != 1:
         raise errors.UsageError("give exactly one of --set, --extend or --remove")
     set_seconds = parse_ttl(set_to) if set_to is not None else None
-    extend_seconds = parse_duration(extend) if extend is not None else None
+    extend_seconds = parse_duration(extend, minutes_as_m=False) if extend is not None else None
     settings = settings_for(ctx)
     selection = selection_from_options(
         paths,

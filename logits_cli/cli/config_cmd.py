@@ -24,7 +24,14 @@ def _api_key_display(settings: Settings) -> str | None:
 @app.command()
 @handle_errors
 def show(ctx: typer.Context, json_output: JsonOpt = False) -> None:
-    """Show each setting, its value (secrets masked) and where it came from."""
+    """Show each setting, its value (secrets masked) and where it came from.
+
+    Examples:
+
+    \b
+      logits config show
+      LOGITS_PROFILE=team logits config show --json | jq -r .backend
+    """
     out = Output(json_output=json_output)
     settings = settings_for(ctx)
     backend = (

@@ -21,7 +21,11 @@ QuietOpt = Annotated[
 RunOpt = Annotated[
     str | None,
     typer.Option(
-        "--run", "-r", help="Training run id (default: $LOGITS_RUN).", autocompletion=complete_run
+        "--run",
+        "-r",
+        help="Training run id (default: $LOGITS_RUN).",
+        metavar="RUN",
+        autocompletion=complete_run,
     ),
 ]
 RunsArg = Annotated[
@@ -64,7 +68,13 @@ PathArg = Annotated[
 ]
 TypeOpt = Annotated[
     CheckpointType | None,
-    typer.Option("--type", "-t", help="Only checkpoints of this type (training, sampler or external).", case_sensitive=False),
+    typer.Option(
+        "--type",
+        "-t",
+        help="Only checkpoints of this type (training, sampler or external).",
+        metavar="TYPE",
+        case_sensitive=False,
+    ),
 ]
 SinceOpt = Annotated[
     str | None,

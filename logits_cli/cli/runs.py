@@ -4,11 +4,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from logits_cli.cli.completion_cache import complete_run, remember
+from logits_cli.cli.arguments import OptionalRunArgument
+from logits_cli.cli.completion_cache import remember
 from logits_cli.cli.context import call_api, require_run, settings_for
 from logits_cli.cli.failures import handle_errors
 from logits_cli.cli.options import JsonOpt, QuietOpt, TimeoutOpt
-from logits_cli.cli.output import COUNT, TIME, Column, Output
+from logits_cli.cli.output import COUNT, PIPED_ONLY, TABLE_ONLY, TIME, Column, Output
 from logits_cli.cli.timeparse import optional_seconds
 from logits_cli.errors import UsageError
 from logits_cli.uri import CheckpointRef
@@ -21,12 +22,15 @@ if TYPE_CHECKING:
 
 app = typer.Typer(help="List, inspect and create training runs.", no_args_is_help=True)
 
+# On a terminal the run id is never cut and the latest checkpoint shows as KIND/NAME (its
+# run is the row's); piped rows keep the full path.
 RUN_COLUMNS = [
     Column("RUN", "training_run_id"),
-    Column("BASE MODEL", "base_model"),
-    Column("RANK", "lora_rank", COUNT),
-    Column("LAST REQUEST", "last_request_time", TIME),
-    Column("LATEST CHECKPOINT", "last_checkpoint"),
+    Column("BASE MODEL", "base_model", priority=4, shrink=True),
+    Column("RANK", "lora_rank", COUNT, priority=2),
+    Column("LAST REQUEST", "last_request_time", TIME, priority=3),
+    Column("LATEST", "last_checkpoint_id", priority=1, show=TABLE_ONLY),
+    Column("LATEST CHECKPOINT", "last_checkpoint", show=PIPED_ONLY),
 ]
 
 
@@ -37,6 +41,7 @@ def _row(run: "models.TrainingRun") -> dict[str, Any]:
         "lora_rank": run.lora_rank,
         "last_request_time": run.last_request_time,
         "last_checkpoint": run.last_checkpoint.tinker_path if run.last_checkpoint else None,
+        "last_checkpoint_id": (run.last_checkpoint.checkpoint_id if run.last_checkpoint else None),
         "last_sampler_checkpoint": (
             run.last_sampler_checkpoint.tinker_path if run.last_sampler_checkpoint else None
         ),
@@ -64,12 +69,23 @@ def list_runs(
         typer.Option("--accessible", help="Also runs of others that have public checkpoints."),
     ] = False,
     limit: Annotated[
-        int | None, typer.Option("--limit", min=1, help="Show at most this many.")
+        int | None, typer.Option("--limit", min=1, metavar="N", help="Show at most N.")
     ] = None,
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """List training runs, newest first."""
+    """List training runs, newest first.
+
+    On a terminal: one line per run, the id never cut; piped: tab-separated RUN, BASE
+    MODEL, RANK, LAST REQUEST (ISO-8601 UTC), LATEST CHECKPOINT (full path).
+
+    Examples:
+
+    \b
+      logits runs ls
+      logits runs ls --accessible --limit 20
+      export LOGITS_RUN=$(logits runs ls -q | head -1)
+    """
     out = Output(json_output=json_output, quiet=quiet)
     settings = settings_for(ctx)
     scope = "accessible" if include_public else "owned"
@@ -90,6 +106,7 @@ def list_runs(
         RUN_COLUMNS,
         [_row(r) for r in found],
         empty="No runs. Create one with `logits runs create --base-model M`.",
+        footer=f"{len(found)} run{'' if len(found) == 1 else 's'}",
     )
 
 
@@ -97,19 +114,18 @@ def list_runs(
 @handle_errors
 def info(
     ctx: typer.Context,
-    run: Annotated[
-        str | None,
-        typer.Argument(
-            metavar="RUN",
-            help="Run id (default: $LOGITS_RUN).",
-            autocompletion=complete_run,
-            show_default=False,
-        ),
-    ] = None,
+    run: OptionalRunArgument = None,
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Show a run with its latest training and sampler checkpoints."""
+    """Show a run (default: $LOGITS_RUN) with its latest checkpoints.
+
+    Examples:
+
+    \b
+      logits runs info                  # $LOGITS_RUN
+      logits runs info RUN --json | jq .base_model
+    """
     out = Output(json_output=json_output, quiet=quiet)
     settings = settings_for(ctx, run=run)
     run_id = require_run(settings)
@@ -128,6 +144,7 @@ def create(
         typer.Option(
             "--base-model",
             "-m",
+            metavar="MODEL",
             help="Base model, e.g. Qwen/Qwen3-8B. With --from: the checkpoint's.",
             show_default=False,
         ),
@@ -137,6 +154,7 @@ def create(
         typer.Option(
             "--rank",
             min=1,
+            metavar="N",
             help=f"LoRA rank [default: {DEFAULT_RANK}; with --from: the checkpoint's].",
             show_default=False,
         ),
@@ -152,7 +170,14 @@ def create(
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Create a training run (optionally from a checkpoint); prints its id."""
+    """Create a training run (optionally from a checkpoint); prints its id.
+
+    Examples:
+
+    \b
+      export LOGITS_RUN=$(logits runs create --base-model Qwen/Qwen3-8B --rank 32)
+      logits runs create --from logits://RUN/weights/step_1000 --with-optimizer
+    """
     out = Output(json_output=json_output, quiet=quiet)
     source = CheckpointRef.parse(from_path, allow_latest=True) if from_path is not None else None
     if with_optimizer and source is None:

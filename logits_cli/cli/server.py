@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from logits_cli import errors
+from logits_cli.cli.arguments import PrefixArgument, UserArgument
 from logits_cli.cli.context import settings_for
 from logits_cli.cli.failures import handle_errors
 from logits_cli.cli.options import HomeOpt, JsonOpt, QuietOpt
@@ -143,15 +144,21 @@ def _open_store(ctx: typer.Context, home: str | None) -> "Iterator[Store]":
 @handle_errors
 def create_key(
     ctx: typer.Context,
-    user: Annotated[
-        str,
-        typer.Argument(metavar="USER", help="User id ([a-z0-9_-], up to 64).", show_default=False),
-    ],
+    user: UserArgument,
     home: HomeOpt = None,
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Create an API key for USER; the key is printed once and only its hash is kept."""
+    """Create an API key for USER; it is printed once, only its hash is kept.
+
+    USER: a user id of a-z 0-9 _ -, up to 64 characters.
+
+    Examples:
+
+    \b
+      logits server keys create alice
+      export LOGITS_API_KEY=$(logits server keys create alice --home /srv/logits)
+    """
     out = Output(json_output=json_output, quiet=quiet)
     with _open_store(ctx, home) as store:
         key = store.create_api_key(user)
@@ -169,7 +176,14 @@ def create_key(
 def list_keys(
     ctx: typer.Context, home: HomeOpt = None, json_output: JsonOpt = False, quiet: QuietOpt = False
 ) -> None:
-    """List keys by prefix, user and creation time (never the keys themselves)."""
+    """List keys by prefix, user and creation time (never the keys themselves).
+
+    Examples:
+
+    \b
+      logits server keys ls
+      logits server keys ls --json | jq -r '.[] | select(.revoked | not) | .prefix'
+    """
     out = Output(json_output=json_output, quiet=quiet)
     with _open_store(ctx, home) as store:
         keys = store.list_api_keys()
@@ -199,19 +213,29 @@ def list_keys(
 @handle_errors
 def revoke_key(
     ctx: typer.Context,
-    prefix: Annotated[
-        str,
-        typer.Argument(
-            metavar="PREFIX", help="Key prefix as `keys ls` shows it.", show_default=False
-        ),
-    ],
+    prefix: PrefixArgument,
     home: HomeOpt = None,
     json_output: JsonOpt = False,
 ) -> None:
-    """Revoke every key starting with PREFIX (at least 8 characters)."""
+    """Revoke every key starting with PREFIX (at least 8 characters).
+
+    PREFIX: a key prefix as `logits server keys ls` shows it.
+
+    A prefix that matches no key is an error (exit 4), so a typo is never taken for done.
+
+    Examples:
+
+    \b
+      logits server keys ls
+      logits server keys revoke lg_1a2b3c4d
+    """
     out = Output(json_output=json_output)
     with _open_store(ctx, home) as store:
-        count = store.revoke_api_key(prefix)
+        try:
+            count = store.revoke_api_key(prefix)
+        except errors.NotFoundError as error:
+            error.hint = error.hint or "`logits server keys ls` lists the prefixes"
+            raise
     if out.json:
         out.emit_json({"prefix": prefix, "revoked": count})
         return

@@ -134,6 +134,8 @@ async def list_user_checkpoints(call: Call) -> Response:
 async def delete_checkpoint(call: Call) -> Response:
     run_id, kind, name = _checkpoint_path(call)
     await call.run(call.store.delete_checkpoint, call.user, run_id, kind, name)
+    if kind == EXTERNAL_KIND:  # its files are no longer served; reclaim them now
+        await call.run(exports.gc_export_blobs, call.store)
     return Response(status_code=204)
 
 

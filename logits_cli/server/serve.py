@@ -20,6 +20,7 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from logits_cli.store import exports
 from logits_cli.store.catalog import load_catalog
 from logits_cli.store.recovery import recover
 from logits_cli.store.store import Store
@@ -86,6 +87,8 @@ class Sweeper:
         while not self._stop.wait(self._interval):
             try:
                 removed = self._store.sweep()
+                # Swept exports leave their files behind (docs/protocol.md §11.3).
+                removed += exports.gc_export_blobs(self._store)
             except Exception as exc:
                 logger.error("TTL sweep failed", exc_info=exc)
             else:

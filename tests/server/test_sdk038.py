@@ -224,3 +224,39 @@ def test_sdk038_cli_against_tinker_scheme(server_factory, tmp_path) -> None:
     models_out = json.loads(_run([tinker_cli, "--format", "json", "model", "list"], env))
     names = json.dumps(models_out)
     assert "logits/tiny" in names and "Qwen/Qwen3.5-4B" in names
+
+
+def test_cookbook_checkpoint_helpers(server_factory, tmp_path) -> None:
+    """tinker-cookbook 0.6.1: rolling and periodic saves, resume from the last checkpoint,
+    ``with ServiceClient()`` and its download helper (weights/ and external_weights/)."""
+    server = server_factory(uri_scheme="tinker", future_poll_hold=2)
+    driver = Path(__file__).with_name("cookbook_driver.py")
+    out = json.loads(_run([SDK038, str(driver), str(tmp_path)], _env(server, "dana")))
+    model_id = out["model_id"]
+    # Periodic saves (every 2 steps) and the final one stay; each rolling save replaced the
+    # previous one, and save_final removed the last.
+    assert out["checkpoints"] == [
+        "sampler_weights/000002",
+        "sampler_weights/000004",
+        "sampler_weights/final",
+        "weights/000002",
+        "weights/000004",
+        "weights/final",
+    ]
+    assert out["last"] == {"name": "final", "state_path": f"tinker://{model_id}/weights/final"}
+    assert out["resumed"] == 4 and out["closed"] is True
+    files = ["adapter_config.json", "adapter_model.safetensors"]
+    assert out["weights_download"] == files and out["external_download"] == files
+    assert out["adapter"] == ["LORA", 4, "logits/tiny"] and out["same_adapter"] is True
+    # The weights/ download exported through a temporary, encrypted export, then deleted it;
+    # every session the helpers opened was finished.
+    listed, _ = server.store.list_user_checkpoints("dana", limit=100, offset=0)
+    assert [c.checkpoint_id for c in listed if c.kind == "external_weights"] == [
+        "external_weights/adapter"
+    ]
+    open_sessions = (
+        server.store._db.connection()
+        .execute("SELECT count(*) FROM sessions WHERE user_id = 'dana' AND finished IS NULL")
+        .fetchone()[0]
+    )
+    assert open_sessions == 0

@@ -347,6 +347,7 @@ def list_checkpoints(
         [checkpoint_row(c) for c in selected],
         empty="No checkpoints.",
         footer=count_line(selected, runs=shown_runs),
+        group_by="run_id",
     )
 
 
@@ -605,15 +606,16 @@ def download(
                     result = await client.download(
                         resolved, output, options=options_now(), progress=progress
                     )
-                except errors.LogitsError as error:
+                except errors.LogitsError as raised:
+                    failure = raised
                     if give_up is not None and time.monotonic() >= give_up:
-                        error = errors.UnavailableError(
+                        failure = errors.UnavailableError(
                             f"did not finish within --timeout {timeout}",
                             hint="run the same command again to resume the download",
                         )
-                    report.add(str(ref), error)
+                    report.add(str(ref), failure)
                     if bars is None:
-                        log_line(f"failed {ref}: {error.message}")
+                        log_line(f"failed {ref}: {failure.message}")
                     continue
                 done.append(result)
                 if result.repaired:

@@ -288,18 +288,51 @@ def test_max_duration_stops_starting_downloads_and_exits_8(remote, tmp_path):
         "--json",
     )
     wait_for(remote.proxy.holding.is_set, "the first download to start")
-    # The budget runs from the start of the sync, before its first download reached the
-    # gate: 1.5 s after that, it is certainly spent, whatever the machine's speed.
-    time.sleep(1.5)
-    remote.proxy.open()
+    # The gate stays shut: the download in flight never ends by itself. The sync must stop
+    # it at --max-duration, not wait for it (before issue 8 it ran until the gate opened).
     code, out, err = finish(process)
     assert code == 8
     newest, older = sorted(saved, key=lambda c: c.time, reverse=True)
-    assert statuses(json.loads(out)) == {
-        newest.tinker_path: "downloaded",
+    items = {item["tinker_path"]: item for item in json.loads(out)["items"]}
+    assert {path: item["status"] for path, item in items.items()} == {
+        newest.tinker_path: "failed",
         older.tinker_path: "not_started",
     }
-    assert err.splitlines()[-1] == "Error: sync incomplete: 0 failed, 1 not started"
+    assert items[newest.tinker_path]["error"] == (
+        "stopped at the 1 s limit; what was fetched is kept and the next run resumes it"
+    )
+    assert err.splitlines()[-1] == "Error: sync incomplete: 1 failed, 1 not started"
+
+
+def test_max_duration_cancels_a_trickling_download_keeps_its_part_and_frees_the_lock(
+    remote, tmp_path
+):
+    # Issue 8 F4: a slow download in flight at --max-duration is cancelled; its bytes stay
+    # resumable and the next cron run gets the lock (exit 0, not 9) and resumes.
+    _, (checkpoint,) = remote.save(None, "big")
+    dest = tmp_path / "mirror"
+    target = checkpoint_dir(dest, CheckpointRef.parse(checkpoint.tinker_path))
+    journal = target.parent / f".{target.name}.part.json"
+    remote.proxy.limit(checkpoint.size_bytes // 3)
+    process = remote.start(
+        "ckpt", "sync", "-o", str(dest), "--connections", "1", "--max-duration", "2s", "--json"
+    )
+    code, out, err = finish(process)
+    assert code == 8, err
+    (item,) = json.loads(out)["items"]
+    assert item["status"] == "failed"
+    assert "the next run resumes it" in item["error"]
+    kept = sum(json.loads(journal.read_text())["filled"])
+    assert 0 < kept < checkpoint.size_bytes
+    assert not target.exists()
+
+    remote.proxy.open()
+    rerun = remote.run("ckpt", "sync", "-o", str(dest), "--json")
+    assert rerun.returncode == 0, rerun.stderr
+    (item,) = json.loads(rerun.stdout)["items"]
+    assert item["status"] == "downloaded"
+    assert item["bytes_fetched"] == checkpoint.size_bytes - kept
+    assert verify_checkpoint_dir(target).ok
 
 
 def test_a_cron_run_logs_plain_timestamped_lines_and_exits_8_on_partial_failure(remote, tmp_path):

@@ -168,3 +168,34 @@ def test_existing_directory_needs_force_and_is_replaced_whole(tmp_path: Path) ->
     assert not (final / "stale").exists()
     assert listing(tmp_path / "dest") == ["step-1"]
     assert json.loads((final / MANIFEST_NAME).read_text())["tinker_path"] == TINKER_PATH
+
+
+def test_a_gzip_bomb_archive_is_refused_before_it_is_unpacked(tmp_path: Path) -> None:
+    # Issue 8 F6: 64 MiB of zeros compress to ~64 KB; the member header declares its size,
+    # so it is refused before a byte of it is written.
+    from logits_cli.api.extract import MAX_EXPANSION
+
+    files = {**GOOD_FILES, "adapter_model.safetensors": b"\0" * (64 * 1024 * 1024)}
+    members = [*files.items(), ("checkpoint_complete", complete_document(files))]
+    archive = build_tar(members, gzip=True)
+    assert len(archive) * MAX_EXPANSION < 64 * 1024 * 1024
+    with pytest.raises(IntegrityError) as caught:
+        extract(tmp_path, archive)
+    assert caught.value.message.startswith(
+        "archive member 'adapter_model.safetensors' would unpack the archive past"
+    )
+    assert listing(tmp_path / "dest") == []
+
+
+def test_more_members_than_the_bound_are_refused(tmp_path: Path) -> None:
+    from logits_cli.api.extract import MAX_MEMBERS
+
+    junk = {f"junk-{i}": b"" for i in range(MAX_MEMBERS)}
+    files = {**GOOD_FILES, **junk}
+    members = [*files.items(), ("checkpoint_complete", complete_document(files))]
+    with pytest.raises(IntegrityError) as caught:
+        extract(tmp_path, build_tar(members))
+    assert caught.value.message == (
+        f"the archive has more than {MAX_MEMBERS} members; a checkpoint has a few"
+    )
+    assert listing(tmp_path / "dest") == []

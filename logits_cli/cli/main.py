@@ -92,9 +92,9 @@ def root(
     Environment:
 
     \b
-      LOGITS_BASE_URL     service URL (TINKER_BASE_URL too); unset: embedded backend
-      LOGITS_API_KEY      API key (TINKER_API_KEY too)
-      LOGITS_API_KEY_CMD  command that prints the API key (e.g. a secret manager)
+      LOGITS_BASE_URL     service URL (or TINKER_BASE_URL); unset: embedded
+      LOGITS_API_KEY      API key (or TINKER_API_KEY)
+      LOGITS_API_KEY_CMD  a command printing the API key (a secret manager)
       LOGITS_PROFILE      profile of config.toml to use
       LOGITS_RUN          default run for save, load and bare checkpoint names
       LOGITS_HOME         state directory: config, embedded store, caches

@@ -135,6 +135,42 @@ def _table_cell(value: Any, column: Column, now: datetime) -> str:
     return _human(value, column.kind, column.none).replace("\t", " ").replace("\n", " ")
 
 
+def _width_of_kept(
+    columns: Sequence[Column], rows: Sequence[Mapping[str, Any]], now: datetime
+) -> int:
+    kept = [c for c in columns if c.priority >= KEEP]
+    natural = [
+        max([len(c.header), *(len(_table_cell(row.get(c.key), c, now)) for row in rows)])
+        for c in kept
+    ]
+    return sum(natural) + COLUMN_GAP * (len(kept) - 1)
+
+
+def _grouped(
+    columns: Sequence[Column],
+    group: Column,
+    rows: Sequence[Mapping[str, Any]],
+    width: int,
+    now: datetime,
+) -> list[str]:
+    """The table without ``group``'s column, rows gathered under one ``HEADER value`` line
+    per group (groups in order of first appearance, rows in their order within each)."""
+    order: dict[Any, int] = {}
+    for row in rows:
+        order.setdefault(row.get(group.key), len(order))
+    rows = sorted(rows, key=lambda row: order[row.get(group.key)])
+    indent = "  "
+    body = layout_table([c for c in columns if c is not group], rows, width - len(indent), now=now)
+    lines, previous = [indent + body[0]], object()
+    for row, line in zip(rows, body[1:], strict=True):
+        value = row.get(group.key)
+        if value != previous:
+            lines.append(f"{group.header} {_table_cell(value, group, now)}")
+            previous = value
+        lines.append(indent + line)
+    return lines
+
+
 def terminal_width() -> int:
     """The width of the terminal stdout is on (``COLUMNS`` wins, as in every CLI)."""
     import shutil
@@ -148,12 +184,20 @@ def layout_table(
     width: int,
     *,
     now: datetime | None = None,
+    group_by: str | None = None,
 ) -> list[str]:
     """The lines of a table that fits ``width``: one line per row, columns dropped lowest
-    priority first and free text shortened with ``…``; ids and paths are never cut, so a
-    row wider than the terminal (a very long name) overflows rather than losing characters."""
+    priority first and free text shortened with ``…``; ids and paths are never cut.
+
+    ``group_by``: the key of a column that, when even the columns never dropped are too
+    wide together, becomes a heading line before its rows (``RUN <id>``) instead. A row
+    still wider than the terminal (a very long name) overflows rather than lose characters.
+    """
     now = now or datetime.now(UTC)
     shown = [c for c in columns if c.show != PIPED_ONLY]
+    group = next((c for c in shown if c.key == group_by), None)
+    if group is not None and _width_of_kept(shown, rows, now) > width:
+        return _grouped(shown, group, rows, width, now)
     cells = {c.key: [_table_cell(row.get(c.key), c, now) for row in rows] for c in shown}
     natural = {c.key: max([len(c.header), *(len(v) for v in cells[c.key])]) for c in shown}
     widths = dict(natural)
@@ -261,16 +305,18 @@ class Output:
         rows: Sequence[Mapping[str, Any]],
         *,
         footer: str | None = None,
+        group_by: str | None = None,
     ) -> None:
         """On a terminal, a table of one line per row at its width, then ``footer``;
-        piped, tab-separated full rows without header or footer."""
+        piped, tab-separated full rows without header or footer. ``group_by``: see
+        ``layout_table``."""
         if not self.stdout_is_terminal:
             piped = [c for c in columns if c.show != TABLE_ONLY]
             self.emit_lines(
                 "\t".join(_plain(row.get(c.key), c.kind) for c in piped) for row in rows
             )
             return
-        lines = layout_table(columns, rows, terminal_width())
+        lines = layout_table(columns, rows, terminal_width(), group_by=group_by)
         self.emit_lines([*lines, footer] if footer else lines)
 
     def emit_record(self, fields: Sequence[Column], record: Mapping[str, Any]) -> None:
@@ -290,6 +336,7 @@ class Output:
         *,
         empty: str | None = None,
         footer: str | None = None,
+        group_by: str | None = None,
     ) -> None:
         """A list in the chosen mode: ``data`` as JSON, ``ids`` one per line (``-q``), or a
         table of ``rows`` (with ``footer`` on a terminal); with no rows and an ``empty``
@@ -299,7 +346,7 @@ class Output:
         elif self.quiet:
             self.emit_lines(ids)
         elif rows or empty is None:
-            self.emit_table(columns, rows, footer=footer)
+            self.emit_table(columns, rows, footer=footer, group_by=group_by)
         else:
             self.notice(empty)
 
@@ -361,7 +408,7 @@ class Output:
         progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
-            DownloadColumn(),
+            DownloadColumn(binary_units=True),
             TransferSpeedColumn(),
             TimeRemainingColumn(),
             console=stderr_console(),

@@ -175,7 +175,7 @@ def create(
     Examples:
 
     \b
-      export LOGITS_RUN=$(logits runs create --base-model Qwen/Qwen3-8B --rank 32)
+      export LOGITS_RUN=$(logits runs create -m Qwen/Qwen3-8B --rank 32)
       logits runs create --from logits://RUN/weights/step_1000 --with-optimizer
     """
     out = Output(json_output=json_output, quiet=quiet)

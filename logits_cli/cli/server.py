@@ -157,7 +157,7 @@ def create_key(
 
     \b
       logits server keys create alice
-      export LOGITS_API_KEY=$(logits server keys create alice --home /srv/logits)
+      export LOGITS_API_KEY=$(logits server keys create alice)
     """
     out = Output(json_output=json_output, quiet=quiet)
     with _open_store(ctx, home) as store:
@@ -182,7 +182,7 @@ def list_keys(
 
     \b
       logits server keys ls
-      logits server keys ls --json | jq -r '.[] | select(.revoked | not) | .prefix'
+      logits server keys ls --json | jq -r '.[] | select(.revoked|not) | .prefix'
     """
     out = Output(json_output=json_output, quiet=quiet)
     with _open_store(ctx, home) as store:

@@ -1,37 +1,46 @@
-"""On a real terminal (a pty): tables, the confirmation prompt and progress bars on stderr."""
+"""On a real terminal (a pty with a window size): tables of one line per row that never cut
+an id or a path, help at the terminal's width, the confirmation prompt, progress on stderr."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import pty
 import re
 import signal
+import struct
 import subprocess
 import sys
+import termios
 from pathlib import Path
 
 import pytest
 
 pytestmark = pytest.mark.slow
 
-ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07|\r")
 COLOUR = re.compile(r"\x1b\[(?:[0-9;]*;)?(?:3[0-7]|9[0-7]|38;)")
 
 
 def run_on_terminal(
-    args: list[str], answer: bytes = b"", interrupt_at: bytes | None = None
+    args: list[str],
+    answer: bytes = b"",
+    interrupt_at: bytes | None = None,
+    columns: int = 200,
+    env: dict[str, str] | None = None,
 ) -> tuple[int, str]:
-    """Run ``logits ARGS`` with stdin, stdout and stderr on one pty; returns (exit, screen).
+    """Run ``logits ARGS`` with stdin, stdout and stderr on one pty of ``columns`` columns
+    (window size and COLUMNS); returns (exit code, screen text without escapes).
 
     ``interrupt_at``: send SIGINT once this text has appeared (e.g. a prompt)."""
     controller, terminal = pty.openpty()
-    env = {**os.environ, "COLUMNS": "200", "TERM": "xterm"}
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
     process = subprocess.Popen(
         [sys.executable, "-m", "logits_cli", *args],
         stdin=terminal,
         stdout=terminal,
         stderr=terminal,
-        env=env,
+        env={**os.environ, "COLUMNS": str(columns), "TERM": "xterm", **(env or {})},
         close_fds=True,
     )
     os.close(terminal)
@@ -70,26 +79,113 @@ def saved(monkeypatch: pytest.MonkeyPatch) -> str:
     return cli("ckpt", "save", "tty1")
 
 
-def test_rm_asks_on_a_terminal(saved: str) -> None:
+@pytest.fixture
+def two_runs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Two runs (ids of 44 characters) with long checkpoint names of both kinds."""
+    paths = []
+    for _ in range(2):
+        run_id = cli("runs", "create", "--base-model", "logits/tiny", "--rank", "2")
+        paths.append(cli("ckpt", "save", "a_rather_long_checkpoint_name_01", "--run", run_id))
+        paths.append(
+            cli("ckpt", "save", "step_000200", "--sampler", "--ttl", "7d", "--run", run_id)
+        )
+    return paths
+
+
+def table_lines(screen: str) -> list[str]:
+    """The lines of the table and its footer (the spinner's line is erased on a terminal)."""
+    lines = [line for line in screen.splitlines() if line.strip()]
+    start = next(i for i, line in enumerate(lines) if line.split()[:1] in (["RUN"], ["CHECKPOINT"]))
+    return lines[start:]
+
+
+@pytest.mark.parametrize("columns", [80, 120])
+def test_ckpt_ls_rows_fit_the_terminal_and_paths_are_whole(
+    two_runs: list[str], columns: int
+) -> None:
+    code, screen = run_on_terminal(["ckpt", "ls"], columns=columns)
+    assert code == 0, screen
+    lines = table_lines(screen)
+    header, body, footer = lines[0], lines[1:-1], lines[-1]
+    assert all(len(line) <= columns for line in lines), screen
+    assert "SIZE" in header.split()
+    if columns >= 120:  # RUN and KIND/NAME side by side, one line per checkpoint
+        assert header.split()[:2] == ["RUN", "CHECKPOINT"]
+        assert len(body) == len(two_runs), screen
+        assert "ago" in screen and "in 6d" in screen and "never" in screen
+    else:  # 44-character run ids and 40-character KIND/NAMEs: one heading line per run
+        assert header.split()[0] == "CHECKPOINT"
+        assert len(body) == len(two_runs) + 2, screen
+    for path in two_runs:
+        run_id, _, checkpoint_id = path.removeprefix("logits://").partition("/")
+        # The run id and KIND/NAME appear whole, as words; KIND/NAME on exactly one line.
+        assert sum(checkpoint_id in line.split() for line in body) == len(two_runs) // 2
+        assert any(run_id in line.split() for line in body), (run_id, screen)
+    assert footer.startswith("4 checkpoints in 2 runs, ")
+    assert re.fullmatch(r"\d+\.\d (KiB|MiB)", footer.split(", ")[1])
+
+
+def test_ckpt_ls_of_one_run_names_it_in_the_footer(saved: str) -> None:
+    code, screen = run_on_terminal(["ckpt", "ls"], columns=80)
+    assert code == 0
+    header, row, footer = table_lines(screen)
+    assert header.split() == ["CHECKPOINT", "SIZE", "PUBLIC", "CREATED", "EXPIRES"]
+    assert row.split()[0] == "weights/tty1" and row.endswith("never")
+    assert re.search(r"  (\d+s ago|just now)  ", row), row
+    run_id = saved.removeprefix("logits://").split("/")[0]
+    assert footer.startswith(f"1 checkpoint in run {run_id}, ") and footer.endswith(" KiB")
+
+
+@pytest.mark.parametrize("columns", [80, 120])
+def test_runs_ls_never_folds_the_run_id(two_runs: list[str], columns: int) -> None:
+    code, screen = run_on_terminal(["runs", "ls"], columns=columns)
+    assert code == 0
+    lines = table_lines(screen)
+    assert len(lines) == 2 + 2 and lines[-1] == "2 runs"
+    assert all(len(line) <= columns for line in lines)
+    for path in two_runs:
+        run_id = path.removeprefix("logits://").split("/")[0]
+        assert any(line.split()[0] == run_id for line in lines[1:-1])
+
+
+@pytest.mark.parametrize("columns", [80, 120])
+def test_help_uses_the_terminal_width_and_names_no_python_types(columns: int) -> None:
+    code, screen = run_on_terminal(["--help"], columns=columns)
+    assert code == 0
+    lines = screen.splitlines()
+    assert all(len(line) <= columns for line in lines), screen
+    for variable in ("LOGITS_BASE_URL", "LOGITS_API_KEY", "LOGITS_API_KEY_CMD", "LOGITS_RUN"):
+        assert any(line.split()[:1] == [variable] for line in lines), variable
+    home = next(line for line in lines if line.lstrip().startswith("--home DIR"))
+    if columns == 120:  # wraps at 120, not at 80: this help line fits whole
+        assert home.rstrip().endswith("(env: LOGITS_HOME).")
+    for command in ("ls", "rm", "ttl", "info", "verify"):
+        code, screen = run_on_terminal(["ckpt", command, "--help"], columns=columns)
+        assert code == 0 and "Examples:" in screen
+        assert not re.search(r"<(list\[|int|str|Path|bool)", screen), screen
+        assert all(len(line) <= columns for line in screen.splitlines())
+
+
+def test_rm_prompt_shows_sizes_and_ages_and_declining_is_not_an_error(saved: str) -> None:
     code, screen = run_on_terminal(["ckpt", "rm", saved], answer=b"n\n")
     assert code == 1
     assert "Delete them? [y/N]" in screen and saved in screen
+    assert re.search(r"\(\d+\.\d KiB, created (\d+s ago|just now)\)", screen), screen
+    assert screen.rstrip().endswith("Nothing deleted.") and "Error" not in screen
     assert cli("ckpt", "ls", "-q") == saved
     code, screen = run_on_terminal(["ckpt", "rm", saved], answer=b"y\n")
     assert code == 0, screen
     assert cli("ckpt", "ls", "-q") == ""
 
 
-def test_table_and_progress_bar_on_a_terminal(saved: str, tmp_path: Path) -> None:
-    code, screen = run_on_terminal(["ckpt", "ls"])
+def test_save_and_download_show_human_units(saved: str, tmp_path: Path) -> None:
+    code, screen = run_on_terminal(["ckpt", "save", "tty2"])
     assert code == 0
-    header = next(line for line in screen.splitlines() if "NAME" in line)
-    assert header.split() == ["NAME", "TYPE", "SIZE", "PUBLIC", "CREATED", "EXPIRES", "PATH"]
-    assert "tty1" in screen and " kB" in screen
+    assert re.search(r"Saved weights/tty2 \(\d+\.\d KiB\)", screen), screen
     code, screen = run_on_terminal(["ckpt", "download", saved, "-o", str(tmp_path)])
     assert code == 0
-    assert " kB" in screen and "━" in screen  # a rich progress bar was drawn
-    assert str(tmp_path / "tty1") in screen
+    assert " KiB" in screen and "━" in screen  # a rich progress bar in binary units
+    assert "tty1" in screen
 
 
 def test_ctrl_c_at_the_prompt_exits_130(saved: str) -> None:

@@ -13,12 +13,8 @@ embedded ``ckpt ls``, with its 300 ms budget) need none of them.
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import shutil
 import sqlite3
-import time as wallclock
-from contextlib import suppress
 from typing import Any
 
 from logits_cli import models
@@ -31,6 +27,7 @@ from logits_cli.errors import (
     UsageError,
 )
 from logits_cli.store.accounts import AccountsMixin
+from logits_cli.store.blobs import BlobsMixin
 from logits_cli.store.rows import (  # re-exported: the public surface of store.store
     _BLOB_NAME_RE,
     _CKPT,
@@ -70,7 +67,7 @@ from logits_cli.uri import (
 )
 
 
-class Store(AccountsMixin, RunsMixin):
+class Store(AccountsMixin, RunsMixin, BlobsMixin):
     """Opened on a directory: ``meta.sqlite3``, ``blobs/<sha256>``, ``runs/<run>/…``.
 
     Composed of one mixin per area (core.py and the modules named in its docstring)."""
@@ -338,112 +335,6 @@ class Store(AccountsMixin, RunsMixin):
                 None if ttl_seconds is None else self._now_micros() + ttl_seconds * 1_000_000
             )
             conn.execute("UPDATE checkpoints SET expires_at = ? WHERE id = ?", (expires_at, row_id))
-
-    def blob_for(self, run_id: str, kind: str, name: str, sha256: str) -> BlobInfo:
-        """For the blob endpoint: the checkpoint must exist, be unexpired, and have archive
-        digest ``sha256``; else NotFoundError. No visibility check (§6.1)."""
-        row = (
-            self._db.connection()
-            .execute(
-                "SELECT c.size_bytes, c.time FROM checkpoints c WHERE c.run_id = :run_id"
-                f" AND c.kind = :kind AND c.name = :name AND c.sha256 = :sha256 AND {_UNEXPIRED}",
-                {
-                    "run_id": run_id,
-                    "kind": kind,
-                    "name": name,
-                    "sha256": sha256,
-                    "now": self._now_micros(),
-                },
-            )
-            .fetchone()
-        )
-        path = self.blobs_dir / sha256
-        if row is None or not _BLOB_NAME_RE.fullmatch(sha256) or not path.is_file():
-            raise NotFoundError(f"checkpoint {kind}/{name} not found in run {run_id}")
-        return BlobInfo(path=path, sha256=sha256, size=row[0], created=_from_micros(row[1]))
-
-    def _discard_blob(self, sha256: str) -> None:
-        """Remove a blob no checkpoint row references any more. Callers hold the run lock of
-        the checkpoint that used it: only that run can produce a blob with the same digest
-        (the archive names the checkpoint), so no save can be adopting it meanwhile."""
-        referenced = (
-            self._db.connection()
-            .execute("SELECT 1 FROM checkpoints WHERE sha256 = ? LIMIT 1", (sha256,))
-            .fetchone()
-        )
-        if referenced is None:
-            (self.blobs_dir / sha256).unlink(missing_ok=True)
-
-    def sweep(self) -> int:
-        """Delete expired checkpoints and unreferenced blobs; returns rows removed."""
-        now = self._now_micros()
-        expired = (
-            self._db.connection()
-            .execute(
-                "SELECT run_id, id, sha256 FROM checkpoints"
-                " WHERE expires_at IS NOT NULL AND expires_at <= ? ORDER BY run_id",
-                (now,),
-            )
-            .fetchall()
-        )
-        by_run: dict[str, list[tuple[int, str]]] = {}
-        for run_id, row_id, sha256 in expired:
-            by_run.setdefault(run_id, []).append((row_id, sha256))
-        removed = 0
-        for run_id, rows in by_run.items():
-            with self._run_lock(run_id):
-                with self._db.write() as conn:
-                    for row_id, _ in rows:
-                        # Re-checked: the TTL may have been extended since the first query.
-                        removed += conn.execute(
-                            "DELETE FROM checkpoints WHERE id = ? AND expires_at <= ?",
-                            (row_id, now),
-                        ).rowcount
-                for _, sha256 in rows:
-                    self._discard_blob(sha256)
-
-        with self._db.write() as conn:
-            gone_after = now - self.future_retention * 1_000_000
-            conn.execute(
-                "UPDATE futures SET result = NULL WHERE finished < ? AND result IS NOT NULL",
-                (gone_after,),
-            )
-            # The row itself is kept a while longer, so a late poll still gets 410, not 404.
-            conn.execute(
-                "DELETE FROM futures WHERE finished < ?",
-                (gone_after - self.idempotency_retention * 1_000_000,),
-            )
-            conn.execute(
-                "DELETE FROM idempotency WHERE created < ?",
-                (now - self.idempotency_retention * 1_000_000,),
-            )
-        self._remove_orphans()
-        return removed
-
-    def _remove_orphans(self) -> None:
-        """Blobs no row references and leftovers of crashed saves and creates."""
-        cutoff = wallclock.time() - ORPHAN_GRACE_SECONDS
-        conn = self._db.connection()
-        for entry in os.scandir(self.blobs_dir):
-            # Another process may be sweeping or deleting the same files.
-            with suppress(FileNotFoundError):
-                if entry.stat(follow_symlinks=False).st_mtime >= cutoff:
-                    continue
-                if _BLOB_NAME_RE.fullmatch(entry.name):
-                    in_use = conn.execute(
-                        "SELECT 1 FROM checkpoints WHERE sha256 = ? LIMIT 1", (entry.name,)
-                    ).fetchone()
-                    if in_use is None:
-                        os.unlink(entry.path)
-                elif entry.name.startswith(".") and entry.is_file(follow_symlinks=False):
-                    os.unlink(entry.path)
-        for entry in os.scandir(self.runs_dir):
-            with suppress(FileNotFoundError):
-                if entry.name.startswith(_NEW_STATE_PREFIX) and entry.stat().st_mtime < cutoff:
-                    shutil.rmtree(entry.path, ignore_errors=True)
-        if self.instances_dir.is_dir():
-            for entry in os.scandir(self.instances_dir):
-                self._instance_alive(entry.name.removesuffix(".lock"))  # removes dead ones
 
     # -- futures (§5.2) -------------------------------------------------------------------
     def create_future(

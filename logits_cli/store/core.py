@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Self
 from urllib.parse import quote
 
+from logits_cli.errors import ConfigError
 from logits_cli.store import db
 from logits_cli.store.catalog import Catalog
 from logits_cli.store.rows import STORAGE_FULL_ERRNOS, _to_micros
@@ -39,8 +40,11 @@ class StoreCore:
         idempotency_retention: int = 86400,
         clock: Callable[[], datetime] | None = None,
         catalog: Catalog | None = None,
+        database: str | None = None,
     ) -> None:
         self.root = Path(root)
+        # None: ``meta.sqlite3`` in the root; a postgresql:// URL: that database (sql.py).
+        self.database = database
         self._catalog = catalog  # None: the shipped base-model catalog, read on first use
         self.max_rank = max_rank
         self.future_retention = future_retention
@@ -53,8 +57,17 @@ class StoreCore:
         os.chmod(self.root, 0o700)
         self.blobs_dir.mkdir(mode=0o700, exist_ok=True)
         self.runs_dir.mkdir(mode=0o700, exist_ok=True)
-        db.migrate(self.root / "meta.sqlite3", self.root / ".meta.lock")
-        self._db = db.Database(self.root / "meta.sqlite3")
+        self._db: Any
+        if database is None:
+            db.migrate(self.root / "meta.sqlite3", self.root / ".meta.lock")
+            self._db = db.Database(self.root / "meta.sqlite3")
+        else:
+            from logits_cli.store import sql
+
+            if not sql.is_postgres_url(database):
+                raise ConfigError(f"database must be a postgresql:// URL, got {database!r}")
+            sql.migrate(database)
+            self._db = sql.PostgresDatabase(database)
         self._run_locks: dict[str, threading.Lock] = {}
         self._run_locks_guard = threading.Lock()
         self.instances_dir = self.root / "instances"
@@ -93,7 +106,7 @@ class StoreCore:
             if exc.errno in STORAGE_FULL_ERRNOS:
                 return "the server's store has no space left"
             return "the store is not writable"
-        except sqlite3.Error:
+        except (sqlite3.Error, *getattr(self._db, "errors", ())):
             return "the store's database is not available"
         if stats.f_bavail * stats.f_frsize < min_free_bytes:
             return "the server's store has (nearly) no space left"

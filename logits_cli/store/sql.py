@@ -1,0 +1,270 @@
+"""PostgreSQL behind the interface of ``db.Database``, so one ``Store`` runs on either.
+
+The store's SQL is written for SQLite (``?`` and ``:name`` parameters, ``INSERT OR
+IGNORE``, ``IS ?``, ``cursor.lastrowid``); ``translate`` rewrites each statement once
+(cached) into PostgreSQL's dialect, and the schema comes from the same ``db.MIGRATIONS``
+with column types mapped (``postgres_ddl``), versioned in ``logits_schema``.
+
+Semantics match SQLite's: a write transaction first takes one transaction-scoped advisory
+lock, exactly as ``BEGIN IMMEDIATE`` takes SQLite's write lock, so every check-then-write of
+the store stays atomic across any number of server processes; reads run in REPEATABLE READ
+snapshots like SQLite's deferred transactions. Text columns use the "C" collation, so
+ordering is by code point as in SQLite, whatever the database's locale. Integers are BIGINT
+(times are microseconds since the epoch).
+
+psycopg is imported only when a PostgreSQL database is opened (``pip install
+'logits-cli[team]'``).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import threading
+import weakref
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from logits_cli.errors import ConfigError
+
+# pg_advisory_xact_lock key of the store's write lock ("logits" in ASCII).
+WRITE_LOCK_KEY = 0x6C6F67697473
+# Tables whose integer primary key SQLite assigns (rowid); PostgreSQL returns it.
+_SERIAL_TABLES = {"checkpoints": "id"}
+# Conflict targets of the tables written with INSERT OR REPLACE.
+_PRIMARY_KEYS = {"checkpoint_metadata": ("checkpoint_row",), "users": ("id",)}
+_LOCAL_USER_INSERT = """INSERT INTO users (id, created)
+    VALUES ('local', (extract(epoch FROM clock_timestamp()) * 1000000)::bigint)"""
+
+
+def is_postgres_url(url: str | None) -> bool:
+    return bool(url) and str(url).startswith(("postgresql://", "postgres://"))
+
+
+def _placeholders(sql: str) -> str:
+    """``?`` -> ``%s``, ``:name`` -> ``%(name)s``, ``%`` -> ``%%``, outside string literals."""
+    out: list[str] = []
+    index, quoted = 0, False
+    while index < len(sql):
+        char = sql[index]
+        if char == "'":
+            quoted = not quoted
+            out.append(char)
+        elif quoted:
+            out.append(char)
+        elif char == "?":
+            out.append("%s")
+        elif char == "%":
+            out.append("%%")
+        elif char == ":" and (match := re.match(r":([A-Za-z_]\w*)", sql[index:])):
+            if index > 0 and sql[index - 1] == ":":  # a ``::type`` cast
+                out.append(match.group(0))
+            else:
+                out.append(f"%({match.group(1)})s")
+            index += len(match.group(0))
+            continue
+        else:
+            out.append(char)
+        index += 1
+    return "".join(out)
+
+
+@functools.lru_cache(maxsize=1024)
+def translate(sql: str) -> tuple[str, str | None]:
+    """(PostgreSQL statement, name of the id column it returns for ``lastrowid``, if any)."""
+    text = sql.strip()
+    upsert = re.match(r"INSERT OR (IGNORE|REPLACE) INTO (\w+) \(([^)]*)\)", text, re.I)
+    if upsert is not None:
+        action, table, columns = upsert.groups()
+        text = f"INSERT INTO {table} ({columns})" + text[upsert.end() :]
+        if action.upper() == "IGNORE":
+            text += " ON CONFLICT DO NOTHING"
+        else:
+            if table not in _PRIMARY_KEYS:
+                raise ValueError(f"no conflict target known for INSERT OR REPLACE INTO {table}")
+            keys = _PRIMARY_KEYS[table]
+            updates = [c.strip() for c in columns.split(",") if c.strip() not in keys]
+            assignments = ", ".join(f"{c} = EXCLUDED.{c}" for c in updates)
+            text += f" ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {assignments}"
+    # SQLite's ``IS`` compares with NULL-safe equality.
+    text = re.sub(r"\bIS \?", "IS NOT DISTINCT FROM ?", text)
+    returning = None
+    insert = re.match(r"INSERT INTO (\w+)\b", text, re.I)
+    if insert and insert.group(1) in _SERIAL_TABLES and "RETURNING" not in text.upper():
+        returning = _SERIAL_TABLES[insert.group(1)]
+        text += f" RETURNING {returning}"
+    return _placeholders(text), returning
+
+
+def postgres_ddl(statement: str) -> str:
+    """A statement of ``db.MIGRATIONS`` in PostgreSQL's types."""
+    if "julianday" in statement:  # the implicit local user, stamped with the current time
+        return _LOCAL_USER_INSERT
+    text = re.sub(r"\bid INTEGER PRIMARY KEY\b", "id BIGSERIAL PRIMARY KEY", statement)
+    text = re.sub(r"\bINTEGER\b", "BIGINT", text)
+    text = re.sub(r"\bBLOB\b", "BYTEA", text)
+    return re.sub(r"\bTEXT\b", 'TEXT COLLATE "C"', text)
+
+
+def _params(params: Sequence[Any] | Mapping[str, Any]) -> Sequence[Any] | Mapping[str, Any]:
+    # SQLite stores booleans as integers; PostgreSQL refuses a boolean for an integer column.
+    if isinstance(params, Mapping):
+        return {k: int(v) if isinstance(v, bool) else v for k, v in params.items()}
+    return [int(v) if isinstance(v, bool) else v for v in params]
+
+
+class Cursor:
+    """The part of ``sqlite3.Cursor`` the store uses."""
+
+    def __init__(self, cursor: Any, returning: str | None) -> None:
+        self._cursor = cursor
+        self.lastrowid: int | None = None
+        if returning is not None:
+            row = cursor.fetchone()
+            self.lastrowid = None if row is None else int(row[0])
+
+    @property
+    def rowcount(self) -> int:
+        return int(self._cursor.rowcount)
+
+    def fetchone(self) -> tuple[Any, ...] | None:
+        if self._cursor.description is None:
+            return None
+        row = self._cursor.fetchone()
+        return None if row is None else tuple(row)
+
+    def fetchall(self) -> list[tuple[Any, ...]]:
+        if self._cursor.description is None:
+            return []
+        return [tuple(row) for row in self._cursor.fetchall()]
+
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
+        return iter(self.fetchall())
+
+
+class Connection:
+    """The part of ``sqlite3.Connection`` the store uses, over one psycopg connection."""
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+
+    def execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> Cursor:
+        statement, returning = translate(sql)
+        cursor = self.raw.cursor()
+        cursor.execute(statement, _params(params))
+        return Cursor(cursor, returning)
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        statement, _ = translate(sql)
+        with self.raw.cursor() as cursor:
+            cursor.executemany(statement, [_params(row) for row in rows])
+
+    @property
+    def in_transaction(self) -> bool:
+        import psycopg.pq
+
+        return bool(self.raw.info.transaction_status != psycopg.pq.TransactionStatus.IDLE)
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+def _connect(url: str) -> Connection:
+    import psycopg
+
+    try:
+        return Connection(psycopg.connect(url, autocommit=True))
+    except psycopg.OperationalError as exc:
+        # libpq's message names host and port but never the password.
+        raise ConfigError(f"cannot connect to the store's PostgreSQL database: {exc}") from exc
+
+
+def migrate(url: str) -> None:
+    """Create or upgrade the schema (the same numbered migrations as SQLite's), under an
+    advisory lock so processes starting at once migrate one after the other."""
+    from logits_cli.store.db import MIGRATIONS, SCHEMA_VERSION
+
+    conn = _connect(url)
+    try:
+        with conn.raw.transaction():
+            conn.raw.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK_KEY,))
+            conn.raw.execute("CREATE TABLE IF NOT EXISTS logits_schema (version BIGINT NOT NULL)")
+            row = conn.raw.execute("SELECT version FROM logits_schema").fetchone()
+            version = 0 if row is None else int(row[0])
+            if version > SCHEMA_VERSION:
+                raise ConfigError(
+                    f"the store's database has schema version {version}; "
+                    f"this logits understands up to {SCHEMA_VERSION}"
+                )
+            for statements in MIGRATIONS[version:]:
+                for statement in statements:
+                    conn.raw.execute(postgres_ddl(statement))
+            conn.raw.execute("DELETE FROM logits_schema")
+            conn.raw.execute("INSERT INTO logits_schema (version) VALUES (%s)", (SCHEMA_VERSION,))
+    finally:
+        conn.close()
+
+
+class PostgresDatabase:
+    """Per-thread connections to one PostgreSQL database, like ``db.Database``."""
+
+    def __init__(self, url: str) -> None:
+        import psycopg
+
+        self.url = url
+        self.errors: tuple[type[BaseException], ...] = (psycopg.Error,)
+        self._local = threading.local()
+        self._all: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._all_guard = threading.Lock()
+        self._closed = False
+
+    def connection(self) -> Connection:
+        conn: Connection | None = getattr(self._local, "conn", None)
+        if conn is None or conn.raw.closed:
+            if self._closed:
+                raise ConfigError("the store is closed")
+            conn = _connect(self.url)
+            self._local.conn = conn
+            with self._all_guard:
+                self._all.add(conn.raw)
+        return conn
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A snapshot: every query inside sees the same committed state."""
+        conn = self.connection()
+        conn.raw.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        try:
+            yield conn
+        except BaseException:
+            _rollback(conn)
+            raise
+        conn.raw.execute("COMMIT")
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A write transaction holding the store's write lock from its first statement."""
+        conn = self.connection()
+        conn.raw.execute("BEGIN")
+        try:
+            conn.raw.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK_KEY,))
+            yield conn
+        except BaseException:
+            _rollback(conn)
+            raise
+        conn.raw.execute("COMMIT")
+
+    def close(self) -> None:
+        self._closed = True
+        with self._all_guard:
+            connections = list(self._all)
+            self._all.clear()
+        for raw in connections:
+            raw.close()
+        self._local = threading.local()
+
+
+def _rollback(conn: Connection) -> None:
+    if not conn.raw.closed and conn.in_transaction:
+        conn.raw.execute("ROLLBACK")

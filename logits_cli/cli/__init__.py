@@ -4,6 +4,7 @@
 ``logits --version`` (scripts, bug reports) is answered without building the command tree.
 """
 
+import os
 import sys
 
 
@@ -17,6 +18,13 @@ def main() -> None:
     if sys.argv[1:] == ["--version"]:
         print(version_line())
         return
+    if "_LOGITS_COMPLETE" in os.environ:
+        from logits_cli.cli.completion_cache import answer_uri_completion
+
+        answer = answer_uri_completion(os.environ)
+        if answer is not None:  # a checkpoint URI: answered from the cache, fast
+            print(answer)
+            return
     from logits_cli.cli.main import main as run_app
 
     run_app()

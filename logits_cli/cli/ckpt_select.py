@@ -4,7 +4,6 @@ the per-item report of a bulk command."""
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -151,6 +150,8 @@ class Selection:
             refs = unique_refs([await client.resolve(ref) for ref in self.refs])
             details: dict[str, models.Checkpoint] = {}
             if with_details:
+                import asyncio
+
                 found = await asyncio.gather(
                     *(client.get_checkpoint(ref) for ref in refs), return_exceptions=True
                 )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 CACHE_FILE_NAME = "completion-cache.json"
@@ -124,3 +124,30 @@ def complete_path(incomplete: str) -> list[str]:
             if candidate.startswith(incomplete):
                 candidates[candidate] = None
     return list(candidates)
+
+
+URI_PREFIXES = ("logits://", "tinker://")
+
+
+def answer_uri_completion(environ: Mapping[str, str]) -> str | None:
+    """The bash completion answer for a word that is a checkpoint URI, or None to leave the
+    request to Typer.
+
+    Such candidates come from this cache alone, whatever the command, so the console entry
+    answers them before building the command tree: Typer coerces the parsed arguments
+    through pydantic, ~50 ms of imports a TAB cannot afford (design.md §9: ≤ 100 ms). The
+    protocol is Typer's (``_LOGITS_COMPLETE=complete_bash``, COMP_WORDS, COMP_CWORD; one
+    candidate per line)."""
+    if environ.get("_LOGITS_COMPLETE") != "complete_bash":
+        return None
+    import shlex
+
+    try:
+        words = shlex.split(environ.get("COMP_WORDS", ""))
+        cword = int(environ.get("COMP_CWORD", ""))
+    except ValueError:
+        return None
+    incomplete = words[cword] if 0 <= cword < len(words) else ""
+    if not incomplete.startswith(URI_PREFIXES):
+        return None
+    return "\n".join(complete_path(incomplete))

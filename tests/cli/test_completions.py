@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from logits_cli.cli.completion_cache import CACHE_FILE_NAME, complete_path, complete_run, remember
+from logits_cli.cli.completion_cache import (
+    CACHE_FILE_NAME,
+    answer_uri_completion,
+    complete_path,
+    complete_run,
+    remember,
+)
 from logits_cli.cli.main import app
 
 COMPLETIONS = Path(__file__).resolve().parents[2] / "completions"
@@ -96,3 +102,30 @@ def test_run_arguments_complete_from_the_cache(isolated_env: Path, command: str)
         prog_name="logits",
     )
     assert result.stdout.split() == ["run-a"]
+
+
+@pytest.mark.parametrize(
+    "words",
+    [
+        "logits ckpt download logits://",
+        "logits ckpt info tinker://run-a/",
+        "logits ckpt rm logits://x",
+    ],
+)
+def test_the_fast_uri_answer_is_the_one_typer_gives(isolated_env: Path, words: str) -> None:
+    """The console entry answers a URI word before loading Typer; it must say exactly what
+    the full completion machinery would."""
+    remember(
+        isolated_env, runs=["run-a"], paths=["logits://run-a/weights/s1", "tinker://x/weights/y"]
+    )
+    env = {"_LOGITS_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": "3"}
+    through_typer = CliRunner().invoke(app, [], env=env, prog_name="logits").stdout
+    fast = answer_uri_completion(env)
+    assert fast is not None and fast.split() == through_typer.split()
+    assert fast.split(), "the cache has candidates for each of these words"
+
+
+def test_other_words_are_left_to_typer() -> None:
+    env = {"_LOGITS_COMPLETE": "complete_bash", "COMP_WORDS": "logits ckpt ", "COMP_CWORD": "2"}
+    assert answer_uri_completion(env) is None
+    assert answer_uri_completion({"COMP_WORDS": "logits ckpt info logits://"}) is None

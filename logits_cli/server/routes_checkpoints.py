@@ -13,6 +13,7 @@ from starlette.responses import Response
 from logits_cli import models
 from logits_cli.errors import NotFoundError, UnavailableError, UsageError
 from logits_cli.store import exports
+from logits_cli.store import metadata as checkpoint_meta
 from logits_cli.store.store import MAX_TTL_SECONDS
 from logits_cli.uri import EXTERNAL_KIND, validate_kind, validate_name, validate_run_id
 
@@ -112,7 +113,7 @@ async def list_run_checkpoints(call: Call) -> Response:
     checkpoints = await call.run(call.store.list_run_checkpoints, call.user, run_id)
     if not _shows_external(call):
         checkpoints = [c for c in checkpoints if c.kind != EXTERNAL_KIND]
-    checkpoints = await call.run(exports.annotate, call.store, checkpoints)
+    checkpoints = await call.run(checkpoint_meta.annotate, call.store, checkpoints)
     checkpoints = [_in_scheme(c, call.settings.uri_scheme) for c in checkpoints]
     return json_response(models.CheckpointsListResponse(checkpoints=checkpoints, cursor=None))
 
@@ -121,11 +122,11 @@ async def list_user_checkpoints(call: Call) -> Response:
     limit, offset = _page(call, *CHECKPOINTS_PAGE)
     include_external = _shows_external(call)
     checkpoints, total = await call.run(
-        lambda: exports.list_user_checkpoints(
+        lambda: checkpoint_meta.list_user_checkpoints(
             call.store, call.user, limit=limit, offset=offset, include_external=include_external
         )
     )
-    checkpoints = await call.run(exports.annotate, call.store, checkpoints)
+    checkpoints = await call.run(checkpoint_meta.annotate, call.store, checkpoints)
     checkpoints = [_in_scheme(c, call.settings.uri_scheme) for c in checkpoints]
     cursor = models.Cursor(offset=offset, limit=limit, total_count=total)
     return json_response(models.CheckpointsListResponse(checkpoints=checkpoints, cursor=cursor))

@@ -10,7 +10,8 @@ from starlette.responses import Response
 
 from logits_cli import models
 from logits_cli.errors import NotFoundError, UsageError
-from logits_cli.store import exports, sessions
+from logits_cli.store import copies, exports, sessions
+from logits_cli.store import metadata as checkpoint_meta
 from logits_cli.uri import EXTERNAL_KIND, CheckpointRef, validate_name, validate_run_id
 
 from .endpoint import Call, route
@@ -149,7 +150,7 @@ def _destination(call: Call, body: dict[str, Any], source_base: tuple[Any, ...])
             lora_config=lora,
             user_metadata=None,
         )
-        exports.set_run_optimizer(store, run_id, optimizer)
+        checkpoint_meta.set_run_optimizer(store, run_id, optimizer)
     return run_id
 
 
@@ -163,9 +164,9 @@ async def copy_weights(call: Call) -> Response:
     store, user, scheme = call.store, call.user, call.settings.uri_scheme
 
     def work() -> str:
-        base = exports.source_config(store, user, source)
+        base = checkpoint_meta.source_config(store, user, source)
         destination = _destination(call, body, base)
-        return exports.copy_checkpoint(
+        return copies.copy_checkpoint(
             store,
             user,
             source=source,

@@ -13,7 +13,8 @@ from starlette.responses import Response
 
 from logits_cli import models
 from logits_cli.errors import UsageError
-from logits_cli.store import exports, sessions
+from logits_cli.store import metadata as checkpoint_meta
+from logits_cli.store import sessions
 from logits_cli.store.store import MAX_TTL_SECONDS
 from logits_cli.uri import CheckpointRef, validate_name, validate_run_id, validate_segment
 
@@ -83,7 +84,7 @@ async def create_model(call: Call) -> Response:
     validate_segment(request.session_id, "session id")
     if not (lora.train_attn or lora.train_mlp or lora.train_unembed):
         raise UsageError("at least one of train_attn, train_mlp, train_unembed must be true")
-    optimizer = exports.optimizer_config(body.get("optimizer_config"))
+    optimizer = checkpoint_meta.optimizer_config(body.get("optimizer_config"))
     # The session must be the caller's and not finished (410, docs/protocol.md §11.1); a
     # heartbeat checks exactly that, and creating a model is session activity anyway.
     await call.run(sessions.heartbeat, call.store, call.user, request.session_id)
@@ -99,7 +100,7 @@ async def create_model(call: Call) -> Response:
             lora_config=lora,
             user_metadata=request.user_metadata,
         )
-        exports.set_run_optimizer(store, run_id, optimizer or {"type": "adamw"})
+        checkpoint_meta.set_run_optimizer(store, run_id, optimizer or {"type": "adamw"})
         return models.CreateModelResult(model_id=run_id).model_dump(mode="json")
 
     return await _submit(call, operation="create_model", model_id=model_id, job=job, body=body)
@@ -109,7 +110,7 @@ async def get_info(call: Call) -> Response:
     request = call.parse(models.GetInfoRequest)
     validate_run_id(request.model_id)
     info = await call.run(call.store.get_info, call.user, request.model_id)
-    optimizer = await call.run(exports.run_optimizer, call.store, request.model_id)
+    optimizer = await call.run(checkpoint_meta.run_optimizer, call.store, request.model_id)
     return json_response(info.model_copy(update={"optimizer_config": optimizer}))
 
 
@@ -134,7 +135,7 @@ def _save_job(
             overwrite=overwrite,
             uri_scheme=scheme,
         )
-        exports.set_checkpoint_metadata(store, model_id, kind, name, metadata)
+        checkpoint_meta.set_checkpoint_metadata(store, model_id, kind, name, metadata)
         if kind == "weights":
             return models.SaveWeightsResult(path=checkpoint.tinker_path).model_dump(mode="json")
         result = models.SaveWeightsForSamplerResult(path=checkpoint.tinker_path)
@@ -245,14 +246,14 @@ async def _create_via_load(call: Call, body: dict[str, Any]) -> Response:
     run_metadata = body.get("user_metadata")
     if run_metadata is not None and not isinstance(run_metadata, dict):
         raise UsageError("invalid field user_metadata: expected an object")
-    requested_optimizer = exports.optimizer_config(body.get("optimizer_config"))
+    requested_optimizer = checkpoint_meta.optimizer_config(body.get("optimizer_config"))
     source = str(CheckpointRef.parse(path))
     await call.run(sessions.heartbeat, call.store, call.user, session_id)
     user, store, scheme = call.user, call.store, call.settings.uri_scheme
     model_id = f"{session_id}:train:{seq}"
 
     def job() -> dict[str, Any]:
-        _, lora, source_base, source_optimizer = exports.source_config(store, user, source)
+        _, lora, source_base, source_optimizer = checkpoint_meta.source_config(store, user, source)
         if base_model is not None and base_model != source_base:
             raise UsageError(
                 f"checkpoint {source} is for base model {source_base}, not {base_model}"
@@ -268,7 +269,7 @@ async def _create_via_load(call: Call, body: dict[str, Any]) -> Response:
             lora_config=lora,
             user_metadata=run_metadata,
         )
-        exports.set_run_optimizer(store, run_id, optimizer_config)
+        checkpoint_meta.set_run_optimizer(store, run_id, optimizer_config)
         loaded = store.load_checkpoint(
             user, run_id, source=source, optimizer=optimizer, uri_scheme=scheme
         )
@@ -281,7 +282,9 @@ async def weights_info(call: Call) -> Response:
     request = call.parse(models.WeightsInfoRequest)
     source = str(CheckpointRef.parse(request.tinker_path))
     info = await call.run(call.store.weights_info, call.user, source)
-    optimizer = await call.run(lambda: exports.source_config(call.store, call.user, source)[3])
+    optimizer = await call.run(
+        lambda: checkpoint_meta.source_config(call.store, call.user, source)[3]
+    )
     return json_response(info.model_copy(update={"optimizer_config": optimizer}))
 
 

@@ -1,4 +1,4 @@
-"""Exports, copies, checkpoint metadata and optimizer configs (docs/protocol.md §11.3, §11.4).
+"""Exports: adapter-only checkpoints downloaded file by file (docs/protocol.md §11.3).
 
 An ``external_weights`` checkpoint is a row of ``checkpoints`` like any other (so listing,
 delete, TTL and publish work unchanged) whose files are rows of ``export_files``, each a
@@ -15,7 +15,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -28,19 +27,16 @@ from typing import Any
 from logits_cli import models
 from logits_cli.errors import NotFoundError, UsageError
 from logits_cli.store.store import (
-    _CKPT,
     _UNEXPIRED,
     BlobInfo,
     Store,
     _check_ttl,
     _checkpoint,
     _from_micros,
-    _string_metadata,
 )
-from logits_cli.uri import EXTERNAL_KIND, CheckpointRef, format_path, validate_name
+from logits_cli.uri import EXTERNAL_KIND, format_path, validate_name
 
 AGE_SUFFIX = ".age"
-OPTIMIZER_TYPES = {"adamw": {"type": "adamw"}, "dimuon": {"type": "dimuon", "version": 1}}
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _COPY_CHUNK = 8 << 20
 _ADOPT_LOCKS: dict[str, threading.Lock] = {}
@@ -68,119 +64,6 @@ def _adopting(store: Store) -> Iterator[None]:
         lock = _ADOPT_LOCKS.setdefault(str(store.root), threading.Lock())
     with lock, FileLock(store.root / ".exports.lock"):
         yield
-
-
-# -- optimizer configs (§11.4) ------------------------------------------------------------
-
-
-def optimizer_config(data: Any) -> dict[str, Any] | None:
-    """The canonical config for a request's ``optimizer_config``; 400 for an unknown one."""
-    if data is None:
-        return None
-    if not isinstance(data, dict) or not isinstance(data.get("type"), str):
-        raise UsageError("optimizer_config must be an object with a string 'type'")
-    known = OPTIMIZER_TYPES.get(data["type"])
-    if known is None:
-        raise UsageError(
-            f"unknown optimizer type {data['type']!r}; this server offers "
-            + ", ".join(sorted(OPTIMIZER_TYPES))
-        )
-    if data != known and {**known, **data} != known:
-        raise UsageError(f"unsupported fields or version in optimizer_config {data!r}")
-    return dict(known)
-
-
-def set_run_optimizer(store: Store, run_id: str, config: dict[str, Any]) -> None:
-    with store._db.write() as conn:
-        conn.execute(
-            "UPDATE runs SET optimizer_config = ? WHERE id = ?",
-            (json.dumps(config, sort_keys=True), run_id),
-        )
-
-
-def run_optimizer(store: Store, run_id: str) -> dict[str, Any]:
-    row = (
-        store._db.connection()
-        .execute("SELECT optimizer_config FROM runs WHERE id = ?", (run_id,))
-        .fetchone()
-    )
-    if row is None or row[0] is None:
-        return dict(OPTIMIZER_TYPES["adamw"])
-    return dict(json.loads(row[0]))
-
-
-# -- checkpoint metadata (§11.4) ------------------------------------------------------------
-
-
-def set_checkpoint_metadata(
-    store: Store, run_id: str, kind: str, name: str, metadata: dict[str, Any] | None
-) -> None:
-    if not metadata:
-        return
-    with store._db.write() as conn:
-        row = conn.execute(
-            "SELECT id FROM checkpoints WHERE run_id = ? AND kind = ? AND name = ?",
-            (run_id, kind, name),
-        ).fetchone()
-        if row is not None:
-            conn.execute(
-                "INSERT OR REPLACE INTO checkpoint_metadata (checkpoint_row, user_metadata)"
-                " VALUES (?, ?)",
-                (row[0], json.dumps(_string_metadata(metadata), sort_keys=True)),
-            )
-
-
-def annotate(store: Store, checkpoints: list[models.Checkpoint]) -> list[models.Checkpoint]:
-    """Add stored ``user_metadata``; external rows report no archive digest (there is none)."""
-    if not checkpoints:
-        return checkpoints
-    conn = store._db.connection()
-    keys = [
-        (c.tinker_path.partition("://")[2].split("/", 1)[0], c.kind, c.name) for c in checkpoints
-    ]
-    found: dict[tuple[str, str, str], dict[str, str]] = {}
-    for run_id in {key[0] for key in keys}:
-        rows = conn.execute(
-            "SELECT c.kind, c.name, m.user_metadata FROM checkpoint_metadata m"
-            " JOIN checkpoints c ON c.id = m.checkpoint_row WHERE c.run_id = ?",
-            (run_id,),
-        )
-        for kind, name, text in rows:
-            found[(run_id, kind, name)] = json.loads(text)
-    result = []
-    for key, checkpoint in zip(keys, checkpoints, strict=True):
-        update: dict[str, Any] = {}
-        if key in found:
-            update["user_metadata"] = found[key]
-        if checkpoint.kind == EXTERNAL_KIND:
-            update["sha256"] = None
-        result.append(checkpoint.model_copy(update=update) if update else checkpoint)
-    return result
-
-
-def list_user_checkpoints(
-    store: Store, user_id: str, *, limit: int, offset: int, include_external: bool
-) -> tuple[list[models.Checkpoint], int]:
-    """``Store.list_user_checkpoints``, optionally without ``external_weights`` rows (for
-    clients that cannot parse them, §11.3), paged over what is shown."""
-    if include_external:
-        return store.list_user_checkpoints(user_id, limit=limit, offset=offset)
-    where = f"c.user_id = :user AND {_UNEXPIRED} AND c.kind != :external"
-    params = {
-        "user": user_id,
-        "now": store._now_micros(),
-        "limit": limit,
-        "offset": offset,
-        "external": EXTERNAL_KIND,
-    }
-    with store._db.read() as conn:
-        total = conn.execute(f"SELECT count(*) FROM checkpoints c WHERE {where}", params).fetchone()
-        rows = conn.execute(
-            f"SELECT {_CKPT} FROM checkpoints c WHERE {where}"
-            " ORDER BY c.time DESC, c.tinker_path LIMIT :limit OFFSET :offset",
-            params,
-        ).fetchall()
-    return [_checkpoint(row) for row in rows], total[0]
 
 
 # -- blobs ----------------------------------------------------------------------------------
@@ -389,109 +272,3 @@ def export_blob_for(store: Store, run_id: str, name: str, path: str, sha256: str
             if blob.is_file():
                 return BlobInfo(path=blob, sha256=sha256, size=file.size, created=created)
     raise NotFoundError(f"file {path} not found in {EXTERNAL_KIND}/{name} of run {run_id}")
-
-
-# -- copies (§11.4) -------------------------------------------------------------------------
-
-
-def copy_checkpoint(
-    store: Store,
-    user_id: str,
-    *,
-    source: str,
-    destination_run: str,
-    ttl_seconds: int | None,
-    uri_scheme: str,
-) -> str:
-    """A new checkpoint of the same kind and name with the same files in ``destination_run``
-    (the caller's); the source is the caller's own or public. Returns its URI."""
-    from logits_cli.store.archive import build_archive
-    from logits_cli.store.lora import restore_state
-
-    _check_ttl(ttl_seconds)
-    with store._db.read() as conn:
-        ref, checkpoint, origin = store._source_checkpoint(conn, user_id, source)
-        target = store._owned_run(conn, user_id, destination_run)
-    if (origin.base_model, origin.lora_rank) != (target.base_model, target.lora_rank):
-        raise UsageError(
-            f"run {destination_run} ({target.base_model}, rank {target.lora_rank}) cannot hold"
-            f" a copy of {source} ({origin.base_model}, rank {origin.lora_rank})"
-        )
-    if ref.run_id == destination_run:
-        raise UsageError(f"{source} is already in run {destination_run}")
-    tinker_path = format_path(destination_run, ref.kind, ref.name, uri_scheme)
-    with store._run_lock(destination_run):
-        conn = store._db.connection()
-        try:
-            store._check_name_free(conn, destination_run, ref.kind, ref.name, False)
-        except Exception:
-            raise UsageError(
-                f"checkpoint {ref.kind}/{ref.name} already exists in run {destination_run}"
-            ) from None
-        if ref.kind == EXTERNAL_KIND:
-            files = export_files(store, user_id, ref.run_id, ref.name)
-            _insert_export(
-                store,
-                user_id,
-                destination_run,
-                ref.name,
-                [(f.path, None, f.sha256, f.size) for f in files],
-                tinker_path=tinker_path,
-                ttl_seconds=ttl_seconds,
-            )
-            return tinker_path
-        scratch = Path(tempfile.mkdtemp(prefix=".copy-", dir=store.runs_dir))
-        try:
-            restore_state(
-                scratch,
-                store.blobs_dir / str(checkpoint.sha256),
-                optimizer=ref.kind == "weights",
-            )
-            created = store._now()
-            _, sha256, size = build_archive(
-                scratch, store.blobs_dir, kind=ref.kind, tinker_path=tinker_path, created=created
-            )
-        except FileNotFoundError as exc:
-            raise NotFoundError(f"checkpoint {source} not found") from exc
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-        from logits_cli.store.store import _to_micros
-
-        time = _to_micros(created)
-        expires_at = None if ttl_seconds is None else time + ttl_seconds * 1_000_000
-        with store._db.write() as conn:
-            old = store._check_name_free(conn, destination_run, ref.kind, ref.name, False)
-            if old is not None:
-                conn.execute("DELETE FROM checkpoints WHERE id = ?", (old[0],))
-            conn.execute(
-                "INSERT INTO checkpoints (run_id, user_id, kind, name, tinker_path, time,"
-                " expires_at, public, size_bytes, sha256) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?)",
-                (
-                    destination_run,
-                    user_id,
-                    ref.kind,
-                    ref.name,
-                    tinker_path,
-                    time,
-                    expires_at,
-                    size,
-                    sha256,
-                ),
-            )
-    return tinker_path
-
-
-def source_config(
-    store: Store, viewer: str, source: str
-) -> tuple[CheckpointRef, models.LoraConfig, str, dict[str, Any]]:
-    """For create-via-load and copies: the visible source's kind, LoRA config, base model
-    and optimizer config."""
-    with store._db.read() as conn:
-        ref, _, run = store._source_checkpoint(conn, viewer, source)
-    lora = models.LoraConfig(
-        rank=run.lora_rank,
-        train_unembed=bool(run.train_unembed),
-        train_mlp=bool(run.train_mlp),
-        train_attn=bool(run.train_attn),
-    )
-    return ref, lora, run.base_model, run_optimizer(store, run.id)

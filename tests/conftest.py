@@ -36,8 +36,52 @@ class LiveServer:
         return self.store.create_api_key(user)
 
 
+# -- store back ends -------------------------------------------------------------------------
+# A module that sets ``TEAM_BACKENDS = True`` runs every test on each back end: the default
+# (SQLite + local directory) and the team server's (PostgreSQL), on one PostgreSQL cluster
+# per test session (tests/services.py); each server gets a fresh database.
+BACKENDS = ("sqlite", "postgres")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if getattr(metafunc.module, "TEAM_BACKENDS", False) and "store_backend" in (
+        metafunc.fixturenames
+    ):
+        metafunc.parametrize("store_backend", BACKENDS, indirect=True, scope="module")
+
+
+@pytest.fixture(scope="module")
+def store_backend(request: pytest.FixtureRequest) -> str:
+    return str(getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Any]:
+    from tests.services import run_postgres
+
+    with run_postgres() as postgres:
+        yield postgres
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[Any]:
+    from tests.services import run_moto
+
+    with run_moto() as server:
+        yield server
+
+
+def _database_for(backend: str, request: pytest.FixtureRequest) -> str | None:
+    """None (meta.sqlite3) or the URL of a fresh PostgreSQL database."""
+    if backend == "sqlite":
+        return None
+    return str(request.getfixturevalue("postgres_server").new_database())
+
+
 @pytest.fixture
-def server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., LiveServer]]:
+def server_factory(
+    tmp_path_factory: pytest.TempPathFactory, store_backend: str, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., LiveServer]]:
     """``server_factory(**ServerSettings overrides)`` starts a server; all stop at teardown."""
     from logits_cli.server.serve import start_in_thread
     from logits_cli.server.settings import ServerSettings
@@ -46,7 +90,10 @@ def server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callabl
 
         def start(**overrides: Any) -> LiveServer:
             home = tmp_path_factory.mktemp("server-home")
-            running = servers.enter_context(start_in_thread(home, ServerSettings(**overrides)))
+            database = _database_for(store_backend, request)
+            running = servers.enter_context(
+                start_in_thread(home, ServerSettings(**overrides), database=database)
+            )
             return LiveServer(running, home)
 
         yield start
@@ -58,11 +105,15 @@ def live_server(server_factory: Callable[..., LiveServer]) -> LiveServer:
 
 
 @pytest.fixture(scope="module")
-def module_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+def module_server(
+    tmp_path_factory: pytest.TempPathFactory, store_backend: str, request: pytest.FixtureRequest
+) -> Iterator[LiveServer]:
     """One default server shared by a test module, for tests that only read or add."""
     from logits_cli.server.serve import start_in_thread
     from logits_cli.server.settings import ServerSettings
 
     home = tmp_path_factory.mktemp("server-home")
-    with start_in_thread(home, ServerSettings(signing_secret=b"module-server-secret")) as running:
+    settings = ServerSettings(signing_secret=b"module-server-secret")
+    database = _database_for(store_backend, request)
+    with start_in_thread(home, settings, database=database) as running:
         yield LiveServer(running, home)

@@ -128,11 +128,14 @@ class BuiltServer:
             self.store.close()
 
 
-def open_store(home: Path, settings: ServerSettings) -> Store:
+def open_store(home: Path, settings: ServerSettings, *, database: str | None = None) -> Store:
     """The store under ``home`` (``LOGITS_HOME``): ``home/store``, the directory the embedded
-    backend and ``logits server keys`` use too, so a started server serves that same data."""
+    backend and ``logits server keys`` use too, so a started server serves that same data.
+    ``database``: a postgresql:// URL holding the metadata instead of ``meta.sqlite3``
+    (store/sql.py); the live state of runs stays under ``home``."""
     return Store.open(
         home / STORE_DIR_NAME,
+        database=database,
         max_rank=settings.max_rank,
         future_retention=settings.future_retention,
         idempotency_retention=settings.idempotency_retention,
@@ -140,8 +143,10 @@ def open_store(home: Path, settings: ServerSettings) -> Store:
     )
 
 
-def build_server(home: Path, settings: ServerSettings, host: str, port: int) -> BuiltServer:
-    store = open_store(home, settings)
+def build_server(
+    home: Path, settings: ServerSettings, host: str, port: int, *, database: str | None = None
+) -> BuiltServer:
+    store = open_store(home, settings, database=database)
     app = create_app(store, settings)
     config = uvicorn.Config(
         AccessLog(app),
@@ -167,9 +172,11 @@ def configure_logging() -> None:
         named.propagate = False
 
 
-def serve(home: Path, settings: ServerSettings, host: str, port: int) -> None:
+def serve(
+    home: Path, settings: ServerSettings, host: str, port: int, *, database: str | None = None
+) -> None:
     configure_logging()
-    build_server(home, settings, host, port).run()
+    build_server(home, settings, host, port, database=database).run()
 
 
 def run_server(
@@ -183,6 +190,7 @@ def run_server(
     root_path: str = "",
     model_configs: tuple[str, ...] = (),
     downloads: str = "both",
+    database: str | None = None,
 ) -> None:
     """Entry point of ``logits server start``."""
     settings = ServerSettings(
@@ -193,7 +201,7 @@ def run_server(
         model_configs=model_configs,
         downloads=downloads,
     )
-    serve(home, settings, host, port)
+    serve(home, settings, host, port, database=database)
 
 
 @dataclass(frozen=True)
@@ -205,10 +213,12 @@ class RunningServer:
 
 
 @contextmanager
-def start_in_thread(home: Path, settings: ServerSettings | None = None) -> Iterator[RunningServer]:
+def start_in_thread(
+    home: Path, settings: ServerSettings | None = None, *, database: str | None = None
+) -> Iterator[RunningServer]:
     """Serve on ``127.0.0.1`` at a free port in a background thread until the block ends."""
     settings = settings or ServerSettings()
-    built = build_server(home, settings, "127.0.0.1", 0)
+    built = build_server(home, settings, "127.0.0.1", 0, database=database)
     thread = threading.Thread(target=built.run, name="logits-server", daemon=True)
     thread.start()
     deadline = time.monotonic() + _START_TIMEOUT_SECONDS

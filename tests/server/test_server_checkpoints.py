@@ -10,6 +10,9 @@ import httpx
 import pytest
 from server_helpers import Api, assert_error
 
+# Runs on SQLite + local directory and on PostgreSQL (tests/conftest.py).
+TEAM_BACKENDS = True
+
 CHECKPOINT_FIELDS = {
     "checkpoint_id",
     "checkpoint_type",

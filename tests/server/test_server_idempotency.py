@@ -6,6 +6,9 @@ import hashlib
 
 from server_helpers import Api, assert_error
 
+# Runs on SQLite + local directory and on PostgreSQL (tests/conftest.py).
+TEAM_BACKENDS = True
+
 
 def test_replay_is_byte_for_byte_and_runs_once(alice: Api) -> None:
     session = alice.session()

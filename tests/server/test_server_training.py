@@ -7,6 +7,9 @@ import threading
 import pytest
 from server_helpers import Api, assert_error
 
+# Runs on SQLite + local directory and on PostgreSQL (tests/conftest.py).
+TEAM_BACKENDS = True
+
 REQUEST_ID_CHARS = set("0123456789abcdef")
 
 

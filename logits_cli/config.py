@@ -314,6 +314,22 @@ def _missing_profile(
     return ConfigError(f"profile {name!r}{origin} is not in {path} ({advice})")
 
 
+def server_database(flag: str | None, env: Mapping[str, str] | None = None) -> str | None:
+    """Where ``logits server start`` keeps its metadata: ``--database``, else
+    ``LOGITS_SERVER_DATABASE``; None means ``meta.sqlite3`` in the store directory. Only
+    postgresql:// URLs are accepted (ConfigError otherwise)."""
+    env = os.environ if env is None else env
+    if flag is not None:
+        url, source = flag.strip(), "--database"
+    elif found := _env(env, "LOGITS_SERVER_DATABASE"):
+        url, source = found[0], f"env {found[1]}"
+    else:
+        return None
+    if not url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(f"database (from {source}) must be a postgresql:// URL")
+    return url
+
+
 def debug_enabled(env: Mapping[str, str] | None = None) -> bool:
     """``LOGITS_DEBUG`` asks for tracebacks; readable even when the rest of the config is not."""
     env = os.environ if env is None else env

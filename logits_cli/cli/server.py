@@ -92,6 +92,22 @@ def start(
             "'files' (per-file exports, no archive endpoint) or both.",
         ),
     ] = Downloads.both,
+    database: Annotated[
+        str | None,
+        typer.Option(
+            "--database",
+            help="Keep the metadata in this PostgreSQL database (postgresql://USER@HOST/DB; "
+            "env LOGITS_SERVER_DATABASE) instead of SQLite, so several processes share it.",
+            metavar="URL",
+            show_default=False,
+        ),
+    ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers", min=1, max=256, help="Server processes sharing the port and the store."
+        ),
+    ] = 1,
 ) -> None:
     """Serve the store over HTTP (uvicorn) until interrupted."""
     from logits_cli.server.serve import run_server
@@ -106,6 +122,9 @@ def start(
         from logits_cli.store.catalog import load_catalog
 
         load_catalog(model_configs)  # a bad config is a usage error before anything starts
+    from logits_cli.config import server_database
+
+    database_url = server_database(database)
     settings = settings_for(ctx, home=home)
     try:
         run_server(
@@ -118,6 +137,8 @@ def start(
             root_path=root_path,
             model_configs=tuple(model_configs or ()),
             downloads=downloads.value,
+            database=database_url,
+            workers=workers,
         )
     except SystemExit as stop:
         if not stop.code:
@@ -131,9 +152,11 @@ def start(
 
 @contextmanager
 def _open_store(ctx: typer.Context, home: str | None) -> "Iterator[Store]":
+    from logits_cli.config import server_database
     from logits_cli.store.store import Store
 
-    store = Store.open(settings_for(ctx, home=home).store_dir)
+    # The keys of a team server live in its database (LOGITS_SERVER_DATABASE).
+    store = Store.open(settings_for(ctx, home=home).store_dir, database=server_database(None))
     try:
         yield store
     finally:

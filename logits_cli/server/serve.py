@@ -7,7 +7,9 @@ in a background thread on an ephemeral port (tests, benchmarks).
 from __future__ import annotations
 
 import logging
+import os
 import re
+import socket
 import sys
 import threading
 import time
@@ -106,7 +108,7 @@ class BuiltServer:
     settings: ServerSettings
     sweeper: Sweeper
 
-    def run(self) -> None:
+    def run(self, sockets: list[socket.socket] | None = None) -> None:
         """Serve until interrupted (or ``should_exit``), then shut everything down."""
         try:
             recovered = recover(self.store)  # what a crashed predecessor left behind
@@ -121,7 +123,7 @@ class BuiltServer:
                 )
         self.sweeper.start()
         try:
-            self.server.run()
+            self.server.run(sockets=sockets)
         finally:
             self.sweeper.stop()
             close_app(self.app)
@@ -173,10 +175,74 @@ def configure_logging() -> None:
 
 
 def serve(
-    home: Path, settings: ServerSettings, host: str, port: int, *, database: str | None = None
+    home: Path,
+    settings: ServerSettings,
+    host: str,
+    port: int,
+    *,
+    database: str | None = None,
+    workers: int = 1,
 ) -> None:
     configure_logging()
-    build_server(home, settings, host, port, database=database).run()
+    if workers <= 1:
+        build_server(home, settings, host, port, database=database).run()
+        return
+    serve_workers(home, settings, host, port, database=database, workers=workers)
+
+
+def serve_workers(
+    home: Path,
+    settings: ServerSettings,
+    host: str,
+    port: int,
+    *,
+    database: str | None,
+    workers: int,
+) -> None:
+    """``workers`` server processes accepting on one listening socket. Each opens its own
+    store after the fork (connections are never shared across processes); they share the
+    database and the store directory, so any of them answers any request."""
+    import multiprocessing
+    import signal
+
+    listener = socket.create_server((host, port))
+    listener.set_inheritable(True)
+    context = multiprocessing.get_context("fork")
+    children = [
+        context.Process(
+            target=_serve_child,
+            args=(home, settings, listener, database),
+            name=f"logits-server-{index}",
+        )
+        for index in range(workers)
+    ]
+    for child in children:
+        child.start()
+    logger.info(
+        "serving on %s:%d with %d processes", host, listener.getsockname()[1], len(children)
+    )
+
+    def stop(signum: int, _frame: object) -> None:
+        for child in children:
+            if child.pid is not None and child.is_alive():
+                os.kill(child.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        for child in children:
+            child.join()
+    except KeyboardInterrupt:  # the children got the same SIGINT from the terminal
+        for child in children:
+            child.join()
+    finally:
+        listener.close()
+
+
+def _serve_child(
+    home: Path, settings: ServerSettings, listener: socket.socket, database: str | None
+) -> None:
+    host, port = listener.getsockname()[:2]
+    build_server(home, settings, host, port, database=database).run(sockets=[listener])
 
 
 def run_server(
@@ -191,6 +257,7 @@ def run_server(
     model_configs: tuple[str, ...] = (),
     downloads: str = "both",
     database: str | None = None,
+    workers: int = 1,
 ) -> None:
     """Entry point of ``logits server start``."""
     settings = ServerSettings(
@@ -201,7 +268,7 @@ def run_server(
         model_configs=model_configs,
         downloads=downloads,
     )
-    serve(home, settings, host, port, database=database)
+    serve(home, settings, host, port, database=database, workers=workers)
 
 
 @dataclass(frozen=True)

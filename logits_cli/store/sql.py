@@ -176,8 +176,9 @@ def _connect(url: str) -> Connection:
     try:
         return Connection(psycopg.connect(url, autocommit=True))
     except psycopg.OperationalError as exc:
-        # libpq's message names host and port but never the password.
-        raise ConfigError(f"cannot connect to the store's PostgreSQL database: {exc}") from exc
+        # libpq's message names host and port but never the password; it spans lines.
+        reason = " ".join(str(exc).split())
+        raise ConfigError(f"cannot connect to the store's PostgreSQL database: {reason}") from exc
 
 
 def migrate(url: str) -> None:

@@ -15,6 +15,9 @@ import pytest
 
 from logits_cli import models
 
+# Runs on SQLite + local directory and on PostgreSQL (tests/conftest.py).
+TEAM_BACKENDS = True
+
 DRIVER = Path(__file__).with_name("sdk_driver.py")
 
 

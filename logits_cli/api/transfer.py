@@ -37,6 +37,7 @@ from logits_cli.api.client import DownloadOptions, DownloadResult, ProgressCallb
 from logits_cli.api.extract import extract_checkpoint
 from logits_cli.api.limits import LowSpeedGuard, RetryBudget, TooSlow, per_connection_limit
 from logits_cli.api.retry import RetryPolicy, is_retryable_status
+from logits_cli.api.transport_errors import HTTPX_ERRORS, error_for_httpx, is_transient_httpx_error
 from logits_cli.api.verify import damaged_files, read_manifest
 from logits_cli.errors import (
     BusyError,
@@ -677,7 +678,11 @@ class ArchiveFetcher:
             ) from None
         except TooSlow as slow:
             raise _RetryableFailure(str(slow), renew_url=self._urls.expired()) from None
-        except httpx.TransportError as exc:
+        except HTTPX_ERRORS as exc:
+            if not is_transient_httpx_error(exc):  # a redirect loop fails the same way again
+                raise error_for_httpx(
+                    exc, host=httpx.URL(url).host or "the blob server", url_from_server=True
+                ) from None
             raise _RetryableFailure(
                 f"network error ({type(exc).__name__})", renew_url=self._urls.expired()
             ) from None

@@ -430,11 +430,6 @@ def _one_checkpoint_then_a_redirect_loop(port_of: Callable[[], int]) -> Callable
     return respond
 
 
-@pytest.mark.xfail(
-    reason="api/transfer.py catches only httpx.TransportError; TooManyRedirects escapes it "
-    "until it maps failures through api.transport_errors.error_for_httpx (the transfer engine's change)",
-    strict=False,
-)
 def test_cli_download_through_a_redirect_loop_exits_6_naming_the_host(
     cli_env: Callable[[HostileServer], None], tmp_path: Path
 ) -> None:

@@ -1,7 +1,7 @@
 """The one exception tree of logits.
 
-Every class carries the CLI exit code (design.md §3) and, where the error crosses the wire,
-the HTTP status and error ``code`` of protocol.md §4.4. The server raises these classes and
+Every class carries the CLI exit code (docs/ARCHITECTURE.md §4) and, where the error crosses the wire,
+the HTTP status and error ``code`` of docs/protocol.md §4.4. The server raises these classes and
 renders them as ``{"detail", "code"}``; the API core turns every HTTP answer back into them
 (``error_for_status``); the CLI maps them to ``Error: …`` and the exit code. This module
 imports nothing from the project and nothing heavy, so every layer may use it.
@@ -239,7 +239,7 @@ _BY_CODE: dict[str, type[LogitsError]] = {
 _BY_STATUS: dict[int, type[LogitsError]] = {
     400: UsageError,
     401: AuthError,
-    402: PermissionDeniedError,  # billing problem on newer deployments (protocol.md §10.2)
+    402: PermissionDeniedError,  # billing problem on newer deployments (docs/protocol.md §10.2)
     403: PermissionDeniedError,
     404: NotFoundError,
     405: MethodNotAllowedError,
@@ -256,7 +256,7 @@ _BY_STATUS: dict[int, type[LogitsError]] = {
 def error_for_status(status: int, code: str | None, detail: str) -> LogitsError:
     """The error for a non-2xx HTTP answer: the status decides, the code refines.
 
-    Total over every status, so no answer can escape the tree (protocol.md §4.4: "look at
+    Total over every status, so no answer can escape the tree (docs/protocol.md §4.4: "look at
     the status first and the code second").
     """
     by_status = _BY_STATUS.get(status)

@@ -1,4 +1,4 @@
-"""Pydantic wire models shared by client and server (protocol.md §8).
+"""Pydantic wire models shared by client and server (docs/protocol.md §8).
 
 Response models ignore unknown fields and accept any ``checkpoint_type`` string, so newer
 deployments do not break the client. Request models forbid unknown fields: our client never
@@ -380,7 +380,7 @@ class TtlRequest(RequestModel):
     ttl_seconds: int | None
 
 
-# -- archive manifest (§7.4) and the local download manifest (design.md §5) ---------------
+# -- archive manifest (§7.4) and the local download manifest (docs/ARCHITECTURE.md §3) ---------------
 
 
 class FileDigest(WireModel):

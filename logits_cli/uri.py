@@ -1,4 +1,4 @@
-"""Checkpoint references: ``logits://RUN/KIND/NAME`` and ``tinker://…`` (protocol.md §3).
+"""Checkpoint references: ``logits://RUN/KIND/NAME`` and ``tinker://…`` (docs/protocol.md §3).
 
 One parser serves the client and the server, so both halves agree on what a valid path is.
 """
@@ -58,7 +58,7 @@ def validate_name(name: str) -> str:
 
 
 def validate_run_id(run_id: str) -> str:
-    """Run ids are opaque; only what would break a URL path is refused (protocol.md §3.3)."""
+    """Run ids are opaque; only what would break a URL path is refused (docs/protocol.md §3.3)."""
     if not run_id:
         raise UsageError("run id is empty")
     if _is_dot_segment(run_id):
@@ -129,7 +129,7 @@ class CheckpointRef:
 
         ``allow_latest`` accepts the ``@latest`` selector as the name (CLI inputs only).
         ``any_kind`` accepts unknown kind segments (paths listed by newer deployments,
-        protocol.md §10.2); names are then not checked either.
+        docs/protocol.md §10.2); names are then not checked either.
         """
         if not isinstance(text, str):
             raise UsageError("checkpoint path must be a string")

@@ -1,4 +1,4 @@
-"""A small fault-injecting TCP proxy for transfer tests (design.md §8).
+"""A small fault-injecting TCP proxy for transfer tests (docs/ARCHITECTURE.md §4).
 
 It runs its own event loop in a background thread and forwards bytes to an upstream HTTP
 server. Each new client connection takes the next ``Fault`` from ``plan`` (connections past

@@ -1,4 +1,4 @@
-"""The error tree: exit codes per design.md §3 and a total mapping from HTTP answers."""
+"""The error tree: exit codes per docs/ARCHITECTURE.md §4 and a total mapping from HTTP answers."""
 
 from __future__ import annotations
 

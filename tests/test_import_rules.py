@@ -1,4 +1,4 @@
-"""The import rules of design.md §1, checked on the source (AST) and at run time.
+"""The import rules of docs/ARCHITECTURE.md §1, checked on the source (AST) and at run time.
 
 Layers: ``api`` never imports ``cli``, ``typer`` or ``rich`` and never prints; ``cli`` never
 imports ``httpx`` or ``click``, and only ``cli/server.py`` reaches ``server``/``store``,

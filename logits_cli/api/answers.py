@@ -6,7 +6,7 @@ Every attempt of a JSON API request is therefore bounded three ways (defaults in
 ``AnswerLimits``):
 
 * **Deadline** (120 s): the whole answer, headers and body, arrives within it or the attempt is
-  abandoned. Attempts are retried as timeouts are (protocol.md §9); a retry gets the time left
+  abandoned. Attempts are retried as timeouts are (docs/protocol.md §9); a retry gets the time left
   in the call's retry budget, but at least ``MIN_RETRY_ATTEMPT_S``.
 * **Minimum rate** (as curl's ``--speed-limit 1024 --speed-time 30``): a body that delivers less
   than 1 KiB/s averaged over a 30 s window is abandoned and retried like a timeout.

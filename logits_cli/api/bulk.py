@@ -2,7 +2,7 @@
 
 ``select_checkpoints`` decides what a retention command (``rm --run``, ``ttl --run``) acts on;
 ``apply_concurrently`` runs one API call per item with a concurrency bound and collects the
-per-item errors, so a bulk command can report what failed and exit 8 (design.md §3).
+per-item errors, so a bulk command can report what failed and exit 8 (docs/ARCHITECTURE.md §4).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def normalize_kind(kind: str | None) -> str | None:
 
 
 def as_utc(moment: datetime) -> datetime:
-    """A naive datetime is read as UTC, like every datetime on the wire (protocol.md §4.3)."""
+    """A naive datetime is read as UTC, like every datetime on the wire (docs/protocol.md §4.3)."""
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
 
 

@@ -429,7 +429,7 @@ class LogitsClient:
     def blob_http(self) -> httpx.AsyncClient:
         """An ``httpx.AsyncClient`` for signed blob URLs: no credential headers,
         ``Accept-Encoding: identity``, follows at most 5 redirects, and in embedded mode
-        routes through the same in-process ASGI transport (protocol.md §1.4, §6.3).
+        routes through the same in-process ASGI transport (docs/protocol.md §1.4, §6.3).
 
         Other origins go through ``BlobTransport``, which reads the socket in large blocks
         (the transfer engine is CPU-bound on fast links otherwise), except when an
@@ -453,7 +453,7 @@ class LogitsClient:
         options: DownloadOptions | None = None,
         progress: ProgressCallback | None = None,
     ) -> DownloadResult:
-        """Fetch, verify and extract one checkpoint into ``dest_dir/NAME`` (design.md §5).
+        """Fetch, verify and extract one checkpoint into ``dest_dir/NAME`` (docs/ARCHITECTURE.md §3).
         Delegates to ``logits_cli.api.transfer.download_checkpoint(self, ref, dest_dir,
         options, progress)``."""
         from logits_cli.api.transfer import download_checkpoint

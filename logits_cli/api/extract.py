@@ -1,4 +1,4 @@
-"""Safe, atomic extraction of a verified checkpoint archive (design.md §5, protocol.md §7.5).
+"""Safe, atomic extraction of a verified checkpoint archive (docs/ARCHITECTURE.md §3, docs/protocol.md §7.5).
 
 Members are streamed into a temporary sibling directory ``DEST/.NAME.tmp-XXXX`` on the
 destination's filesystem, each one checked (plain file at the root, safe name, no repeats)
@@ -8,7 +8,7 @@ directory renamed into place, so a final ``DEST/NAME`` always verifies. Any fail
 the temporary directory.
 
 Hostile archives are bounded (issue 8): at most ``MAX_MEMBERS`` members; every member must
-be named by ``checkpoint_complete`` (protocol.md §7.4 says ``files`` lists every other
+be named by ``checkpoint_complete`` (docs/protocol.md §7.4 says ``files`` lists every other
 member, so an unlisted one is not part of the checkpoint); a compressed archive may expand
 to at most ``MAX_EXPANSION`` times its size, and no member is written that the disk cannot
 hold, checked from its header before its first byte.

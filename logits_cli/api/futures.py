@@ -1,4 +1,4 @@
-"""Waiting for a future: ``POST /api/v1/retrieve_future`` until it finishes (protocol.md §5.2, §9).
+"""Waiting for a future: ``POST /api/v1/retrieve_future`` until it finishes (docs/protocol.md §5.2, §9).
 
 * ``try_again`` (and a 408) means pending: poll again at once, since the server long-polls.
 * 5xx, 429 and connection errors back off as in §9; their deadline counts only consecutive

@@ -1,6 +1,6 @@
 """The request layer under ``LogitsClient``: URLs, credentials, retries and error mapping.
 
-* URLs are built by plain joining (protocol.md §1.2): the base URL's path prefix survives.
+* URLs are built by plain joining (docs/protocol.md §1.2): the base URL's path prefix survives.
 * Credentials (§2): the API key is read lazily, once; before the first authenticated request
   the client bootstraps with ``client/config`` and, when the server asks for it, swaps the key
   for a JWT that is refreshed when 60 s or less remain, and once more after a 401.

@@ -5,7 +5,7 @@
   detector alone never fires on a server that trickles one byte every few seconds.
 * ``RetryBudget``: the retries of one segment are bounded in count *and* in time, even when
   every attempt makes a little progress (a server that sends 1,000 bytes, then stalls).
-  protocol.md §6.3 step 4 only counts attempts without progress; this closes the other gap.
+  docs/protocol.md §6.3 step 4 only counts attempts without progress; this closes the other gap.
 """
 
 from __future__ import annotations

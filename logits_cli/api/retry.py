@@ -1,4 +1,4 @@
-"""The client retry policy of protocol.md §9, shared by the request layer and the transfer engine.
+"""The client retry policy of docs/protocol.md §9, shared by the request layer and the transfer engine.
 
 What is retried: connection errors, timeouts, 408, 429 and 5xx except 507 (the server's disk is
 full: waiting minutes for an operator to free space helps nobody, so it is reported at once). Attempt ``n`` (from 0) sleeps a

@@ -1,4 +1,4 @@
-"""Cron mode: keep a directory in step with the caller's checkpoints (design.md §5, issue 5).
+"""Cron mode: keep a directory in step with the caller's checkpoints (docs/ARCHITECTURE.md §3, issue 5).
 
 Layout of the sync directory DIR::
 
@@ -8,7 +8,7 @@ Layout of the sync directory DIR::
 
 ``<run>`` is the run id made filesystem-safe by percent-encoding every character outside
 ``[A-Za-z0-9_.~-]`` (so ``:`` becomes ``%3A``) and a leading ``.``. Run ids never contain
-``%`` (protocol.md §3.3), so the encoding is reversible and two runs never share a directory,
+``%`` (docs/protocol.md §3.3), so the encoding is reversible and two runs never share a directory,
 and no run directory can be ``..`` or collide with our hidden files. ``<kind>`` is
 ``weights`` or ``sampler_weights``; names follow the checkpoint-name grammar, which is
 already safe.
@@ -148,7 +148,7 @@ def read_own_manifest(directory: Path) -> models.LocalManifest | None:
 
 
 def _identity(ref: CheckpointRef) -> tuple[str, str, str]:
-    # Both URI schemes name the same checkpoint (protocol.md §3.1).
+    # Both URI schemes name the same checkpoint (docs/protocol.md §3.1).
     return (ref.run_id, ref.kind, ref.name)
 
 
@@ -354,7 +354,7 @@ async def _list_remote(client: LogitsClient, runs: tuple[str, ...]) -> list[mode
 def _select(listed: list[models.Checkpoint], options: SyncOptions) -> list[models.Checkpoint]:
     """The requested checkpoints, newest first, so a --max-duration cut keeps the fresh ones."""
     kind = normalize_kind(options.kind)
-    # Kinds from newer deployments (protocol.md §10.2) have no name grammar to make them
+    # Kinds from newer deployments (docs/protocol.md §10.2) have no name grammar to make them
     # safe as paths, so sync leaves them alone.
     chosen = [c for c in listed if c.kind in ARCHIVE_KINDS and (kind is None or c.kind == kind)]
     if options.since is not None:

@@ -1,5 +1,5 @@
-"""The transfer engine: parallel ranged, resumable, verified archive downloads (design.md §5,
-protocol.md §6.3).
+"""The transfer engine: parallel ranged, resumable, verified archive downloads (docs/ARCHITECTURE.md §3,
+docs/protocol.md §6.3).
 
 ``download_checkpoint`` fetches a checkpoint's archive into ``DEST/.NAME.part`` with several
 ``Range`` requests written at their offsets with ``os.pwrite``, records progress in the
@@ -60,7 +60,7 @@ EMBEDDED_SEGMENT = 4 * MiB
 # The hasher follows the contiguous prefix, which the last segments of all connections
 # complete together: smaller segments leave less to hash after the last byte arrives.
 SEGMENTS_PER_CONNECTION = 8
-MAX_FRUITLESS_ATTEMPTS = 5  # protocol.md §6.3 step 4
+MAX_FRUITLESS_ATTEMPTS = 5  # docs/protocol.md §6.3 step 4
 URL_REFRESH_MARGIN_S = 30.0
 JOURNAL_FLUSH_INTERVAL_S = 0.1  # bounds what a kill loses to ~0.1 s of transfer
 HASH_CHUNK = 8 * MiB
@@ -75,7 +75,7 @@ JOURNAL_FORMAT = 1
 VALIDATOR_HEADERS = ("etag", "repr-digest", "x-goog-hash")
 
 
-# -- digests (protocol.md §6.3 step 6) -----------------------------------------------------
+# -- digests (docs/protocol.md §6.3 step 6) -----------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,7 @@ def _b64(text: str, length: int) -> bytes | None:
 def choose_digest(
     headers: Mapping[str, str], checkpoint_sha256: str | None
 ) -> ExpectedDigest | None:
-    """The first available digest, in the order of protocol.md §6.3 step 6."""
+    """The first available digest, in the order of docs/protocol.md §6.3 step 6."""
     repr_digest = headers.get("repr-digest", "")
     if match := _REPR_SHA256.search(repr_digest):
         value = _b64(match.group(1), 32)
@@ -194,7 +194,7 @@ def hash_file(path: Path, algorithms: set[str]) -> dict[str, bytes]:
     return {name: hasher.digest() for name, hasher in hashers.items()}
 
 
-# -- signed URL with expiry (protocol.md §6.3 steps 1 and 4) --------------------------------
+# -- signed URL with expiry (docs/protocol.md §6.3 steps 1 and 4) --------------------------------
 
 
 class SignedUrl:
@@ -700,7 +700,7 @@ class ArchiveFetcher:
         status = response.status_code
         encoding = response.headers.get("content-encoding", "").strip().lower()
         if status in (200, 206) and encoding not in ("", "identity"):
-            # protocol.md §6.2: ranges and digests are of the raw archive; a decoded body
+            # docs/protocol.md §6.2: ranges and digests are of the raw archive; a decoded body
             # could also be any size at all (a gzip bomb).
             raise IntegrityError(
                 f"the server applied Content-Encoding {encoding!r} to the archive; refused"
@@ -1015,7 +1015,7 @@ async def download_checkpoint(
     options: DownloadOptions | None = None,
     progress: ProgressCallback | None = None,
 ) -> DownloadResult:
-    """Fetch, verify and extract one checkpoint into ``dest_dir/NAME`` (design.md §5).
+    """Fetch, verify and extract one checkpoint into ``dest_dir/NAME`` (docs/ARCHITECTURE.md §3).
 
     ``options.timeout`` bounds all of it: metadata, waiting for the part lock, the transfer
     (extraction, once started, is finished so DEST stays consistent). When it runs out the

@@ -1,4 +1,4 @@
-"""httpx exceptions and full-disk answers as classes of ``errors.py`` (design.md §3).
+"""httpx exceptions and full-disk answers as classes of ``errors.py`` (docs/ARCHITECTURE.md §4).
 
 Shared by the request layer (``http.py``) and the transfer engine, so every httpx failure, on
 the API or on a blob URL, ends as a known class with a one-line message that never quotes a

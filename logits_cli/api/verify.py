@@ -32,7 +32,7 @@ class VerifyResult:
 
 def check_member_name(name: str) -> None:
     """Refuse any name that could leave the checkpoint directory or clash with our manifest
-    (protocol.md §7.5): members are plain files at the archive root."""
+    (docs/protocol.md §7.5): members are plain files at the archive root."""
     if not name or name in (".", MANIFEST_NAME) or len(name.encode()) > MAX_NAME_BYTES:
         raise IntegrityError(f"unsafe archive member name {name!r}")
     for forbidden in ("/", "\\", "..", "\x00"):

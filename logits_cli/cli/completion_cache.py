@@ -135,7 +135,7 @@ def answer_uri_completion(environ: Mapping[str, str]) -> str | None:
 
     Such candidates come from this cache alone, whatever the command, so the console entry
     answers them before building the command tree: Typer coerces the parsed arguments
-    through pydantic, ~50 ms of imports a TAB cannot afford (design.md §9: ≤ 100 ms). The
+    through pydantic, ~50 ms of imports a TAB cannot afford (tests/bench: ≤ 100 ms). The
     protocol is Typer's (``_LOGITS_COMPLETE=complete_bash``, COMP_WORDS, COMP_CWORD; one
     candidate per line)."""
     if environ.get("_LOGITS_COMPLETE") != "complete_bash":

@@ -1,5 +1,5 @@
 """The one error decorator: every command's failures become ``Error:``/``Hint:`` lines on
-stderr and the exit code of design.md §3."""
+stderr and the exit code of docs/ARCHITECTURE.md §4."""
 
 from __future__ import annotations
 

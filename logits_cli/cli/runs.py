@@ -14,7 +14,7 @@ from logits_cli.cli.timeparse import optional_seconds
 from logits_cli.errors import UsageError
 from logits_cli.uri import CheckpointRef
 
-DEFAULT_RANK = 32  # the protocol's default for create_model (protocol.md §5.3)
+DEFAULT_RANK = 32  # the protocol's default for create_model (docs/protocol.md §5.3)
 
 if TYPE_CHECKING:
     from logits_cli import models

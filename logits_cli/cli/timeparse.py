@@ -29,7 +29,7 @@ _UNIT = r"(?:mo|min|[smhdwy])"
 _DURATION_RE = re.compile(rf"(?:\d{{1,9}}{_UNIT})+|\d{{1,9}}")
 _M_UNIT = re.compile(r"(\d)m(?=\d|$)")  # a bare 'm' unit, not the m of 'min' or 'mo'
 _PART_RE = re.compile(rf"(\d{{1,9}})({_UNIT})")
-# The server may refuse more than ten years (protocol.md §5.6.6); refuse it here first.
+# The server may refuse more than ten years (docs/protocol.md §5.6.6); refuse it here first.
 MAX_DURATION_S = 315_360_000
 
 

@@ -1,4 +1,4 @@
-"""Futures (protocol.md §5.2): run jobs inline or on a worker pool, long-poll for results.
+"""Futures (docs/protocol.md §5.2): run jobs inline or on a worker pool, long-poll for results.
 
 A job is a plain function running store work; it returns the success object or raises.
 Its outcome is written to the store, so any process sharing the store can answer a poll.

@@ -1,4 +1,4 @@
-"""JSON answers and the one rendering of errors as ``{"detail", "code"}`` (protocol.md §4.2, §4.4)."""
+"""JSON answers and the one rendering of errors as ``{"detail", "code"}`` (docs/protocol.md §4.2, §4.4)."""
 
 from __future__ import annotations
 

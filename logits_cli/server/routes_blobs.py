@@ -1,4 +1,4 @@
-"""The signed-URL blob endpoint (protocol.md §6).
+"""The signed-URL blob endpoint (docs/protocol.md §6).
 
 Starlette's FileResponse streams the file and implements Range, If-Range and HEAD, but its
 edge cases differ from §6.2 (400 on a malformed Range, multipart answers, plain-text 416,

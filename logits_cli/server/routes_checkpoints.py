@@ -1,4 +1,4 @@
-"""Training runs and checkpoints (protocol.md §5.5, §5.6)."""
+"""Training runs and checkpoints (docs/protocol.md §5.5, §5.6)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Service endpoints (protocol.md §5.1, §2.2, §2.3)."""
+"""Service endpoints (docs/protocol.md §5.1, §2.2, §2.3)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ async def healthz(call: Call) -> Response:
 async def capabilities(call: Call) -> Response:
     known = await call.run(call.store.known_base_models)
     # Every catalog model takes training runs; none can sample, since this reference server
-    # runs no model (sampling requests fail, protocol.md §11.5).
+    # runs no model (sampling requests fail, docs/protocol.md §11.5).
     supported = [
         models.SupportedModel(
             model_name=name, max_context_length=context, trainable=True, sampleable=False

@@ -1,4 +1,4 @@
-"""Models, weights and futures (protocol.md §5.2–§5.4).
+"""Models, weights and futures (docs/protocol.md §5.2–§5.4).
 
 A future endpoint validates the request and checks that the session or run is the caller's
 (anything wrong there is an HTTP 4xx and creates no future); every later failure is reported

@@ -33,7 +33,7 @@ from .settings import ServerSettings
 logger = logging.getLogger("logits.server")
 access_logger = logging.getLogger("logits.server.access")
 
-# Blob tokens are credentials: the access log never shows them (design.md §3).
+# Blob tokens are credentials: the access log never shows them (docs/ARCHITECTURE.md §4).
 _BLOB_TOKEN = re.compile(r"(/api/v1/blobs/)[^/?]+")
 _START_TIMEOUT_SECONDS = 30.0
 STORE_DIR_NAME = "store"  # the same layout as config.Settings.store_dir

@@ -1,11 +1,11 @@
-"""Server settings (protocol.md §1.5). Plain dataclass: cheap to import."""
+"""Server settings (docs/protocol.md §1.5). Plain dataclass: cheap to import."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 # Blob URLs issued by the embedded server use this reserved origin; the client fetches them
-# through the same in-process transport (protocol.md §1.4).
+# through the same in-process transport (docs/protocol.md §1.4).
 EMBEDDED_ORIGIN = "http://logits-embedded.invalid"
 
 

@@ -1,4 +1,4 @@
-"""HMAC-signed tokens: blob download tokens (protocol.md §6.1) and HS256 JWTs (§2.3).
+"""HMAC-signed tokens: blob download tokens (docs/protocol.md §6.1) and HS256 JWTs (§2.3).
 
 Both are keyed from the server's signing secret; the JWT key is derived from it with a label,
 so a value signed for one purpose can never verify for the other.

@@ -1,4 +1,4 @@
-"""Deterministic checkpoint archives (protocol.md §7.1, §7.4).
+"""Deterministic checkpoint archives (docs/protocol.md §7.1, §7.4).
 
 ``build_archive`` writes the tar itself, member by member, with ustar headers from
 ``tarfile.TarInfo``: the tarfile writer would read every member twice to get both the member
@@ -135,7 +135,7 @@ class _HashingTarWriter:
 
 
 def manifest_bytes(manifest: models.CheckpointComplete) -> bytes:
-    """Canonical JSON (protocol.md §7.4): keys sorted, no spaces, UTF-8, newline."""
+    """Canonical JSON (docs/protocol.md §7.4): keys sorted, no spaces, UTF-8, newline."""
     document = manifest.model_dump(mode="json")
     return (
         json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False) + "\n"

@@ -44,7 +44,7 @@ class CheckpointsMixin(RunsMixin, BlobsMixin):
         overwrite: bool,
         uri_scheme: str,
     ) -> models.Checkpoint:
-        """Snapshot the run's live state into a deterministic archive blob (protocol.md §7).
+        """Snapshot the run's live state into a deterministic archive blob (docs/protocol.md §7).
         ConflictError when the name exists and ``overwrite`` is false."""
         from logits_cli.store.archive import build_archive
 

@@ -80,7 +80,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX checkpoints_by_user ON checkpoints (user_id, time DESC, tinker_path, expires_at)",
         "CREATE INDEX checkpoints_by_run ON checkpoints (run_id, kind, time DESC, name)",
-        # Runs other users may see: those with a public checkpoint (protocol.md §2.4).
+        # Runs other users may see: those with a public checkpoint (docs/protocol.md §2.4).
         "CREATE INDEX checkpoints_public ON checkpoints (run_id, expires_at) WHERE public = 1",
         "CREATE INDEX checkpoints_by_expiry ON checkpoints (expires_at) WHERE expires_at IS NOT NULL",
         "CREATE INDEX checkpoints_by_sha256 ON checkpoints (sha256)",
@@ -114,7 +114,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (user_id, method, path, key)
         )""",
         "CREATE INDEX idempotency_by_created ON idempotency (created)",
-        # The implicit user of the embedded backend (protocol.md §1.4).
+        # The implicit user of the embedded backend (docs/protocol.md §1.4).
         """INSERT INTO users (id, created)
             VALUES ('local', CAST((julianday('now') - 2440587.5) * 86400000000 AS INTEGER))""",
     ),

@@ -122,7 +122,7 @@ def expert_modules(shape: ModelShape, lora: models.LoraConfig) -> dict[str, Expe
 
 
 def target_modules(shape: ModelShape, lora: models.LoraConfig) -> list[str]:
-    """The PEFT ``target_modules``: the sorted distinct module names (protocol.md §7.2)."""
+    """The PEFT ``target_modules``: the sorted distinct module names (docs/protocol.md §7.2)."""
     paths = [*adapter_modules(shape, lora), *expert_modules(shape, lora)]
     return sorted({path.rsplit(".", 1)[-1] for path in paths})
 

@@ -1,4 +1,4 @@
-"""The live LoRA state of a training run (protocol.md §7.2, §7.3).
+"""The live LoRA state of a training run (docs/protocol.md §7.2, §7.3).
 
 A run's state directory holds exactly the files an archive carries: ``adapter_config.json``,
 ``adapter_model.safetensors`` and ``optimizer_state.safetensors``. The reference server does
@@ -39,7 +39,7 @@ MEMBERS_BY_KIND: dict[str, tuple[str, ...]] = {
     "sampler_weights": (ADAPTER_CONFIG, ADAPTER_MODEL),
 }
 
-LORA_ALPHA = 32  # protocol.md §7.2: what the reference server writes
+LORA_ALPHA = 32  # docs/protocol.md §7.2: what the reference server writes
 ADAPTER_METADATA = {"format": "pt"}
 OPTIMIZER_METADATA = {"format": "pt", "optimizer": "adam"}
 
@@ -79,7 +79,7 @@ def adapter_config(
 
 
 def adapter_config_bytes(config: dict[str, Any]) -> bytes:
-    """UTF-8 JSON, keys sorted, 2-space indent, newline-terminated (protocol.md §7.2)."""
+    """UTF-8 JSON, keys sorted, 2-space indent, newline-terminated (docs/protocol.md §7.2)."""
     return (json.dumps(config, sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode()
 
 

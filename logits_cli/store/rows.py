@@ -20,10 +20,10 @@ from logits_cli import models
 from logits_cli.errors import UsageError
 from logits_cli.uri import KIND_TO_TYPE
 
-LOCAL_USER = "local"  # the single implicit user of the embedded backend (protocol.md §1.4)
+LOCAL_USER = "local"  # the single implicit user of the embedded backend (docs/protocol.md §1.4)
 
 ACCESS_SCOPES = ("owned", "accessible")
-MAX_TTL_SECONDS = 315_360_000  # ten years (protocol.md §5.6.6); also keeps datetimes in range
+MAX_TTL_SECONDS = 315_360_000  # ten years (docs/protocol.md §5.6.6); also keeps datetimes in range
 KEY_PREFIX = "tml-"
 KEY_PREFIX_SHOWN = 12  # "tml-" + 8 characters: enough to tell keys apart, useless to an attacker
 MIN_REVOKE_PREFIX = 8

@@ -144,7 +144,7 @@ class RunsMixin(StoreCore):
 
     @staticmethod
     def _run_scope(access_scope: str) -> str:
-        """SQL condition on runs ``r`` for the viewer ``:viewer`` (protocol.md §2.4)."""
+        """SQL condition on runs ``r`` for the viewer ``:viewer`` (docs/protocol.md §2.4)."""
         if access_scope == "owned":
             return "r.user_id = :viewer"
         if access_scope == "accessible":

@@ -159,7 +159,7 @@ async def test_path_prefix_survives_and_bootstrap_runs_once_before_the_first_cal
         f"/services/logits/api/v1/training_runs/{RUN}/checkpoints",
         f"/services/logits/api/v1/training_runs/{RUN}/checkpoints",
     ]
-    # The run id's ':' is never percent-encoded (protocol.md §3.3).
+    # The run id's ':' is never percent-encoded (docs/protocol.md §3.3).
     assert b"%3A" not in server.requests[1].url.raw_path
     assert json.loads(server.requests[0].content) == {"sdk_version": "0.1.0"}
     assert all(r.headers["X-API-Key"] == KEY for r in server.requests)

@@ -1,5 +1,5 @@
 """Every answer and every transport failure becomes a class of ``errors.py`` with a one-line
-message that holds no secret (design.md §3, protocol.md §4.4)."""
+message that holds no secret (docs/ARCHITECTURE.md §4, docs/protocol.md §4.4)."""
 
 from __future__ import annotations
 

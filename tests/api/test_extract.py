@@ -1,4 +1,4 @@
-"""Safe extraction (logits_cli/api/extract.py, protocol.md §7.5): hostile archives leave nothing."""
+"""Safe extraction (logits_cli/api/extract.py, docs/protocol.md §7.5): hostile archives leave nothing."""
 
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ def test_extra_members_listed_in_checkpoint_complete_are_kept(tmp_path: Path) ->
 
 
 def test_a_member_not_named_by_checkpoint_complete_is_refused(tmp_path: Path) -> None:
-    # Issue 8 F7: checkpoint_complete lists every other member (protocol.md §7.4).
+    # Issue 8 F7: checkpoint_complete lists every other member (docs/protocol.md §7.4).
     members = [*GOOD_FILES.items(), ("README.md", b"hello\n")]
     members.append(("checkpoint_complete", complete_document(GOOD_FILES)))
     with pytest.raises(IntegrityError) as caught:

@@ -1,7 +1,7 @@
 """The request layer against a malicious server (tests/hostile_server.py): answers that drip,
 answers that never end, answers that lie about their size, redirect loops, a full disk.
 
-Each case ends in bounded time with the documented class and exit code (design.md §3), and
+Each case ends in bounded time with the documented class and exit code (docs/ARCHITECTURE.md §4), and
 the endless answers leave the process's memory bounded (psutil).
 """
 

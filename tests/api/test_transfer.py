@@ -1,4 +1,4 @@
-"""The transfer engine against the real server, over a socket and embedded (design.md §5)."""
+"""The transfer engine against the real server, over a socket and embedded (docs/ARCHITECTURE.md §3)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The transfer engine through a fault-injecting proxy: resets, stalls, truncation, 5xx bursts,
-servers that ignore Range, corrupted bytes and expiring URLs (design.md §5, protocol.md §6.3).
+servers that ignore Range, corrupted bytes and expiring URLs (docs/ARCHITECTURE.md §3, docs/protocol.md §6.3).
 
 The server issues blob URLs pointing at the proxy (``public_url``), so API calls go straight
 to the server and only archive bytes cross the proxy.

@@ -1,5 +1,5 @@
 """Resume: an interrupted or killed download continues with the missing bytes only, and large
-archives come through intact (design.md §5, §8)."""
+archives come through intact (docs/ARCHITECTURE.md §3, §8)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Benchmark: one TAB of bash completion (target ≤ 100 ms median, design.md §9).
+"""Benchmark: one TAB of bash completion (target ≤ 100 ms median, tests/bench).
 
 What a TAB costs is the program the shipped ``completions/logits.bash`` runs: the console
 script with ``_LOGITS_COMPLETE=complete_bash`` and the words so far. Measured for a

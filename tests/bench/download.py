@@ -1,4 +1,4 @@
-"""Download benchmark (design.md §9): our engine against ``curl -o`` on the same signed URL.
+"""Download benchmark (tests/bench): our engine against ``curl -o`` on the same signed URL.
 
     .venv/bin/python tests/bench/download.py [--rank 64] [--base-model Qwen/Qwen3-8B]
 

@@ -1,6 +1,6 @@
 """Benchmark: archiving a run's live state (``save``) against ``cp`` of the same bytes.
 
-design.md §9 wants ``save`` of a 1 GiB state within 2x ``cp``. ``build_archive`` fsyncs its
+tests/bench wants ``save`` of a 1 GiB state within 2x ``cp``. ``build_archive`` fsyncs its
 blob (a save must survive a crash) while plain ``cp`` leaves the bytes in the page cache, so
 the figure is also given against ``cp`` followed by ``sync`` of the copies. Each measurement
 starts after a ``sync`` so earlier writeback does not land on it, and rounds alternate so

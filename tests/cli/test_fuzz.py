@@ -34,7 +34,7 @@ def assert_usage_error(args: list[str]) -> None:
     assert result.exit_code == 2, (args, result.stdout, result.stderr)
     assert result.stdout == ""
     lines = result.stderr.splitlines()
-    # One Error: line, and at most one Hint: line after it (design.md §3).
+    # One Error: line, and at most one Hint: line after it (docs/ARCHITECTURE.md §4).
     assert lines and lines[0].startswith("Error: "), result.stderr
     assert len(lines) == 1 or (len(lines) == 2 and lines[1].startswith("Hint: ")), result.stderr
     assert "Traceback" not in result.stderr

@@ -47,7 +47,7 @@ def test_no_match_is_not_found(cli: Cli) -> None:
 
 def test_unknown_base_model_names_the_closest(cli: Cli) -> None:
     result = cli("runs", "create", "--base-model", "qwen/qwen3.5-4b", "--rank", "2")
-    assert result.exit_code == 4  # the failed job says not_found (protocol.md §5.2)
+    assert result.exit_code == 4  # the failed job says not_found (docs/protocol.md §5.2)
     assert result.stdout == ""
     assert "Traceback" not in result.stderr
     assert "base model 'qwen/qwen3.5-4b' is not supported by this server; did you mean " in (

@@ -1,4 +1,4 @@
-"""The official tinker SDK 0.24.0, unmodified, against a live server (protocol.md §10.1).
+"""The official tinker SDK 0.24.0, unmodified, against a live server (docs/protocol.md §10.1).
 
 The SDK lives in its own virtualenv: ``$LOGITS_SDK_PYTHON`` (CI) or /tmp/tinkervenv locally.
 """
@@ -108,7 +108,7 @@ def test_sdk_training_and_rest_clients(sdk_server, caplog: pytest.LogCaptureFixt
 
 
 def test_sdk_cli_manages_runs_and_checkpoints(server_factory, tmp_path: Path) -> None:
-    """Every `tinker run` and `tinker checkpoint` command protocol.md §10.1 names."""
+    """Every `tinker run` and `tinker checkpoint` command docs/protocol.md §10.1 names."""
     server = server_factory(uri_scheme="tinker")
     env = {
         **os.environ,

@@ -1,4 +1,4 @@
-"""The signed blob endpoint (protocol.md §6): headers, every Range form, tokens, content."""
+"""The signed blob endpoint (docs/protocol.md §6): headers, every Range form, tokens, content."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Idempotency keys (protocol.md §4.5)."""
+"""Idempotency keys (docs/protocol.md §4.5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Service endpoints, authentication, routing errors (protocol.md §2, §4.4, §5.1)."""
+"""Service endpoints, authentication, routing errors (docs/protocol.md §2, §4.4, §5.1)."""
 
 from __future__ import annotations
 

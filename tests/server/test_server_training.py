@@ -1,4 +1,4 @@
-"""Models, weights and futures (protocol.md §5.2–§5.4)."""
+"""Models, weights and futures (docs/protocol.md §5.2–§5.4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Deterministic checkpoint archives (protocol.md §7.1, §7.4)."""
+"""Deterministic checkpoint archives (docs/protocol.md §7.1, §7.4)."""
 
 from __future__ import annotations
 

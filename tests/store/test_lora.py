@@ -1,4 +1,4 @@
-"""Live LoRA state: shapes, files (protocol.md §7.2, §7.3), init and restore."""
+"""Live LoRA state: shapes, files (docs/protocol.md §7.2, §7.3), init and restore."""
 
 from __future__ import annotations
 

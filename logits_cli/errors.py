@@ -21,6 +21,7 @@ EXIT_UNAVAILABLE = 6
 EXIT_INTEGRITY = 7
 EXIT_PARTIAL = 8
 EXIT_BUSY = 9
+EXIT_UNSUPPORTED = 10
 EXIT_INTERRUPTED = 130
 
 
@@ -209,6 +210,14 @@ class BusyError(LogitsError):
     """A lock (the sync lock, a part-file lock) is held by another process."""
 
     exit_code = EXIT_BUSY
+
+
+class UnsupportedError(LogitsError):
+    """What this deployment does not offer: archive downloads on the files generation,
+    sampler downloads there, an export that needs opt-in (docs/protocol.md §11.6). Distinct
+    from not-found: the checkpoint exists, the endpoint does not."""
+
+    exit_code = EXIT_UNSUPPORTED
 
 
 # -- mapping from the wire ----------------------------------------------------------------

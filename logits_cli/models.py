@@ -368,6 +368,23 @@ class LoadWeightsRequest(RequestModel):
     seq_id: int | None = None
 
 
+class CreateViaLoadRequest(RequestModel):
+    """§11.2: ``load_weights`` that creates ``<session>:train:<model_seq_id>`` from ``path``."""
+
+    session_id: str
+    model_seq_id: int
+    path: str
+    optimizer: bool = False
+
+
+class SaveWeightsExternalRequest(RequestModel):
+    """§11.3: export the run's adapter as ``external_weights/<path>``."""
+
+    model_id: str
+    path: str
+    ttl_seconds: int | None = None
+
+
 class WeightsInfoRequest(RequestModel):
     tinker_path: str
 
@@ -404,8 +421,15 @@ class LocalManifest(WireModel):
     tinker_path: str
     checkpoint_id: str
     checkpoint_type: str
-    archive_sha256: str
-    archive_size: int
+    # The archive generation: the digest and size of the archive the files came from.
+    # The files generation (docs/protocol.md §11.6) has no archive: both are None.
+    archive_sha256: str | None = None
+    archive_size: int | None = None
     created: UTCDateTime | None = None
     downloaded_at: UTCDateTime
     files: dict[str, FileDigest]
+    # "full" (a training checkpoint with optimizer state), "adapter-only" (sampler weights,
+    # or a PEFT export); None in manifests written before this field existed.
+    content: str | None = None
+    # The export a files-generation download of a weights/ checkpoint went through.
+    export: str | None = None

@@ -31,12 +31,14 @@ import sys
 sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
 
 from logits_cli.api.client import (  # noqa: E402
-    DownloadOptions,
-    DownloadResult,
     LogitsClient,
     PendingCallback,
-    ProgressCallback,
     open_client,
+)
+from logits_cli.api.download_options import (  # noqa: E402
+    DownloadOptions,
+    DownloadResult,
+    ProgressCallback,
 )
 from logits_cli.api.retry import RetryPolicy  # noqa: E402
 

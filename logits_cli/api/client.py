@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -21,6 +20,12 @@ from pydantic import BaseModel
 
 from logits_cli import __version__, models
 from logits_cli.api.answers import AnswerLimits
+from logits_cli.api.download_options import (
+    DownloadOptions,
+    DownloadResult,
+    FileUrls,
+    ProgressCallback,
+)
 from logits_cli.api.futures import wait_for_future
 from logits_cli.api.http import (
     BlobTransport,
@@ -49,34 +54,6 @@ from logits_cli.uri import (
 
 # Called while a future is pending, with the seconds waited so far (for a spinner).
 PendingCallback = Callable[[float], None]
-# Called as bytes arrive: (bytes_done, bytes_total or None).
-ProgressCallback = Callable[[int, int | None], None]
-
-
-@dataclass(frozen=True)
-class DownloadOptions:
-    connections: int = 8
-    segment_size: int | None = None  # None: chosen from the size (8–64 MiB; small over ASGI)
-    keep_archive: bool = False  # keep DEST/NAME.tar beside the extracted directory
-    archive_only: bool = False  # verify and keep DEST/NAME.tar, do not extract
-    force: bool = False  # replace an existing, verified DEST/NAME
-    timeout: float | None = None  # overall seconds; None = no limit
-    stall_timeout: float = 30.0  # no byte for this long aborts and retries a segment
-    # curl's -Y/-y: under this many bytes/s (all connections together), averaged over
-    # low_speed_time seconds, aborts and retries the attempt; 0 disables (api/limits.py).
-    low_speed_limit: int = 64 * 1024
-    low_speed_time: float = 30.0
-    lock_wait: float = 0.0  # seconds to wait for another process downloading the same file
-
-
-@dataclass(frozen=True)
-class DownloadResult:
-    checkpoint: models.Checkpoint
-    path: Path  # DEST/NAME (or DEST/NAME.tar with archive_only)
-    bytes_fetched: int  # bytes actually transferred this time (resume makes it < size)
-    skipped: bool  # already present and verified; nothing fetched
-    resumed: bool
-    repaired: tuple[str, ...] = ()  # what was wrong with the local copy this download replaced
 
 
 class LogitsClient:
@@ -394,6 +371,70 @@ class LogitsClient:
         answer = self._layer.parse(response, models.CheckpointArchiveUrlResponse)
         return answer.model_copy(update={"url": str(response.request.url.join(answer.url))})
 
+    async def external_weights_urls(self, ref: CheckpointRef) -> FileUrls:
+        """The per-file signed URLs of an ``external_weights/`` checkpoint (§11.3), joined
+        against the request URL like the archive URL."""
+        target = await self._target(ref, "download", kinds=(EXTERNAL_KIND,))
+        response = await self._layer.request(
+            "GET", f"{_checkpoint_endpoint(target)}/external_weights_urls"
+        )
+        answer = self._layer.parse(response, models.ExternalWeightsUrlsResponse)
+        base = response.request.url
+        return FileUrls(
+            urls={path: str(base.join(url)) for path, url in answer.urls.items()},
+            expires=answer.expires,
+        )
+
+    async def create_run_from(self, ref: CheckpointRef, *, timeout: float | None = None) -> str:
+        """Create-via-load (§11.2): a new run in this client's session holding ``ref``'s
+        weights (no optimizer state); returns its run id."""
+        source = await self._target(ref, "export")
+        session_id = await self._session()
+        model_seq_id = self._next_model_seq_id
+        self._next_model_seq_id += 1
+        body = models.CreateViaLoadRequest(
+            session_id=session_id, model_seq_id=model_seq_id, path=str(source)
+        )
+        result = await self._submit(
+            "load_weights",
+            body,
+            models.LoadWeightsResult,
+            what=f"creation of a run from {source}",
+            on_pending=None,
+            timeout=timeout,
+        )
+        if not result.model_id:
+            raise UnexpectedResponseError(
+                f"the server created a run from {source} but did not say which", status=200
+            )
+        return result.model_id
+
+    async def save_external(
+        self, run_id: str, name: str, *, ttl_seconds: int, timeout: float | None = None
+    ) -> CheckpointRef:
+        """``save_weights_external`` (§11.3); returns the export's reference."""
+        body = models.SaveWeightsExternalRequest(
+            model_id=validate_run_id(run_id), path=validate_name(name), ttl_seconds=ttl_seconds
+        )
+        result = await self._submit(
+            "save_weights_external",
+            body,
+            models.SaveWeightsExternalResult,
+            what=f"export of {run_id} as {name}",
+            on_pending=None,
+            timeout=timeout,
+        )
+        return CheckpointRef.parse(result.path)
+
+    async def finish_session(self) -> None:
+        """End this client's session (§11.1), if it made one; later calls make a new one."""
+        async with self._session_lock:
+            session_id, self._session_id = self._session_id, None
+        if session_id is not None:
+            await self._layer.request(
+                "POST", f"sessions/{session_id}/finish", json={"reason": {"type": "success"}}
+            )
+
     async def _target(
         self, ref: CheckpointRef, operation: str, *, kinds: tuple[str, ...] = KINDS
     ) -> CheckpointRef:
@@ -452,14 +493,16 @@ class LogitsClient:
         *,
         options: DownloadOptions | None = None,
         progress: ProgressCallback | None = None,
+        notice: Callable[[str], None] | None = None,
     ) -> DownloadResult:
-        """Fetch, verify and extract one checkpoint into ``dest_dir/NAME`` (docs/ARCHITECTURE.md §3).
-        Delegates to ``logits_cli.api.transfer.download_checkpoint(self, ref, dest_dir,
-        options, progress)``."""
-        from logits_cli.api.transfer import download_checkpoint
+        """Fetch, verify and install one checkpoint into ``dest_dir/NAME``
+        (docs/ARCHITECTURE.md §3), on either generation of the service: ``files_generation``
+        picks the archive engine (``transfer``) or the per-file one (``files_download``).
+        ``notice`` receives one-line messages for the user (an export being made)."""
+        from logits_cli.api.files_generation import download
 
-        _require_known_kind(ref, "download", ARCHIVE_KINDS)
-        return await download_checkpoint(self, ref, dest_dir, options, progress)
+        _require_known_kind(ref, "download", KINDS)
+        return await download(self, ref, dest_dir, options or DownloadOptions(), progress, notice)
 
     async def aclose(self) -> None:
         try:

@@ -72,6 +72,7 @@ def extract_checkpoint(
             created=checkpoint.time,
             downloaded_at=datetime.now(UTC),
             files=files,
+            content="full" if checkpoint.checkpoint_type == "training" else "adapter-only",
         )
         _write_durably(staging / MANIFEST_NAME, manifest.model_dump_json(indent=2).encode())
         _fsync_directory(staging)

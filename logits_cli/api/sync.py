@@ -47,15 +47,16 @@ from pydantic import ValidationError
 
 from logits_cli import models
 from logits_cli.api.bulk import apply_concurrently, as_utc, newest_per_group, normalize_kind
-from logits_cli.api.client import DownloadOptions, LogitsClient, ProgressCallback
+from logits_cli.api.client import LogitsClient
+from logits_cli.api.download_options import DownloadOptions, ProgressCallback
 from logits_cli.api.verify import MANIFEST_NAME, damaged_files
-from logits_cli.errors import BusyError, LogitsError, UsageError
-from logits_cli.uri import ARCHIVE_KINDS, CheckpointRef, validate_run_id
+from logits_cli.errors import BusyError, LogitsError, UnsupportedError, UsageError
+from logits_cli.uri import KINDS, CheckpointRef, validate_run_id
 
 LOCK_NAME = ".logits-sync.lock"
 LOCK_POLL_S = 0.2
 
-STATUSES = ("planned", "downloaded", "present", "failed", "not_started", "pruned")
+STATUSES = ("planned", "downloaded", "present", "skipped", "failed", "not_started", "pruned")
 INCOMPLETE_STATUSES = frozenset({"failed", "not_started"})
 
 
@@ -70,6 +71,9 @@ class SyncOptions:
     max_duration: float | None = None  # seconds the whole run may take (see the module doc)
     lock_wait: float = 0.0  # seconds to wait for another sync to finish
     prune_local: bool = False
+    # weights/ on the files generation need an export, which starts a training session on
+    # the service (docs/protocol.md §11.6): never done by a cron job unless asked for.
+    export: bool = False
     download: DownloadOptions = field(default_factory=DownloadOptions)
 
 
@@ -165,9 +169,12 @@ def _own_copy(directory: Path) -> tuple[models.LocalManifest, CheckpointRef] | N
 
 def is_current(manifest: models.LocalManifest, checkpoint: models.Checkpoint) -> bool:
     """Whether our local copy (``manifest``) is the listed ``checkpoint`` as it is now."""
-    if checkpoint.sha256 is not None:
+    if checkpoint.sha256 is not None and manifest.archive_sha256 is not None:
         return manifest.archive_sha256 == checkpoint.sha256
-    # Deployments that list no digest: an overwrite always changes the creation time.
+    # Deployments that list no digest, and per-file downloads (no archive): an overwrite
+    # always changes the creation time.
+    if manifest.archive_sha256 is None:
+        return manifest.created == checkpoint.time  # _plan has matched run, kind and name
     return manifest.created == checkpoint.time and (
         checkpoint.size_bytes is None or manifest.archive_size == checkpoint.size_bytes
     )
@@ -290,7 +297,7 @@ async def _sync(
             item.status = "not_started"
             notify(item)
             return
-        download_options = options.download
+        download_options = dataclasses.replace(options.download, allow_export=options.export)
         if planned.replace:
             download_options = dataclasses.replace(download_options, force=True)
         try:
@@ -309,6 +316,11 @@ async def _sync(
                 f"stopped at the {options.max_duration:g} s limit; "
                 "what was fetched is kept and the next run resumes it"
             )
+        except UnsupportedError as error:
+            # What this deployment cannot offer (sampler checkpoints on the files generation,
+            # an export without --export) is no failure of tonight's run.
+            reason = f"{error.message}; {error.hint}" if error.hint else error.message
+            item.status, item.error = "skipped", reason
         except LogitsError as error:
             item.status, item.error = "failed", str(error)
         else:
@@ -356,7 +368,7 @@ def _select(listed: list[models.Checkpoint], options: SyncOptions) -> list[model
     kind = normalize_kind(options.kind)
     # Kinds from newer deployments (docs/protocol.md §10.2) have no name grammar to make them
     # safe as paths, so sync leaves them alone.
-    chosen = [c for c in listed if c.kind in ARCHIVE_KINDS and (kind is None or c.kind == kind)]
+    chosen = [c for c in listed if c.kind in KINDS and (kind is None or c.kind == kind)]
     if options.since is not None:
         since = as_utc(options.since)
         chosen = [c for c in chosen if c.time >= since]
@@ -424,7 +436,7 @@ def _prune(
         if own is None:
             continue
         manifest, ref = own
-        if ref.kind not in ARCHIVE_KINDS or checkpoint_dir(dest, ref) != directory:
+        if ref.kind not in KINDS or checkpoint_dir(dest, ref) != directory:
             continue
         if runs and ref.run_id not in runs:
             continue

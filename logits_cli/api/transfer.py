@@ -33,7 +33,7 @@ import filelock
 import httpx
 
 from logits_cli import models
-from logits_cli.api.client import DownloadOptions, DownloadResult, ProgressCallback
+from logits_cli.api.download_options import DownloadOptions, DownloadResult, ProgressCallback
 from logits_cli.api.extract import extract_checkpoint
 from logits_cli.api.limits import LowSpeedGuard, RetryBudget, TooSlow, per_connection_limit
 from logits_cli.api.retry import RetryPolicy, is_retryable_status
@@ -113,7 +113,9 @@ def choose_digest(
         return ExpectedDigest("sha256", bytes.fromhex(match.group(1)), "ETag")
     if checkpoint_sha256 and re.fullmatch(r"[0-9a-fA-F]{64}", checkpoint_sha256):
         return ExpectedDigest("sha256", bytes.fromhex(checkpoint_sha256), "checkpoint sha256")
-    goog = dict(m.groups() for m in _GOOG_HASH.finditer(headers.get("x-goog-hash", "")))
+    goog: dict[str, str] = {
+        m.group(1): m.group(2) for m in _GOOG_HASH.finditer(headers.get("x-goog-hash", ""))
+    }
     for algorithm, length in (("md5", 16), ("crc32c", 4)):
         if algorithm in goog and (value := _b64(goog[algorithm], length)) is not None:
             return ExpectedDigest(algorithm, value, f"x-goog-hash {algorithm}")
@@ -1169,13 +1171,14 @@ async def _fetch_verified(
         "sha256": checkpoint.sha256,
     }
     urls = SignedUrl(lambda: client.archive_url(ref))
-    return await _fetch_and_check(
+    return await fetch_and_check(
         client.blob_http,
         urls,
         part,
         journal_path,
         identity,
-        checkpoint,
+        checkpoint.size_bytes,
+        checkpoint.sha256,
         segment_size,
         options,
         progress,
@@ -1183,13 +1186,14 @@ async def _fetch_verified(
     )
 
 
-async def _fetch_and_check(
+async def fetch_and_check(
     http: httpx.AsyncClient,
     urls: SignedUrl,
     part: Path,
     journal_path: Path,
     identity: dict[str, Any],
-    checkpoint: models.Checkpoint,
+    expected_size: int | None,
+    expected_sha256: str | None,
     segment_size: int,
     options: DownloadOptions,
     progress: ProgressCallback | None,
@@ -1204,8 +1208,8 @@ async def _fetch_and_check(
             part,
             journal_path,
             identity,
-            expected_size=checkpoint.size_bytes,
-            checkpoint_sha256=checkpoint.sha256,
+            expected_size=expected_size,
+            checkpoint_sha256=expected_sha256,
             segment_size=segment_size,
             connections=options.connections,
             stall_timeout=options.stall_timeout,
@@ -1226,6 +1230,8 @@ async def _fetch_and_check(
         if expected is None or digests[expected.algorithm] == expected.value:
             return fetched_total, bool(resumed_first), digests["sha256"].hex(), result.size
         _discard(part, journal_path)
+    source = expected.source if expected is not None else "its digest"
     raise IntegrityError(
-        f"the downloaded archive does not match its digest ({expected.source}), twice"
+        f"the downloaded {part.name.removesuffix('.part')} does not match its digest "
+        f"({source}), twice"
     )

@@ -61,11 +61,12 @@ from logits_cli.cli.timeparse import (
     parse_ttl,
 )
 from logits_cli.config import Settings
-from logits_cli.uri import CheckpointRef, validate_name, validate_run_id
+from logits_cli.uri import EXTERNAL_KIND, CheckpointRef, validate_name, validate_run_id
 
 if TYPE_CHECKING:
     from logits_cli import models
     from logits_cli.api.client import LogitsClient
+    from logits_cli.api.download_options import FileUrls
     from logits_cli.api.sync import SyncItem
 
 T = TypeVar("T")
@@ -404,11 +405,24 @@ def _embedded_archive_url(settings: Settings, checkpoint: "models.Checkpoint") -
 @app.command()
 @handle_errors
 def url(
-    ctx: typer.Context, path: PathArgument, json_output: JsonOpt = False, quiet: QuietOpt = False
+    ctx: typer.Context,
+    path: PathArgument,
+    export: Annotated[
+        bool,
+        typer.Option(
+            "--export",
+            help="On deployments without archive downloads, export a weights/ checkpoint "
+            "and print its per-file URLs (the export is kept until its TTL ends).",
+        ),
+    ] = False,
+    json_output: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Print a signed URL of the archive, for curl or aria2c.
 
-    The URL is short-lived; its expiry goes to stderr.
+    The URL is short-lived; its expiry goes to stderr. On deployments that download file
+    by file (and for external_weights/ checkpoints) it prints one `FILE<TAB>URL` line per
+    file instead; --json gives {"path", "urls", "expires"}.
     PATH is logits://RUN/KIND/NAME (or tinker://…), or NAME or KIND/NAME in the run of
     --run or $LOGITS_RUN; NAME may be @latest.
 
@@ -425,6 +439,12 @@ def url(
     settings = settings_for(ctx)
     ref = parse_path(path, settings.run)
 
+    if settings.embedded and ref.kind == EXTERNAL_KIND:
+        raise errors.UnsupportedError(
+            f"{ref} is an export; on the embedded backend its files have no URL that works "
+            "outside this process",
+            hint=f"download it with `logits ckpt download {path}`",
+        )
     if settings.embedded:
 
         async def local(client: "LogitsClient") -> "models.Checkpoint":
@@ -441,11 +461,22 @@ def url(
 
     async def work(
         client: "LogitsClient",
-    ) -> "tuple[CheckpointRef, models.CheckpointArchiveUrlResponse]":
-        resolved = await client.resolve(ref)
-        return resolved, await client.archive_url(resolved)
+    ) -> "tuple[CheckpointRef, models.CheckpointArchiveUrlResponse | FileUrls]":
+        from logits_cli.api.files_generation import signed_urls
+
+        return await signed_urls(client, ref, export=export, notice=out.notice)
+
+    from logits_cli.api.download_options import FileUrls
 
     resolved, answer = call_api(ctx, settings, work)
+    if isinstance(answer, FileUrls):
+        expires = answer.expires.isoformat().replace("+00:00", "Z")
+        if out.json:
+            out.emit_json({"path": str(resolved), "urls": dict(answer.urls), "expires": expires})
+            return
+        out.emit_lines(f"{name}\t{answer.urls[name]}" for name in sorted(answer.urls))
+        out.notice(f"Expires {expires}")
+        return
     if out.json:
         out.emit_json({"path": str(resolved), **answer.model_dump(mode="json")})
         return
@@ -572,7 +603,7 @@ def download(
     import dataclasses
     import time
 
-    from logits_cli.api.client import DownloadOptions, DownloadResult
+    from logits_cli.api.download_options import DownloadOptions, DownloadResult
 
     out = Output(json_output=json_output, quiet=quiet)
     if keep_archive and archive_only:
@@ -604,7 +635,11 @@ def download(
                     resolved = await client.resolve(ref)
                     progress = bars.bar(resolved.name) if bars else None
                     result = await client.download(
-                        resolved, output, options=options_now(), progress=progress
+                        resolved,
+                        output,
+                        options=options_now(),
+                        progress=progress,
+                        notice=out.notice,
                     )
                 except errors.LogitsError as raised:
                     failure = raised
@@ -684,12 +719,20 @@ def sync(
             "--prune-local", help="Delete local copies of checkpoints gone from the service."
         ),
     ] = False,
+    export: Annotated[
+        bool,
+        typer.Option(
+            "--export",
+            help="On deployments without archive downloads, export weights/ checkpoints to "
+            "fetch them (starts a training session on the service); else they are skipped.",
+        ),
+    ] = False,
     dry_run: DryRunOpt = False,
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Fetch every checkpoint not yet in DIR, under a lock: safe to run from cron."""
-    from logits_cli.api.client import DownloadOptions
+    from logits_cli.api.download_options import DownloadOptions
     from logits_cli.api.sync import SyncOptions, run_sync
 
     out = Output(json_output=json_output, quiet=quiet)
@@ -703,6 +746,7 @@ def sync(
         max_duration=optional_seconds(max_duration),
         lock_wait=optional_seconds(lock_wait) or 0.0,
         prune_local=prune_local,
+        export=export,
         download=DownloadOptions(connections=connections),
     )
     settings = settings_for(ctx)

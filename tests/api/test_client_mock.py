@@ -728,14 +728,13 @@ async def test_external_kind_lists_and_is_refused_locally(
         assert [c.checkpoint_type for c in listed] == ["external", "training"]
         assert (await client.get_checkpoint(ref)).kind == "external_weights"
         count = len(server.requests)
-        # external_weights is a known kind (delete, publish, TTL act on it), but it has no
-        # archive and cannot be loaded: those are refused before any request.
+        # external_weights is a known kind (delete, publish, TTL, per-file download act on
+        # it, tests/cli/test_files_generation.py), but it has no archive and cannot be
+        # loaded: those are refused before any request.
         with pytest.raises(errors.UsageError, match=r"of kind 'external_weights' are not supp"):
             await client.archive_url(ref)
         with pytest.raises(errors.UsageError, match=r"^cannot load logits://"):
             await client.load(RUN, ref)
-        with pytest.raises(errors.UsageError, match=r"^cannot download"):
-            await client.download(ref, Path("unused"))
     assert len(server.requests) == count
 
 

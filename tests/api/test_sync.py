@@ -354,6 +354,7 @@ def test_summary_json_shape(embedded, tmp_path):
             "planned": 0,
             "downloaded": 1,
             "present": 0,
+            "skipped": 0,
             "failed": 0,
             "not_started": 0,
             "pruned": 0,

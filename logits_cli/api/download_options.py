@@ -1,0 +1,51 @@
+"""What a download is asked to do and what it did: shared by the client and the transfer
+engine, so the engine never imports the client (docs/ARCHITECTURE.md §1)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from logits_cli import models
+
+# Called as bytes arrive: (bytes_done, bytes_total or None).
+ProgressCallback = Callable[[int, int | None], None]
+
+
+@dataclass(frozen=True)
+class DownloadOptions:
+    connections: int = 8
+    segment_size: int | None = None  # None: chosen from the size (8–64 MiB; small over ASGI)
+    keep_archive: bool = False  # keep DEST/NAME.tar beside the extracted directory
+    archive_only: bool = False  # verify and keep DEST/NAME.tar, do not extract
+    force: bool = False  # replace an existing, verified DEST/NAME
+    timeout: float | None = None  # overall seconds; None = no limit
+    stall_timeout: float = 30.0  # no byte for this long aborts and retries a segment
+    # curl's -Y/-y: under this many bytes/s (all connections together), averaged over
+    # low_speed_time seconds, aborts and retries the attempt; 0 disables (api/limits.py).
+    low_speed_limit: int = 64 * 1024
+    low_speed_time: float = 30.0
+    lock_wait: float = 0.0  # seconds to wait for another process downloading the same file
+    # On the files generation a weights/ checkpoint is exported first, which starts a
+    # training session on the service (docs/protocol.md §11.6): sync asks for it explicitly.
+    allow_export: bool = True
+
+
+@dataclass(frozen=True)
+class DownloadResult:
+    checkpoint: models.Checkpoint
+    path: Path  # DEST/NAME (or DEST/NAME.tar with archive_only)
+    bytes_fetched: int  # bytes actually transferred this time (resume makes it < size)
+    skipped: bool  # already present and verified; nothing fetched
+    resumed: bool
+    repaired: tuple[str, ...] = ()  # what was wrong with the local copy this download replaced
+
+
+@dataclass(frozen=True)
+class FileUrls:
+    """One answer of ``…/external_weights_urls``: relative path -> signed URL (§11.3)."""
+
+    urls: Mapping[str, str]
+    expires: datetime

@@ -1,0 +1,374 @@
+"""Per-file downloads: the files generation of docs/protocol.md §11.3 and §11.6.
+
+A checkpoint arrives as several files, each behind its own signed URL from a URL map. Each file
+goes through the same fetcher as an archive (``transfer.fetch_and_check``: parallel ranged
+segments, a journal per file, URL refresh with Range + If-Range, the low-speed guard, the
+response digest), several files at once. Layout while it runs, next to DEST/NAME::
+
+    DEST/.NAME.files/data/<file>          the files as they arrive
+    DEST/.NAME.files/journal/<file>.json  which bytes of each are good
+    DEST/.NAME.files/export.json          the export this download goes through, if any
+    DEST/.NAME.part.lock                  held while a process works on NAME
+
+Nothing is created in DEST before the first URL map has been obtained. Once every file is
+fetched and matches its digest, the adapter is checked structurally (``adapter_config.json``
+is a JSON object, ``adapter_model.safetensors`` has a readable header), our manifest is
+written, the files and the directory are synced, and ``data/`` is renamed to DEST/NAME.
+
+This module never imports the client: it is handed a ``FilesSource``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from logits_cli import models
+from logits_cli.api.download_options import (
+    DownloadOptions,
+    DownloadResult,
+    FileUrls,
+    ProgressCallback,
+)
+from logits_cli.api.extract import MAX_MEMBERS, _fsync_directory, _install
+from logits_cli.api.retry import RetryPolicy
+from logits_cli.api.transfer import (
+    EMBEDDED_SEGMENT,
+    SignedUrl,
+    _discard,
+    _lock_part,
+    _prepare_destination,
+    _unlock_part,
+    choose_segment_size,
+    fetch_and_check,
+)
+from logits_cli.api.verify import MANIFEST_NAME, check_member_name, damaged_files, read_manifest
+from logits_cli.errors import ConflictError, IntegrityError, LogitsError, UnsupportedError
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024  # the safetensors format's own limit
+FILES_AT_ONCE = 4
+EXPORT_RECORD = "export.json"
+
+
+@dataclass(frozen=True)
+class FilesSource:
+    """What to fetch and how to get (fresh) signed URLs for it.
+
+    ``checkpoint`` is what the local copy stands for (its URI, type and creation time go in
+    the manifest): the ``external_weights/`` checkpoint itself, or the ``weights/`` checkpoint
+    an export was made from. ``export`` names that export and is recorded for resuming."""
+
+    checkpoint: models.Checkpoint
+    file_urls: Callable[[], Awaitable[FileUrls]]
+    content: str = "adapter-only"
+    export: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FilesContext:
+    http: httpx.AsyncClient
+    policy: RetryPolicy | None
+    embedded: bool
+
+
+def files_part_dir(dest_dir: Path, name: str) -> Path:
+    return dest_dir / f".{name}.files"
+
+
+def pending_export(dest_dir: Path, name: str) -> dict[str, Any] | None:
+    """The export recorded by an earlier, unfinished download of ``name`` into ``dest_dir``."""
+    try:
+        record = json.loads((files_part_dir(dest_dir, name) / EXPORT_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("export"), str) else None
+
+
+def check_url_map(urls: Mapping[str, str]) -> list[str]:
+    """The file names of a URL map, refused exactly like archive members (§7.5): plain names
+    at the root, no ``..``, no duplicates that differ only in case, a bounded count."""
+    names = sorted(urls)
+    if not names:
+        raise IntegrityError("the server sent an empty list of files for this checkpoint")
+    if len(names) > MAX_MEMBERS:
+        raise IntegrityError(
+            f"the server lists {len(names)} files; a checkpoint has a few (at most {MAX_MEMBERS})"
+        )
+    folded: dict[str, str] = {}
+    for name in names:
+        check_member_name(name)
+        if name.startswith(".logits"):
+            raise IntegrityError(f"unsafe file name {name!r} in the URL map")
+        if name.endswith(".age"):
+            raise UnsupportedError(
+                f"the server sent {name}, an age-encrypted file; logits downloads unencrypted "
+                "exports only"
+            )
+        clash = folded.setdefault(name.casefold(), name)
+        if clash != name:
+            raise IntegrityError(f"the URL map lists both {clash!r} and {name!r}")
+    for required in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
+        if required not in urls:
+            raise IntegrityError(f"the export has no {required}: not a PEFT adapter")
+    return names
+
+
+def local_copy_is_current(final: Path, checkpoint: models.Checkpoint) -> tuple[bool, list[str]]:
+    """Whether ``final`` holds our per-file download of exactly ``checkpoint`` (same URI
+    identity and creation time), and which of its files are missing or resized."""
+    try:
+        manifest = read_manifest(final)
+    except (IntegrityError, OSError):
+        return False, []
+    same = (
+        manifest.checkpoint_id == checkpoint.checkpoint_id
+        and manifest.tinker_path.split("://", 1)[-1] == checkpoint.tinker_path.split("://", 1)[-1]
+        and manifest.created == checkpoint.time
+    )
+    return same, damaged_files(final, manifest) if same else []
+
+
+class _UrlMap:
+    """The current URL map, shared by every file: one refresh serves them all."""
+
+    def __init__(self, source: FilesSource, first: FileUrls) -> None:
+        self._source = source
+        self._current = first
+        self._lock = asyncio.Lock()
+
+    def signed_url(self, name: str) -> SignedUrl:
+        handed: dict[str, str] = {}
+
+        async def fetch() -> models.CheckpointArchiveUrlResponse:
+            async with self._lock:
+                if self._current.urls.get(name) == handed.get(name):
+                    # This file's URL is the one that expired or was refused: re-sign all.
+                    self._current = await self._source.file_urls()
+                current = self._current
+            url = current.urls.get(name)
+            if url is None:
+                raise IntegrityError(f"the server no longer lists {name} in this checkpoint")
+            handed[name] = url
+            return models.CheckpointArchiveUrlResponse(url=url, expires=current.expires)
+
+        handed[name] = ""  # the first call uses the map obtained before anything was created
+        return SignedUrl(fetch)
+
+
+async def download_files(
+    ctx: FilesContext,
+    source: FilesSource,
+    dest_dir: Path,
+    options: DownloadOptions,
+    progress: ProgressCallback | None = None,
+) -> DownloadResult:
+    """Fetch, verify and install every file of ``source`` into ``dest_dir/NAME``."""
+    checkpoint = source.checkpoint
+    name = checkpoint.name
+    final = dest_dir / name
+    repaired: list[str] = []
+    if not options.force:
+        present, repaired = await asyncio.to_thread(local_copy_is_current, final, checkpoint)
+        if present and not repaired:
+            return DownloadResult(checkpoint, final, bytes_fetched=0, skipped=True, resumed=False)
+        if not present and (final.exists() or final.is_symlink()):
+            raise ConflictError(
+                f"{final} already exists and holds something else",
+                hint="pass --force to replace it",
+            )
+    first = await source.file_urls()  # before anything exists in DEST (§11.6)
+    names = check_url_map(first.urls)
+
+    part_dir = files_part_dir(dest_dir, name)
+    lock_path = dest_dir / f".{name}.part.lock"
+    _prepare_destination(dest_dir, lock_path)
+    lock = await _lock_part(lock_path, options.lock_wait)
+    try:
+        data, journals = part_dir / "data", part_dir / "journal"
+        for directory in (data, journals):
+            directory.mkdir(parents=True, exist_ok=True)
+        _discard(data / MANIFEST_NAME)
+        _record_export(part_dir, source)
+        fetched, resumed, files = await _fetch_all(
+            ctx, source, first, names, data, journals, options, progress
+        )
+        await asyncio.to_thread(_check_adapter, data)
+        manifest = models.LocalManifest(
+            tinker_path=checkpoint.tinker_path,
+            checkpoint_id=checkpoint.checkpoint_id,
+            checkpoint_type=checkpoint.checkpoint_type,
+            created=checkpoint.time,
+            downloaded_at=datetime.now(UTC),
+            files=files,
+            content=source.content,
+            export=source.export,
+        )
+        await asyncio.to_thread(
+            _install_directory, data, final, manifest, force=options.force or bool(repaired)
+        )
+        shutil.rmtree(part_dir, ignore_errors=True)
+    except IntegrityError:
+        shutil.rmtree(part_dir, ignore_errors=True)  # verified bytes, bad content: no resume
+        raise
+    finally:
+        _unlock_part(lock, lock_path)
+    return DownloadResult(
+        checkpoint,
+        final,
+        bytes_fetched=fetched,
+        skipped=False,
+        resumed=resumed,
+        repaired=tuple(repaired),
+    )
+
+
+def _record_export(part_dir: Path, source: FilesSource) -> None:
+    record = part_dir / EXPORT_RECORD
+    if source.export is None:
+        _discard(record)
+        return
+    document = {"export": source.export, "source": source.checkpoint.tinker_path, **source.extra}
+    scratch = record.with_name(record.name + ".tmp")
+    scratch.write_text(json.dumps(document, sort_keys=True, default=str))
+    os.replace(scratch, record)
+
+
+async def _fetch_all(
+    ctx: FilesContext,
+    source: FilesSource,
+    first: FileUrls,
+    names: list[str],
+    data: Path,
+    journals: Path,
+    options: DownloadOptions,
+    progress: ProgressCallback | None,
+) -> tuple[int, bool, dict[str, models.FileDigest]]:
+    url_map = _UrlMap(source, first)
+    at_once = max(1, min(FILES_AT_ONCE, len(names)))
+    connections = max(1, options.connections // at_once)
+    gate = asyncio.Semaphore(at_once)
+    done: dict[str, int] = {}
+    totals: dict[str, int | None] = {}
+    files: dict[str, models.FileDigest] = {}
+    fetched_total = 0
+    resumed_any = False
+
+    def file_progress(file_name: str) -> ProgressCallback:
+        def report(bytes_done: int, bytes_total: int | None) -> None:
+            done[file_name], totals[file_name] = bytes_done, bytes_total
+            if progress is not None:
+                known = [totals.get(n) for n in names]
+                overall = sum(t for t in known if t) if all(known) else None
+                progress(sum(done.values()), overall)
+
+        return report
+
+    async def fetch(file_name: str) -> None:
+        nonlocal fetched_total, resumed_any
+        async with gate:
+            identity = {
+                "tinker_path": source.checkpoint.tinker_path,
+                "created": source.checkpoint.time.isoformat(),
+                "export": source.export,
+                "file": file_name,
+            }
+            segment_size = options.segment_size or choose_segment_size(
+                None, connections=connections, embedded=ctx.embedded
+            )
+            if ctx.embedded:
+                segment_size = min(segment_size, EMBEDDED_SEGMENT)
+            fetched, resumed, sha256, size = await fetch_and_check(
+                ctx.http,
+                url_map.signed_url(file_name),
+                data / file_name,
+                journals / f"{file_name}.json",
+                identity,
+                None,
+                None,
+                segment_size,
+                _per_file(options, connections),
+                file_progress(file_name),
+                ctx.policy,
+            )
+            fetched_total += fetched
+            resumed_any = resumed_any or resumed
+            files[file_name] = models.FileDigest(sha256=sha256, size=size)
+
+    async with asyncio.TaskGroup() as group:
+        for file_name in names:
+            group.create_task(fetch(file_name))
+    return fetched_total, resumed_any, files
+
+
+def _per_file(options: DownloadOptions, connections: int) -> DownloadOptions:
+    # The low-speed floor is for the whole download; each file gets its share.
+    return replace(
+        options,
+        connections=connections,
+        low_speed_limit=options.low_speed_limit // FILES_AT_ONCE,
+    )
+
+
+def _check_adapter(data: Path) -> None:
+    """A structural check of the PEFT adapter: what every loader reads first."""
+    try:
+        config = json.loads((data / ADAPTER_CONFIG).read_bytes())
+    except (OSError, ValueError):
+        raise IntegrityError(f"{ADAPTER_CONFIG} is not valid JSON") from None
+    if not isinstance(config, dict):
+        raise IntegrityError(f"{ADAPTER_CONFIG} is not a JSON object")
+    weights = data / ADAPTER_WEIGHTS
+    try:
+        size = weights.stat().st_size
+        with open(weights, "rb") as handle:
+            length = int.from_bytes(handle.read(8), "little")
+            if size < 8 or length > min(MAX_SAFETENSORS_HEADER, size - 8):
+                raise ValueError("header length")
+            header = json.loads(handle.read(length))
+        if not isinstance(header, dict):
+            raise ValueError("header type")
+        body = size - 8 - length
+        for tensor, entry in header.items():
+            if tensor == "__metadata__":
+                continue
+            start, end = entry["data_offsets"]
+            if not (0 <= start <= end <= body) or not isinstance(entry["shape"], list):
+                raise ValueError(tensor)
+    except (OSError, ValueError, KeyError, TypeError):
+        raise IntegrityError(f"{ADAPTER_WEIGHTS} is not a readable safetensors file") from None
+
+
+def _install_directory(
+    data: Path, final: Path, manifest: models.LocalManifest, *, force: bool
+) -> None:
+    """Sync every file, write the manifest last, sync the directory, rename it into place."""
+    for member in data.iterdir():
+        fd = os.open(member, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    fd = os.open(data / MANIFEST_NAME, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "wb") as out:
+        out.write(manifest.model_dump_json(indent=2).encode())
+        out.flush()
+        os.fsync(out.fileno())
+    data.chmod(0o755)
+    _fsync_directory(data)
+    try:
+        _install(data, final, force=force)
+    except OSError as exc:
+        raise LogitsError(f"cannot install {final}: {exc.strerror or exc}") from exc
+    _fsync_directory(final.parent)

@@ -1,0 +1,272 @@
+"""One download for both generations of the service (docs/protocol.md §11.6).
+
+``download`` decides how a checkpoint arrives:
+
+* archive generation (and the embedded backend): the archive engine, ``transfer.py``;
+* ``external_weights/`` anywhere: per-file URLs, ``files_download.py``;
+* files generation, ``weights/``: an export first (create-via-load in this client's session,
+  ``save_weights_external`` with a short TTL), then per-file; the export is recorded in the
+  download's part directory, so a killed download resumes on it, and is deleted (and the
+  session finished) once the files are installed;
+* files generation, ``sampler_weights/``: refused, exit 10.
+
+The generation is learnt from the first ``…/archive`` answer for a checkpoint that exists and
+remembered per base URL (``generations.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from logits_cli import models
+from logits_cli.api import generations
+from logits_cli.api.download_options import (
+    DownloadOptions,
+    DownloadResult,
+    FileUrls,
+    ProgressCallback,
+)
+from logits_cli.errors import (
+    IntegrityError,
+    LogitsError,
+    MethodNotAllowedError,
+    NotFoundError,
+    UnavailableError,
+    UnsupportedError,
+)
+from logits_cli.uri import EXTERNAL_KIND, CheckpointRef
+
+if TYPE_CHECKING:
+    from logits_cli.api.client import LogitsClient
+    from logits_cli.api.files_download import FilesContext
+
+# Long enough for a large export over a slow link; renewed whenever URLs are re-signed.
+EXPORT_TTL_S = 3600
+Notice = Callable[[str], None]
+
+
+async def generation_of(client: LogitsClient, ref: CheckpointRef) -> str:
+    """The generation of ``client``'s deployment, probing with ``ref`` (which exists) once."""
+    base_url = client.settings.base_url
+    if base_url is None:
+        return generations.ARCHIVE  # the embedded backend serves both
+    known = generations.remembered(client.settings.home, base_url)
+    if known is not None:
+        return known
+    try:
+        await client.archive_url(ref)
+        found = generations.ARCHIVE
+    except (NotFoundError, MethodNotAllowedError):  # 404, 410 (GoneError) or 405
+        await client.get_checkpoint(ref)  # NotFoundError here: the checkpoint is missing
+        found = generations.FILES
+    generations.remember(client.settings.home, base_url, found)
+    return found
+
+
+async def _archive_endpoint_gone(client: LogitsClient, ref: CheckpointRef) -> bool:
+    """After a 404 during an archive download: is it the endpoint that is gone (a deployment
+    upgraded since its generation was remembered), not the checkpoint or one blob URL?"""
+    base_url = client.settings.base_url
+    if base_url is None:
+        return False
+    try:
+        await client.archive_url(ref)
+        return False
+    except (NotFoundError, MethodNotAllowedError):
+        await client.get_checkpoint(ref)  # NotFoundError here: the checkpoint went
+    generations.remember(client.settings.home, base_url, generations.FILES)
+    return True
+
+
+def no_archive(ref: CheckpointRef) -> UnsupportedError:
+    if ref.kind == "sampler_weights":
+        return UnsupportedError(
+            f"this deployment cannot download sampler checkpoints ({ref}): it has no archive "
+            "downloads (files generation)",
+            hint="download the weights/ checkpoint of the same step instead",
+        )
+    return UnsupportedError(
+        f"{ref} needs an export to be downloaded: this deployment has no archive downloads "
+        "(files generation), and an export starts a training session on the service",
+        hint="pass --export to allow it",
+    )
+
+
+async def download(
+    client: LogitsClient,
+    ref: CheckpointRef,
+    dest_dir: Path,
+    options: DownloadOptions,
+    progress: ProgressCallback | None,
+    notice: Notice | None,
+) -> DownloadResult:
+    from logits_cli.api.files_download import FilesSource, download_files
+    from logits_cli.api.transfer import download_checkpoint
+
+    target = await client.resolve(ref)
+    per_file = target.kind == EXTERNAL_KIND
+    if not per_file and await generation_of(client, target) == generations.ARCHIVE:
+        try:
+            return await download_checkpoint(client, target, dest_dir, options, progress)
+        except (NotFoundError, MethodNotAllowedError):
+            if not await _archive_endpoint_gone(client, target):
+                raise
+    if not per_file and (target.kind != "weights" or not options.allow_export):
+        raise no_archive(target)
+    if options.archive_only:
+        raise UnsupportedError(
+            f"{target} has no archive on this deployment: it is downloaded file by file",
+            hint="drop --archive-only; the files are installed in DEST/NAME",
+        )
+    if per_file:
+        checkpoint = await client.get_checkpoint(target)
+        source = FilesSource(checkpoint, lambda: client.external_weights_urls(target))
+        fetch = download_files(_context(client), source, dest_dir, options, progress)
+        return await _bounded(fetch, options, dest_dir)
+    return await _bounded(
+        _export_and_download(client, target, dest_dir, options, progress, notice),
+        options,
+        dest_dir,
+    )
+
+
+async def _bounded(
+    work: Awaitable[DownloadResult], options: DownloadOptions, dest_dir: Path
+) -> DownloadResult:
+    """``options.timeout`` over the whole per-file download, as the archive path does."""
+    try:
+        async with asyncio.timeout(options.timeout) as deadline:
+            return await work
+    except TimeoutError:
+        if not deadline.expired():
+            raise
+        raise UnavailableError(f"download did not finish within {options.timeout:g} s") from None
+    except OSError as exc:
+        raise LogitsError(
+            f"cannot write the download in {dest_dir}: {exc.strerror or exc}"
+        ) from exc
+
+
+def _context(client: LogitsClient) -> FilesContext:
+    from logits_cli.api.files_download import FilesContext
+
+    return FilesContext(client.blob_http, client.retry_policy, client.embedded)
+
+
+async def _export_and_download(
+    client: LogitsClient,
+    target: CheckpointRef,
+    dest_dir: Path,
+    options: DownloadOptions,
+    progress: ProgressCallback | None,
+    notice: Notice | None,
+) -> DownloadResult:
+    from logits_cli.api.files_download import (
+        FilesSource,
+        download_files,
+        local_copy_is_current,
+        pending_export,
+    )
+
+    checkpoint = await client.get_checkpoint(target)
+    if not options.force:
+        present, damaged = local_copy_is_current(dest_dir / checkpoint.name, checkpoint)
+        if present and not damaged:
+            return DownloadResult(
+                checkpoint, dest_dir / checkpoint.name, bytes_fetched=0, skipped=True, resumed=False
+            )
+    export = await _resumable_export(client, pending_export(dest_dir, checkpoint.name), checkpoint)
+    if export is None:
+        if notice is not None:
+            notice(
+                f"exporting {target.checkpoint_id}: this deployment downloads file by file, "
+                "which starts a training session on the service"
+            )
+        export = await make_export(client, target)
+    signed = 0
+
+    async def file_urls() -> FileUrls:
+        nonlocal signed
+        signed += 1
+        if signed > 1:  # re-signed mid-download: keep the export alive as long as the URLs
+            with contextlib.suppress(LogitsError):
+                await client.set_ttl(export, EXPORT_TTL_S)
+        return await client.external_weights_urls(export)
+
+    source = FilesSource(checkpoint, file_urls, content="adapter-only", export=str(export))
+    try:
+        result = await download_files(_context(client), source, dest_dir, options, progress)
+    except IntegrityError:
+        await _clean_up(client, export)
+        raise
+    except BaseException:
+        # Kept for the next run to resume on; its TTL removes it if nobody does.
+        with contextlib.suppress(LogitsError):
+            await client.finish_session()
+        raise
+    await _clean_up(client, export)
+    return result
+
+
+async def _resumable_export(
+    client: LogitsClient, record: dict[str, object] | None, checkpoint: models.Checkpoint
+) -> CheckpointRef | None:
+    """The export a killed download of this checkpoint recorded, if it is still there."""
+    if record is None or record.get("source") != checkpoint.tinker_path:
+        return None
+    try:
+        export = CheckpointRef.parse(str(record["export"]))
+        await client.external_weights_urls(export)
+    except LogitsError:
+        return None  # gone (expired, deleted) or unreadable: made again
+    return export
+
+
+async def make_export(client: LogitsClient, target: CheckpointRef) -> CheckpointRef:
+    """Export ``target`` (a weights/ checkpoint) as an external_weights/ checkpoint."""
+    run_id = await client.create_run_from(target)
+    name = f"export-{target.name[:40]}-{uuid.uuid4().hex[:8]}"
+    return await client.save_external(run_id, name, ttl_seconds=EXPORT_TTL_S)
+
+
+def export_kept_until() -> datetime:
+    return datetime.now(UTC) + timedelta(seconds=EXPORT_TTL_S)
+
+
+async def _clean_up(client: LogitsClient, export: CheckpointRef) -> None:
+    """Delete the export and finish the session; failures only leave a TTL-bounded export."""
+    with contextlib.suppress(LogitsError):
+        await client.delete(export)
+    with contextlib.suppress(LogitsError):
+        await client.finish_session()
+
+
+async def signed_urls(
+    client: LogitsClient, ref: CheckpointRef, *, export: bool, notice: Notice | None
+) -> tuple[CheckpointRef, models.CheckpointArchiveUrlResponse | FileUrls]:
+    """What ``logits ckpt url`` prints: the archive URL, or on the files generation the
+    per-file URL map (of ``ref`` itself, or of an export of it made only with ``export``)."""
+    target = await client.resolve(ref)
+    if target.kind == EXTERNAL_KIND:
+        return target, await client.external_weights_urls(target)
+    if await generation_of(client, target) == generations.ARCHIVE:
+        return target, await client.archive_url(target)
+    if target.kind != "weights" or not export:
+        raise no_archive(target)
+    made = await make_export(client, target)
+    urls = await client.external_weights_urls(made)
+    with contextlib.suppress(LogitsError):
+        await client.finish_session()
+    if notice is not None:
+        until = export_kept_until().isoformat(timespec="seconds").replace("+00:00", "Z")
+        notice(
+            f"Exported {target.checkpoint_id} as {made}; the export is kept until {until} "
+            f"(delete it earlier with `logits ckpt rm {made}`)"
+        )
+    return made, urls

@@ -108,9 +108,12 @@ def check_url_map(urls: Mapping[str, str]) -> list[str]:
         )
     folded: dict[str, str] = {}
     for name in names:
-        check_member_name(name)
-        if name.startswith(".logits"):
-            raise IntegrityError(f"unsafe file name {name!r} in the URL map")
+        try:
+            check_member_name(name)
+            if name.startswith(".logits"):
+                raise IntegrityError(name)
+        except IntegrityError:
+            raise IntegrityError(f"unsafe file name {name!r} in the server's URL map") from None
         if name.endswith(".age"):
             raise UnsupportedError(
                 f"the server sent {name}, an age-encrypted file; logits downloads unencrypted "
@@ -306,10 +309,27 @@ async def _fetch_all(
             resumed_any = resumed_any or resumed
             files[file_name] = models.FileDigest(sha256=sha256, size=size)
 
-    async with asyncio.TaskGroup() as group:
-        for file_name in names:
-            group.create_task(fetch(file_name))
+    try:
+        async with asyncio.TaskGroup() as group:
+            for file_name in names:
+                group.create_task(fetch(file_name))
+    except BaseExceptionGroup as failures:
+        # One file failing cancels the others; the user hears about the first real cause.
+        raise _first_cause(failures) from None
     return fetched_total, resumed_any, files
+
+
+def _first_cause(failures: BaseExceptionGroup[BaseException]) -> BaseException:
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [failures]
+    while pending:
+        current = pending.pop(0)
+        if isinstance(current, BaseExceptionGroup):
+            pending[:0] = list(current.exceptions)
+        else:
+            leaves.append(current)
+    known = [e for e in leaves if isinstance(e, LogitsError)]
+    return (known or leaves)[0]
 
 
 def _per_file(options: DownloadOptions, connections: int) -> DownloadOptions:

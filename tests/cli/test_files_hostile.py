@@ -1,0 +1,159 @@
+"""A hostile files-generation deployment (docs/protocol.md §11.3): the URL map and the files are
+whatever a malicious server sends. Driven through the real CLI against a raw-socket server
+(tests/hostile_server.py), since our own server never sends such maps.
+
+Every refusal leaves nothing in DEST: not the checkpoint, not a part directory.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import socket
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import invoke
+from safetensors.numpy import save
+
+from tests.hostile_server import Request, head, hostile
+
+RUN = "5f1e3c2a-8d4b-4c6e-9a7f-1b2c3d4e5f60:train:0"
+EXTERNAL = f"tinker://{RUN}/external_weights/e1"
+
+CONFIG = json.dumps({"r": 2, "peft_type": "LORA"}).encode()
+WEIGHTS = save({"base_model.x.lora_A.weight": np.zeros((2, 4), dtype=np.float32)})
+GOOD = {"adapter_config.json": CONFIG, "adapter_model.safetensors": WEIGHTS}
+
+
+def _json(sock: socket.socket, status: int, document: Any) -> None:
+    body = json.dumps(document).encode()
+    sock.sendall(
+        head(status, {"Content-Type": "application/json", "Content-Length": str(len(body))}) + body
+    )
+
+
+def deployment(names: dict[str, str], files: dict[str, bytes], *, lie_digest: bool = False) -> Any:
+    """A responder: one run with one external checkpoint, ``names`` (map key -> file id)."""
+
+    def respond(request: Request, sock: socket.socket) -> None:
+        base = f"http://{request.headers.get('host', '')}"
+        if request.path.endswith(f"/training_runs/{RUN}/checkpoints"):
+            row = {
+                "checkpoint_id": "external_weights/e1",
+                "checkpoint_type": "external",
+                "time": "2026-12-01T00:00:00Z",
+                "tinker_path": EXTERNAL,
+                "size_bytes": sum(len(b) for b in files.values()),
+            }
+            return _json(sock, 200, {"checkpoints": [row], "cursor": None})
+        if request.path.endswith("/external_weights_urls"):
+            expires = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+            urls = {key: f"{base}/blob/{file_id}" for key, file_id in names.items()}
+            return _json(sock, 200, {"urls": urls, "expires": expires})
+        if request.path.startswith("/blob/"):
+            data = files[request.path.removeprefix("/blob/")]
+            digest = hashlib.sha256(b"other bytes" if lie_digest else data).digest()
+            headers = {
+                "Content-Length": str(len(data)),
+                "ETag": f'"{hashlib.sha256(data).hexdigest()[:16]}"',
+                "Repr-Digest": f"sha-256=:{base64.b64encode(digest).decode()}:",
+                "Accept-Ranges": "bytes",
+            }
+            if request.method == "HEAD":
+                return sock.sendall(head(200, headers))
+            return sock.sendall(head(200, headers) + data)
+        return _json(sock, 404, {"detail": "no such route", "code": "not_found"})
+
+    return respond
+
+
+def download(server: Any, dest: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setenv("LOGITS_BASE_URL", server.base_url)
+    monkeypatch.setenv("LOGITS_API_KEY", "tml-hostile-test-key")
+    return invoke(["ckpt", "download", EXTERNAL, "-o", str(dest)])
+
+
+def test_a_well_formed_map_downloads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    names = {name: name for name in GOOD}
+    with hostile(deployment(names, GOOD)) as server:
+        result = download(server, tmp_path / "dest", monkeypatch)
+    assert result.exit_code == 0, result.stderr
+    got = tmp_path / "dest" / "e1"
+    assert (got / "adapter_model.safetensors").read_bytes() == WEIGHTS
+    assert sorted(p.name for p in (tmp_path / "dest").iterdir()) == ["e1"]
+
+
+BAD_MAPS = {
+    "parent": {"../evil": "adapter_config.json"},
+    "absolute": {"/etc/evil": "adapter_config.json"},
+    "nested": {"sub/evil": "adapter_config.json"},
+    "backslash": {"..\\evil": "adapter_config.json"},
+    "case": {"Adapter_Config.json": "adapter_config.json"},
+    "manifest": {".logits-checkpoint.json": "adapter_config.json"},
+    "many": {f"f{i}": "adapter_config.json" for i in range(1000)},
+}
+
+
+@pytest.mark.parametrize("bad", sorted(BAD_MAPS))
+def test_hostile_names_are_refused_before_anything_is_written(
+    bad: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    names = {name: name for name in GOOD} | BAD_MAPS[bad]
+    if bad == "case":
+        names = {
+            "adapter_config.json": "adapter_config.json",
+            "ADAPTER_CONFIG.json": "adapter_config.json",
+            "adapter_model.safetensors": "adapter_model.safetensors",
+        }
+    dest = tmp_path / "dest"
+    with hostile(deployment(names, GOOD)) as server:
+        result = download(server, dest, monkeypatch)
+        fetched = [r.path for r in server.requests if r.path.startswith("/blob/")]
+    assert result.exit_code == 7, (bad, result.stderr)
+    error = result.stderr.splitlines()[-1]
+    assert error.startswith("Error: ") and "URL map" in error or "files" in error, error
+    assert fetched == [] and not dest.exists()
+    assert not (tmp_path / "evil").exists()
+
+
+def test_an_encrypted_export_is_unsupported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    names = {
+        "adapter_config.json.age": "adapter_config.json",
+        "adapter_model.safetensors.age": "adapter_model.safetensors",
+    }
+    with hostile(deployment(names, GOOD)) as server:
+        result = download(server, tmp_path / "dest", monkeypatch)
+    assert result.exit_code == 10, result.stderr
+    assert "age-encrypted" in result.stderr and not (tmp_path / "dest").exists()
+
+
+def test_bytes_that_do_not_match_their_digest_are_never_installed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    names = {name: name for name in GOOD}
+    dest = tmp_path / "dest"
+    with hostile(deployment(names, GOOD, lie_digest=True)) as server:
+        result = download(server, dest, monkeypatch)
+    assert result.exit_code == 7, result.stderr
+    assert "does not match its digest" in result.stderr
+    assert not (dest / "e1").exists() and not list(dest.glob(".e1.files*"))
+
+
+def test_a_file_that_is_not_an_adapter_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = GOOD | {"adapter_model.safetensors": b"\xff" * 64}
+    names = {name: name for name in GOOD}
+    dest = tmp_path / "dest"
+    with hostile(deployment(names, files)) as server:
+        result = download(server, dest, monkeypatch)
+    assert result.exit_code == 7, result.stderr
+    assert "not a readable safetensors file" in result.stderr
+    assert not (dest / "e1").exists() and not list(dest.glob(".e1.files*"))

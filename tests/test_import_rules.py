@@ -144,3 +144,24 @@ def test_startup_imports_nothing_heavy(
     )
     loaded = json.loads(done.stderr.strip().splitlines()[-1])
     assert loaded == []
+
+
+# The transfer engine is handed what it needs (docs/ARCHITECTURE.md §1); it never reaches back
+# into the client, lazily or not, so the client can import it without a circle.
+ENGINE_MODULES = (
+    "download_options.py",
+    "transfer.py",
+    "files_download.py",
+    "extract.py",
+    "verify.py",
+    "blob_transport.py",
+    "limits.py",
+)
+
+
+@pytest.mark.parametrize("module", ENGINE_MODULES)
+def test_the_transfer_engine_never_imports_the_client(module: str) -> None:
+    path = PACKAGE / "api" / module
+    bad = [name for name, _ in imports_of(path) if matches(name, "logits_cli.api.client")]
+    assert bad == [], f"{path.name} imports {bad}"
+

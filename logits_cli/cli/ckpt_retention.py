@@ -3,7 +3,7 @@ checkpoints chosen by retention filters (``ckpt_select``). Registered on the ``c
 by ``ckpt.py``, in the order the help lists them."""
 
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -101,7 +101,7 @@ def rm(
         )
     will_ask = not (yes or dry_run)
 
-    async def plan(client: "LogitsClient") -> "tuple[list[CheckpointRef], list[str], dict]":
+    async def plan(client: "LogitsClient") -> "tuple[list[CheckpointRef], list[str], dict[str, Any]]":
         found = await selection.targets(client, with_details=will_ask)
         if max_delete is not None and len(found.refs) > max_delete:
             raise errors.UsageError(

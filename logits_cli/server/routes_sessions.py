@@ -21,7 +21,7 @@ SESSIONS_PAGE = (20, 100)  # (default, maximum) of ``limit`` for GET /sessions
 
 
 def _session_id(call: Call) -> str:
-    session_id = call.request.path_params["session_id"]
+    session_id = str(call.request.path_params["session_id"])
     if not session_id or len(session_id) > 200:
         raise UsageError("invalid session id")
     return session_id

@@ -224,9 +224,9 @@ def save_external(
                 ttl_seconds=ttl_seconds,
             )
     finally:
-        for _, temp, _, _ in staged:
-            if temp is not None:
-                temp.unlink(missing_ok=True)
+        for _, leftover, _, _ in staged:
+            if leftover is not None:
+                leftover.unlink(missing_ok=True)
     gc_export_blobs(store)
     return checkpoint
 

@@ -17,7 +17,10 @@ from logits_cli.store.store import (
 )
 from logits_cli.uri import EXTERNAL_KIND, CheckpointRef
 
-OPTIMIZER_TYPES = {"adamw": {"type": "adamw"}, "dimuon": {"type": "dimuon", "version": 1}}
+OPTIMIZER_TYPES: dict[str, dict[str, Any]] = {
+    "adamw": {"type": "adamw"},
+    "dimuon": {"type": "dimuon", "version": 1},
+}
 
 
 # -- optimizer configs (§11.4) ------------------------------------------------------------
@@ -56,7 +59,8 @@ def run_optimizer(store: Store, run_id: str) -> dict[str, Any]:
     )
     if row is None or row[0] is None:
         return dict(OPTIMIZER_TYPES["adamw"])
-    return dict(json.loads(row[0]))
+    config: dict[str, Any] = json.loads(row[0])
+    return config
 
 
 # -- checkpoint metadata (§11.4) ------------------------------------------------------------

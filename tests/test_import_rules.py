@@ -164,4 +164,3 @@ def test_the_transfer_engine_never_imports_the_client(module: str) -> None:
     path = PACKAGE / "api" / module
     bad = [name for name, _ in imports_of(path) if matches(name, "logits_cli.api.client")]
     assert bad == [], f"{path.name} imports {bad}"
-

@@ -101,7 +101,9 @@ def rm(
         )
     will_ask = not (yes or dry_run)
 
-    async def plan(client: "LogitsClient") -> "tuple[list[CheckpointRef], list[str], dict[str, Any]]":
+    async def plan(
+        client: "LogitsClient",
+    ) -> "tuple[list[CheckpointRef], list[str], dict[str, Any]]":
         found = await selection.targets(client, with_details=will_ask)
         if max_delete is not None and len(found.refs) > max_delete:
             raise errors.UsageError(

@@ -116,7 +116,7 @@ def test_hostile_names_are_refused_before_anything_is_written(
         fetched = [r.path for r in server.requests if r.path.startswith("/blob/")]
     assert result.exit_code == 7, (bad, result.stderr)
     error = result.stderr.splitlines()[-1]
-    assert error.startswith("Error: ") and "URL map" in error or "files" in error, error
+    assert error.startswith("Error: ") and ("URL map" in error or "files" in error), error
     assert fetched == [] and not dest.exists()
     assert not (tmp_path / "evil").exists()
 

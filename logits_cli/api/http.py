@@ -53,10 +53,13 @@ from logits_cli.api.transport_errors import (
     error_for_httpx,
     explain_full_disk,
     is_transient_httpx_error,
+    is_unreachable,
 )
 
 API_PREFIX = "api/v1/"
 CONNECT_TIMEOUT_S = 5.0
+# How long a refused connection or an unknown host is retried (gh, hf and aws fail in seconds).
+UNREACHABLE_BUDGET_S = 8.0
 READ_TIMEOUT_S = 60.0
 JWT_REFRESH_MARGIN_S = 60.0
 IDEMPOTENT_METHODS = frozenset({"POST", "PUT", "DELETE"})
@@ -285,6 +288,10 @@ class RequestLayer:
             await self.bootstrap()
         key = new_idempotency_key() if method in IDEMPOTENT_METHODS else None
         deadline = self.policy.start()
+        # Refused connections and unknown hosts get seconds, not the whole budget.
+        unreachable_deadline = Deadline(
+            self.policy.clock() + UNREACHABLE_BUDGET_S, self.policy.clock
+        )
         attempt = 0
         while True:
             response: httpx.Response | None = None
@@ -308,7 +315,10 @@ class RequestLayer:
                     return response
                 if not is_retryable_status(status):
                     raise self.error_for(response)
-            if not await self.policy.pause(attempt, deadline, response):
+            budget = deadline
+            if failure is not None and failure.unreachable:
+                budget = min(deadline, unreachable_deadline, key=lambda d: d.expires_at)
+            if not await self.policy.pause(attempt, budget, response):
                 if failure is not None:
                     raise failure.error(attempts=attempt + 1)
                 assert response is not None
@@ -391,7 +401,7 @@ class RequestLayer:
         except HTTPX_ERRORS as exc:
             if is_transient_httpx_error(exc):
                 message = f"{describe_httpx_error(exc)} talking to {self._host} ({where})"
-                raise TransientFailure(message) from None
+                raise TransientFailure(message, unreachable=is_unreachable(exc)) from None
             raise error_for_httpx(exc, host=self._host, where=where) from None
         return response, credential if is_jwt else None
 
@@ -462,13 +472,17 @@ def _where(response: httpx.Response) -> str:
 
 
 class TransientFailure(Exception):
-    """A connection error or timeout that a retry may cure."""
+    """A connection error or timeout that a retry may cure. ``unreachable``: the host
+    refused the connection or its name does not resolve, which a few seconds of retries
+    cure (a server restarting) but minutes do not (a wrong base URL)."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, unreachable: bool = False) -> None:
         super().__init__(message)
         self.message = message
+        self.unreachable = unreachable
 
     def error(self, *, attempts: int = 1) -> errors.UnavailableError:
+        message = self.message
         if attempts > 1:
-            return errors.UnavailableError(f"{self.message}; gave up after {attempts} attempts")
-        return errors.UnavailableError(self.message)
+            message = f"{message}; gave up after {attempts} attempts"
+        return errors.UnavailableError(message)

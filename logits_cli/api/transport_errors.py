@@ -13,6 +13,8 @@ URL (and so never a signed token):
 
 from __future__ import annotations
 
+import socket
+
 import httpx
 
 from logits_cli import errors
@@ -38,6 +40,24 @@ def is_transient_httpx_error(exc: Exception) -> bool:
     """Whether a repeat of the request may cure ``exc`` (connection errors, timeouts, a
     server breaking the HTTP protocol, proxy failures)."""
     return isinstance(exc, _TRANSIENT_HTTPX_ERRORS)
+
+
+def is_unreachable(exc: Exception) -> bool:
+    """A refused connection or a name that does not resolve (``socket.gaierror``)."""
+    if not isinstance(exc, httpx.ConnectError) or isinstance(exc, httpx.ProxyError):
+        return False
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, (ConnectionRefusedError, socket.gaierror)):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    # httpcore re-raises the OSError's text only for some failures: read it as a fallback.
+    text = str(exc).lower()
+    return (
+        "connection refused" in text
+        or "name or service not known" in text
+        or ("temporary failure in name resolution" in text)
+    )
 
 
 def describe_httpx_error(exc: Exception) -> str:

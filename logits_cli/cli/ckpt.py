@@ -54,7 +54,7 @@ from logits_cli.cli.options import (
     TimeoutOpt,
     TypeOpt,
 )
-from logits_cli.cli.output import BOOL, Column, Output, log_line
+from logits_cli.cli.output import BOOL, Column, Output, human_size, human_speed, log_line
 from logits_cli.cli.timeparse import (
     optional_point_in_time,
     optional_seconds,
@@ -727,6 +727,10 @@ def sync(
             "fetch them (starts a training session on the service); else they are skipped.",
         ),
     ] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option("--verbose", "-v", help="Also log one line per checkpoint already present."),
+    ] = False,
     dry_run: DryRunOpt = False,
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -752,7 +756,9 @@ def sync(
     settings = settings_for(ctx)
 
     def on_item(item: "SyncItem") -> None:
-        log_line(sync_log_message(item))
+        # An hourly cron job would log every present checkpoint every hour: only on request.
+        if item.status != "present" or verbose or dry_run:
+            log_line(sync_log_message(item))
 
     with out.transfer_bars() as bars:
         bar_for: dict[str, Callable[[int, int | None], None]] = {}
@@ -777,7 +783,13 @@ def sync(
         )
     else:
         done = ", ".join(f"{n} {status}" for status, n in sorted(summary.counts().items()) if n)
-        out.log_summary(f"sync: {done or 'nothing to do'} in {summary.elapsed_s:.1f} s")
+        fetched = summary.bytes_fetched
+        speed = (
+            f", {human_size(fetched)} at {human_speed(fetched, summary.elapsed_s)}"
+            if fetched
+            else ""
+        )
+        out.log_summary(f"sync: {done or 'nothing to do'} in {summary.elapsed_s:.1f} s{speed}")
     if summary.incomplete:
         counts = summary.counts()
         raise errors.PartialFailureError(

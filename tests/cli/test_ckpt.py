@@ -378,8 +378,23 @@ def test_sync_fetches_what_is_missing_then_nothing(cli: Cli, run: str, tmp_path:
     assert cli.lines("ckpt", "verify", str(tmp_path), "-q") == [first["items"][0]["local_path"]]
     second = cli.ok("ckpt", "sync", run, "-o", str(tmp_path))
     assert second.stdout == ""
-    summary = second.stderr.splitlines()[-1]
-    assert LOG_LINE.match(summary) and summary.split(" ", 1)[1].startswith("sync: 1 present in ")
+    # Present checkpoints are not logged one by one (an hourly job would repeat them all).
+    [summary] = second.stderr.splitlines()
+    assert LOG_LINE.match(summary)
+    assert re.fullmatch(r"sync: 1 present in \d+\.\d s", summary.split(" ", 1)[1])
+    verbose = cli.ok("ckpt", "sync", run, "-o", str(tmp_path), "-v").stderr.splitlines()
+    assert [line.split(" ", 1)[1] for line in verbose[:-1]] == [
+        f"present {saved['tinker_path']} -> {first['items'][0]['local_path']}"
+    ]
+
+
+def test_sync_summary_gives_bytes_and_speed(cli: Cli, run: str, tmp_path: Path) -> None:
+    save(cli, "s1")
+    summary = cli.ok("ckpt", "sync", run, "-o", str(tmp_path)).stderr.splitlines()[-1]
+    assert re.fullmatch(
+        r"sync: 1 downloaded in \d+\.\d s, [\d.]+ KiB at [\d.]+ [KMG]?i?B/s",
+        summary.split(" ", 1)[1],
+    ), summary
 
 
 def test_sync_without_a_terminal_timestamps_every_line_and_names_planned_actions(

@@ -609,6 +609,7 @@ def download(
     if keep_archive and archive_only:
         raise errors.UsageError("--keep-archive and --archive-only cannot be combined")
     refs = parse_refs(paths)
+    _refuse_colliding_names(refs, output)
     total_limit = optional_seconds(timeout)
     options = DownloadOptions(
         connections=connections,
@@ -795,6 +796,23 @@ def sync(
         raise errors.PartialFailureError(
             f"sync incomplete: {counts.get('failed', 0)} failed, {counts.get('not_started', 0)} not started"
         )
+
+
+def _refuse_colliding_names(refs: "Sequence[CheckpointRef]", output: Path) -> None:
+    """Every checkpoint lands in DIR/NAME: two different checkpoints of one name (weights/x
+    and sampler_weights/x, or x of two runs) would collide there, so that is refused before
+    anything is fetched. (``sync`` lays out DIR/RUN/KIND/NAME and has no such limit.)"""
+    seen: dict[str, CheckpointRef] = {}
+    for ref in refs:
+        if ref.is_latest:
+            continue
+        first = seen.setdefault(ref.name, ref)
+        if first.with_scheme(ref.scheme) != ref:
+            raise errors.UsageError(
+                f"{first} and {ref} would both be downloaded to {output / ref.name}",
+                hint="download them with separate -o directories, or use "
+                "`logits ckpt sync RUN -o DIR` (DIR/RUN/KIND/NAME)",
+            )
 
 
 def sync_log_message(item: "SyncItem") -> str:

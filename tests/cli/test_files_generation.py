@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import invoke
 
 from logits_cli import config
 from logits_cli.api import open_client
 from logits_cli.api.verify import MANIFEST_NAME
 from logits_cli.uri import CheckpointRef
+from tests.cli.conftest import invoke
 
 
 @pytest.fixture(params=["files", "archive"])

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import invoke
 from safetensors.numpy import save
 
+from tests.cli.conftest import invoke
 from tests.hostile_server import Request, head, hostile
 
 RUN = "5f1e3c2a-8d4b-4c6e-9a7f-1b2c3d4e5f60:train:0"

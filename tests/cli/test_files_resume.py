@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import invoke
 
 from logits_cli.api.verify import MANIFEST_NAME
+from tests.cli.conftest import invoke
 from tests.faultproxy import Fault, FaultProxy
 
 STALL_AFTER = 2_200_000  # response bytes: past one 2 MiB write batch, short of the file

@@ -148,14 +148,13 @@ def test_startup_imports_nothing_heavy(
 
 # The transfer engine is handed what it needs (docs/ARCHITECTURE.md §1); it never reaches back
 # into the client, lazily or not, so the client can import it without a circle.
-ENGINE_MODULES = (
-    "download_options.py",
-    "transfer.py",
-    "files_download.py",
-    "extract.py",
-    "verify.py",
-    "blob_transport.py",
-    "limits.py",
+ENGINE_MODULES = sorted(
+    str(path.relative_to(PACKAGE / "api"))
+    for path in [
+        *(PACKAGE / "api" / "transfer").glob("*.py"),
+        *(PACKAGE / "api" / name for name in ("download_options.py", "extract.py", "verify.py")),
+        *(PACKAGE / "api" / name for name in ("blob_transport.py", "limits.py")),
+    ]
 )
 
 

@@ -497,7 +497,7 @@ class LogitsClient:
     ) -> DownloadResult:
         """Fetch, verify and install one checkpoint into ``dest_dir/NAME``
         (docs/ARCHITECTURE.md §3), on either generation of the service: ``files_generation``
-        picks the archive engine (``transfer``) or the per-file one (``files_download``).
+        picks the archive path (``transfer.archive``) or the per-file one (``transfer.files``).
         ``notice`` receives one-line messages for the user (an export being made)."""
         from logits_cli.api.files_generation import download
 

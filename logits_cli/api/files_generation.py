@@ -2,8 +2,8 @@
 
 ``download`` decides how a checkpoint arrives:
 
-* archive generation (and the embedded backend): the archive engine, ``transfer.py``;
-* ``external_weights/`` anywhere: per-file URLs, ``files_download.py``;
+* archive generation (and the embedded backend): ``transfer/archive.py``;
+* ``external_weights/`` anywhere: per-file URLs, ``transfer/files.py``;
 * files generation, ``weights/``: an export first (create-via-load in this client's session,
   ``save_weights_external`` with a short TTL), then per-file; the export is recorded in the
   download's part directory, so a killed download resumes on it, and is deleted (and the
@@ -44,7 +44,7 @@ from logits_cli.uri import EXTERNAL_KIND, CheckpointRef
 
 if TYPE_CHECKING:
     from logits_cli.api.client import LogitsClient
-    from logits_cli.api.files_download import FilesContext
+    from logits_cli.api.transfer.files import FilesContext
 
 # Long enough for a large export over a slow link; renewed whenever URLs are re-signed.
 EXPORT_TTL_S = 3600
@@ -106,8 +106,8 @@ async def download(
     progress: ProgressCallback | None,
     notice: Notice | None,
 ) -> DownloadResult:
-    from logits_cli.api.files_download import FilesSource, download_files
     from logits_cli.api.transfer import download_checkpoint
+    from logits_cli.api.transfer.files import FilesSource, download_files
 
     target = await client.resolve(ref)
     per_file = target.kind == EXTERNAL_KIND
@@ -154,7 +154,7 @@ async def _bounded(
 
 
 def _context(client: LogitsClient) -> FilesContext:
-    from logits_cli.api.files_download import FilesContext
+    from logits_cli.api.transfer.files import FilesContext
 
     return FilesContext(client.blob_http, client.retry_policy, client.embedded)
 
@@ -167,7 +167,7 @@ async def _export_and_download(
     progress: ProgressCallback | None,
     notice: Notice | None,
 ) -> DownloadResult:
-    from logits_cli.api.files_download import (
+    from logits_cli.api.transfer.files import (
         FilesSource,
         download_files,
         local_copy_is_current,

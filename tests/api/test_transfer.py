@@ -240,7 +240,9 @@ def test_not_enough_disk_space_fails_before_fetching(tmp_path: Path, monkeypatch
             checkpoint = await make_checkpoint(client)
             usage = shutil.disk_usage(tmp_path)
             monkeypatch.setattr(
-                transfer.shutil, "disk_usage", lambda _: usage._replace(free=checkpoint.size_bytes)
+                transfer.install.shutil,
+                "disk_usage",
+                lambda _: usage._replace(free=checkpoint.size_bytes),
             )
             with pytest.raises(LogitsError, match="not enough free space"):
                 await client.download(ref_of(checkpoint), tmp_path / "dest")

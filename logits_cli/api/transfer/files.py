@@ -1,7 +1,7 @@
 """Per-file downloads: the files generation of docs/protocol.md §11.3 and §11.6.
 
 A checkpoint arrives as several files, each behind its own signed URL from a URL map. Each file
-goes through the same fetcher as an archive (``transfer.fetch_and_check``: parallel ranged
+goes through the same fetcher as an archive (``checked.fetch_and_check``: parallel ranged
 segments, a journal per file, URL refresh with Range + If-Range, the low-speed guard, the
 response digest), several files at once. Layout while it runs, next to DEST/NAME::
 
@@ -41,16 +41,11 @@ from logits_cli.api.download_options import (
 )
 from logits_cli.api.extract import MAX_MEMBERS, _fsync_directory, _install
 from logits_cli.api.retry import RetryPolicy
-from logits_cli.api.transfer import (
-    EMBEDDED_SEGMENT,
-    SignedUrl,
-    _discard,
-    _lock_part,
-    _prepare_destination,
-    _unlock_part,
-    choose_segment_size,
-    fetch_and_check,
-)
+from logits_cli.api.transfer.checked import fetch_and_check
+from logits_cli.api.transfer.fetcher import choose_segment_size
+from logits_cli.api.transfer.install import discard, lock_part, prepare_destination, unlock_part
+from logits_cli.api.transfer.signed_url import SignedUrl
+from logits_cli.api.transfer.tuning import EMBEDDED_SEGMENT
 from logits_cli.api.verify import MANIFEST_NAME, check_member_name, damaged_files, read_manifest
 from logits_cli.errors import ConflictError, IntegrityError, LogitsError, UnsupportedError
 
@@ -196,13 +191,13 @@ async def download_files(
 
     part_dir = files_part_dir(dest_dir, name)
     lock_path = dest_dir / f".{name}.part.lock"
-    _prepare_destination(dest_dir, lock_path)
-    lock = await _lock_part(lock_path, options.lock_wait)
+    prepare_destination(dest_dir, lock_path)
+    lock = await lock_part(lock_path, options.lock_wait)
     try:
         data, journals = part_dir / "data", part_dir / "journal"
         for directory in (data, journals):
             directory.mkdir(parents=True, exist_ok=True)
-        _discard(data / MANIFEST_NAME)
+        discard(data / MANIFEST_NAME)
         _record_export(part_dir, source)
         fetched, resumed, files = await _fetch_all(
             ctx, source, first, names, data, journals, options, progress
@@ -226,7 +221,7 @@ async def download_files(
         shutil.rmtree(part_dir, ignore_errors=True)  # verified bytes, bad content: no resume
         raise
     finally:
-        _unlock_part(lock, lock_path)
+        unlock_part(lock, lock_path)
     return DownloadResult(
         checkpoint,
         final,
@@ -240,7 +235,7 @@ async def download_files(
 def _record_export(part_dir: Path, source: FilesSource) -> None:
     record = part_dir / EXPORT_RECORD
     if source.export is None:
-        _discard(record)
+        discard(record)
         return
     document = {"export": source.export, "source": source.checkpoint.tinker_path, **source.extra}
     scratch = record.with_name(record.name + ".tmp")

@@ -1,0 +1,525 @@
+"""The segment engine: one signed URL into one part file, parallel ranged requests, journaled,
+hashed while written; ``fetch_and_check`` adds the digest check and one fresh retry."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import threading
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from logits_cli.api.download_options import ProgressCallback
+from logits_cli.api.limits import LowSpeedGuard, RetryBudget, TooSlow, per_connection_limit
+from logits_cli.api.retry import RetryPolicy, is_retryable_status
+from logits_cli.api.transfer.digests import (
+    ExpectedDigest,
+    choose_digest,
+    hash_range,
+    new_hasher,
+)
+from logits_cli.api.transfer.journal import Journal
+
+# -- the segment engine ---------------------------------------------------------------------
+from logits_cli.api.transfer.responses import BatchWriter, error_detail, response_validators
+from logits_cli.api.transfer.signed_url import SignedUrl
+from logits_cli.api.transfer.tuning import (
+    EMBEDDED_SEGMENT,
+    HASH_CHUNK,
+    JOURNAL_FLUSH_INTERVAL_S,
+    MAX_FRUITLESS_ATTEMPTS,
+    MAX_SEGMENT,
+    MIN_SEGMENT,
+    SEGMENTS_PER_CONNECTION,
+)
+from logits_cli.api.transport_errors import HTTPX_ERRORS, error_for_httpx, is_transient_httpx_error
+from logits_cli.errors import (
+    IntegrityError,
+    NotFoundError,
+    UnavailableError,
+    UnexpectedResponseError,
+    error_for_status,
+)
+
+
+class _RetryableFailure(Exception):
+    def __init__(
+        self, reason: str, *, response: httpx.Response | None = None, renew_url: bool = False
+    ) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.response = response
+        self.renew_url = renew_url
+
+
+class _ArchiveChanged(Exception):
+    """The server's archive no longer matches the journal (size or entity tag changed)."""
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    size: int
+    expected: ExpectedDigest | None  # the digest to check against, if the server offers one
+    digests: dict[str, bytes]  # of the whole file: sha256 and the expected digest's algorithm
+    bytes_fetched: int
+    resumed: bool
+
+
+_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
+
+
+def choose_segment_size(size: int | None, *, connections: int, embedded: bool) -> int:
+    """8–64 MiB, aiming at a few segments per connection; small bounded ranges over ASGI."""
+    if embedded:
+        return EMBEDDED_SEGMENT
+    if size is None:
+        return MIN_SEGMENT
+    wanted = size // max(1, connections * SEGMENTS_PER_CONNECTION)
+    return max(MIN_SEGMENT, min(MAX_SEGMENT, wanted))
+
+
+class RangedFetcher:
+    """Fill ``part`` with the archive behind ``urls``, journaled in ``journal_path``.
+
+    One probe request goes first and learns the size, entity tag and digests (and whether
+    the server honours ``Range``); the other connections start once it has its headers.
+    """
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        urls: SignedUrl,
+        part: Path,
+        journal_path: Path,
+        identity: dict[str, Any],
+        *,
+        expected_size: int | None,
+        checkpoint_sha256: str | None,
+        segment_size: int,
+        connections: int,
+        stall_timeout: float,
+        progress: ProgressCallback | None = None,
+        policy: RetryPolicy | None = None,
+        low_speed_limit: float = 0,
+        low_speed_time: float = 0,
+    ) -> None:
+        self._http = http
+        self._urls = urls
+        self._part = part
+        self._journal_path = journal_path
+        self._identity = identity
+        self._expected_size = expected_size
+        self._checkpoint_sha256 = checkpoint_sha256
+        self._segment_size = segment_size
+        self._connections = max(1, connections)
+        self._stall_timeout = stall_timeout
+        self._progress = progress
+        self._policy = policy or RetryPolicy()
+        self._low_speed_limit = per_connection_limit(low_speed_limit, self._connections)
+        self._low_speed_time = low_speed_time
+        self._journal: Journal | None = None
+        self._planned = asyncio.Event()
+        self._pending: deque[int] = deque()
+        self._ranges_ignored = False
+        self._fetched = 0
+        self._done = 0
+        self._last_flush = 0.0
+        # Hashing follows the contiguous filled prefix while segments arrive, so verifying
+        # needs no second pass over the file. ``_layout`` changes whenever the journal is
+        # replaced (bytes on disk no longer valid), which makes the hasher start over.
+        self._layout = 0
+        self._grown = asyncio.Event()
+        self._hash_waits_at: int | None = None  # the offset whose arrival wakes the hasher
+        self._fetch_done = False
+        self._hash_task: asyncio.Task[dict[str, bytes]] | None = None
+        # Its own thread, shut down (and waited for) before the file descriptor is closed,
+        # so a cancelled hash never reads from a closed or reused descriptor.
+        self._hash_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="logits-hash")
+        self._closing = threading.Event()  # stops the hash thread early
+        # The same for writes. One thread suffices: the kernel serializes writes to one file.
+        self._write_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="logits-write")
+
+    # -- entry point ----------------------------------------------------------------------
+
+    async def run(self) -> FetchResult:
+        journal = Journal.load(self._journal_path)
+        if journal is not None and not self._journal_matches(journal):
+            journal = None
+        resumed = journal is not None and journal.done_bytes > 0
+        if journal is None:
+            # A new file rather than truncating the old one: on ext4, a file truncated to
+            # zero is flushed to disk synchronously when closed.
+            with contextlib.suppress(FileNotFoundError):
+                self._part.unlink()
+        fd = os.open(self._part, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            for restart in range(2):
+                try:
+                    await self._fetch_all(fd, journal)
+                    break
+                except _ArchiveChanged:
+                    if restart:
+                        raise UnexpectedResponseError(
+                            "the archive changed on the server during the download"
+                        ) from None
+                    journal = None
+                    self._replace_journal(None)
+            assert self._journal is not None and self._hash_task is not None
+            self._fetch_done = True
+            self._grown.set()
+            digests = await self._hash_task
+            if os.fstat(fd).st_size != self._journal.size:
+                raise IntegrityError(
+                    f"downloaded {os.fstat(fd).st_size} bytes, expected {self._journal.size}"
+                )
+            return FetchResult(
+                size=self._journal.size,
+                expected=self._expected_digest(),
+                digests=digests,
+                bytes_fetched=self._fetched,
+                resumed=resumed,
+            )
+        finally:
+            self._closing.set()
+            if self._hash_task is not None and not self._hash_task.done():
+                self._hash_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._hash_task
+            self._hash_thread.shutdown(wait=True, cancel_futures=True)
+            self._write_thread.shutdown(wait=True, cancel_futures=True)
+            os.close(fd)
+            if self._journal is not None:
+                self._journal.save(self._journal_path)
+
+    def _replace_journal(self, journal: Journal | None) -> None:
+        self._journal = journal
+        self._layout += 1
+        self._grown.set()
+
+    def _expected_digest(self) -> ExpectedDigest | None:
+        headers = self._journal.headers if self._journal is not None else {}
+        return choose_digest(headers, self._checkpoint_sha256)
+
+    def _prefix_end(self) -> int:
+        """Where the contiguous run of good bytes from offset 0 ends."""
+        journal = self._journal
+        if journal is None:
+            return 0
+        for index, filled in enumerate(journal.filled):
+            start, end = journal.bounds(index)
+            if start + filled < end:
+                return start + filled
+        return journal.size
+
+    async def _hash_prefix(self, fd: int) -> dict[str, bytes]:
+        buffer = memoryview(bytearray(HASH_CHUNK))
+        while True:
+            layout = self._layout
+            expected = self._expected_digest()
+            algorithms = {"sha256"} | ({expected.algorithm} if expected else set())
+            hashers = {name: new_hasher(name) for name in algorithms}
+            position = 0
+            while layout == self._layout:
+                end = self._prefix_end()
+                if position < end:
+                    position = await asyncio.get_running_loop().run_in_executor(
+                        self._hash_thread,
+                        self._hash_available,
+                        fd,
+                        position,
+                        hashers,
+                        buffer,
+                        layout,
+                    )
+                elif self._fetch_done:
+                    return {name: hasher.digest() for name, hasher in hashers.items()}
+                else:
+                    self._grown.clear()
+                    self._hash_waits_at = end
+                    await self._grown.wait()
+                    self._hash_waits_at = None
+
+    def _hash_available(
+        self, fd: int, position: int, hashers: dict[str, Any], buffer: memoryview, layout: int
+    ) -> int:
+        """In the hash thread: hash from ``position`` for as long as the good prefix is ahead,
+        and return where hashing stopped. Staying in the thread rather than returning to the
+        busy event loop after each buffer is what lets hashing keep pace with the network.
+        ``filled`` only grows while ``layout`` holds, so a prefix read here is never too far."""
+        while layout == self._layout and not self._closing.is_set():
+            end = self._prefix_end()
+            if position >= end:
+                break
+            count = min(end - position, len(buffer))
+            hash_range(fd, position, count, hashers, buffer)
+            position += count
+        return position
+
+    def _journal_matches(self, journal: Journal) -> bool:
+        if not self._part.is_file() or self._part.stat().st_size != journal.size:
+            return False
+        if journal.identity != self._identity:
+            return False
+        return self._expected_size is None or journal.size == self._expected_size
+
+    async def _fetch_all(self, fd: int, journal: Journal | None) -> None:
+        self._journal = journal
+        self._planned = asyncio.Event()
+        self._pending.clear()
+        self._done = journal.done_bytes if journal is not None else 0
+        self._report()
+        if self._hash_task is None:
+            self._hash_task = asyncio.create_task(self._hash_prefix(fd))
+        if journal is not None and journal.complete:
+            return
+        probe = 0
+        if journal is not None:
+            probe = next(i for i in range(len(journal.filled)) if journal.missing(i) > 0)
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._worker(fd, probe))
+                await self._planned.wait()
+                journal = self._journal
+                assert journal is not None
+                if not self._ranges_ignored:
+                    self._pending.extend(
+                        i
+                        for i in range(len(journal.filled))
+                        if i != probe and journal.missing(i) > 0
+                    )
+                    for _ in range(min(self._connections - 1, len(self._pending))):
+                        group.create_task(self._worker(fd, None))
+        except BaseExceptionGroup as failures:
+            # Workers fail together (siblings are cancelled); the first failure is the story.
+            raise failures.exceptions[0] from None
+
+    async def _worker(self, fd: int, first: int | None) -> None:
+        index = first if first is not None else self._next_segment()
+        while index is not None:
+            await self._fetch_segment(fd, index)
+            index = self._next_segment()
+
+    def _next_segment(self) -> int | None:
+        return self._pending.popleft() if self._pending else None
+
+    # -- one segment ----------------------------------------------------------------------
+
+    def _current(self, index: int) -> int:
+        """Once the server is found to ignore ``Range``, the whole file is segment 0."""
+        return 0 if self._ranges_ignored else index
+
+    def _segment_filled(self, index: int) -> int:
+        return self._journal.filled[index] if self._journal is not None else 0
+
+    async def _fetch_segment(self, fd: int, index: int) -> None:
+        fruitless = 0
+        budget = RetryBudget()
+        while True:
+            index = self._current(index)
+            if self._journal is not None and self._journal.missing(index) <= 0:
+                return
+            before = self._segment_filled(index)
+            url, generation = await self._urls.get()
+            try:
+                await self._attempt(fd, index, url)
+                if self._segment_filled(self._current(index)) == before:
+                    raise _RetryableFailure("the server sent an empty body")
+                fruitless = 0
+            except _RetryableFailure as failure:
+                progressed = self._segment_filled(self._current(index)) > before
+                fruitless = 0 if progressed else fruitless + 1
+                if fruitless >= MAX_FRUITLESS_ATTEMPTS:
+                    raise UnavailableError(
+                        f"download failed: {failure.reason} "
+                        f"({fruitless} attempts in a row without progress)"
+                    ) from None
+                if give_up := budget.failed(time.monotonic()):
+                    raise UnavailableError(
+                        f"download failed: {failure.reason} ({give_up})"
+                    ) from None
+                if failure.renew_url or self._urls.expired():
+                    await self._urls.renew(generation)
+                elif not progressed:
+                    await asyncio.sleep(self._policy.delay(fruitless - 1, failure.response))
+
+    async def _attempt(self, fd: int, index: int, url: str) -> None:
+        headers = {}
+        if self._journal is None:
+            offset, last = 0, self._segment_size - 1
+        else:
+            start, end = self._journal.bounds(index)
+            offset, last = start + self._journal.filled[index], end - 1
+        if not self._ranges_ignored:
+            headers["Range"] = f"bytes={offset}-{last}"
+            if self._journal is not None and self._journal.headers.get("etag"):
+                headers["If-Range"] = self._journal.headers["etag"]
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self._stall_timeout) as stall:
+                request = self._http.build_request("GET", url, headers=headers)
+                response = await self._http.send(request, stream=True)
+                try:
+                    position, limit = await self._accept(fd, response, offset, last)
+                    writer = BatchWriter(self, fd, self._current(index), position)
+                    try:
+                        # Re-arming the timer on every chunk would cost a timer each;
+                        # re-arming at most every quarter period with a quarter of slack
+                        # declares a stall after 1 to 1.25 times stall_timeout without a byte.
+                        slack = self._stall_timeout / 4
+                        rearmed = loop.time()
+                        stall.reschedule(rearmed + self._stall_timeout + slack)
+                        speed = LowSpeedGuard(self._low_speed_limit, self._low_speed_time, rearmed)
+                        received = 0
+                        async for chunk in response.aiter_raw():
+                            now = loop.time()
+                            if now - rearmed > slack:
+                                stall.reschedule(now + self._stall_timeout + slack)
+                                rearmed = now
+                            if limit is not None and position + len(chunk) > limit:
+                                # Never past the promised size: not one byte is written.
+                                raise IntegrityError(
+                                    f"the server sent more than the {limit} bytes promised"
+                                )
+                            position += len(chunk)
+                            received += len(chunk)
+                            await writer.add(chunk)
+                            speed.update(now, received)
+                    finally:
+                        # Whatever arrived is good up to here; and no write may still be
+                        # running once this attempt is over.
+                        await writer.finish()
+                finally:
+                    await response.aclose()
+        except TimeoutError:
+            raise _RetryableFailure(
+                f"no data for {self._stall_timeout:g} s", renew_url=self._urls.expired()
+            ) from None
+        except TooSlow as slow:
+            raise _RetryableFailure(str(slow), renew_url=self._urls.expired()) from None
+        except HTTPX_ERRORS as exc:
+            if not is_transient_httpx_error(exc):  # a redirect loop fails the same way again
+                raise error_for_httpx(
+                    exc, host=httpx.URL(url).host or "the blob server", url_from_server=True
+                ) from None
+            raise _RetryableFailure(
+                f"network error ({type(exc).__name__})", renew_url=self._urls.expired()
+            ) from None
+        if self._journal is not None and self._ranges_ignored:
+            if self._journal.size and position != self._journal.size:
+                raise _RetryableFailure("the connection closed before the end of the archive")
+            if not self._journal.size:  # size learned only now: the body ran until EOF
+                self._journal.size = self._journal.segment_size = position
+
+    async def _accept(
+        self, fd: int, response: httpx.Response, offset: int, last: int
+    ) -> tuple[int, int | None]:
+        """Check the answer's status and headers; return where its body goes and where it
+        must stop (None: until the connection's end)."""
+        status = response.status_code
+        encoding = response.headers.get("content-encoding", "").strip().lower()
+        if status in (200, 206) and encoding not in ("", "identity"):
+            # docs/protocol.md §6.2: ranges and digests are of the raw archive; a decoded body
+            # could also be any size at all (a gzip bomb).
+            raise IntegrityError(
+                f"the server applied Content-Encoding {encoding!r} to the archive; refused"
+            )
+        if status == 206:
+            return self._accept_range(fd, response, offset, last)
+        if status == 200:
+            return self._accept_whole(fd, response)
+        await response.aread()
+        detail, code = error_detail(response)
+        if status == 416:
+            raise _ArchiveChanged()
+        if status == 403 and (code == "url_expired" or self._urls.expired()):
+            raise _RetryableFailure("the download URL expired", renew_url=True)
+        if is_retryable_status(status):
+            raise _RetryableFailure(f"HTTP {status}", response=response)
+        if status == 404:
+            raise NotFoundError(
+                "the archive is no longer available (deleted, expired or overwritten)"
+            )
+        raise error_for_status(status, code, detail or f"archive download refused (HTTP {status})")
+
+    def _accept_range(
+        self, fd: int, response: httpx.Response, offset: int, last: int
+    ) -> tuple[int, int | None]:
+        match = _CONTENT_RANGE.fullmatch(response.headers.get("content-range", "").strip())
+        if match is None:
+            raise UnexpectedResponseError("a partial response had no valid Content-Range")
+        first, final, total_text = match.groups()
+        if int(first) != offset or int(final) > last or total_text == "*":
+            raise UnexpectedResponseError("a partial response covered the wrong byte range")
+        total = int(total_text)
+        validators = response_validators(response.headers)
+        if self._journal is None:
+            if self._expected_size is not None and total != self._expected_size:
+                raise IntegrityError(
+                    f"the server's archive has {total} bytes, the listing says {self._expected_size}"
+                )
+            os.ftruncate(fd, total)
+            self._replace_journal(
+                Journal.plan(self._identity, total, self._segment_size, validators)
+            )
+            self._planned.set()
+        elif total != self._journal.size or (
+            self._journal.headers.get("etag")
+            and validators.get("etag")
+            and validators["etag"] != self._journal.headers["etag"]
+        ):
+            raise _ArchiveChanged()
+        else:
+            self._journal.headers.update(validators)
+            self._planned.set()
+        return offset, int(final) + 1
+
+    def _accept_whole(self, fd: int, response: httpx.Response) -> tuple[int, int | None]:
+        """A 200 to a range request: the server ignores ``Range`` (or, for a resumed file,
+        the entity changed). Only the probe may take it: the body becomes the whole file."""
+        if self._planned.is_set() and not self._ranges_ignored:
+            raise _ArchiveChanged()
+        length_text = response.headers.get("content-length")
+        size = int(length_text) if length_text and length_text.isdigit() else self._expected_size
+        if size is not None and self._expected_size is not None and size != self._expected_size:
+            raise IntegrityError(
+                f"the server's archive has {size} bytes, the listing says {self._expected_size}"
+            )
+        self._ranges_ignored = True
+        os.ftruncate(fd, size or 0)
+        self._replace_journal(
+            Journal.plan(
+                self._identity, size or 0, size or 0, response_validators(response.headers)
+            )
+        )
+        self._done = 0
+        self._planned.set()
+        return 0, size
+
+    def _written(self, index: int, offset: int, count: int, layout: int) -> None:
+        """``count`` bytes of segment ``index`` are on disk at ``offset``."""
+        if layout != self._layout:
+            return  # written under a journal that has since been replaced
+        assert self._journal is not None
+        self._journal.filled[index] += count
+        self._fetched += count
+        self._done += count
+        if self._hash_waits_at is not None and offset == self._hash_waits_at:
+            self._grown.set()  # only the write at the prefix's end lets the hasher go on
+        self._report()
+        now = time.monotonic()
+        if now - self._last_flush >= JOURNAL_FLUSH_INTERVAL_S:
+            self._last_flush = now
+            self._journal.save(self._journal_path)
+
+    def _report(self) -> None:
+        if self._progress is not None:
+            total = self._journal.size if self._journal is not None else self._expected_size
+            self._progress(self._done, total)

@@ -151,10 +151,19 @@ def _unpack_checked(
         complete = models.CheckpointComplete.model_validate_json(complete_raw)
     except ValidationError:
         raise IntegrityError(f"incomplete checkpoint: {COMPLETE_MEMBER} is unreadable") from None
+    check_complete_listing(files, complete, what="archive member")
+    return files, complete
+
+
+def check_complete_listing(
+    files: dict[str, models.FileDigest], complete: models.CheckpointComplete, *, what: str
+) -> None:
+    """Every file is listed in ``checkpoint_complete`` and matches its size and sha256, and
+    every listed file is there (docs/protocol.md §7.4); used by both generations."""
     unlisted = sorted(set(files) - set(complete.files) - {COMPLETE_MEMBER})
     if unlisted:
         raise IntegrityError(
-            f"archive member {unlisted[0]!r} is not listed in {COMPLETE_MEMBER}"
+            f"{what} {unlisted[0]!r} is not listed in {COMPLETE_MEMBER}"
             + (f" (nor are {len(unlisted) - 1} others)" if len(unlisted) > 1 else "")
         )
     for listed, expected in sorted(complete.files.items()):
@@ -165,7 +174,6 @@ def _unpack_checked(
             raise IntegrityError(f"{listed}: size {got.size}, expected {expected.size}")
         if got.sha256 != expected.sha256.lower():
             raise IntegrityError(f"{listed}: sha256 does not match {COMPLETE_MEMBER}")
-    return files, complete
 
 
 def _check_belongs_to(complete: models.CheckpointComplete, checkpoint: models.Checkpoint) -> None:

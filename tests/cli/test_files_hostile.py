@@ -157,3 +157,39 @@ def test_a_file_that_is_not_an_adapter_is_refused(
     assert result.exit_code == 7, result.stderr
     assert "not a readable safetensors file" in result.stderr
     assert not (dest / "e1").exists() and not list(dest.glob(".e1.files*"))
+
+
+def _complete(files: dict[str, bytes], **changes: Any) -> bytes:
+    listing = {
+        name: {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+        for name, data in files.items()
+    } | changes
+    return json.dumps(
+        {
+            "checkpoint_type": "external",
+            "created": "2026-12-01T00:00:00Z",
+            "files": listing,
+            "tinker_path": EXTERNAL,
+        }
+    ).encode()
+
+
+@pytest.mark.parametrize("lie", [False, True])
+def test_a_checkpoint_complete_manifest_is_checked(
+    lie: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wrong = {"adapter_config.json": {"sha256": "0" * 64, "size": len(CONFIG)}}
+    files = GOOD | {"checkpoint_complete": _complete(GOOD, **(wrong if lie else {}))}
+    names = {name: name for name in files}
+    dest = tmp_path / "dest"
+    with hostile(deployment(names, files)) as server:
+        result = download(server, dest, monkeypatch)
+    if not lie:
+        assert result.exit_code == 0, result.stderr
+        assert (dest / "e1" / "checkpoint_complete").is_file()
+        return
+    assert result.exit_code == 7, result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        "Error: adapter_config.json: sha256 does not match checkpoint_complete"
+    )
+    assert not (dest / "e1").exists() and not list(dest.glob(".e1.files*"))

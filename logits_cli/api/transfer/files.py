@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from pydantic import ValidationError
 
 from logits_cli import models
 from logits_cli.api.download_options import (
@@ -39,11 +40,24 @@ from logits_cli.api.download_options import (
     FileUrls,
     ProgressCallback,
 )
-from logits_cli.api.extract import MAX_MEMBERS, _fsync_directory, _install
+from logits_cli.api.extract import (
+    COMPLETE_MEMBER,
+    MAX_COMPLETE_SIZE,
+    MAX_MEMBERS,
+    _fsync_directory,
+    _install,
+    check_complete_listing,
+)
 from logits_cli.api.retry import RetryPolicy
 from logits_cli.api.transfer.checked import fetch_and_check
 from logits_cli.api.transfer.fetcher import choose_segment_size
-from logits_cli.api.transfer.install import discard, lock_part, prepare_destination, unlock_part
+from logits_cli.api.transfer.install import (
+    check_free_space,
+    discard,
+    lock_part,
+    prepare_destination,
+    unlock_part,
+)
 from logits_cli.api.transfer.signed_url import SignedUrl
 from logits_cli.api.transfer.tuning import EMBEDDED_SEGMENT
 from logits_cli.api.verify import MANIFEST_NAME, check_member_name, damaged_files, read_manifest
@@ -198,10 +212,13 @@ async def download_files(
         for directory in (data, journals):
             directory.mkdir(parents=True, exist_ok=True)
         discard(data / MANIFEST_NAME)
+        if source.export is None:  # an export's size is not listed before it exists
+            check_free_space(dest_dir, data, checkpoint.size_bytes, archive_only=True)
         _record_export(part_dir, source)
         fetched, resumed, files = await _fetch_all(
             ctx, source, first, names, data, journals, options, progress
         )
+        await asyncio.to_thread(_check_listing, data, files)
         await asyncio.to_thread(_check_adapter, data)
         manifest = models.LocalManifest(
             tinker_path=checkpoint.tinker_path,
@@ -334,6 +351,22 @@ def _per_file(options: DownloadOptions, connections: int) -> DownloadOptions:
         connections=connections,
         low_speed_limit=options.low_speed_limit // FILES_AT_ONCE,
     )
+
+
+def _check_listing(data: Path, files: dict[str, models.FileDigest]) -> None:
+    """When the server sends a ``checkpoint_complete`` manifest among the files, every other
+    file must be listed in it with its size and sha256 (as in an archive, §7.4)."""
+    if COMPLETE_MEMBER not in files:
+        return
+    if files[COMPLETE_MEMBER].size > MAX_COMPLETE_SIZE:
+        raise IntegrityError(f"{COMPLETE_MEMBER} is implausibly large")
+    try:
+        complete = models.CheckpointComplete.model_validate_json(
+            (data / COMPLETE_MEMBER).read_bytes()
+        )
+    except (OSError, ValidationError):
+        raise IntegrityError(f"{COMPLETE_MEMBER} is unreadable") from None
+    check_complete_listing(files, complete, what="file")
 
 
 def _check_adapter(data: Path) -> None:

@@ -153,7 +153,7 @@ ENGINE_MODULES = sorted(
     for path in [
         *(PACKAGE / "api" / "transfer").glob("*.py"),
         *(PACKAGE / "api" / name for name in ("download_options.py", "extract.py", "verify.py")),
-        *(PACKAGE / "api" / name for name in ("blob_transport.py", "limits.py")),
+        *(PACKAGE / "api" / name for name in ("blob_transport.py", "blob_direct.py", "limits.py")),
     ]
 )
 

@@ -198,11 +198,20 @@ class BlobTransport(httpx.AsyncBaseTransport):
         self._plain_pool = httpcore.AsyncConnectionPool(
             network_backend=_SocketBackend(read_size), **pool_options
         )
-        self._tls_pool = httpcore.AsyncConnectionPool(
-            ssl_context=httpx.create_ssl_context(trust_env=True),
-            network_backend=_ReadAheadBackend(read_size),
-            **pool_options,
-        )
+        self._pool_options = pool_options
+        self._read_size = read_size
+        # Made on the first https:// request: loading the CA bundle costs ~40 ms, which a
+        # download from a plain-http origin (or read in threads, blob_direct.py) never needs.
+        self._tls_pool: httpcore.AsyncConnectionPool | None = None
+
+    def _tls(self) -> httpcore.AsyncConnectionPool:
+        if self._tls_pool is None:
+            self._tls_pool = httpcore.AsyncConnectionPool(
+                ssl_context=httpx.create_ssl_context(trust_env=True),
+                network_backend=_ReadAheadBackend(self._read_size),
+                **self._pool_options,
+            )
+        return self._tls_pool
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         assert isinstance(request.stream, httpx.AsyncByteStream)
@@ -218,7 +227,7 @@ class BlobTransport(httpx.AsyncBaseTransport):
             content=request.stream,
             extensions=request.extensions,
         )
-        pool = self._plain_pool if request.url.scheme == "http" else self._tls_pool
+        pool = self._plain_pool if request.url.scheme == "http" else self._tls()
         with _httpx_errors():
             answer = await pool.handle_async_request(core_request)
         return httpx.Response(
@@ -232,7 +241,8 @@ class BlobTransport(httpx.AsyncBaseTransport):
         try:
             await self._plain_pool.aclose()
         finally:
-            await self._tls_pool.aclose()
+            if self._tls_pool is not None:
+                await self._tls_pool.aclose()
 
 
 def env_proxies_configured() -> bool:

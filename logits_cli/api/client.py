@@ -20,6 +20,7 @@ from pydantic import BaseModel
 
 from logits_cli import __version__, models
 from logits_cli.api.answers import AnswerLimits
+from logits_cli.api.blob_direct import BlobClient
 from logits_cli.api.download_options import (
     DownloadOptions,
     DownloadResult,
@@ -473,15 +474,18 @@ class LogitsClient:
         routes through the same in-process ASGI transport (docs/protocol.md §1.4, §6.3).
 
         Other origins go through ``BlobTransport``, which reads the socket in large blocks
-        (the transfer engine is CPU-bound on fast links otherwise), except when an
-        environment proxy is configured: httpx's own transport then routes through it."""
+        (the transfer engine is CPU-bound on fast links otherwise), and the transfer engine
+        reads their bodies in threads (``blob_direct.py``), except when an environment proxy
+        is configured: httpx's own transport then routes everything through it."""
         if self._blob_http is None:
-            self._blob_http = httpx.AsyncClient(
+            proxied = env_proxies_configured()
+            self._blob_http = BlobClient(
+                direct=not proxied,
                 headers={"Accept-Encoding": "identity"},
                 follow_redirects=True,
                 max_redirects=MAX_BLOB_REDIRECTS,
                 timeout=default_timeout(),
-                transport=None if env_proxies_configured() else BlobTransport(),
+                transport=None if proxied else BlobTransport(),
                 mounts=self._blob_mounts,
             )
         return self._blob_http

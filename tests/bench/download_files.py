@@ -3,17 +3,18 @@
     .venv/bin/python tests/bench/download_files.py [--base-model Qwen/Qwen3-4B] [--rank 32]
 
 Starts ``logits server --downloads files`` in its own process, makes a run of the base model,
-exports it with ``save_weights_external``, then alternates, in one run: ``curl`` fetching the
-same per-file URLs one after another, and our engine (``download`` of the external_weights/
+exports it with ``save_weights_external``, then interleaves, in one run: ``curl`` fetching the
+same per-file URLs one after another; our engine (``download`` of the external_weights/
 checkpoint: every file fetched, verified and installed durably) in a child process that
-reports its peak RSS. Target: ≥ 0.9× curl. Prints the medians and the ratio.
+reports its peak RSS; and the same engine with response bodies read through httpx instead of
+in threads (the case for ``api/blob_direct.py``). Target: ≥ 0.9× curl. Prints every round,
+the medians and the ratios.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import shutil
 import statistics
 import subprocess
@@ -24,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from download import children_cpu, engine, free_port, wait_for_server
+from download import children_cpu, engine, free_port, settle, wait_for_server
 
 from logits_cli.api import open_client
 from logits_cli.config import Settings
@@ -82,37 +83,77 @@ def main() -> None:
     try:
         wait_for_server(port)
         path = asyncio.run(prepare(base_url, key, work / "client", args.base_model, args.rank))
-        curl_times, curl_cpu, ours_runs = [], [], []
-        for _ in range(args.repeat):
-            urls = asyncio.run(file_urls(base_url, key, work / "client", path))
-            target = work / "curl"
-            target.mkdir()
-            os.sync()
-            before = children_cpu()
-            started = time.perf_counter()
-            for name, url in sorted(urls.items()):
-                subprocess.run(["curl", "-sS", "-f", "-o", str(target / name), url], check=True)
-            curl_times.append(time.perf_counter() - started)
-            curl_cpu.append(children_cpu() - before)
-            size = sum(p.stat().st_size for p in target.iterdir())
-            shutil.rmtree(target)
-            os.sync()
-            ours_runs.append(engine(base_url, key, path, work / "ours", "files"))
-            shutil.rmtree(work / "ours")
-        curl_s = statistics.median(curl_times)
-        ours_s = statistics.median(run["seconds"] for run in ours_runs)
+        contenders = ("curl", "logits", "logits-httpx")
+        runs: dict[str, list[dict]] = {name: [] for name in contenders}
+        size = 0
+        for round_ in range(args.repeat):
+            # Interleaved, in a rotated order, each after the same settling pause.
+            for name in contenders[round_ % 3 :] + contenders[: round_ % 3]:
+                settle()
+                if name == "curl":
+                    urls = asyncio.run(file_urls(base_url, key, work / "client", path))
+                    target = work / "curl"
+                    target.mkdir()
+                    before = children_cpu()
+                    started = time.perf_counter()
+                    for file_name, url in sorted(urls.items()):
+                        subprocess.run(
+                            ["curl", "-sS", "-f", "-o", str(target / file_name), url], check=True
+                        )
+                    seconds = time.perf_counter() - started
+                    cpu = children_cpu() - before
+                    # The yardstick of the CPU target: curl, then sha256sum of what it wrote.
+                    subprocess.run(
+                        ["sha256sum", *sorted(str(p) for p in target.iterdir())],
+                        check=True,
+                        stdout=subprocess.DEVNULL,
+                    )
+                    runs[name].append(
+                        {"seconds": seconds, "cpu": cpu, "cpu_sha": children_cpu() - before}
+                    )
+                    size = sum(p.stat().st_size for p in target.iterdir())
+                    shutil.rmtree(target)
+                else:
+                    mode = "files" + name.removeprefix("logits")
+                    runs[name].append(engine(base_url, key, path, work / "ours", mode))
+                    shutil.rmtree(work / "ours")
+            print(
+                f"round {round_ + 1}: "
+                + ", ".join(
+                    f"{name} {runs[name][-1]['seconds']:.3f} s (cpu {runs[name][-1]['cpu']:.2f})"
+                    for name in contenders
+                ),
+                flush=True,
+            )
+
+        def median(name: str, field: str) -> float:
+            return statistics.median(run[field] for run in runs[name])
+
         print(
             f"export: {size / 2**20:.0f} MiB in {len(urls)} files ({args.base_model}, rank {args.rank})"
         )
         print(
-            f"curl, one file after another: {curl_s:.3f} s, cpu {statistics.median(curl_cpu):.2f} s"
+            f"curl, one file after another: {median('curl', 'seconds'):.3f} s, "
+            f"cpu {median('curl', 'cpu'):.2f} s"
+        )
+        for name, label in (
+            ("logits", "logits download (bodies read in threads)"),
+            ("logits-httpx", "the same with bodies through httpx"),
+        ):
+            print(
+                f"{label}: {median(name, 'seconds'):.3f} s, cpu {median(name, 'cpu'):.2f} s, "
+                f"peak RSS {max(run['peak_rss'] for run in runs[name]) / 2**20:.0f} MB"
+            )
+        curl_s = median("curl", "seconds")
+        print(
+            f"speed ratio (curl time / ours): {curl_s / median('logits', 'seconds'):.2f}x "
+            f"(target >= 0.9x); through httpx: {curl_s / median('logits-httpx', 'seconds'):.2f}x"
         )
         print(
-            f"logits download (fetch + verify + durable install): {ours_s:.3f} s, "
-            f"cpu {statistics.median(run['cpu'] for run in ours_runs):.2f} s, "
-            f"peak RSS {max(run['peak_rss'] for run in ours_runs) / 2**20:.0f} MB"
+            f"client CPU ratio: ours / (curl + sha256sum) "
+            f"{median('logits', 'cpu') / median('curl', 'cpu_sha'):.2f}x (target <= 1.5x), "
+            f"ours / curl {median('logits', 'cpu') / median('curl', 'cpu'):.2f}x"
         )
-        print(f"speed ratio (curl time / ours): {curl_s / ours_s:.2f}x  (target >= 0.9x)")
     finally:
         server.terminate()
         server.wait(10)

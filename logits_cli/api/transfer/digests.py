@@ -114,7 +114,7 @@ def hash_range(
         count -= got
 
 
-def write_at(fd: int, chunks: list[bytes], offset: int) -> None:
+def write_at(fd: int, chunks: list[bytes] | list[memoryview], offset: int) -> None:
     """All of ``chunks`` back to back at ``offset``, with as few system calls as possible."""
     pending = [memoryview(chunk) for chunk in chunks]
     while pending:

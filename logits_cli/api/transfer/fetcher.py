@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 
+from logits_cli.api.blob_direct import BlobClient, ConnectionSlot, DirectReader, DirectRequest
 from logits_cli.api.download_options import ProgressCallback
 from logits_cli.api.limits import LowSpeedGuard, RetryBudget, TooSlow, per_connection_limit
 from logits_cli.api.retry import RetryPolicy, is_retryable_status
@@ -29,7 +30,12 @@ from logits_cli.api.transfer.digests import (
 from logits_cli.api.transfer.journal import Journal
 
 # -- the segment engine ---------------------------------------------------------------------
-from logits_cli.api.transfer.responses import BatchWriter, error_detail, response_validators
+from logits_cli.api.transfer.responses import (
+    BatchWriter,
+    error_detail,
+    pump_direct,
+    response_validators,
+)
 from logits_cli.api.transfer.signed_url import SignedUrl
 from logits_cli.api.transfer.tuning import (
     EMBEDDED_SEGMENT,
@@ -146,6 +152,14 @@ class RangedFetcher:
         self._closing = threading.Event()  # stops the hash thread early
         # The same for writes. One thread suffices: the kernel serializes writes to one file.
         self._write_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="logits-write")
+        # Requests read in threads (blob_direct.py): one thread and one kept-alive
+        # connection per worker; shut down, like the others, before the descriptor closes.
+        self._reader_threads = ThreadPoolExecutor(
+            max_workers=self._connections, thread_name_prefix="logits-read"
+        )
+        self._slots: list[ConnectionSlot] = []
+        self._write_lock = threading.Lock()
+        self._count_lock = threading.Lock()  # the journal's counts, also kept by reader threads
 
     # -- entry point ----------------------------------------------------------------------
 
@@ -195,13 +209,17 @@ class RangedFetcher:
                     await self._hash_task
             self._hash_thread.shutdown(wait=True, cancel_futures=True)
             self._write_thread.shutdown(wait=True, cancel_futures=True)
+            self._reader_threads.shutdown(wait=True, cancel_futures=True)
+            for slot in self._slots:
+                slot.close()
             os.close(fd)
             if self._journal is not None:
                 self._journal.save(self._journal_path)
 
     def _replace_journal(self, journal: Journal | None) -> None:
-        self._journal = journal
-        self._layout += 1
+        with self._count_lock:
+            self._journal = journal
+            self._layout += 1
         self._grown.set()
 
     def _expected_digest(self) -> ExpectedDigest | None:
@@ -302,9 +320,11 @@ class RangedFetcher:
             raise failures.exceptions[0] from None
 
     async def _worker(self, fd: int, first: int | None) -> None:
+        slot = ConnectionSlot()
+        self._slots.append(slot)
         index = first if first is not None else self._next_segment()
         while index is not None:
-            await self._fetch_segment(fd, index)
+            await self._fetch_segment(fd, index, slot)
             index = self._next_segment()
 
     def _next_segment(self) -> int | None:
@@ -319,7 +339,7 @@ class RangedFetcher:
     def _segment_filled(self, index: int) -> int:
         return self._journal.filled[index] if self._journal is not None else 0
 
-    async def _fetch_segment(self, fd: int, index: int) -> None:
+    async def _fetch_segment(self, fd: int, index: int, slot: ConnectionSlot) -> None:
         fruitless = 0
         budget = RetryBudget()
         while True:
@@ -329,7 +349,7 @@ class RangedFetcher:
             before = self._segment_filled(index)
             url, generation = await self._urls.get()
             try:
-                await self._attempt(fd, index, url)
+                await self._attempt(fd, index, url, slot)
                 if self._segment_filled(self._current(index)) == before:
                     raise _RetryableFailure("the server sent an empty body")
                 fruitless = 0
@@ -350,7 +370,7 @@ class RangedFetcher:
                 elif not progressed:
                     await asyncio.sleep(self._policy.delay(fruitless - 1, failure.response))
 
-    async def _attempt(self, fd: int, index: int, url: str) -> None:
+    async def _attempt(self, fd: int, index: int, url: str, slot: ConnectionSlot) -> None:
         headers = {}
         if self._journal is None:
             offset, last = 0, self._segment_size - 1
@@ -361,43 +381,13 @@ class RangedFetcher:
             headers["Range"] = f"bytes={offset}-{last}"
             if self._journal is not None and self._journal.headers.get("etag"):
                 headers["If-Range"] = self._journal.headers["etag"]
-        loop = asyncio.get_running_loop()
+        direct = self._direct_reader(url)
         try:
-            async with asyncio.timeout(self._stall_timeout) as stall:
-                request = self._http.build_request("GET", url, headers=headers)
-                response = await self._http.send(request, stream=True)
-                try:
-                    position, limit = await self._accept(fd, response, offset, last)
-                    writer = BatchWriter(self, fd, self._current(index), position)
-                    try:
-                        # Re-arming the timer on every chunk would cost a timer each;
-                        # re-arming at most every quarter period with a quarter of slack
-                        # declares a stall after 1 to 1.25 times stall_timeout without a byte.
-                        slack = self._stall_timeout / 4
-                        rearmed = loop.time()
-                        stall.reschedule(rearmed + self._stall_timeout + slack)
-                        speed = LowSpeedGuard(self._low_speed_limit, self._low_speed_time, rearmed)
-                        received = 0
-                        async for chunk in response.aiter_raw():
-                            now = loop.time()
-                            if now - rearmed > slack:
-                                stall.reschedule(now + self._stall_timeout + slack)
-                                rearmed = now
-                            if limit is not None and position + len(chunk) > limit:
-                                # Never past the promised size: not one byte is written.
-                                raise IntegrityError(
-                                    f"the server sent more than the {limit} bytes promised"
-                                )
-                            position += len(chunk)
-                            received += len(chunk)
-                            await writer.add(chunk)
-                            speed.update(now, received)
-                    finally:
-                        # Whatever arrived is good up to here; and no write may still be
-                        # running once this attempt is over.
-                        await writer.finish()
-                finally:
-                    await response.aclose()
+            if direct is not None:
+                request = direct.request(slot, url, headers, self._stall_timeout)
+                position = await self._attempt_direct(request, fd, index, offset, last)
+            else:
+                position = await self._attempt_httpx(fd, index, url, headers, offset, last)
         except TimeoutError:
             raise _RetryableFailure(
                 f"no data for {self._stall_timeout:g} s", renew_url=self._urls.expired()
@@ -417,6 +407,89 @@ class RangedFetcher:
                 raise _RetryableFailure("the connection closed before the end of the archive")
             if not self._journal.size:  # size learned only now: the body ran until EOF
                 self._journal.size = self._journal.segment_size = position
+
+    def _direct_reader(self, url: str) -> DirectReader | None:
+        return self._http.direct_reader(url) if isinstance(self._http, BlobClient) else None
+
+    async def _attempt_direct(
+        self, request: DirectRequest, fd: int, index: int, offset: int, last: int
+    ) -> int:
+        """One request in a reader thread (blob_direct.py): its body goes from the socket to
+        the part file without a turn of the event loop per chunk."""
+        pumping = False
+        try:
+            await self._in_reader_thread(request, request.open)
+            response = httpx.Response(
+                request.status, headers=request.headers, content=request.error_body
+            )
+            position, limit = await self._accept(fd, response, offset, last)
+            loop = asyncio.get_running_loop()
+            current, layout = self._current(index), self._layout
+
+            def written(at: int, count: int) -> None:
+                if self._count_written(current, count, layout):
+                    with contextlib.suppress(RuntimeError):  # the loop has closed
+                        loop.call_soon_threadsafe(self._announce, at)
+
+            speed = LowSpeedGuard(self._low_speed_limit, self._low_speed_time, time.monotonic())
+            pumping = True
+            ended: int = await self._in_reader_thread(
+                request, pump_direct, request, fd, position, limit, written, speed, self._write_lock
+            )
+            return ended
+        finally:
+            if not pumping:
+                request.release()  # the pump releases it itself, in its thread
+
+    async def _in_reader_thread(self, request: DirectRequest, function: Any, *args: Any) -> Any:
+        future = asyncio.get_running_loop().run_in_executor(self._reader_threads, function, *args)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            request.abort()  # wakes the thread; run() waits for it before closing the file
+            raise
+
+    async def _attempt_httpx(
+        self, fd: int, index: int, url: str, headers: dict[str, str], offset: int, last: int
+    ) -> int:
+        """One request through httpx (the embedded server, mounted and proxied origins)."""
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(self._stall_timeout) as stall:
+            request = self._http.build_request("GET", url, headers=headers)
+            response = await self._http.send(request, stream=True)
+            try:
+                position, limit = await self._accept(fd, response, offset, last)
+                writer = BatchWriter(self, fd, self._current(index), position)
+                try:
+                    # Re-arming the timer on every chunk would cost a timer each;
+                    # re-arming at most every quarter period with a quarter of slack
+                    # declares a stall after 1 to 1.25 times stall_timeout without a byte.
+                    slack = self._stall_timeout / 4
+                    rearmed = loop.time()
+                    stall.reschedule(rearmed + self._stall_timeout + slack)
+                    speed = LowSpeedGuard(self._low_speed_limit, self._low_speed_time, rearmed)
+                    received = 0
+                    async for chunk in response.aiter_raw():
+                        now = loop.time()
+                        if now - rearmed > slack:
+                            stall.reschedule(now + self._stall_timeout + slack)
+                            rearmed = now
+                        if limit is not None and position + len(chunk) > limit:
+                            # Never past the promised size: not one byte is written.
+                            raise IntegrityError(
+                                f"the server sent more than the {limit} bytes promised"
+                            )
+                        position += len(chunk)
+                        received += len(chunk)
+                        await writer.add(chunk)
+                        speed.update(now, received)
+                finally:
+                    # Whatever arrived is good up to here; and no write may still be
+                    # running once this attempt is over.
+                    await writer.finish()
+            finally:
+                await response.aclose()
+        return position
 
     async def _accept(
         self, fd: int, response: httpx.Response, offset: int, last: int
@@ -504,19 +577,31 @@ class RangedFetcher:
         return 0, size
 
     def _written(self, index: int, offset: int, count: int, layout: int) -> None:
-        """``count`` bytes of segment ``index`` are on disk at ``offset``."""
-        if layout != self._layout:
-            return  # written under a journal that has since been replaced
-        assert self._journal is not None
-        self._journal.filled[index] += count
-        self._fetched += count
-        self._done += count
+        """``count`` bytes of segment ``index`` are on disk at ``offset`` (event loop)."""
+        if self._count_written(index, count, layout):
+            self._announce(offset)
+
+    def _count_written(self, index: int, count: int, layout: int) -> bool:
+        """Count bytes on disk in the journal. Reader threads call this themselves, before
+        the loop hears of the write, so the journal saved when the fetcher stops holds
+        every write, even one whose announcement the loop never got to run."""
+        with self._count_lock:
+            if layout != self._layout:
+                return False  # written under a journal that has since been replaced
+            assert self._journal is not None
+            self._journal.filled[index] += count
+            self._fetched += count
+            self._done += count
+            return True
+
+    def _announce(self, offset: int) -> None:
         if self._hash_waits_at is not None and offset == self._hash_waits_at:
             self._grown.set()  # only the write at the prefix's end lets the hasher go on
         self._report()
         now = time.monotonic()
         if now - self._last_flush >= JOURNAL_FLUSH_INTERVAL_S:
             self._last_flush = now
+            assert self._journal is not None
             self._journal.save(self._journal_path)
 
     def _report(self) -> None:

@@ -1,21 +1,27 @@
-"""Handling one response body: writing it in batches at its offsets, and reading the
-headers that validate it or explain a failure."""
+"""Handling one response body: writing it in batches at its offsets (from the event loop
+through a write thread, or wholly in a reader thread), and reading the headers that validate
+it or explain a failure."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import httpx
 
-from logits_cli.api.transfer.digests import (
-    write_at,
-)
+from logits_cli.api.blob_direct import DirectRequest
+from logits_cli.api.limits import LowSpeedGuard, TooSlow
+from logits_cli.api.transfer.digests import write_at
 from logits_cli.api.transfer.tuning import (
+    JOURNAL_FLUSH_INTERVAL_S,
     MAX_BATCH_BUFFERS,
     VALIDATOR_HEADERS,
     WRITE_BATCH,
 )
+from logits_cli.errors import IntegrityError
 
 # -- the segment engine ---------------------------------------------------------------------
 
@@ -89,3 +95,56 @@ def error_detail(response: httpx.Response) -> tuple[str | None, str | None]:
         return None, None
     detail, code = body.get("detail"), body.get("code")
     return (detail if isinstance(detail, str) else None, code if isinstance(code, str) else None)
+
+
+def pump_direct(
+    request: DirectRequest,
+    fd: int,
+    position: int,
+    limit: int | None,
+    written: Callable[[int, int], None],
+    speed: LowSpeedGuard,
+    write_lock: threading.Lock,
+) -> int:
+    """In a reader thread: the rest of ``request``'s body into ``fd`` from ``position``
+    (never past ``limit``) through one reused buffer of ``WRITE_BATCH`` bytes, written
+    whenever it is full; ``written(offset, count)`` is told of each write once it is on
+    disk. Returns where the body ended."""
+    buffer = memoryview(bytearray(WRITE_BATCH))
+    filled = received = 0
+    flushed = time.monotonic()
+
+    def flush() -> None:
+        nonlocal position, filled
+        if filled:
+            # One writer at a time: concurrent writes to one file serialize on the inode's
+            # lock in the kernel anyway, and its waiters spin there, burning the CPU the
+            # other connections (and, on loopback, the server) need.
+            with write_lock:
+                write_at(fd, [buffer[:filled]], position)
+            written(position, filled)
+            position += filled
+        filled = 0
+
+    try:
+        while count := request.readinto(buffer[filled:]):
+            if limit is not None and position + filled + count > limit:
+                # Never past the promised size: not one byte of this read is written.
+                flush()
+                raise IntegrityError(f"the server sent more than the {limit} bytes promised")
+            filled += count
+            received += count
+            now = time.monotonic()
+            # Full, or held for as long as the journal may lag: a slow body is journaled
+            # (and resumable) as it arrives, not once 2 MiB of it have.
+            if filled == len(buffer) or now - flushed >= JOURNAL_FLUSH_INTERVAL_S:
+                flush()
+                flushed = now
+            speed.update(now, received)
+        flush()
+        return position
+    except (TimeoutError, TooSlow, httpx.HTTPError):
+        flush()  # whatever arrived is good up to here
+        raise
+    finally:
+        request.release()

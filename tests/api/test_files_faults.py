@@ -151,7 +151,9 @@ def test_a_corrupted_byte_means_that_file_is_fetched_again(proxied, tmp_path: Pa
     expected, result = run_download(server, proxy, tmp_path)
     assert_good(expected, result)
     assert proxy.faults_applied == 1
-    assert total_size(result, expected) < result.bytes_fetched < 2 * total_size(result, expected) + 1
+    assert (
+        total_size(result, expected) < result.bytes_fetched < 2 * total_size(result, expected) + 1
+    )
 
 
 def test_corruption_every_time_is_an_integrity_error(proxied, tmp_path: Path) -> None:

@@ -562,7 +562,10 @@ OutputDirOpt = Annotated[
     typer.Option("--output", "-o", help="Destination directory.", file_okay=False, metavar="DIR"),
 ]
 ConnectionsOpt = Annotated[
-    int, typer.Option("--connections", min=1, max=64, help="Parallel ranged requests per file.")
+    int,
+    typer.Option(
+        "--connections", min=1, max=64, metavar="N", help="Parallel ranged requests per file."
+    ),
 ]
 
 
@@ -599,7 +602,18 @@ def download(
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Download, verify and extract checkpoints into DIR/NAME; prints their local paths."""
+    """Download, verify and extract checkpoints into DIR/NAME; prints their local paths.
+
+    PATH is logits://RUN/KIND/NAME (or tinker://…); NAME may be @latest. A killed or
+    interrupted download resumes where it stopped when run again.
+
+    Examples:
+
+    \b
+      logits ckpt download logits://RUN/weights/step_1000 -o ./ckpts
+      logits ckpt download logits://RUN/sampler_weights/@latest --archive-only
+      logits ckpt ls -q RUN | xargs logits ckpt download -o ./ckpts
+    """
     import dataclasses
     import time
 
@@ -691,11 +705,15 @@ def sync(
     runs: RunsArg = None,
     checkpoint_type: TypeOpt = None,
     latest: Annotated[
-        int | None, typer.Option("--latest", min=1, help="Only the newest N per run and type.")
+        int | None,
+        typer.Option("--latest", min=1, metavar="N", help="Only the newest N per run and type."),
     ] = None,
     since: SinceOpt = None,
     jobs: Annotated[
-        int, typer.Option("--jobs", "-j", min=1, max=32, help="Checkpoints fetched at once.")
+        int,
+        typer.Option(
+            "--jobs", "-j", min=1, max=32, metavar="N", help="Checkpoints fetched at once."
+        ),
     ] = 2,
     connections: ConnectionsOpt = 8,
     max_duration: Annotated[
@@ -736,7 +754,18 @@ def sync(
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Fetch every checkpoint not yet in DIR, under a lock: safe to run from cron."""
+    """Fetch every checkpoint not yet in DIR, under a lock: safe to run from cron.
+
+    Each checkpoint lands in DIR/RUN/KIND/NAME; present ones are checked by name and size,
+    damaged ones repaired.
+
+    Examples:
+
+    \b
+      logits ckpt sync -o ./mirror                    # all, every night
+      logits ckpt sync RUN -o ./mirror --latest 3 -v  # newest 3 per kind
+      logits ckpt sync -o ./mirror --export           # export weights too
+    """
     from logits_cli.api.download_options import DownloadOptions
     from logits_cli.api.sync import SyncOptions, run_sync
 

@@ -34,7 +34,7 @@ def list_models(
     substring: Annotated[
         str | None,
         typer.Argument(
-            metavar="[SUBSTRING]",
+            metavar="SUBSTRING",
             help="Only models whose name contains this, ignoring case.",
             show_default=False,
         ),
@@ -42,7 +42,16 @@ def list_models(
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """List the base models runs can be created on (pass a name to `runs create --base-model`)."""
+    """List the base models runs can be created on (pass a name to `runs create --base-model`).
+
+    SUBSTRING: only models whose name contains it, ignoring case.
+
+    Examples:
+
+    \b
+      logits models ls
+      logits models ls qwen3 -q | head -1
+    """
     out = Output(json_output=json_output, quiet=quiet)
     settings = settings_for(ctx)
     capabilities = call_api(ctx, settings, lambda client: client.capabilities())

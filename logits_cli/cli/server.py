@@ -42,15 +42,20 @@ class Downloads(StrEnum):
 @handle_errors
 def start(
     ctx: typer.Context,
-    host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
+    host: Annotated[
+        str, typer.Option("--host", metavar="HOST", help="Interface to listen on.")
+    ] = "127.0.0.1",
     port: Annotated[
-        int, typer.Option("--port", min=0, max=65535, help="TCP port (0: any free).")
+        int,
+        typer.Option("--port", min=0, max=65535, metavar="PORT", help="TCP port (0: any free)."),
     ] = 8000,
     home: HomeOpt = None,
     uri_scheme: Annotated[
         UriScheme,
         typer.Option(
-            "--uri-scheme", help="Scheme of returned paths; 'tinker' for the official SDK."
+            "--uri-scheme",
+            metavar="logits|tinker",
+            help="Scheme of returned paths; 'tinker' for the official SDK.",
         ),
     ] = UriScheme.logits,
     jwt_auth: Annotated[
@@ -88,6 +93,7 @@ def start(
         Downloads,
         typer.Option(
             "--downloads",
+            metavar="archive|files|both",
             help="Which generation of downloads to serve: 'archive' (one tar per checkpoint), "
             "'files' (per-file exports, no archive endpoint) or both.",
         ),
@@ -105,11 +111,24 @@ def start(
     workers: Annotated[
         int,
         typer.Option(
-            "--workers", min=1, max=256, help="Server processes sharing the port and the store."
+            "--workers",
+            min=1,
+            max=256,
+            metavar="N",
+            help="Server processes sharing the port and the store.",
         ),
     ] = 1,
 ) -> None:
-    """Serve the store over HTTP (uvicorn) until interrupted."""
+    """Serve the store over HTTP (uvicorn) until interrupted.
+
+    Examples:
+
+    \b
+      logits server start --port 8000
+      logits server start --host 0.0.0.0 --public-url https://ckpt.example.com
+      logits server start --workers 4
+      logits server start --uri-scheme tinker --downloads files  # like SDK 0.38
+    """
     from logits_cli.server.serve import run_server
 
     if public_url is not None and not public_url.startswith(("http://", "https://")):

@@ -199,14 +199,14 @@ def main() -> None:
         for _ in range(args.repeat):
             curl_file = work / "curl.tar"
             url = asyncio.run(signed_url(base_url, key, work / "client", path))
-            os.sync()  # neither run pays for the previous one's dirty pages
+            settle()  # neither run pays for the previous one's dirty pages
             children_before = children_cpu()
             started = time.perf_counter()
             subprocess.run(["curl", "-sS", "-f", "-o", str(curl_file), url], check=True)
             curl_times.append(time.perf_counter() - started)
             curl_cpu.append(children_cpu() - children_before)
             curl_file.unlink()
-            os.sync()
+            settle()
             ours_runs.append(engine(base_url, key, path, work / "ours", "archive"))
             shutil.rmtree(work / "ours")
         curl_seconds = statistics.median(curl_times)

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import termios
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -164,6 +165,32 @@ def test_help_uses_the_terminal_width_and_names_no_python_types(columns: int) ->
         assert code == 0 and "Examples:" in screen
         assert not re.search(r"<(list\[|int|str|Path|bool)", screen), screen
         assert all(len(line) <= columns for line in screen.splitlines())
+
+
+def every_command() -> list[list[str]]:
+    import typer
+
+    from logits_cli.cli.main import app
+
+    def walk(command: Any, path: list[str]) -> list[list[str]]:
+        children = getattr(command, "commands", None)
+        if not children:
+            return [path]
+        return [leaf for name, child in children.items() for leaf in walk(child, [*path, name])]
+
+    return walk(typer.main.get_command(app), [])
+
+
+def test_every_command_has_examples_and_plain_names_in_its_help() -> None:
+    commands = every_command()
+    assert len(commands) >= 20
+    for command in commands:
+        code, screen = run_on_terminal([*command, "--help"], columns=80)
+        assert code == 0, command
+        assert "Examples:" in screen, command
+        # No Python type (<int range>, <list[str]>, <str>), no {REQUIRED} or [[OPTIONAL]].
+        assert not re.search(r"<[a-z][a-z_|\[\] ]*>|\{[A-Z]+\}|\[\[", screen), screen
+        assert all(len(line) <= 80 for line in screen.splitlines()), screen
 
 
 def test_rm_prompt_shows_sizes_and_ages_and_declining_is_not_an_error(saved: str) -> None:

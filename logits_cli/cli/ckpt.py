@@ -1,4 +1,5 @@
-"""``logits ckpt …``: save, load, list, inspect, download, sync, publish, expire, delete.
+"""``logits ckpt …``: save, load, list, inspect, publish; expire and delete (``ckpt_retention``),
+download, sync and verify (``ckpt_transfer``).
 
 Each command parses its input, makes its calls inside one ``call_api`` session, and renders
 the result. Rendering lives in ``ckpt_render``, path parsing and bulk selection in
@@ -8,15 +9,13 @@ the result. Rendering lives in ``ckpt_render``, path parsing and bulk selection 
 
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
 from logits_cli import errors
-from logits_cli.cli import ckpt_retention
+from logits_cli.cli import ckpt_retention, ckpt_transfer
 from logits_cli.cli.arguments import (
-    DirsArgument,
     NameArgument,
     PathArgument,
     PathsArgument,
@@ -41,20 +40,17 @@ from logits_cli.cli.ckpt_select import (
     parse_refs,
 )
 from logits_cli.cli.context import call_api, require_run, settings_for
-from logits_cli.cli.failures import handle_errors, report_error
+from logits_cli.cli.failures import handle_errors
 from logits_cli.cli.options import (
     BeforeOpt,
-    DryRunOpt,
     JsonOpt,
-    PathsArg,
     QuietOpt,
     RunOpt,
-    RunsArg,
     SinceOpt,
     TimeoutOpt,
     TypeOpt,
 )
-from logits_cli.cli.output import BOOL, Column, Output, human_size, human_speed, log_line
+from logits_cli.cli.output import Output
 from logits_cli.cli.timeparse import (
     optional_point_in_time,
     optional_seconds,
@@ -67,11 +63,10 @@ if TYPE_CHECKING:
     from logits_cli import models
     from logits_cli.api.client import LogitsClient
     from logits_cli.api.download_options import FileUrls
-    from logits_cli.api.sync import SyncItem
 
 T = TypeVar("T")
 
-__all__ = ["BulkReport", "extended_ttl", "kind_of", "parse_refs", "sync_log_message"]
+__all__ = ["BulkReport", "extended_ttl", "kind_of", "parse_refs"]
 
 app = typer.Typer(
     help="Save, list, download, publish, expire and delete checkpoints.", no_args_is_help=True
@@ -555,376 +550,8 @@ app.command()(ckpt_retention.rm)
 app.command()(ckpt_retention.ttl)
 
 
-# -- download / sync / verify -------------------------------------------------------------
+# -- download / sync / verify (ckpt_transfer) ---------------------------------------------
 
-OutputDirOpt = Annotated[
-    Path,
-    typer.Option("--output", "-o", help="Destination directory.", file_okay=False, metavar="DIR"),
-]
-ConnectionsOpt = Annotated[
-    int,
-    typer.Option(
-        "--connections", min=1, max=64, metavar="N", help="Parallel ranged requests per file."
-    ),
-]
-
-
-@app.command()
-@handle_errors
-def download(
-    ctx: typer.Context,
-    paths: PathsArg,
-    output: OutputDirOpt = Path("."),
-    connections: ConnectionsOpt = 8,
-    keep_archive: Annotated[
-        bool, typer.Option("--keep-archive", help="Keep NAME.tar beside NAME/.")
-    ] = False,
-    archive_only: Annotated[
-        bool, typer.Option("--archive-only", help="Verify and keep NAME.tar; do not extract.")
-    ] = False,
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing download.")] = False,
-    timeout: Annotated[
-        str | None,
-        typer.Option(
-            "--timeout",
-            help="Give up on the whole command after this long (e.g. 2h); default: no limit.",
-            metavar="DURATION",
-        ),
-    ] = None,
-    lock_wait: Annotated[
-        str | None,
-        typer.Option(
-            "--lock-wait",
-            help="Wait this long for another download of the same checkpoint (else exit 9).",
-            metavar="DURATION",
-        ),
-    ] = None,
-    json_output: JsonOpt = False,
-    quiet: QuietOpt = False,
-) -> None:
-    """Download, verify and extract checkpoints into DIR/NAME; prints their local paths.
-
-    PATH is logits://RUN/KIND/NAME (or tinker://…); NAME may be @latest. A killed or
-    interrupted download resumes where it stopped when run again.
-
-    Examples:
-
-    \b
-      logits ckpt download logits://RUN/weights/step_1000 -o ./ckpts
-      logits ckpt download logits://RUN/sampler_weights/@latest --archive-only
-      logits ckpt ls -q RUN | xargs logits ckpt download -o ./ckpts
-    """
-    import dataclasses
-    import time
-
-    from logits_cli.api.download_options import DownloadOptions, DownloadResult
-
-    out = Output(json_output=json_output, quiet=quiet)
-    if keep_archive and archive_only:
-        raise errors.UsageError("--keep-archive and --archive-only cannot be combined")
-    refs = parse_refs(paths)
-    _refuse_colliding_names(refs, output)
-    total_limit = optional_seconds(timeout)
-    options = DownloadOptions(
-        connections=connections,
-        keep_archive=keep_archive,
-        archive_only=archive_only,
-        force=force,
-        lock_wait=optional_seconds(lock_wait) or 0.0,
-    )
-    settings = settings_for(ctx)
-    report = BulkReport(len(refs), "downloaded")
-    give_up = None if total_limit is None else time.monotonic() + total_limit
-
-    def options_now() -> DownloadOptions:
-        """--timeout is one deadline for every checkpoint of the command."""
-        if give_up is None:
-            return options
-        return dataclasses.replace(options, timeout=max(0.0, give_up - time.monotonic()))
-
-    async def work(client: "LogitsClient") -> "list[DownloadResult]":
-        done: list[DownloadResult] = []
-        with out.transfer_bars() as bars:
-            for ref in refs:
-                try:
-                    resolved = await client.resolve(ref)
-                    progress = bars.bar(resolved.name) if bars else None
-                    result = await client.download(
-                        resolved,
-                        output,
-                        options=options_now(),
-                        progress=progress,
-                        notice=out.notice,
-                    )
-                except errors.LogitsError as raised:
-                    failure = raised
-                    if give_up is not None and time.monotonic() >= give_up:
-                        failure = errors.UnavailableError(
-                            f"did not finish within --timeout {timeout}",
-                            hint="run the same command again to resume the download",
-                        )
-                    report.add(str(ref), failure)
-                    if bars is None:
-                        log_line(f"failed {ref}: {failure.message}")
-                    continue
-                done.append(result)
-                if result.repaired:
-                    log_line(f"repaired {result.path}: {'; '.join(result.repaired)}")
-                if bars is None:
-                    what = "present" if result.skipped else "downloaded"
-                    log_line(
-                        f"{what} {result.checkpoint.tinker_path} -> {result.path} ({result.bytes_fetched} bytes fetched)"
-                    )
-        return done
-
-    results = call_api(ctx, settings, work)
-    if out.json:
-        out.emit_json(
-            [
-                {
-                    "path": r.checkpoint.tinker_path,
-                    "local_path": str(r.path),
-                    "size_bytes": r.checkpoint.size_bytes,
-                    "bytes_fetched": r.bytes_fetched,
-                    "skipped": r.skipped,
-                    "resumed": r.resumed,
-                }
-                for r in results
-            ]
-        )
-    else:
-        out.emit_lines(str(r.path) for r in results)
-    report.finish()
-
-
-@app.command()
-@handle_errors
-def sync(
-    ctx: typer.Context,
-    output: OutputDirOpt,
-    runs: RunsArg = None,
-    checkpoint_type: TypeOpt = None,
-    latest: Annotated[
-        int | None,
-        typer.Option("--latest", min=1, metavar="N", help="Only the newest N per run and type."),
-    ] = None,
-    since: SinceOpt = None,
-    jobs: Annotated[
-        int,
-        typer.Option(
-            "--jobs", "-j", min=1, max=32, metavar="N", help="Checkpoints fetched at once."
-        ),
-    ] = 2,
-    connections: ConnectionsOpt = 8,
-    max_duration: Annotated[
-        str | None,
-        typer.Option(
-            "--max-duration",
-            help="Stop after this long (e.g. 50m): downloads in flight are cancelled, resumable.",
-            metavar="DURATION",
-        ),
-    ] = None,
-    lock_wait: Annotated[
-        str | None,
-        typer.Option(
-            "--lock-wait",
-            help="Wait this long for another sync's lock (else exit 9).",
-            metavar="DURATION",
-        ),
-    ] = None,
-    prune_local: Annotated[
-        bool,
-        typer.Option(
-            "--prune-local", help="Delete local copies of checkpoints gone from the service."
-        ),
-    ] = False,
-    export: Annotated[
-        bool,
-        typer.Option(
-            "--export",
-            help="On deployments without archive downloads, export weights/ checkpoints to "
-            "fetch them (starts a training session on the service); else they are skipped.",
-        ),
-    ] = False,
-    verbose: Annotated[
-        bool,
-        typer.Option("--verbose", "-v", help="Also log one line per checkpoint already present."),
-    ] = False,
-    dry_run: DryRunOpt = False,
-    json_output: JsonOpt = False,
-    quiet: QuietOpt = False,
-) -> None:
-    """Fetch every checkpoint not yet in DIR, under a lock: safe to run from cron.
-
-    Each checkpoint lands in DIR/RUN/KIND/NAME; present ones are checked by name and size,
-    damaged ones repaired.
-
-    Examples:
-
-    \b
-      logits ckpt sync -o ./mirror                    # all, every night
-      logits ckpt sync RUN -o ./mirror --latest 3 -v  # newest 3 per kind
-      logits ckpt sync -o ./mirror --export           # export weights too
-    """
-    from logits_cli.api.download_options import DownloadOptions
-    from logits_cli.api.sync import SyncOptions, run_sync
-
-    out = Output(json_output=json_output, quiet=quiet)
-    options = SyncOptions(
-        runs=tuple(validate_run_id(r) for r in runs or []),
-        kind=kind_of(checkpoint_type),
-        latest=latest,
-        since=optional_point_in_time(since),
-        jobs=jobs,
-        dry_run=dry_run,
-        max_duration=optional_seconds(max_duration),
-        lock_wait=optional_seconds(lock_wait) or 0.0,
-        prune_local=prune_local,
-        export=export,
-        download=DownloadOptions(connections=connections),
-    )
-    settings = settings_for(ctx)
-
-    def on_item(item: "SyncItem") -> None:
-        # An hourly cron job would log every present checkpoint every hour: only on request.
-        if item.status != "present" or verbose or dry_run:
-            log_line(sync_log_message(item))
-
-    with out.transfer_bars() as bars:
-        bar_for: dict[str, Callable[[int, int | None], None]] = {}
-
-        def progress(tinker_path: str, done: int, total: int | None) -> None:
-            if bars is None:
-                return
-            if tinker_path not in bar_for:
-                bar_for[tinker_path] = bars.bar(tinker_path.rsplit("/", 1)[-1])
-            bar_for[tinker_path](done, total)
-
-        summary = call_api(
-            ctx,
-            settings,
-            lambda client: run_sync(client, output, options, on_item=on_item, progress=progress),
-        )
-    if out.json:
-        out.emit_json(summary.to_json())
-    elif out.quiet:
-        out.emit_lines(
-            i.local_path for i in summary.items if i.local_path and i.status == "downloaded"
-        )
-    else:
-        done = ", ".join(f"{n} {status}" for status, n in sorted(summary.counts().items()) if n)
-        fetched = summary.bytes_fetched
-        speed = (
-            f", {human_size(fetched)} at {human_speed(fetched, summary.elapsed_s)}"
-            if fetched
-            else ""
-        )
-        out.log_summary(f"sync: {done or 'nothing to do'} in {summary.elapsed_s:.1f} s{speed}")
-    if summary.incomplete:
-        counts = summary.counts()
-        raise errors.PartialFailureError(
-            f"sync incomplete: {counts.get('failed', 0)} failed, {counts.get('not_started', 0)} not started"
-        )
-
-
-def _refuse_colliding_names(refs: "Sequence[CheckpointRef]", output: Path) -> None:
-    """Every checkpoint lands in DIR/NAME: two different checkpoints of one name (weights/x
-    and sampler_weights/x, or x of two runs) would collide there, so that is refused before
-    anything is fetched. (``sync`` lays out DIR/RUN/KIND/NAME and has no such limit.)"""
-    seen: dict[str, CheckpointRef] = {}
-    for ref in refs:
-        if ref.is_latest:
-            continue
-        first = seen.setdefault(ref.name, ref)
-        if first.with_scheme(ref.scheme) != ref:
-            raise errors.UsageError(
-                f"{first} and {ref} would both be downloaded to {output / ref.name}",
-                hint="download them with separate -o directories, or use "
-                "`logits ckpt sync RUN -o DIR` (DIR/RUN/KIND/NAME)",
-            )
-
-
-def sync_log_message(item: "SyncItem") -> str:
-    """One checkpoint's log line. A planned item names its action, so a dry run's plan
-    tells the downloads from the local copies it would prune."""
-    what = f"planned {item.action}" if item.status == "planned" else item.status
-    if item.repaired and item.status == "downloaded":
-        what = "repaired"
-    detail = f" -> {item.local_path}" if item.local_path else ""
-    damage = f" ({'; '.join(item.repaired)})" if item.repaired else ""
-    error = f": {item.error}" if item.error else ""
-    return f"{what} {item.tinker_path}{detail}{damage}{error}"
-
-
-@app.command()
-@handle_errors
-def verify(
-    dirs: DirsArgument,
-    json_output: JsonOpt = False,
-    quiet: QuietOpt = False,
-) -> None:
-    """Re-check downloaded checkpoints against their manifests.
-
-    DIR: a downloaded checkpoint directory, or a directory holding them.
-
-    A DIR that is missing or holds no checkpoint is reported and the others are still
-    checked. Exit 7 if any checkpoint fails verification, else 8 if some DIR had nothing to
-    check, 4 if none had.
-
-    Examples:
-
-    \b
-      logits ckpt verify ./ckpts/step_1000
-      logits ckpt verify ./ckpts                # every checkpoint below it
-    """
-    from logits_cli.api.verify import find_checkpoint_dirs, verify_checkpoint_dir
-
-    out = Output(json_output=json_output, quiet=quiet)
-    checked: list[Path] = []
-    unusable: list[errors.LogitsError] = []
-    for root in dict.fromkeys(dirs):
-        if not root.is_dir():
-            unusable.append(errors.NotFoundError(f"{root} is not a directory"))
-            continue
-        found = find_checkpoint_dirs(root)
-        if not found:
-            unusable.append(errors.NotFoundError(f"no downloaded checkpoint in {root}"))
-        checked.extend(found)
-    if not checked:
-        if len(unusable) == 1:
-            raise unusable[0]
-        for error in unusable:
-            report_error(error)
-        raise errors.NotFoundError(f"none of the {len(unusable)} directories holds a checkpoint")
-    results = [verify_checkpoint_dir(path) for path in checked]
-    records = [
-        {
-            "path": str(r.path),
-            "ok": r.ok,
-            "problems": list(r.problems),
-            "tinker_path": r.tinker_path,
-        }
-        for r in results
-    ]
-    out.emit_listing(
-        records,
-        (str(r.path) for r in results if r.ok),
-        [
-            Column("DIR", "path"),
-            Column("OK", "ok", BOOL),
-            Column("CHECKPOINT", "tinker_path", priority=1),
-        ],
-        records,
-    )
-    bad = [r for r in results if not r.ok]
-    for result in bad:
-        for problem in result.problems:
-            out.warn(f"{result.path}: {problem}")
-    for error in unusable:
-        report_error(error)
-    if bad:
-        raise errors.IntegrityError(f"{len(bad)} of {len(results)} checkpoints failed verification")
-    if unusable:
-        raise errors.PartialFailureError(
-            f"{len(unusable)} of {len(dict.fromkeys(dirs))} directories had no checkpoint to verify"
-        )
+app.command()(ckpt_transfer.download)
+app.command()(ckpt_transfer.sync)
+app.command()(ckpt_transfer.verify)

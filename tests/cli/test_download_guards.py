@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import tarfile
 import threading
 import time
 from pathlib import Path
@@ -150,3 +151,40 @@ def test_two_checkpoints_of_one_name_are_refused_before_anything_is_fetched(
         "ckpt", "download", weights, weights.replace("logits://", "tinker://"), "-o", str(dest)
     )
     assert twice.exit_code == 0, twice.stderr
+
+
+# -- -o - and --archive-only -o FILE.tar (issue 12, point 4) ---------------------------------
+
+
+def test_dash_o_writes_the_verified_archive_to_stdout_and_nothing_else(cli, run, tmp_path):
+    path = saved_path(cli)
+    reference = tmp_path / "ref"
+    cli.ok("ckpt", "download", path, "--archive-only", "-o", str(reference))
+    expected = (reference / f"{CheckpointRef.parse(path).name}.tar").read_bytes()
+    streamed = cli.ok("ckpt", "download", path, "-o", "-")
+    assert streamed.stdout_bytes == expected
+    assert "-> stdout" in streamed.stderr
+    assert list(tmp_path.iterdir()) == [reference]  # nothing written beside it
+
+
+def test_archive_only_dash_o_file_tar_writes_that_file(cli, run, tmp_path):
+    path = saved_path(cli)
+    target = tmp_path / "mine.tar"
+    result = cli.ok("ckpt", "download", path, "--archive-only", "-o", str(target))
+    assert result.stdout == f"{target}\n"
+    assert target.is_file() and sorted(p.name for p in tmp_path.iterdir()) == ["mine.tar"]
+    with tarfile.open(target) as tar:
+        assert "checkpoint_complete" in tar.getnames()
+    as_json = cli.ok("ckpt", "download", path, "--archive-only", "-o", str(target), "--json")
+    assert json.loads(as_json.stdout)[0]["local_path"] == str(target)
+
+
+def test_dash_o_dash_takes_one_checkpoint(cli, run, tmp_path):
+    first, second = saved_path(cli, "a1"), saved_path(cli, "a2")
+    result = cli("ckpt", "download", first, second, "-o", "-")
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        "Error: -o - takes one checkpoint, not 2",
+        "Hint: download several into a directory: -o DIR",
+    ]

@@ -10,8 +10,20 @@ from pathlib import Path
 
 from logits_cli import models
 
-# Called as bytes arrive: (bytes_done, bytes_total or None).
+# Called as bytes arrive: (bytes_done, bytes_total or None). A callback that also has a
+# ``phase(name)`` method is told when the download moves on to another phase (the terminal's
+# progress bars label themselves with it); see ``report_phase``.
 ProgressCallback = Callable[[int, int | None], None]
+PHASES = ("downloading", "verifying", "extracting", "installing")
+
+
+def report_phase(progress: ProgressCallback | None, phase: str) -> None:
+    """Tell ``progress`` that the download is now ``phase`` (one of ``PHASES``), if it
+    listens for phases."""
+    assert phase in PHASES
+    announce = getattr(progress, "phase", None)
+    if announce is not None:
+        announce(phase)
 
 
 @dataclass(frozen=True)

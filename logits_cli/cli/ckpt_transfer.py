@@ -19,7 +19,7 @@ from logits_cli.cli.ckpt_select import (
 )
 from logits_cli.cli.context import call_api, settings_for
 from logits_cli.cli.download_target import deliver, resolve_target
-from logits_cli.cli.failures import handle_errors, report_error
+from logits_cli.cli.failures import handle_errors, on_interrupt, report_error
 from logits_cli.cli.options import (
     DryRunOpt,
     JsonOpt,
@@ -29,7 +29,15 @@ from logits_cli.cli.options import (
     SinceOpt,
     TypeOpt,
 )
-from logits_cli.cli.output import BOOL, Column, Output, human_size, human_speed, log_line
+from logits_cli.cli.output import (
+    BOOL,
+    Column,
+    Output,
+    human_size,
+    human_speed,
+    human_transfer,
+    log_line,
+)
 from logits_cli.cli.timeparse import (
     optional_point_in_time,
     optional_seconds,
@@ -106,7 +114,7 @@ def download(
 
     \b
       logits ckpt download logits://RUN/weights/step_1000 -o ./ckpts
-      logits ckpt download logits://RUN/sampler_weights/@latest --archive-only -o s.tar
+      logits ckpt download logits://RUN/weights/@latest --archive-only -o last.tar
       logits ckpt download logits://RUN/weights/final -o - | tar -t
       logits ckpt ls -q RUN | xargs logits ckpt download -o ./ckpts
     """
@@ -139,10 +147,17 @@ def download(
             return options
         return dataclasses.replace(options, timeout=max(0.0, give_up - time.monotonic()))
 
+    started = time.monotonic()
+    on_interrupt(
+        f"what arrived is kept in {target.directory}; "
+        "run the same command again to resume the download"
+    )
+
     async def work(client: "LogitsClient") -> "list[DownloadResult]":
         done: list[DownloadResult] = []
-        with out.transfer_bars() as bars:
+        with out.transfer_bars(len(refs)) as bars:
             for ref in refs:
+                progress = None
                 try:
                     resolved = await client.resolve(ref)
                     progress = bars.bar(resolved.name) if bars else None
@@ -161,10 +176,14 @@ def download(
                             hint="run the same command again to resume the download",
                         )
                     report.add(str(ref), failure)
+                    if progress is not None:
+                        progress.finish("failed")
                     if bars is None:
                         log_line(f"failed {ref}: {failure.message}")
                     continue
                 done.append(result)
+                if progress is not None:
+                    progress.finish("present" if result.skipped else "done")
                 if result.repaired:
                     log_line(f"repaired {result.path}: {'; '.join(result.repaired)}")
                 if bars is None:
@@ -175,6 +194,16 @@ def download(
         return done
 
     results = call_api(ctx, settings, work)
+    fetched = sum(r.bytes_fetched for r in results)
+    present = sum(r.skipped for r in results)
+    # Piped, one checkpoint already has its "downloaded X -> Y" line; the summary is for
+    # several, and for a terminal, where the bars replaced those lines.
+    if len(refs) > 1 or out.live_progress:
+        out.log_summary(
+            f"downloaded {len(results) - present} of {len(refs)}"
+            + (f" ({present} already present)" if present else "")
+            + f", {human_transfer(fetched, time.monotonic() - started)}"
+        )
     if target.directory != output and results:
         delivered = deliver(target, results[0].path)
         if delivered is None:  # the archive went to stdout: nothing else may

@@ -48,6 +48,15 @@ def report_error(error: errors.LogitsError) -> None:
     sys.stderr.flush()
 
 
+_interrupt_note: str | None = None
+
+
+def on_interrupt(note: str) -> None:
+    """What Ctrl-C tells the user the command keeps, e.g. a resumable download."""
+    global _interrupt_note
+    _interrupt_note = note
+
+
 def handle_errors(command: Callable[P, T]) -> Callable[P, T]:
     """Wrap a command so no known error shows a traceback (unless LOGITS_DEBUG=1)."""
 
@@ -64,7 +73,9 @@ def handle_errors(command: Callable[P, T]) -> Callable[P, T]:
             raise typer.Exit(error.exit_code) from None
         except (KeyboardInterrupt, typer.Abort):
             # typer.Abort is how a prompt reports Ctrl-C (or end of input).
-            sys.stderr.write("\nInterrupted\n")
+            sys.stderr.write(
+                f"\nInterrupted: {_interrupt_note}\n" if _interrupt_note else "\nInterrupted\n"
+            )
             raise typer.Exit(errors.EXIT_INTERRUPTED) from None
         except BrokenPipeError:
             # The reader went away (`logits ckpt ls | head`): nothing left to say to it.

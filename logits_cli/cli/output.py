@@ -391,8 +391,9 @@ class Output:
             yield lambda new_text: spinner.update(new_text)
 
     @contextmanager
-    def transfer_bars(self) -> Iterator[TransferBars | None]:
-        """One rich progress bar per file on a terminal stderr, else None."""
+    def transfer_bars(self, items: int = 1) -> Iterator[TransferBars | None]:
+        """Rich progress bars on a terminal stderr (one per checkpoint, and an overall one
+        for several ``items``), else None."""
         if not self.live_progress:
             yield None
             return
@@ -414,18 +415,60 @@ class Output:
             console=stderr_console(),
         )
         with progress:
-            yield TransferBars(progress)
+            yield TransferBars(progress, items)
 
 
 class TransferBars:
-    def __init__(self, progress: Any) -> None:
+    """One bar per checkpoint, labelled with its phase (downloading, verifying, extracting,
+    installing), and, when several checkpoints were asked for, an overall bar above them."""
+
+    def __init__(self, progress: Any, items: int) -> None:
         self._progress = progress
+        self._items = items
+        self._bars: list[_Bar] = []
+        self._overall = progress.add_task(f"all (0/{items})", total=None) if items > 1 else None
 
-    def bar(self, description: str) -> Callable[[int, int | None], None]:
-        """A new bar; the returned callback matches the API's ProgressCallback."""
-        task_id = self._progress.add_task(description, total=None)
+    def bar(self, description: str) -> _Bar:
+        """A new bar; it is called as the API's ProgressCallback and told phases."""
+        bar = _Bar(self, self._progress.add_task(description, total=None), description)
+        self._bars.append(bar)
+        return bar
 
-        def update(done: int, total: int | None) -> None:
-            self._progress.update(task_id, completed=done, total=total)
+    def _update_overall(self) -> None:
+        if self._overall is None:
+            return
+        totals = [bar.total for bar in self._bars]
+        known = len(totals) == self._items and all(totals)
+        self._progress.update(
+            self._overall,
+            completed=sum(bar.done for bar in self._bars),
+            total=sum(t for t in totals if t) if known else None,
+            description=f"all ({sum(bar.finished for bar in self._bars)}/{self._items})",
+        )
 
-        return update
+
+class _Bar:
+    def __init__(self, owner: TransferBars, task_id: Any, description: str) -> None:
+        self._owner = owner
+        self._task_id = task_id
+        self._description = description
+        self.done = 0
+        self.total: int | None = None
+        self.finished = False
+
+    def __call__(self, done: int, total: int | None) -> None:
+        self.done, self.total = done, total
+        self._owner._progress.update(self._task_id, completed=done, total=total)
+        self._owner._update_overall()
+
+    def phase(self, name: str) -> None:
+        label = self._description if name == "downloading" else f"{self._description} · {name}"
+        self._owner._progress.update(self._task_id, description=label)
+
+    def finish(self, note: str = "done") -> None:
+        """The checkpoint is installed (or was already present)."""
+        self.finished = True
+        if self.total is None:
+            self._owner._progress.update(self._task_id, total=1, completed=1)
+        self._owner._progress.update(self._task_id, description=f"{self._description} · {note}")
+        self._owner._update_overall()

@@ -29,22 +29,28 @@ def run_on_terminal(
     interrupt_at: bytes | None = None,
     columns: int = 200,
     env: dict[str, str] | None = None,
+    stdout: Path | None = None,
 ) -> tuple[int, str]:
     """Run ``logits ARGS`` with stdin, stdout and stderr on one pty of ``columns`` columns
     (window size and COLUMNS); returns (exit code, screen text without escapes).
 
+    ``stdout``: send stdout to this file instead (what a script reads), stderr stays on the pty.
+
     ``interrupt_at``: send SIGINT once this text has appeared (e.g. a prompt)."""
     controller, terminal = pty.openpty()
     fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
+    stdout_file = open(stdout, "wb") if stdout is not None else None  # noqa: SIM115
     process = subprocess.Popen(
         [sys.executable, "-m", "logits_cli", *args],
         stdin=terminal,
-        stdout=terminal,
+        stdout=stdout_file or terminal,
         stderr=terminal,
         env={**os.environ, "COLUMNS": str(columns), "TERM": "xterm", **(env or {})},
         close_fds=True,
     )
     os.close(terminal)
+    if stdout_file is not None:
+        stdout_file.close()
     if answer:
         os.write(controller, answer)
     screen = b""
@@ -220,3 +226,75 @@ def test_ctrl_c_at_the_prompt_exits_130(saved: str) -> None:
     assert code == 130
     assert screen.rstrip().endswith("Interrupted")
     assert cli("ckpt", "ls", "-q") == saved
+
+
+@pytest.mark.parametrize("columns", [80, 120])
+def test_several_downloads_show_an_overall_bar_and_a_summary_on_stderr_only(
+    saved: str, tmp_path: Path, columns: int
+) -> None:
+    second = cli("ckpt", "save", "tty2", "--sampler")
+    paths_file = tmp_path / "stdout"
+    code, screen = run_on_terminal(
+        ["ckpt", "download", saved, second, "-o", str(tmp_path / "out")],
+        columns=columns,
+        stdout=paths_file,
+    )
+    assert code == 0, screen
+    assert "all (2/2)" in screen and "tty1 · done" in screen and "tty2 · done" in screen
+    assert re.search(
+        r"^downloaded 2 of 2, \d+\.\d KiB in [0-9.]+ ?[a-z]+ \(.+/s\)$", screen, re.M
+    ), screen
+    # The last frame (redraws are joined once the escapes are gone): each bar on one line.
+    *_, first_bar, second_bar, summary = screen.splitlines()
+    assert first_bar.startswith("tty1 · done") and second_bar.startswith("tty2 · done")
+    assert max(map(len, (first_bar, second_bar, summary))) <= columns
+    # stdout is what a script reads: the two local paths, nothing of the bars or summary.
+    assert paths_file.read_text() == f"{tmp_path / 'out' / 'tty1'}\n{tmp_path / 'out' / 'tty2'}\n"
+    assert (tmp_path / "out" / "tty2" / "checkpoint_complete").is_file()
+
+
+def test_transfer_bars_label_each_phase_and_count_finished_items() -> None:
+    from io import StringIO
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from logits_cli.api.download_options import report_phase
+    from logits_cli.cli.output import TransferBars
+
+    progress = Progress(console=Console(file=StringIO()), auto_refresh=False)
+    bars = TransferBars(progress, items=2)
+    first = bars.bar("step_1")
+    first(512, 1024)
+    overall, bar = progress.tasks
+    assert (overall.description, overall.completed, overall.total) == ("all (0/2)", 512, None)
+    for phase in ("verifying", "extracting", "installing"):
+        report_phase(first, phase)
+        assert bar.description == f"step_1 · {phase}"
+    first(1024, 1024)
+    first.finish()
+    assert bar.description == "step_1 · done"
+    second = bars.bar("step_2")
+    second(0, 2048)
+    assert (overall.description, overall.completed, overall.total) == ("all (1/2)", 1024, 3072)
+    second.finish("failed")
+    assert overall.description == "all (2/2)" and progress.tasks[2].description == "step_2 · failed"
+    report_phase(None, "verifying")  # piped: no bars, nothing to tell
+
+
+def test_ctrl_c_says_what_the_command_keeps(capsys: pytest.CaptureFixture[str]) -> None:
+    import typer
+
+    from logits_cli.cli import failures
+
+    @failures.handle_errors
+    def interrupted_download() -> None:
+        failures.on_interrupt("what arrived is kept in ./ckpts; run the same command again")
+        raise KeyboardInterrupt
+
+    with pytest.raises(typer.Exit) as exit_info:
+        interrupted_download()
+    assert exit_info.value.exit_code == 130
+    assert capsys.readouterr().err == (
+        "\nInterrupted: what arrived is kept in ./ckpts; run the same command again\n"
+    )

@@ -10,7 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from logits_cli import models
-from logits_cli.api.download_options import DownloadOptions, DownloadResult, ProgressCallback
+from logits_cli.api.download_options import (
+    DownloadOptions,
+    DownloadResult,
+    ProgressCallback,
+    report_phase,
+)
 from logits_cli.api.extract import extract_checkpoint
 from logits_cli.api.transfer.checked import fetch_and_check
 from logits_cli.api.transfer.fetcher import choose_segment_size
@@ -102,9 +107,11 @@ async def _download(
             client, ref, checkpoint, part, journal_path, options, progress
         )
         if options.archive_only:
+            report_phase(progress, "installing")
             install_file(part, final)
             discard(journal_path)
         else:
+            report_phase(progress, "extracting")
             finish = asyncio.to_thread(
                 _extract_and_finish,
                 part,

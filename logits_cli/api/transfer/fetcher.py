@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 
 from logits_cli.api.blob_direct import BlobClient, ConnectionSlot, DirectReader, DirectRequest
-from logits_cli.api.download_options import ProgressCallback
+from logits_cli.api.download_options import ProgressCallback, report_phase
 from logits_cli.api.limits import LowSpeedGuard, RetryBudget, TooSlow, per_connection_limit
 from logits_cli.api.retry import RetryPolicy, is_retryable_status
 from logits_cli.api.transfer.digests import (
@@ -189,6 +189,8 @@ class RangedFetcher:
             assert self._journal is not None and self._hash_task is not None
             self._fetch_done = True
             self._grown.set()
+            if not self._hash_task.done():
+                report_phase(self._progress, "verifying")  # the hash catches up
             digests = await self._hash_task
             if os.fstat(fd).st_size != self._journal.size:
                 raise IntegrityError(

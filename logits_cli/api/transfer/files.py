@@ -39,6 +39,7 @@ from logits_cli.api.download_options import (
     DownloadResult,
     FileUrls,
     ProgressCallback,
+    report_phase,
 )
 from logits_cli.api.extract import (
     COMPLETE_MEMBER,
@@ -218,8 +219,10 @@ async def download_files(
         fetched, resumed, files = await _fetch_all(
             ctx, source, first, names, data, journals, options, progress
         )
+        report_phase(progress, "verifying")
         await asyncio.to_thread(_check_listing, data, files)
         await asyncio.to_thread(_check_adapter, data)
+        report_phase(progress, "installing")
         manifest = models.LocalManifest(
             tinker_path=checkpoint.tinker_path,
             checkpoint_id=checkpoint.checkpoint_id,

@@ -19,10 +19,10 @@ def main() -> None:
         print(version_line())
         return
     if "_LOGITS_COMPLETE" in os.environ:
-        from logits_cli.cli.completion_cache import answer_uri_completion
+        from logits_cli.cli.completion_cache import answer_without_typer
 
-        answer = answer_uri_completion(os.environ)
-        if answer is not None:  # a checkpoint URI: answered from the cache, fast
+        answer = answer_without_typer(os.environ)
+        if answer is not None:  # a checkpoint URI or a command name: answered fast
             print(answer)
             return
     from logits_cli.cli.main import main as run_app

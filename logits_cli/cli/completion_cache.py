@@ -129,15 +129,16 @@ def complete_path(incomplete: str) -> list[str]:
 URI_PREFIXES = ("logits://", "tinker://")
 
 
-def answer_uri_completion(environ: Mapping[str, str]) -> str | None:
-    """The bash completion answer for a word that is a checkpoint URI, or None to leave the
-    request to Typer.
+def answer_without_typer(environ: Mapping[str, str]) -> str | None:
+    """The bash completion answer when it needs no Typer app, or None to leave the request
+    to Typer.
 
-    Such candidates come from this cache alone, whatever the command, so the console entry
-    answers them before building the command tree: Typer coerces the parsed arguments
-    through pydantic, ~50 ms of imports a TAB cannot afford (tests/bench: ≤ 100 ms). The
-    protocol is Typer's (``_LOGITS_COMPLETE=complete_bash``, COMP_WORDS, COMP_CWORD; one
-    candidate per line)."""
+    A checkpoint URI's candidates come from this cache alone, whatever the command; a
+    subcommand or option name typed right after the command names comes from the generated
+    table in ``command_names``. The console entry answers both before building the app:
+    Typer coerces the parsed arguments through pydantic, ~150 ms a TAB cannot afford
+    (tests/bench/completion.py: <= 100 ms). The protocol is Typer's
+    (``_LOGITS_COMPLETE=complete_bash``, COMP_WORDS, COMP_CWORD; one candidate per line)."""
     if environ.get("_LOGITS_COMPLETE") != "complete_bash":
         return None
     import shlex
@@ -147,7 +148,28 @@ def answer_uri_completion(environ: Mapping[str, str]) -> str | None:
         cword = int(environ.get("COMP_CWORD", ""))
     except ValueError:
         return None
-    incomplete = words[cword] if 0 <= cword < len(words) else ""
-    if not incomplete.startswith(URI_PREFIXES):
+    if cword < 1:
         return None
-    return "\n".join(complete_path(incomplete))
+    incomplete = words[cword] if cword < len(words) else ""
+    if incomplete.startswith(URI_PREFIXES):
+        return "\n".join(complete_path(incomplete))
+    return _command_or_option_names(words[1:cword], incomplete)
+
+
+def _command_or_option_names(before: list[str], incomplete: str) -> str | None:
+    """Names of the subcommands (or, for ``-…``, the options) of the command that ``before``
+    names, when every word before the cursor is a command name; else None."""
+    from logits_cli.cli.command_names import TREE
+
+    node = TREE
+    for word in before:
+        node = node.get("commands", {}).get(word)
+        if node is None:  # an option, a value or an argument: Typer knows what follows
+            return None
+    if incomplete.startswith("-"):
+        names = node["options"]
+    elif "commands" in node:
+        names = list(node["commands"])
+    else:  # an argument of a leaf command: its own completion (runs, paths) is Typer's
+        return None
+    return "\n".join(name for name in names if name.startswith(incomplete))

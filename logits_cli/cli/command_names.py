@@ -3,11 +3,13 @@
 The command tree and each command's option names, in the order Typer's completion lists
 them. A TAB that completes a subcommand or an option name right after the command names
 (``logits ckpt <TAB>``, ``logits ckpt download --<TAB>``) is answered from this table by
-``logits_cli.cli.main_completion`` without building the Typer app, whose argument parsing
+``completion_cache.answer_without_typer`` without building the Typer app, whose argument parsing
 imports pydantic (~150 ms; tests/bench/completion.py, target <= 100 ms a TAB).
 """
 
-TREE = {
+from typing import Any
+
+TREE: dict[str, Any] = {
     "options": [
         "--base-url",
         "--profile",

@@ -152,7 +152,10 @@ ENGINE_MODULES = sorted(
     str(path.relative_to(PACKAGE / "api"))
     for path in [
         *(PACKAGE / "api" / "transfer").glob("*.py"),
-        *(PACKAGE / "api" / name for name in ("download_options.py", "extract.py", "verify.py")),
+        *(
+            PACKAGE / "api" / name
+            for name in ("download_options.py", "extract.py", "kernel_copy.py", "verify.py")
+        ),
         *(PACKAGE / "api" / name for name in ("blob_transport.py", "blob_direct.py", "limits.py")),
     ]
 )

@@ -1,8 +1,9 @@
 """Safe, atomic extraction of a verified checkpoint archive (docs/ARCHITECTURE.md §3, docs/protocol.md §7.5).
 
-Members are streamed into a temporary sibling directory ``DEST/.NAME.tmp-XXXX`` on the
+Members are written into a temporary sibling directory ``DEST/.NAME.tmp-XXXX`` on the
 destination's filesystem, each one checked (plain file at the root, safe name, no repeats)
-and hashed while it is written. ``checkpoint_complete`` must be present and every file it
+before its first byte and hashed while it is written: an uncompressed archive member by
+member with kernel copies (kernel_copy.py), a compressed one as a stream. ``checkpoint_complete`` must be present and every file it
 lists must match. Only then is the manifest written inside the temporary directory and the
 directory renamed into place, so a final ``DEST/NAME`` always verifies. Any failure removes
 the temporary directory.
@@ -25,12 +26,14 @@ import tarfile
 import tempfile
 import uuid
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from logits_cli import models
+from logits_cli.api.kernel_copy import copy_range_hashed
 from logits_cli.api.verify import HASH_CHUNK, MANIFEST_NAME, check_member_name
 from logits_cli.errors import ConflictError, IntegrityError, LogitsError, UsageError
 from logits_cli.uri import CheckpointRef
@@ -84,16 +87,19 @@ def extract_checkpoint(
     return final
 
 
-def _expansion_budget(archive: Path, archive_size: int) -> int:
-    """How many member bytes the archive may unpack to."""
+def _is_compressed(archive: Path) -> bool:
     with open(archive, "rb") as raw:
         start = raw.read(6)
-    compressed = any(start.startswith(magic) for magic in _COMPRESSED_MAGIC)
-    size = max(archive_size, archive.stat().st_size)
-    return size * MAX_EXPANSION if compressed else size
+    return any(start.startswith(magic) for magic in _COMPRESSED_MAGIC)
 
 
-def _check_room(member: tarfile.TarInfo, unpacked: int, budget: int, staging: Path) -> None:
+def _check_room(
+    member: tarfile.TarInfo, unpacked: int, budget: int, staging: Path, *, compressed: bool
+) -> None:
+    if unpacked + member.size > budget and not compressed:
+        raise IntegrityError(
+            f"archive member {member.name!r} is larger than what is left of the archive: truncated"
+        )
     if unpacked + member.size > budget:
         raise IntegrityError(
             f"archive member {member.name!r} would unpack the archive past {budget} bytes "
@@ -107,41 +113,44 @@ def _check_room(member: tarfile.TarInfo, unpacked: int, budget: int, staging: Pa
         )
 
 
+class _Admission:
+    """The checks every member passes before a byte of it is written."""
+
+    def __init__(self, staging: Path, budget: int, *, compressed: bool) -> None:
+        self.staging = staging
+        self.budget = budget
+        self.compressed = compressed
+        self.names: set[str] = set()
+        self.unpacked = 0
+
+    def admit(self, member: tarfile.TarInfo) -> None:
+        if len(self.names) >= MAX_MEMBERS:
+            raise IntegrityError(
+                f"the archive has more than {MAX_MEMBERS} members; a checkpoint has a few"
+            )
+        check_member_name(member.name)
+        if not member.isreg():
+            raise IntegrityError(f"archive member {member.name!r} is not a regular file")
+        if member.name in self.names:
+            raise IntegrityError(f"archive member {member.name!r} appears twice")
+        _check_room(member, self.unpacked, self.budget, self.staging, compressed=self.compressed)
+        self.names.add(member.name)
+        self.unpacked += member.size
+
+
 def _unpack_checked(
     archive: Path, staging: Path, archive_size: int
 ) -> tuple[dict[str, models.FileDigest], models.CheckpointComplete]:
-    files: dict[str, models.FileDigest] = {}
-    complete_raw: bytes | None = None
-    budget = _expansion_budget(archive, archive_size)
-    unpacked = 0
+    compressed = _is_compressed(archive)
+    size = max(archive_size, archive.stat().st_size)
+    admission = _Admission(
+        staging, size * MAX_EXPANSION if compressed else size, compressed=compressed
+    )
     try:
-        with open(archive, "rb") as raw, tarfile.open(fileobj=raw, mode="r|*") as tar:
-            for count, member in enumerate(tar, start=1):
-                if count > MAX_MEMBERS:
-                    raise IntegrityError(
-                        f"the archive has more than {MAX_MEMBERS} members; a checkpoint has a few"
-                    )
-                check_member_name(member.name)
-                if not member.isreg():
-                    raise IntegrityError(f"archive member {member.name!r} is not a regular file")
-                if member.name in files:
-                    raise IntegrityError(f"archive member {member.name!r} appears twice")
-                _check_room(member, unpacked, budget, staging)
-                unpacked += member.size
-                source = tar.extractfile(member)
-                if source is None:
-                    raise IntegrityError(f"archive member {member.name!r} has no data")
-                if member.name == COMPLETE_MEMBER:
-                    if member.size > MAX_COMPLETE_SIZE:
-                        raise IntegrityError(f"{COMPLETE_MEMBER} is implausibly large")
-                    complete_raw = source.read()
-                    _write_durably(staging / member.name, complete_raw)
-                    digest = models.FileDigest(
-                        sha256=hashlib.sha256(complete_raw).hexdigest(), size=len(complete_raw)
-                    )
-                else:
-                    digest = _copy_member(source, staging / member.name)
-                files[member.name] = digest
+        if compressed:
+            files, complete_raw = _unpack_stream(archive, staging, admission)
+        else:
+            files, complete_raw = _unpack_plain(archive, staging, admission)
     except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
         raise IntegrityError(f"archive is not a readable tar file ({exc})") from None
 
@@ -153,6 +162,71 @@ def _unpack_checked(
         raise IntegrityError(f"incomplete checkpoint: {COMPLETE_MEMBER} is unreadable") from None
     check_complete_listing(files, complete, what="archive member")
     return files, complete
+
+
+def _read_complete(member: tarfile.TarInfo, source: object, staging: Path) -> bytes:
+    if member.size > MAX_COMPLETE_SIZE:
+        raise IntegrityError(f"{COMPLETE_MEMBER} is implausibly large")
+    raw: bytes = source.read()  # type: ignore[attr-defined]
+    _write_durably(staging / member.name, raw)
+    return raw
+
+
+def _unpack_plain(
+    archive: Path, staging: Path, admission: _Admission
+) -> tuple[dict[str, models.FileDigest], bytes | None]:
+    """An uncompressed tar: headers are read by seeking past the data, and each member's
+    bytes are copied in the kernel and hashed beside (kernel_copy.py), one pass each."""
+    files: dict[str, models.FileDigest] = {}
+    complete_raw: bytes | None = None
+    with (
+        open(archive, "rb") as raw,
+        tarfile.open(fileobj=raw, mode="r:") as tar,
+        ThreadPoolExecutor(1, thread_name_prefix="logits-hash") as pool,
+    ):
+        end = os.fstat(raw.fileno()).st_size
+        while (member := tar.next()) is not None:
+            admission.admit(member)
+            if member.offset_data + member.size > end:
+                raise IntegrityError(f"archive member {member.name!r} is truncated")
+            if member.name == COMPLETE_MEMBER or member.sparse is not None:
+                source = tar.extractfile(member)
+                if source is None:
+                    raise IntegrityError(f"archive member {member.name!r} has no data")
+                if member.name == COMPLETE_MEMBER:
+                    complete_raw = _read_complete(member, source, staging)
+                    files[member.name] = _digest_of(complete_raw)
+                else:  # sparse: its data is not one range of the archive
+                    files[member.name] = _copy_member(source, staging / member.name)
+                continue
+            files[member.name] = copy_range_hashed(
+                pool, raw.fileno(), member.offset_data, member.size, str(staging / member.name)
+            )
+    return files, complete_raw
+
+
+def _unpack_stream(
+    archive: Path, staging: Path, admission: _Admission
+) -> tuple[dict[str, models.FileDigest], bytes | None]:
+    """A compressed tar, read once as a stream."""
+    files: dict[str, models.FileDigest] = {}
+    complete_raw: bytes | None = None
+    with open(archive, "rb") as raw, tarfile.open(fileobj=raw, mode="r|*") as tar:
+        for member in tar:
+            admission.admit(member)
+            source = tar.extractfile(member)
+            if source is None:
+                raise IntegrityError(f"archive member {member.name!r} has no data")
+            if member.name == COMPLETE_MEMBER:
+                complete_raw = _read_complete(member, source, staging)
+                files[member.name] = _digest_of(complete_raw)
+            else:
+                files[member.name] = _copy_member(source, staging / member.name)
+    return files, complete_raw
+
+
+def _digest_of(data: bytes) -> models.FileDigest:
+    return models.FileDigest(sha256=hashlib.sha256(data).hexdigest(), size=len(data))
 
 
 def check_complete_listing(

@@ -199,3 +199,37 @@ def test_more_members_than_the_bound_are_refused(tmp_path: Path) -> None:
         f"the archive has more than {MAX_MEMBERS} members; a checkpoint has a few"
     )
     assert listing(tmp_path / "dest") == []
+
+
+def test_a_truncated_plain_archive_is_refused_and_nothing_is_left(tmp_path: Path) -> None:
+    archive = good_archive()
+    # Cut inside the big member's data: its header still claims 5000 bytes.
+    cut = archive.index(b"A" * 5000) + 100
+    with pytest.raises(IntegrityError, match="truncated"):
+        extract(tmp_path, archive[:cut])
+    assert listing(tmp_path / "dest") == []
+
+
+def test_kernel_copy_hashes_exactly_the_range_it_copies(tmp_path: Path) -> None:
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    from logits_cli.api.kernel_copy import copy_range_hashed
+
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    source = tmp_path / "source"
+    source.write_bytes(b"header" + data + b"trailer")
+    fd = os.open(source, os.O_RDONLY)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            digest = copy_range_hashed(pool, fd, 6, len(data), str(tmp_path / "copy"))
+            assert (tmp_path / "copy").read_bytes() == data
+            assert digest == models.FileDigest(
+                sha256=hashlib.sha256(data).hexdigest(), size=len(data)
+            )
+            with pytest.raises(FileExistsError):  # never through an existing name
+                copy_range_hashed(pool, fd, 6, len(data), str(tmp_path / "copy"))
+            with pytest.raises(IntegrityError, match="truncated"):
+                copy_range_hashed(pool, fd, 6, len(data) + 100, str(tmp_path / "short"))
+    finally:
+        os.close(fd)

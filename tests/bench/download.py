@@ -6,8 +6,10 @@ Starts ``logits server`` in its own process with a ~2 GiB archive (Qwen3-8B at r
 in the same run: times ``curl -o`` on a fresh signed URL, times our engine (``archive_only``:
 fetch + verify, the same work as curl plus the digest) in a child process that reports its
 peak RSS, times a full download with extraction, and kills a download at ~50 % with SIGKILL to
-measure how much of the archive the resume fetches again. Targets: ≥ 0.9× curl, ≤ 150 MB RSS,
-resume ≤ 55 %.
+measure how much of the archive the resume fetches again. The extracted download runs
+interleaved with ``curl -o`` + ``tar -x`` + ``sync`` and with the official 0.24 CLI's
+``tinker checkpoint download``. Targets: ≥ 0.9× curl, ≤ 150 MB RSS, resume ≤ 55 %, extract
+≤ 1.3× curl + tar, ≥ 2× the official CLI's speed.
 """
 
 from __future__ import annotations
@@ -101,6 +103,43 @@ SETTLE_S = 2.0
 def settle() -> None:
     os.sync()
     time.sleep(SETTLE_S)
+
+
+def curl_then_tar(url: str, directory: Path) -> float:
+    """The yardstick of a durable extracted download done by hand."""
+    directory.mkdir()
+    started = time.perf_counter()
+    subprocess.run(["curl", "-sS", "-f", "-o", str(directory / "a.tar"), url], check=True)
+    subprocess.run(["tar", "-xf", "a.tar"], cwd=directory, check=True)
+    subprocess.run(["sync"], check=True)
+    seconds = time.perf_counter() - started
+    shutil.rmtree(directory)
+    return seconds
+
+
+def official_cli() -> str | None:
+    """The official CLI (tinker 0.24.0) beside $LOGITS_SDK_PYTHON, else the repo's .venv-sdk."""
+    sdk_python = os.environ.get("LOGITS_SDK_PYTHON") or str(
+        Path(__file__).resolve().parents[2] / ".venv-sdk" / "bin" / "python"
+    )
+    tinker = Path(sdk_python).parent / "tinker"
+    return str(tinker) if tinker.is_file() else None
+
+
+def official_download(tinker: str, base_url: str, key: str, path: str, directory: Path) -> float:
+    directory.mkdir()
+    env = {**os.environ, "TINKER_BASE_URL": base_url, "TINKER_API_KEY": key}
+    env["TINKER_TELEMETRY"] = "0"
+    started = time.perf_counter()
+    subprocess.run(
+        [tinker, "checkpoint", "download", path, "--output", str(directory)],
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    seconds = time.perf_counter() - started
+    shutil.rmtree(directory)
+    return seconds
 
 
 def children_cpu() -> float:
@@ -215,8 +254,24 @@ def main() -> None:
             "peak_rss": max(run["peak_rss"] for run in ours_runs),
             "cpu": statistics.median(run["cpu"] for run in ours_runs),
         }
-        full = engine(base_url, key, path, work / "full", "extract")
-        shutil.rmtree(work / "full")
+        # Download + extract, durable: ours against curl -o then tar -x then sync (the same
+        # work done by hand) and against the official 0.24 CLI (no digest, no fsync).
+        full_runs, by_hand, official = [], [], []
+        tinker = official_cli()
+        for _ in range(args.repeat):
+            url = asyncio.run(signed_url(base_url, key, work / "client", path))
+            settle()
+            by_hand.append(curl_then_tar(url, work / "by-hand"))
+            settle()
+            full_runs.append(engine(base_url, key, path, work / "full", "extract"))
+            shutil.rmtree(work / "full")
+            if tinker is not None:
+                settle()
+                official.append(official_download(tinker, base_url, key, path, work / "tinker"))
+        full = {
+            "seconds": statistics.median(run["seconds"] for run in full_runs),
+            "peak_rss": max(run["peak_rss"] for run in full_runs),
+        }
 
         kill_at(base_url, key, path, work / "resume", 0.5)
         resumed = engine(base_url, key, path, work / "resume", "archive")
@@ -231,7 +286,24 @@ def main() -> None:
         print(
             f"logits (fetch+verify):  {ours['seconds']:6.2f} s  {size / ours['seconds'] / 2**20:7.1f} MiB/s"
         )
-        print(f"logits (with extract):  {full['seconds']:6.2f} s")
+        print(
+            f"runs (s): curl+tar+sync {[round(t, 2) for t in by_hand]}, "
+            f"logits extract {[round(r['seconds'], 2) for r in full_runs]}, "
+            f"tinker 0.24 {[round(t, 2) for t in official]}"
+        )
+        hand = statistics.median(by_hand)
+        print(
+            f"logits (with extract):  {full['seconds']:6.2f} s  vs curl+tar -x+sync {hand:.2f} s: "
+            f"{full['seconds'] / hand:.2f}x the time  (target <= 1.3x)"
+        )
+        if official:
+            tinker_s = statistics.median(official)
+            print(
+                f"official tinker 0.24:    {tinker_s:6.2f} s  (download + extract, no digest): "
+                f"logits is {tinker_s / full['seconds']:.2f}x its speed  (target >= 2x)"
+            )
+        else:
+            print("official tinker 0.24:   not found (set LOGITS_SDK_PYTHON): no ratio")
         print(
             f"client CPU (user+sys):  curl {statistics.median(curl_cpu):.2f} s, "
             f"logits {ours['cpu']:.2f} s  (the server's is not counted)"

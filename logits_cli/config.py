@@ -330,6 +330,21 @@ def server_database(flag: str | None, env: Mapping[str, str] | None = None) -> s
     return url
 
 
+def server_blobs(flag: str | None, env: Mapping[str, str] | None = None) -> str | None:
+    """Where ``logits server start`` keeps its blobs: ``--blobs``, else
+    ``LOGITS_SERVER_BLOBS``; None means the store directory. Only s3:// URLs."""
+    env = os.environ if env is None else env
+    if flag is not None:
+        url, source = flag.strip(), "--blobs"
+    elif found := _env(env, "LOGITS_SERVER_BLOBS"):
+        url, source = found[0], f"env {found[1]}"
+    else:
+        return None
+    if not url.startswith("s3://") or len(url) <= len("s3://"):
+        raise ConfigError(f"blobs (from {source}) must be an s3://BUCKET[/PREFIX] URL")
+    return url
+
+
 def debug_enabled(env: Mapping[str, str] | None = None) -> bool:
     """``LOGITS_DEBUG`` asks for tracebacks; readable even when the rest of the config is not."""
     env = os.environ if env is None else env

@@ -108,6 +108,17 @@ def start(
             show_default=False,
         ),
     ] = None,
+    blobs: Annotated[
+        str | None,
+        typer.Option(
+            "--blobs",
+            help="Keep blobs in this S3-compatible bucket (s3://BUCKET/PREFIX; env "
+            "LOGITS_SERVER_BLOBS; AWS_* variables, AWS_ENDPOINT_URL for non-AWS stores); "
+            "downloads then come from its presigned URLs.",
+            metavar="s3://BUCKET/PREFIX",
+            show_default=False,
+        ),
+    ] = None,
     workers: Annotated[
         int,
         typer.Option(
@@ -127,6 +138,7 @@ def start(
       logits server start --port 8000
       logits server start --host 0.0.0.0 --public-url https://ckpt.example.com
       logits server start --workers 4
+      logits server start --database postgresql://logits@db/logits --blobs s3://ckpts/team
       logits server start --uri-scheme tinker --downloads files  # like SDK 0.38
     """
     from logits_cli.server.serve import run_server
@@ -141,9 +153,10 @@ def start(
         from logits_cli.store.catalog import load_catalog
 
         load_catalog(model_configs)  # a bad config is a usage error before anything starts
-    from logits_cli.config import server_database
+    from logits_cli.config import server_blobs, server_database
 
     database_url = server_database(database)
+    blobs_url = server_blobs(blobs)
     settings = settings_for(ctx, home=home)
     try:
         run_server(
@@ -157,6 +170,7 @@ def start(
             model_configs=tuple(model_configs or ()),
             downloads=downloads.value,
             database=database_url,
+            blobs=blobs_url,
             workers=workers,
         )
     except SystemExit as stop:

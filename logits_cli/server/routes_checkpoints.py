@@ -188,13 +188,19 @@ async def archive_url(call: Call) -> Response:
     checkpoint = await call.run(call.store.get_checkpoint, call.user, run_id, kind, name)
     if checkpoint.sha256 is None:
         raise UnavailableError("the archive of this checkpoint is not ready yet")
-    expires = int(time.time()) + call.settings.download_url_ttl
-    token = call.context.signer.blob_token(
-        BlobClaim(run_id=run_id, kind=kind, name=name, sha256=checkpoint.sha256, expires=expires)
-    )
+    ttl = call.settings.download_url_ttl
+    expires = int(time.time()) + ttl
+    # With blobs in an object store the bytes come from it, not through this process.
+    url = call.store.presigned_url("blobs", checkpoint.sha256, ttl)
+    if url is None:
+        token = call.context.signer.blob_token(
+            BlobClaim(
+                run_id=run_id, kind=kind, name=name, sha256=checkpoint.sha256, expires=expires
+            )
+        )
+        url = f"{_public_base(call)}/api/v1/blobs/{token}"
     answer = models.CheckpointArchiveUrlResponse(
-        url=f"{_public_base(call)}/api/v1/blobs/{token}",
-        expires=datetime.fromtimestamp(expires, UTC),
+        url=url, expires=datetime.fromtimestamp(expires, UTC)
     )
     headers = {"cache-control": "no-store", "expires": formatdate(expires, usegmt=True)}
     if call.request.query_params.get("format") == "json":

@@ -138,6 +138,7 @@ def open_store(home: Path, settings: ServerSettings, *, database: str | None = N
     return Store.open(
         home / STORE_DIR_NAME,
         database=database,
+        blobs=settings.blobs,
         max_rank=settings.max_rank,
         future_retention=settings.future_retention,
         idempotency_retention=settings.idempotency_retention,
@@ -257,10 +258,12 @@ def run_server(
     model_configs: tuple[str, ...] = (),
     downloads: str = "both",
     database: str | None = None,
+    blobs: str | None = None,
     workers: int = 1,
 ) -> None:
     """Entry point of ``logits server start``."""
     settings = ServerSettings(
+        blobs=blobs,
         uri_scheme=uri_scheme,
         jwt_auth=jwt_auth,
         public_url=public_url,

@@ -32,6 +32,9 @@ class ServerSettings:
     # Extra base models from Hugging Face config.json files: "PATH" (named by the file's
     # _name_or_path) or "NAME=PATH"; added to the shipped catalog (store/catalog.py).
     model_configs: tuple[str, ...] = ()
+    # Where blobs are kept: None, the store directory; "s3://BUCKET/PREFIX", that object
+    # store, with downloads from its presigned URLs (store/object_store.py).
+    blobs: str | None = None
     # /healthz answers 503 when the store's filesystem has less free space than this.
     min_free_bytes: int = 64 << 20
 

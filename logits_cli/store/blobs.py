@@ -42,8 +42,10 @@ class BlobsMixin(StoreCore):
             )
             .fetchone()
         )
-        path = self.blobs_dir / sha256
-        if row is None or not _BLOB_NAME_RE.fullmatch(sha256) or not path.is_file():
+        if row is None or not _BLOB_NAME_RE.fullmatch(sha256):
+            raise NotFoundError(f"checkpoint {kind}/{name} not found in run {run_id}")
+        path = self._local_blob("blobs", sha256)
+        if not path.is_file():
             raise NotFoundError(f"checkpoint {kind}/{name} not found in run {run_id}")
         return BlobInfo(path=path, sha256=sha256, size=row[0], created=_from_micros(row[1]))
 
@@ -57,7 +59,7 @@ class BlobsMixin(StoreCore):
             .fetchone()
         )
         if referenced is None:
-            (self.blobs_dir / sha256).unlink(missing_ok=True)
+            self._drop_blob("blobs", sha256)
 
     def sweep(self) -> int:
         """Delete expired checkpoints and unreferenced blobs; returns rows removed."""
@@ -126,6 +128,22 @@ class BlobsMixin(StoreCore):
             with suppress(FileNotFoundError):
                 if entry.name.startswith(_NEW_STATE_PREFIX) and entry.stat().st_mtime < cutoff:
                     shutil.rmtree(entry.path, ignore_errors=True)
+        if self.objects is not None:
+            self._remove_orphan_objects(cutoff)
         if self.instances_dir.is_dir():
             for entry in os.scandir(self.instances_dir):
                 self._instance_alive(entry.name.removesuffix(".lock"))  # removes dead ones
+
+    def _remove_orphan_objects(self, cutoff: float) -> None:
+        """Archive objects no row references, past the same grace as local blobs (a save
+        uploads before its row commits)."""
+        assert self.objects is not None
+        conn = self._db.connection()
+        for sha256, modified in self.objects.listing("blobs"):
+            if not _BLOB_NAME_RE.fullmatch(sha256) or modified.timestamp() >= cutoff:
+                continue
+            in_use = conn.execute(
+                "SELECT 1 FROM checkpoints WHERE sha256 = ? LIMIT 1", (sha256,)
+            ).fetchone()
+            if in_use is None:
+                self.objects.delete("blobs", sha256)

@@ -71,6 +71,7 @@ class CheckpointsMixin(RunsMixin, BlobsMixin):
             expires_at = None if ttl_seconds is None else time + ttl_seconds * 1_000_000
             replaced: str | None = None
             try:
+                self._publish_blob("blobs", sha256)
                 with self._db.write() as conn:
                     old = self._check_name_free(conn, run_id, kind, name, overwrite)
                     if old is not None:
@@ -166,7 +167,7 @@ class CheckpointsMixin(RunsMixin, BlobsMixin):
             try:
                 restore_state(
                     self.state_dir(run_id),
-                    self.blobs_dir / str(checkpoint.sha256),
+                    self._local_blob("blobs", str(checkpoint.sha256)),
                     optimizer=optimizer,
                     owner=self._claim_instance(),
                 )

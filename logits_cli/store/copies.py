@@ -64,7 +64,7 @@ def copy_checkpoint(
         try:
             restore_state(
                 scratch,
-                store.blobs_dir / str(checkpoint.sha256),
+                store._local_blob("blobs", str(checkpoint.sha256)),
                 optimizer=ref.kind == "weights",
             )
             created = store._now()
@@ -76,6 +76,12 @@ def copy_checkpoint(
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         from logits_cli.store.store import _to_micros
+
+        try:
+            store._publish_blob("blobs", sha256)
+        except BaseException:
+            store._discard_blob(sha256)
+            raise
 
         time = _to_micros(created)
         expires_at = None if ttl_seconds is None else time + ttl_seconds * 1_000_000

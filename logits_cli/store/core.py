@@ -23,6 +23,7 @@ from urllib.parse import quote
 from logits_cli.errors import ConfigError
 from logits_cli.store import db
 from logits_cli.store.catalog import Catalog
+from logits_cli.store.object_store import ObjectStore
 from logits_cli.store.rows import STORAGE_FULL_ERRNOS, _to_micros
 from logits_cli.uri import validate_run_id
 
@@ -41,8 +42,15 @@ class StoreCore:
         clock: Callable[[], datetime] | None = None,
         catalog: Catalog | None = None,
         database: str | None = None,
+        blobs: str | None = None,
     ) -> None:
         self.root = Path(root)
+        # None: blobs live in the directories below; s3://BUCKET/PREFIX: in that object
+        # store, the directories being a cache (object_store.py).
+        self.objects: ObjectStore | None = None
+        if blobs is not None:
+            self.objects = ObjectStore(blobs)
+            self.objects.check()
         # None: ``meta.sqlite3`` in the root; a postgresql:// URL: that database (sql.py).
         self.database = database
         self._catalog = catalog  # None: the shipped base-model catalog, read on first use
@@ -74,6 +82,42 @@ class StoreCore:
         self.instance_id = secrets.token_hex(8)
         self._instance_lock: Any = None  # a FileLock held while this instance may run futures
         self._instance_guard = threading.Lock()
+
+    # -- blobs in an object store (object_store.py); no-ops without one ------------------
+    def _area_dir(self, area: str) -> Path:
+        path = self.blobs_dir if area == "blobs" else self.root / area
+        path.mkdir(mode=0o700, exist_ok=True)
+        return path
+
+    def _publish_blob(self, area: str, sha256: str) -> None:
+        """Upload a blob just written locally, before the row naming it commits."""
+        if self.objects is not None:
+            self.objects.put(area, sha256, self._area_dir(area) / sha256)
+
+    def _local_blob(self, area: str, sha256: str) -> Path:
+        """The blob's local path, fetched from the object store when this machine lacks it
+        (a save or export made by another server process)."""
+        path = self._area_dir(area) / sha256
+        if self.objects is not None and not path.is_file():
+            self.objects.fetch(area, sha256, path)
+        return path
+
+    def _has_blob(self, area: str, sha256: str) -> bool:
+        if self.objects is not None:
+            return self.objects.exists(area, sha256)
+        return (self._area_dir(area) / sha256).is_file()
+
+    def _drop_blob(self, area: str, sha256: str) -> None:
+        """Remove a blob no row references any more, here and in the object store."""
+        (self._area_dir(area) / sha256).unlink(missing_ok=True)
+        if self.objects is not None:
+            self.objects.delete(area, sha256)
+
+    def presigned_url(self, area: str, sha256: str, expires_in: int) -> str | None:
+        """The object store's GET URL for a blob, or None when blobs are local."""
+        if self.objects is None:
+            return None
+        return self.objects.presigned_url(area, sha256, expires_in)
 
     @classmethod
     def open(cls, root: Path, **kwargs: Any) -> Self:

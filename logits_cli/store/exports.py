@@ -17,6 +17,7 @@ import os
 import re
 import tempfile
 import threading
+import time as wallclock
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from typing import Any
 
 from logits_cli import models
 from logits_cli.errors import NotFoundError, UsageError
+from logits_cli.store.rows import ORPHAN_GRACE_SECONDS
 from logits_cli.store.store import (
     _UNEXPIRED,
     BlobInfo,
@@ -139,6 +141,18 @@ def gc_export_blobs(store: Store) -> int:
                 with suppress(FileNotFoundError):
                     os.unlink(entry.path)
                     removed += 1
+        if store.objects is not None:
+            # A process elsewhere uploads before its rows commit: only settled objects go.
+            cutoff = wallclock.time() - ORPHAN_GRACE_SECONDS
+            for sha256, modified in list(store.objects.listing("exports")):
+                if modified.timestamp() >= cutoff:
+                    continue
+                used = conn.execute(
+                    "SELECT 1 FROM export_files WHERE sha256 = ? LIMIT 1", (sha256,)
+                ).fetchone()
+                if used is None:
+                    store.objects.delete("exports", sha256)
+                    removed += 1
     return removed
 
 
@@ -161,7 +175,8 @@ def _insert_export(
         for _, temp, sha256, _ in staged:
             if temp is not None:
                 os.replace(temp, directory / sha256)
-            elif not (directory / sha256).is_file():
+                store._publish_blob("exports", sha256)
+            elif not store._has_blob("exports", sha256):
                 raise NotFoundError("the source export's files are gone")
         now = store._now_micros()
         expires_at = None if ttl_seconds is None else now + ttl_seconds * 1_000_000
@@ -268,7 +283,7 @@ def export_blob_for(store: Store, run_id: str, name: str, path: str, sha256: str
     files, created = _export_files(store, run_id, name, viewer=None)
     for file in files:
         if file.path == path and file.sha256 == sha256:
-            blob = exports_dir(store) / sha256
+            blob = store._local_blob("exports", sha256)
             if blob.is_file():
                 return BlobInfo(path=blob, sha256=sha256, size=file.size, created=created)
     raise NotFoundError(f"file {path} not found in {EXTERNAL_KIND}/{name} of run {run_id}")

@@ -132,7 +132,15 @@ def official_download(tinker: str, base_url: str, key: str, path: str, directory
     env["TINKER_TELEMETRY"] = "0"
     started = time.perf_counter()
     subprocess.run(
-        [tinker, "checkpoint", "download", path, "--output", str(directory)],
+        # The official CLI takes tinker:// paths only (the same checkpoint, §3.5).
+        [
+            tinker,
+            "checkpoint",
+            "download",
+            "tinker://" + path.partition("://")[2],
+            "--output",
+            str(directory),
+        ],
         env=env,
         check=True,
         stdout=subprocess.DEVNULL,

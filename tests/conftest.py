@@ -38,9 +38,10 @@ class LiveServer:
 
 # -- store back ends -------------------------------------------------------------------------
 # A module that sets ``TEAM_BACKENDS = True`` runs every test on each back end: the default
-# (SQLite + local directory) and the team server's (PostgreSQL), on one PostgreSQL cluster
-# per test session (tests/services.py); each server gets a fresh database.
-BACKENDS = ("sqlite", "postgres")
+# (SQLite + local directory) and the team server's (PostgreSQL + an S3 bucket), on one
+# PostgreSQL cluster and one moto_server per test session (tests/services.py); each server
+# gets a fresh database and a fresh bucket prefix.
+BACKENDS = ("sqlite", "postgres+s3")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -78,6 +79,18 @@ def _database_for(backend: str, request: pytest.FixtureRequest) -> str | None:
     return str(request.getfixturevalue("postgres_server").new_database())
 
 
+def _blobs_for(backend: str, request: pytest.FixtureRequest) -> dict[str, Any]:
+    """ServerSettings overrides: none (the store directory) or a fresh s3:// prefix."""
+    if backend == "sqlite":
+        return {}
+    from tests.services import S3_ENV
+
+    s3 = request.getfixturevalue("s3_server")
+    # boto3 (in this process, where the test servers run) finds moto through these.
+    os.environ.update({**S3_ENV, "AWS_ENDPOINT_URL": s3.endpoint_url})
+    return {"blobs": s3.new_prefix()}
+
+
 @pytest.fixture
 def server_factory(
     tmp_path_factory: pytest.TempPathFactory, store_backend: str, request: pytest.FixtureRequest
@@ -91,9 +104,8 @@ def server_factory(
         def start(**overrides: Any) -> LiveServer:
             home = tmp_path_factory.mktemp("server-home")
             database = _database_for(store_backend, request)
-            running = servers.enter_context(
-                start_in_thread(home, ServerSettings(**overrides), database=database)
-            )
+            settings = ServerSettings(**{**_blobs_for(store_backend, request), **overrides})
+            running = servers.enter_context(start_in_thread(home, settings, database=database))
             return LiveServer(running, home)
 
         yield start
@@ -113,7 +125,9 @@ def module_server(
     from logits_cli.server.settings import ServerSettings
 
     home = tmp_path_factory.mktemp("server-home")
-    settings = ServerSettings(signing_secret=b"module-server-secret")
+    settings = ServerSettings(
+        signing_secret=b"module-server-secret", **_blobs_for(store_backend, request)
+    )
     database = _database_for(store_backend, request)
     with start_in_thread(home, settings, database=database) as running:
         yield LiveServer(running, home)

@@ -208,6 +208,7 @@ TREE: dict[str, Any] = {
                         "--model-config",
                         "--downloads",
                         "--database",
+                        "--blobs",
                         "--workers",
                         "--help",
                         "-h",

@@ -50,7 +50,11 @@ class ObjectStore:
 
             # Retries with backoff on throttling and 5xx, bounded (standard mode).
             client = boto3.client(
-                "s3", config=Config(retries={"max_attempts": 5, "mode": "standard"})
+                "s3",
+                config=Config(
+                    retries={"max_attempts": 5, "mode": "standard"},
+                    signature_version="s3v4",  # presigned URLs in SigV4, which every region takes
+                ),
             )
         self._client = client
 

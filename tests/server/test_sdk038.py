@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+# Runs on SQLite + local directory and on PostgreSQL + S3 (tests/conftest.py).
+TEAM_BACKENDS = True
 DRIVER = Path(__file__).with_name("sdk038_driver.py")
 SDK038 = os.environ.get("LOGITS_SDK038_PYTHON")
 SDK024 = os.environ.get("LOGITS_SDK_PYTHON")

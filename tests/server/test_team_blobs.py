@@ -1,0 +1,250 @@
+"""The team server's blobs on an S3-compatible store (store/object_store.py).
+
+Real processes (``logits server start --database … --blobs s3://…``), a real PostgreSQL and
+a real S3 API server (moto_server, tests/services.py), the real CLI as the client. Two
+server processes with separate ``--home`` directories stand for two machines: what one
+saved, the other serves and loads, the bytes coming from the object store.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from test_team_server import server_process
+
+from tests.services import S3_ENV
+
+
+@pytest.fixture
+def team_s3(
+    postgres_server: Any, s3_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, Any]:
+    from logits_cli.store.store import Store
+
+    for name, value in {**S3_ENV, "AWS_ENDPOINT_URL": s3_server.endpoint_url}.items():
+        monkeypatch.setenv(name, value)
+    database = postgres_server.new_database()
+    blobs = s3_server.new_prefix()
+    store = Store.open(tmp_path / "keys" / "store", database=database)
+    try:
+        key = store.create_api_key("alice")
+    finally:
+        store.close()
+    return {"database": database, "blobs": blobs, "key": key, "s3": s3_server}
+
+
+def logits(base_url: str, key: str, home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "LOGITS_BASE_URL": base_url,
+        "LOGITS_API_KEY": key,
+        "LOGITS_HOME": str(home),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "logits_cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def ok(done: subprocess.CompletedProcess[str]) -> str:
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def objects(team: dict[str, Any], area: str) -> dict[str, dict[str, Any]]:
+    import boto3
+
+    bucket, _, prefix = team["blobs"].removeprefix("s3://").partition("/")
+    client = boto3.client("s3", endpoint_url=team["s3"].endpoint_url)
+    listed = client.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/{area}/")
+    return {
+        entry["Key"].rsplit("/", 1)[1]: client.head_object(
+            Bucket=bucket, Key=entry["Key"], ChecksumMode="ENABLED"
+        )
+        for entry in listed.get("Contents", [])
+    }
+
+
+def test_saves_land_in_the_bucket_and_download_from_presigned_urls(
+    team_s3: dict[str, Any], tmp_path: Path
+) -> None:
+    team = team_s3
+    with server_process(tmp_path / "one", team["database"], "--blobs", team["blobs"]) as (
+        served,
+        _,
+    ):
+        client = tmp_path / "client"
+        run = ok(
+            logits(
+                served.base_url,
+                team["key"],
+                client,
+                "runs",
+                "create",
+                "--base-model",
+                "logits/tiny",
+                "--rank",
+                "2",
+            )
+        )
+        path = ok(logits(served.base_url, team["key"], client, "ckpt", "save", "s1", "--run", run))
+        info = json.loads(
+            ok(logits(served.base_url, team["key"], client, "ckpt", "info", path, "--json"))
+        )
+        stored = objects(team, "blobs")
+        assert list(stored) == [info["sha256"]]
+        assert stored[info["sha256"]]["ContentLength"] == info["size_bytes"]
+        assert stored[info["sha256"]]["Metadata"] == {"sha256": info["sha256"]}
+        # The store verified the upload against the SHA-256 checksum we sent with it.
+        assert base64.b64decode(stored[info["sha256"]]["ChecksumSHA256"]).hex() == info["sha256"]
+
+        url = ok(logits(served.base_url, team["key"], client, "ckpt", "url", path))
+        assert urlsplit(url).netloc == urlsplit(team["s3"].endpoint_url).netloc  # not our port
+        out = ok(
+            logits(
+                served.base_url,
+                team["key"],
+                client,
+                "ckpt",
+                "download",
+                path,
+                "-o",
+                str(tmp_path / "dl"),
+            )
+        )
+        assert out == str(tmp_path / "dl" / "s1")
+        manifest = json.loads((tmp_path / "dl" / "s1" / ".logits-checkpoint.json").read_text())
+        assert manifest["archive_sha256"] == info["sha256"]
+        ok(
+            logits(
+                served.base_url, team["key"], client, "ckpt", "verify", str(tmp_path / "dl" / "s1")
+            )
+        )
+
+        ok(logits(served.base_url, team["key"], client, "ckpt", "rm", path, "--yes"))
+        assert objects(team, "blobs") == {}  # no row references it: gone from the bucket
+
+
+def test_another_machine_serves_and_loads_what_one_saved(
+    team_s3: dict[str, Any], tmp_path: Path
+) -> None:
+    team = team_s3
+    blobs = ("--blobs", team["blobs"])
+    with (
+        server_process(tmp_path / "one", team["database"], *blobs) as (one, _),
+        server_process(tmp_path / "two", team["database"], *blobs) as (two, _),
+    ):
+        client = tmp_path / "client"
+        run = ok(
+            logits(
+                one.base_url,
+                team["key"],
+                client,
+                "runs",
+                "create",
+                "--base-model",
+                "logits/tiny",
+                "--rank",
+                "2",
+            )
+        )
+        path = ok(logits(one.base_url, team["key"], client, "ckpt", "save", "s2", "--run", run))
+        # Machine two has never seen the bytes: it presigns from the bucket ...
+        out = ok(
+            logits(
+                two.base_url,
+                team["key"],
+                client,
+                "ckpt",
+                "download",
+                path,
+                "-o",
+                str(tmp_path / "dl"),
+            )
+        )
+        digest = hashlib.sha256((Path(out) / "adapter_model.safetensors").read_bytes())
+        # ... and restores it into a run of its own from its cache, filled from the bucket.
+        other = ok(
+            logits(
+                two.base_url,
+                team["key"],
+                client,
+                "runs",
+                "create",
+                "--base-model",
+                "logits/tiny",
+                "--rank",
+                "2",
+            )
+        )
+        ok(logits(two.base_url, team["key"], client, "ckpt", "load", path, "--run", other))
+        assert (tmp_path / "two" / "store" / "blobs").is_dir()
+        copy = ok(logits(two.base_url, team["key"], client, "ckpt", "save", "s3", "--run", other))
+        again = ok(
+            logits(
+                one.base_url,
+                team["key"],
+                client,
+                "ckpt",
+                "download",
+                copy,
+                "-o",
+                str(tmp_path / "dl2"),
+            )
+        )
+        assert hashlib.sha256(
+            (Path(again) / "adapter_model.safetensors").read_bytes()
+        ).digest() == (digest.digest())
+
+
+def test_files_generation_exports_are_served_from_the_bucket(
+    team_s3: dict[str, Any], tmp_path: Path
+) -> None:
+    team = team_s3
+    with server_process(
+        tmp_path / "one", team["database"], "--blobs", team["blobs"], "--downloads", "files"
+    ) as (served, _):
+        client = tmp_path / "client"
+        run = ok(
+            logits(
+                served.base_url,
+                team["key"],
+                client,
+                "runs",
+                "create",
+                "--base-model",
+                "logits/tiny",
+                "--rank",
+                "2",
+            )
+        )
+        path = ok(logits(served.base_url, team["key"], client, "ckpt", "save", "f1", "--run", run))
+        out = ok(
+            logits(
+                served.base_url,
+                team["key"],
+                client,
+                "ckpt",
+                "download",
+                path,
+                "-o",
+                str(tmp_path / "dl"),
+            )
+        )
+        exported = objects(team, "exports")
+        assert len(exported) == 2  # adapter_config.json and adapter_model.safetensors
+        for name in ("adapter_config.json", "adapter_model.safetensors"):
+            digest = hashlib.sha256((Path(out) / name).read_bytes()).hexdigest()
+            assert digest in exported

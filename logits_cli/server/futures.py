@@ -51,6 +51,12 @@ def request_digest(body: dict[str, Any]) -> str:
     return hashlib.sha256(canonical_json(body)).hexdigest()
 
 
+def _deferred(build: Callable[[dict[str, Any]], Job], spec: dict[str, Any]) -> Job:
+    """The job ``spec`` names, built when it runs, so a spec that cannot be built fails
+    its future like any job that raises."""
+    return lambda: build(spec)()
+
+
 class FutureRunner:
     def __init__(self, store: Store, *, inline: bool, workers: int) -> None:
         self._store = store
@@ -59,6 +65,8 @@ class FutureRunner:
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         self._waiters: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
+        self._takeover: threading.Thread | None = None
+        self._stop_takeover = threading.Event()
 
     async def submit(
         self,
@@ -69,8 +77,12 @@ class FutureRunner:
         job: Job,
         seq_id: int | None = None,
         body_sha256: str | None = None,
+        resumable: dict[str, Any] | None = None,
     ) -> str:
-        """Create the future and start ``job``, unless it repeats an earlier request (§4.5)."""
+        """Create the future and start ``job``, unless it repeats an earlier request (§4.5).
+
+        ``resumable``: the JSON a ``takeover`` builder turns back into ``job``, so that
+        another process finishes it if this one dies while it runs."""
         request_id, created = await anyio.to_thread.run_sync(
             lambda: self._store.create_future(
                 user_id,
@@ -78,6 +90,7 @@ class FutureRunner:
                 model_id=model_id,
                 seq_id=seq_id,
                 body_sha256=body_sha256,
+                job=resumable,
             )
         )
         if created:
@@ -112,8 +125,31 @@ class FutureRunner:
                 if not waiters:
                     self._waiters.pop(request_id, None)
 
+    def start_takeover(self, build: Callable[[dict[str, Any]], Job], interval: float) -> None:
+        """Served mode: every ``interval`` seconds, claim the resumable futures of server
+        processes that died (``Store.claim_orphaned_futures``) and run them here."""
+        self._stop_takeover = threading.Event()
+
+        def loop() -> None:
+            while not self._stop_takeover.wait(interval):
+                try:
+                    claimed = self._store.claim_orphaned_futures()
+                except Exception as exc:
+                    logger.error("taking over futures failed", exc_info=exc)
+                    continue
+                for request_id, spec in claimed:
+                    logger.info("taking over future %s of a dead server process", request_id)
+                    self._worker_pool().submit(self._execute, request_id, _deferred(build, spec))
+
+        self._takeover = threading.Thread(target=loop, name="logits-takeover", daemon=True)
+        self._takeover.start()
+
     def close(self) -> None:
         """Finish running jobs and stop the workers (served mode shutdown)."""
+        if self._takeover is not None:
+            self._stop_takeover.set()
+            self._takeover.join()
+            self._takeover = None
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None

@@ -12,10 +12,10 @@ from typing import Any
 from starlette.responses import Response
 
 from logits_cli import models
-from logits_cli.errors import UsageError
+from logits_cli.errors import LogitsError, UsageError
 from logits_cli.store import metadata as checkpoint_meta
 from logits_cli.store import sessions
-from logits_cli.store.store import MAX_TTL_SECONDS
+from logits_cli.store.store import MAX_TTL_SECONDS, Store
 from logits_cli.uri import CheckpointRef, validate_name, validate_run_id, validate_segment
 
 from .endpoint import Call, parse_fields, route
@@ -31,6 +31,7 @@ async def _submit(
     job: Job,
     body: dict[str, Any],
     seq_id: int | None = None,
+    resumable: dict[str, Any] | None = None,
 ) -> Response:
     request_id = await call.context.futures.submit(
         call.user,
@@ -39,6 +40,7 @@ async def _submit(
         job=job,
         seq_id=seq_id,
         body_sha256=request_digest(body),
+        resumable=resumable,
     )
     return json_response(models.FutureHandle(request_id=request_id, model_id=model_id))
 
@@ -114,7 +116,7 @@ async def get_info(call: Call) -> Response:
     return json_response(info.model_copy(update={"optimizer_config": optimizer}))
 
 
-def _save_job(
+def _save_spec(
     call: Call,
     model_id: str,
     kind: str,
@@ -122,8 +124,42 @@ def _save_job(
     ttl: int | None,
     overwrite: bool,
     metadata: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """A save as JSON (futures.job): any server process can run it again from the run's
+    live state if the one that took it dies (``resumable_job``)."""
+    return {
+        "op": "save",
+        "user": call.user,
+        "model_id": model_id,
+        "kind": kind,
+        "name": name,
+        "ttl": ttl,
+        "overwrite": overwrite,
+        "metadata": metadata,
+        "uri_scheme": call.settings.uri_scheme,
+    }
+
+
+def resumable_job(store: Store, spec: dict[str, Any]) -> Job:
+    """The job a ``_save_spec`` names (FutureRunner.start_takeover)."""
+    if spec.get("op") != "save":
+        raise LogitsError(f"cannot resume a job of kind {spec.get('op')!r}")
+    return _save_job(store, **{key: value for key, value in spec.items() if key != "op"})
+
+
+def _save_job(
+    store: Store,
+    *,
+    user: str,
+    model_id: str,
+    kind: str,
+    name: str,
+    ttl: int | None,
+    overwrite: bool,
+    metadata: dict[str, str] | None,
+    uri_scheme: str,
 ) -> Job:
-    user, store, scheme = call.user, call.store, call.settings.uri_scheme
+    scheme = uri_scheme
 
     def job() -> dict[str, Any]:
         checkpoint = store.save_checkpoint(
@@ -151,14 +187,15 @@ async def save_weights(call: Call) -> Response:
     ttl = _ttl(request.ttl_seconds)
     metadata = _string_metadata(body)
     await _require_own_run(call, request.model_id)
-    job = _save_job(call, request.model_id, "weights", name, ttl, request.overwrite, metadata)
+    spec = _save_spec(call, request.model_id, "weights", name, ttl, request.overwrite, metadata)
     return await _submit(
         call,
         operation="save_weights",
         model_id=request.model_id,
-        job=job,
+        job=resumable_job(call.store, spec),
         body=body,
         seq_id=request.seq_id,
+        resumable=spec,
     )
 
 
@@ -185,13 +222,15 @@ async def save_weights_for_sampler(call: Call) -> Response:
         name = validate_name(request.path)
     metadata = _string_metadata(body)
     await _require_own_run(call, request.model_id)
+    spec = None
     if request.path is None:
         assert request.sampling_session_seq_id is not None
         job = _ephemeral_sampler_job(call, request.model_id, request.sampling_session_seq_id)
     else:
-        job = _save_job(
+        spec = _save_spec(
             call, request.model_id, "sampler_weights", name, ttl, request.overwrite, metadata
         )
+        job = resumable_job(call.store, spec)
     return await _submit(
         call,
         operation="save_weights_for_sampler",
@@ -199,6 +238,7 @@ async def save_weights_for_sampler(call: Call) -> Response:
         job=job,
         body=body,
         seq_id=request.seq_id,
+        resumable=spec,
     )
 
 

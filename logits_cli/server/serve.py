@@ -27,6 +27,7 @@ from logits_cli.store.catalog import load_catalog
 from logits_cli.store.recovery import recover
 from logits_cli.store.store import Store
 
+from . import routes_training
 from .app import close_app, create_app
 from .settings import ServerSettings
 
@@ -121,6 +122,12 @@ class BuiltServer:
                     recovered.idempotency_claims,
                     recovered.futures,
                 )
+        # Saves that a dead server process sharing the store had taken are finished here.
+        context = self.app.state.context
+        context.futures.start_takeover(
+            lambda spec: routes_training.resumable_job(self.store, spec),
+            self.settings.takeover_interval,
+        )
         self.sweeper.start()
         try:
             self.server.run(sockets=sockets)

@@ -26,6 +26,8 @@ class ServerSettings:
     signing_secret: bytes | None = None  # None: read or create <store root>/signing_secret
     max_rank: int = 256
     sweep_interval: float = 60.0  # served mode: seconds between TTL sweeps of the store
+    # Served mode: seconds between looks for saves of dead server processes to take over.
+    takeover_interval: float = 2.0
     # Which generation of downloads to serve (docs/protocol.md §11): "archive" (…/archive
     # only), "files" (external_weights exports only; …/archive answers 404) or "both".
     downloads: str = "both"

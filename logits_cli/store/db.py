@@ -163,6 +163,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX sampling_sessions_by_session ON sampling_sessions (session_id, seq_id)",
     ),
+    (
+        # JSON naming a job another process can run again when the one that took the
+        # future dies (saves: server/futures.py); NULL for jobs that cannot be resumed.
+        "ALTER TABLE futures ADD COLUMN job TEXT",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -25,9 +25,13 @@ class FuturesMixin(StoreCore):
         model_id: str | None,
         seq_id: int | None = None,
         body_sha256: str | None = None,
+        job: dict[str, Any] | None = None,
     ) -> tuple[str, bool]:
         """Returns (request_id, created). When (model_id, seq_id, body) repeats an earlier
-        request within the retention, returns the earlier id and False (§4.5)."""
+        request within the retention, returns the earlier id and False (§4.5).
+
+        ``job``: what another process needs to run the job again should this one die
+        (``claim_orphaned_futures``); None for jobs that cannot be taken over."""
         now = self._now_micros()
         instance = self._claim_instance()  # before the transaction: it may create a file
         with self._db.write() as conn:
@@ -50,8 +54,8 @@ class FuturesMixin(StoreCore):
             request_id = "req_" + secrets.token_hex(16)
             conn.execute(
                 "INSERT INTO futures (request_id, user_id, model_id, operation, seq_id,"
-                " body_sha256, status, created, instance)"
-                " VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
+                " body_sha256, status, created, instance, job)"
+                " VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
                 (
                     request_id,
                     user_id,
@@ -61,14 +65,16 @@ class FuturesMixin(StoreCore):
                     body_sha256,
                     now,
                     instance,
+                    None if job is None else json.dumps(job),
                 ),
             )
         return request_id, True
 
     def fail_dead_futures(self) -> int:
-        """Start-up recovery: fail the pending futures of dead instances; returns how many."""
+        """Start-up recovery: fail the pending futures of dead instances that no other
+        process can take over (``job`` NULL); returns how many."""
         pending = self._db.connection().execute(
-            "SELECT request_id, instance FROM futures WHERE status = 'pending'"
+            "SELECT request_id, instance FROM futures WHERE status = 'pending' AND job IS NULL"
         )
         alive: dict[str | None, bool] = {}
         failed = 0
@@ -79,6 +85,39 @@ class FuturesMixin(StoreCore):
                 self._abandon_future(request_id)
                 failed += 1
         return failed
+
+    def claim_orphaned_futures(self) -> list[tuple[str, dict[str, Any]]]:
+        """Take over the resumable pending futures whose instance has died: each is claimed
+        by one compare-and-set on its ``instance``, so of several live processes exactly
+        one runs it again. Returns (request_id, job) of those this instance now owns."""
+        me = self._claim_instance()
+        pending = (
+            self._db.connection()
+            .execute(
+                "SELECT request_id, instance, job FROM futures"
+                " WHERE status = 'pending' AND job IS NOT NULL AND (instance IS NULL"
+                " OR instance <> ?)",
+                (me,),
+            )
+            .fetchall()
+        )
+        alive: dict[str | None, bool] = {}
+        claimed = []
+        for request_id, instance, job in pending:
+            if instance not in alive:
+                alive[instance] = self._instance_alive(instance)
+            if alive[instance]:
+                continue
+            same_owner = "instance IS NULL" if instance is None else "instance = ?"
+            with self._db.write() as conn:
+                taken = conn.execute(
+                    "UPDATE futures SET instance = ? WHERE request_id = ? AND status = 'pending'"
+                    f" AND {same_owner}",
+                    (me, request_id) if instance is None else (me, request_id, instance),
+                ).rowcount
+            if taken == 1:
+                claimed.append((request_id, json.loads(job)))
+        return claimed
 
     def _abandon_future(self, request_id: str) -> None:
         failure = {
@@ -112,18 +151,19 @@ class FuturesMixin(StoreCore):
         row = (
             self._db.connection()
             .execute(
-                "SELECT model_id, operation, status, result, created, finished, instance"
-                " FROM futures WHERE request_id = ? AND user_id = ?",
+                "SELECT model_id, operation, status, result, created, finished, instance,"
+                " job IS NOT NULL FROM futures WHERE request_id = ? AND user_id = ?",
                 (request_id, user_id),
             )
             .fetchone()
         )
         if row is None:
             raise NotFoundError(f"future {request_id} not found")
-        model_id, operation, status, result, created, finished, instance = row
-        if status == "pending" and not self._instance_alive(instance):
+        model_id, operation, status, result, created, finished, instance, resumable = row
+        if status == "pending" and not resumable and not self._instance_alive(instance):
             # Its process died (crash, kill -9) with the job unfinished: without this the
-            # future would answer try_again forever.
+            # future would answer try_again forever. A resumable job (a save) stays pending:
+            # a live server process takes it over (claim_orphaned_futures).
             self._abandon_future(request_id)
             return self.get_future(user_id, request_id)
         if finished is not None and (

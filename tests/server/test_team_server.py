@@ -167,3 +167,41 @@ def test_unreachable_database_is_one_line_and_exit_2(tmp_path: Path) -> None:
     [line] = done.stderr.strip().splitlines()
     assert line.startswith("Error: cannot connect to the store's PostgreSQL database")
     assert "secret-word" not in done.stderr
+
+
+def test_a_save_whose_process_is_killed_is_finished_by_the_other(
+    team: tuple[Path, str, str],
+) -> None:
+    home, database, key = team
+    blobs = home / "store" / "blobs"
+    with (
+        server_process(home, database) as (one, first),
+        server_process(home, database) as (
+            two,
+            _,
+        ),
+    ):
+        api_one, api_two = Api(one, key), Api(two, key)
+        # A few hundred MiB of state: the save takes long enough to be caught halfway.
+        model_id = api_one.create_model(base_model="Qwen/Qwen3-4B", rank=8)
+        before = set(blobs.iterdir())
+        handle = api_one.ok(
+            api_one.post("/api/v1/save_weights", {"model_id": model_id, "path": "k"})
+        )
+        deadline = time.monotonic() + 60
+        while not any(p.name.startswith(".archive.") for p in set(blobs.iterdir()) - before):
+            assert time.monotonic() < deadline, "the save never started writing its archive"
+            time.sleep(0.002)
+        first.send_signal(signal.SIGKILL)  # halfway through writing the archive
+        first.wait(timeout=30)
+
+        started = time.monotonic()
+        result = api_two.future_result(handle)  # polled on the survivor
+        assert result.get("path", "").endswith("/weights/k"), result
+        assert time.monotonic() - started < 60
+        listed = api_two.checkpoint(model_id, "weights/k")
+        archive = httpx.get(api_two.archive_url(model_id, "weights/k"), timeout=120)
+        assert archive.status_code == 200
+        assert hashlib.sha256(archive.content).hexdigest() == listed["sha256"]
+        api_one.http.close()
+        api_two.http.close()

@@ -55,3 +55,27 @@ def test_recovery_leaves_unowned_and_live_temp_files_to_the_grace_sweep(store: S
             recovered = recover(store)
             assert (recovered.temp_paths, recovered.idempotency_claims) == (0, 0)
             assert legacy.exists() and mine.exists()
+
+
+def test_a_dead_instances_resumable_future_is_claimed_by_exactly_one_survivor(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "shared"
+    dying = Store.open(root)
+    spec = {"op": "save", "name": "k"}
+    resumable, _ = dying.create_future("alice", operation="save_weights", model_id=None, job=spec)
+    plain, _ = dying.create_future("alice", operation="forward", model_id=None)
+    dying.close()  # its instance lock is released: the process is gone
+    survivors = [Store.open(root), Store.open(root)]
+    try:
+        # A poll meanwhile keeps the resumable one pending (it will be taken over) and
+        # fails the other ("send it again").
+        assert survivors[0].get_future("alice", resumable).status == "pending"
+        assert survivors[0].get_future("alice", plain).status == "failed"
+        claims = [survivor.claim_orphaned_futures() for survivor in survivors]
+        assert sorted(claims, key=len) == [[], [(resumable, spec)]]
+        # Once claimed by a live instance, nobody takes it again.
+        assert [survivor.claim_orphaned_futures() for survivor in survivors] == [[], []]
+    finally:
+        for survivor in survivors:
+            survivor.close()

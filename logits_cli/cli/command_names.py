@@ -18,12 +18,12 @@ TREE: dict[str, Any] = {
         "--version",
         "--install-completion",
         "--show-completion",
-        "--help",
         "-h",
+        "--help",
     ],
     "commands": {
         "ckpt": {
-            "options": ["--help", "-h"],
+            "options": ["-h", "--help"],
             "commands": {
                 "save": {
                     "options": [
@@ -36,8 +36,8 @@ TREE: dict[str, Any] = {
                         "--json",
                         "--quiet",
                         "-q",
-                        "--help",
                         "-h",
+                        "--help",
                     ]
                 },
                 "load": {
@@ -49,8 +49,8 @@ TREE: dict[str, Any] = {
                         "--json",
                         "--quiet",
                         "-q",
-                        "--help",
                         "-h",
+                        "--help",
                     ]
                 },
                 "ls": {
@@ -67,14 +67,14 @@ TREE: dict[str, Any] = {
                         "--json",
                         "--quiet",
                         "-q",
-                        "--help",
                         "-h",
+                        "--help",
                     ]
                 },
-                "info": {"options": ["--json", "--quiet", "-q", "--help", "-h"]},
-                "url": {"options": ["--export", "--json", "--quiet", "-q", "--help", "-h"]},
-                "publish": {"options": ["--json", "--quiet", "-q", "--help", "-h"]},
-                "unpublish": {"options": ["--json", "--quiet", "-q", "--help", "-h"]},
+                "info": {"options": ["--json", "--quiet", "-q", "-h", "--help"]},
+                "url": {"options": ["--export", "--json", "--quiet", "-q", "-h", "--help"]},
+                "publish": {"options": ["--json", "--quiet", "-q", "-h", "--help"]},
+                "unpublish": {"options": ["--json", "--quiet", "-q", "-h", "--help"]},
                 "rm": {
                     "options": [
                         "--run",
@@ -92,8 +92,8 @@ TREE: dict[str, Any] = {
                         "--json",
                         "--quiet",
                         "-q",
-                        "--help",
                         "-h",
+                        "--help",
                     ]
                 },
                 "ttl": {
@@ -112,8 +112,8 @@ TREE: dict[str, Any] = {
                         "--json",
                         "--quiet",
                         "-q",
-                        "--help",
                         "-h",
+                        "--help",
                     ]
                 },
                 "download": {
@@ -129,8 +129,8 @@ TREE: dict[str, Any] = {
                         "--json",
                         "--quiet",
                         "-q",
-                        "--help",
                         "-h",
+                        "--help",
                     ]
                 },
                 "sync": {
@@ -154,15 +154,15 @@ TREE: dict[str, Any] = {
                         "--json",
                         "--quiet",
                         "-q",
-                        "--help",
                         "-h",
+                        "--help",
                     ]
                 },
-                "verify": {"options": ["--json", "--quiet", "-q", "--help", "-h"]},
+                "verify": {"options": ["--json", "--quiet", "-q", "-h", "--help"]},
             },
         },
         "runs": {
-            "options": ["--help", "-h"],
+            "options": ["-h", "--help"],
             "commands": {
                 "ls": {
                     "options": [
@@ -171,11 +171,11 @@ TREE: dict[str, Any] = {
                         "--json",
                         "--quiet",
                         "-q",
-                        "--help",
                         "-h",
+                        "--help",
                     ]
                 },
-                "info": {"options": ["--json", "--quiet", "-q", "--help", "-h"]},
+                "info": {"options": ["--json", "--quiet", "-q", "-h", "--help"]},
                 "create": {
                     "options": [
                         "--base-model",
@@ -187,14 +187,14 @@ TREE: dict[str, Any] = {
                         "--json",
                         "--quiet",
                         "-q",
-                        "--help",
                         "-h",
+                        "--help",
                     ]
                 },
             },
         },
         "server": {
-            "options": ["--help", "-h"],
+            "options": ["-h", "--help"],
             "commands": {
                 "start": {
                     "options": [
@@ -210,29 +210,32 @@ TREE: dict[str, Any] = {
                         "--database",
                         "--blobs",
                         "--workers",
-                        "--help",
                         "-h",
+                        "--help",
                     ]
                 },
+                "migrate": {
+                    "options": ["--to-database", "--to-blobs", "--home", "--json", "-h", "--help"]
+                },
                 "keys": {
-                    "options": ["--help", "-h"],
+                    "options": ["-h", "--help"],
                     "commands": {
                         "create": {
-                            "options": ["--home", "--json", "--quiet", "-q", "--help", "-h"]
+                            "options": ["--home", "--json", "--quiet", "-q", "-h", "--help"]
                         },
-                        "ls": {"options": ["--home", "--json", "--quiet", "-q", "--help", "-h"]},
-                        "revoke": {"options": ["--home", "--json", "--help", "-h"]},
+                        "ls": {"options": ["--home", "--json", "--quiet", "-q", "-h", "--help"]},
+                        "revoke": {"options": ["--home", "--json", "-h", "--help"]},
                     },
                 },
             },
         },
         "config": {
-            "options": ["--help", "-h"],
-            "commands": {"show": {"options": ["--json", "--help", "-h"]}},
+            "options": ["-h", "--help"],
+            "commands": {"show": {"options": ["--json", "-h", "--help"]}},
         },
         "models": {
-            "options": ["--help", "-h"],
-            "commands": {"ls": {"options": ["--json", "--quiet", "-q", "--help", "-h"]}},
+            "options": ["-h", "--help"],
+            "commands": {"ls": {"options": ["--json", "--quiet", "-q", "-h", "--help"]}},
         },
     },
 }

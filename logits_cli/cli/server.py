@@ -138,7 +138,7 @@ def start(
       logits server start --port 8000
       logits server start --host 0.0.0.0 --public-url https://ckpt.example.com
       logits server start --workers 4
-      logits server start --database postgresql://logits@db/logits --blobs s3://ckpts/team
+      logits server start --database postgresql://db/logits --blobs s3://ckpts
       logits server start --uri-scheme tinker --downloads files  # like SDK 0.38
     """
     from logits_cli.server.serve import run_server
@@ -181,6 +181,69 @@ def start(
         raise errors.LogitsError(
             f"the server could not start on {host}:{port}; see the log above"
         ) from None
+
+
+@app.command("migrate")
+@handle_errors
+def migrate(
+    ctx: typer.Context,
+    to_database: Annotated[
+        str,
+        typer.Option(
+            "--to-database",
+            metavar="URL",
+            help="The PostgreSQL database to move the metadata into (empty of runs).",
+            show_default=False,
+        ),
+    ],
+    to_blobs: Annotated[
+        str | None,
+        typer.Option(
+            "--to-blobs",
+            metavar="s3://BUCKET/PREFIX",
+            help="Also upload every blob into this bucket; else they stay under --home.",
+            show_default=False,
+        ),
+    ] = None,
+    home: HomeOpt = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """Move this store's SQLite metadata (and its blobs) onto PostgreSQL (and S3).
+
+    Stop the server first. Every row is copied with its ids and every blob uploaded under
+    its digest; the live state of runs stays under --home, which the team server keeps
+    using. Then start it with --database URL (and --blobs s3://…).
+
+    Examples:
+
+    \b
+      logits server migrate --to-database postgresql://db/logits
+      logits server migrate --to-database postgresql://db/x --to-blobs s3://ckpts
+    """
+    from logits_cli.cli.output import human_size
+    from logits_cli.config import server_blobs, server_database
+    from logits_cli.store.migrate import migrate_store
+
+    database = server_database(to_database)
+    assert database is not None
+    blobs = server_blobs(to_blobs, env={})
+    out = Output(json_output=json_output, quiet=False)
+    done = migrate_store(settings_for(ctx, home=home).store_dir, database=database, blobs=blobs)
+    if out.json:
+        out.emit_json({"rows": done.rows, "blobs": done.blobs, "blob_bytes": done.blob_bytes})
+        return
+    rows = done.rows
+    out.notice(
+        f"Migrated {rows['runs']} runs, {rows['checkpoints']} checkpoints and "
+        f"{rows['api_keys']} API keys"
+        + (f"; uploaded {done.blobs} blobs ({human_size(done.blob_bytes)})" if blobs else "")
+    )
+    out.notice(
+        "Start the server with --database "
+        + "URL"
+        + (" --blobs " + blobs if blobs else "")
+        + " and the same --home."
+    )
 
 
 @contextmanager

@@ -1,4 +1,4 @@
-"""Blobs on an S3-compatible object store (docs/ARCHITECTURE.md §5, README "Running a team
+"""Blobs on an S3-compatible object store (docs/ARCHITECTURE.md §6, README "Running a team
 server").
 
 With ``--blobs s3://BUCKET/PREFIX`` the object store is where blobs are kept: archive blobs

@@ -248,3 +248,65 @@ def test_files_generation_exports_are_served_from_the_bucket(
         for name in ("adapter_config.json", "adapter_model.safetensors"):
             digest = hashlib.sha256((Path(out) / name).read_bytes()).hexdigest()
             assert digest in exported
+
+
+def embedded(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOGITS_")}
+    env["LOGITS_HOME"] = str(home)
+    return subprocess.run(
+        [sys.executable, "-m", "logits_cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_migrate_moves_a_single_machine_store_onto_postgresql_and_s3(
+    team_s3: dict[str, Any], tmp_path: Path
+) -> None:
+    team = team_s3
+    home = tmp_path / "home"
+    # A store used the single-machine way: the embedded backend (user "local").
+    run = ok(embedded(home, "runs", "create", "--base-model", "logits/tiny", "--rank", "2"))
+    saved = [
+        ok(embedded(home, "ckpt", "save", "m1", "--run", run)),
+        ok(embedded(home, "ckpt", "save", "m2", "--sampler", "--run", run)),
+    ]
+    digests = {
+        path: json.loads(ok(embedded(home, "ckpt", "info", path, "--json")))["sha256"]
+        for path in saved
+    }
+    key = ok(embedded(home, "server", "keys", "create", "local", "--home", str(home)))
+
+    target = ("--to-database", team["database"], "--to-blobs", team["blobs"])
+    done = embedded(home, "server", "migrate", *target, "--home", str(home))
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.startswith("Migrated 1 runs, 2 checkpoints and 1 API keys; uploaded 2 blobs")
+    assert sorted(objects(team, "blobs")) == sorted(digests.values())
+
+    with server_process(home, team["database"], "--blobs", team["blobs"]) as (served, _):
+        client = tmp_path / "client"
+        listed = ok(logits(served.base_url, key, client, "ckpt", "ls", "-q")).splitlines()
+        assert sorted(listed) == sorted(saved)
+        for path, sha256 in digests.items():
+            out = ok(
+                logits(
+                    served.base_url,
+                    key,
+                    client,
+                    "ckpt",
+                    "download",
+                    path,
+                    "-o",
+                    str(tmp_path / "dl"),
+                )
+            )
+            manifest = json.loads((Path(out) / ".logits-checkpoint.json").read_text())
+            assert manifest["archive_sha256"] == sha256  # the same bytes, from the bucket
+        # Saves go on after the copied ids.
+        ok(logits(served.base_url, key, client, "ckpt", "save", "m3", "--run", run))
+
+    again = embedded(home, "server", "migrate", *target, "--home", str(home))
+    assert again.returncode == 2
+    assert again.stderr.splitlines()[0].startswith("Error: the target database already holds")

@@ -1,0 +1,112 @@
+"""``logits server migrate``: move a single-machine store (``meta.sqlite3`` and the blob
+directories under ``--home``) onto PostgreSQL and, optionally, an S3-compatible bucket
+(docs/ARCHITECTURE.md §6, README "Running a team server").
+
+Every table is copied row for row, ids included, in the order of the migrations (so every
+foreign key finds its row); the sequence of ``checkpoints.id`` is moved past the copied ids;
+every blob a row references is uploaded under its content address. The live state of runs
+stays where it is: the team server runs on the same ``--home``. The target database must be
+empty of runs and checkpoints (a second run would mix two stores), and the server must be
+stopped meanwhile, as for any offline migration.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+from logits_cli.errors import ConfigError, NotFoundError
+
+# Parents before children (the order db.MIGRATIONS creates them in).
+TABLES = (
+    "users",
+    "api_keys",
+    "sessions",
+    "runs",
+    "checkpoints",
+    "futures",
+    "idempotency",
+    "checkpoint_metadata",
+    "export_files",
+    "sampling_sessions",
+)
+
+
+@dataclass(frozen=True)
+class Migrated:
+    rows: dict[str, int]
+    blobs: int
+    blob_bytes: int
+
+
+def migrate_store(root: Path, *, database: str, blobs: str | None) -> Migrated:
+    """Copy the SQLite store at ``root`` into ``database`` (and its blobs into ``blobs``)."""
+    from logits_cli.store import db
+    from logits_cli.store.store import Store
+
+    source_path = root / "meta.sqlite3"
+    if not source_path.is_file():
+        raise NotFoundError(f"no store to migrate: {source_path} does not exist")
+    db.migrate(source_path, root / ".meta.lock")  # the source at the current schema first
+    source = sqlite3.connect(f"file:{source_path}?mode=ro", uri=True)
+    target = Store.open(root, database=database, blobs=blobs)
+    try:
+        conn = target._db.connection()
+        held = conn.execute(
+            "SELECT (SELECT COUNT(*) FROM runs) + (SELECT COUNT(*) FROM checkpoints)"
+        ).fetchone()
+        if held is not None and held[0]:
+            raise ConfigError(
+                "the target database already holds runs or checkpoints; migrate into an "
+                "empty database"
+            )
+        rows: dict[str, int] = {}
+        with target._db.write() as write:
+            for table in TABLES:
+                columns = [row[1] for row in source.execute(f"PRAGMA table_info({table})")]
+                names = ", ".join(columns)
+                marks = ", ".join("?" for _ in columns)
+                copied = source.execute(f"SELECT {names} FROM {table}").fetchall()
+                # OR IGNORE: the implicit local user exists in both already.
+                statement = f"INSERT OR IGNORE INTO {table} ({names}) VALUES ({marks})"
+                for row in copied:
+                    write.execute(statement, row)
+                rows[table] = len(copied)
+            write.execute(
+                "SELECT setval(pg_get_serial_sequence('checkpoints', 'id'),"
+                " GREATEST((SELECT MAX(id) FROM checkpoints), 1))"
+            )
+        uploaded, size = _upload_blobs(target, source)
+    finally:
+        source.close()
+        target.close()
+    return Migrated(rows=rows, blobs=uploaded, blob_bytes=size)
+
+
+def _upload_blobs(target: object, source: sqlite3.Connection) -> tuple[int, int]:
+    """Every blob a row names, into the bucket (none without ``--to-blobs``)."""
+    from logits_cli.store.store import Store
+
+    assert isinstance(target, Store)
+    if target.objects is None:
+        return 0, 0
+    wanted = [
+        ("blobs", sha256)
+        for (sha256,) in source.execute(
+            "SELECT DISTINCT sha256 FROM checkpoints WHERE sha256 IS NOT NULL"
+            " AND kind <> 'external_weights'"
+        )
+    ]
+    wanted += [
+        ("exports", sha256)
+        for (sha256,) in source.execute("SELECT DISTINCT sha256 FROM export_files")
+    ]
+    size = 0
+    for area, sha256 in wanted:
+        path = target._area_dir(area) / sha256
+        if not path.is_file():
+            raise NotFoundError(f"blob {area}/{sha256} named by the store is missing from {path}")
+        target._publish_blob(area, sha256)
+        size += path.stat().st_size
+    return len(wanted), size

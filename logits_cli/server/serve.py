@@ -239,7 +239,10 @@ def serve_workers(
     try:
         for child in children:
             child.join()
-    except KeyboardInterrupt:  # the children got the same SIGINT from the terminal
+    except KeyboardInterrupt:
+        # From a terminal the children got the same SIGINT; from `kill -INT` only this
+        # process did: stop them either way (a second stop is harmless).
+        stop(signal.SIGINT, None)
         for child in children:
             child.join()
     finally:

@@ -118,8 +118,9 @@ def test_two_processes_on_one_database_serve_sixteen_clients(
             api.http.close()
 
 
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
 def test_workers_option_starts_that_many_processes_and_stops_them(
-    team: tuple[Path, str, str],
+    team: tuple[Path, str, str], stop_signal: signal.Signals
 ) -> None:
     home, database, key = team
     with server_process(home, database, "--workers", "3") as (served, process):
@@ -132,7 +133,7 @@ def test_workers_option_starts_that_many_processes_and_stops_them(
         for _ in range(12):
             assert api.checkpoint(model_id, "weights/w")["checkpoint_id"] == "weights/w"
         api.http.close()
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(stop_signal)  # to the parent alone, as `kill` sends it
         assert process.wait(timeout=30) == 0
         _, alive = psutil.wait_procs(children, timeout=30)
         assert alive == []

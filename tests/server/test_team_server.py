@@ -85,11 +85,26 @@ def team(postgres_server: Any, tmp_path: Path) -> tuple[Path, str, str]:
     return tmp_path, database, key
 
 
+@pytest.mark.parametrize("blobs", ["directory", "s3"])
 def test_two_processes_on_one_database_serve_sixteen_clients(
     team: tuple[Path, str, str],
+    blobs: str,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     home, database, key = team
-    with server_process(home, database) as (one, _), server_process(home, database) as (two, _):
+    extra: tuple[str, ...] = ()
+    if blobs == "s3":  # archives in the bucket, downloads from its presigned URLs
+        from tests.services import S3_ENV
+
+        s3 = request.getfixturevalue("s3_server")
+        for name, value in {**S3_ENV, "AWS_ENDPOINT_URL": s3.endpoint_url}.items():
+            monkeypatch.setenv(name, value)
+        extra = ("--blobs", s3.new_prefix())
+    with (
+        server_process(home, database, *extra) as (one, _),
+        server_process(home, database, *extra) as (two, _),
+    ):
         apis = [Api(one, key), Api(two, key)]
 
         def client(index: int) -> tuple[str, str, str]:

@@ -120,7 +120,9 @@ class BlobsMixin(StoreCore):
                     in_use = conn.execute(
                         "SELECT 1 FROM checkpoints WHERE sha256 = ? LIMIT 1", (entry.name,)
                     ).fetchone()
-                    if in_use is None:
+                    # With an object store the directory is only a cache: the bucket holds
+                    # every committed blob, and a later load fetches it again.
+                    if in_use is None or self.objects is not None:
                         os.unlink(entry.path)
                 elif entry.name.startswith(".") and entry.is_file(follow_symlinks=False):
                     os.unlink(entry.path)

@@ -141,6 +141,10 @@ def gc_export_blobs(store: Store) -> int:
                 with suppress(FileNotFoundError):
                     os.unlink(entry.path)
                     removed += 1
+            elif store.objects is not None:  # only a cache: trimmed once it has settled
+                with suppress(FileNotFoundError):
+                    if entry.stat().st_mtime < wallclock.time() - ORPHAN_GRACE_SECONDS:
+                        os.unlink(entry.path)
         if store.objects is not None:
             # A process elsewhere uploads before its rows commit: only settled objects go.
             cutoff = wallclock.time() - ORPHAN_GRACE_SECONDS

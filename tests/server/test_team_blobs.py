@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -310,3 +311,53 @@ def test_migrate_moves_a_single_machine_store_onto_postgresql_and_s3(
     again = embedded(home, "server", "migrate", *target, "--home", str(home))
     assert again.returncode == 2
     assert again.stderr.splitlines()[0].startswith("Error: the target database already holds")
+
+
+def test_the_local_blob_cache_is_trimmed_and_refilled_from_the_bucket(
+    team_s3: dict[str, Any], tmp_path: Path
+) -> None:
+    from logits_cli.store.store import Store
+
+    team = team_s3
+    home = tmp_path / "one"
+    with server_process(home, team["database"], "--blobs", team["blobs"]) as (served, _):
+        client = tmp_path / "client"
+        run = ok(
+            logits(
+                served.base_url,
+                team["key"],
+                client,
+                "runs",
+                "create",
+                "--base-model",
+                "logits/tiny",
+                "--rank",
+                "2",
+            )
+        )
+        path = ok(logits(served.base_url, team["key"], client, "ckpt", "save", "c1", "--run", run))
+        (cached,) = (home / "store" / "blobs").iterdir()
+        old = time.time() - 2 * 3600  # past the grace period
+        os.utime(cached, (old, old))
+        store = Store.open(home / "store", database=team["database"], blobs=team["blobs"])
+        try:
+            store.sweep()
+        finally:
+            store.close()
+        assert not cached.exists()  # the cache let go of it ...
+        assert list(objects(team, "blobs")) == [cached.name]  # ... the bucket did not
+        other = ok(
+            logits(
+                served.base_url,
+                team["key"],
+                client,
+                "runs",
+                "create",
+                "--base-model",
+                "logits/tiny",
+                "--rank",
+                "2",
+            )
+        )
+        ok(logits(served.base_url, team["key"], client, "ckpt", "load", path, "--run", other))
+        assert cached.is_file()  # refilled from the bucket for the load

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import threading
 import time
 from collections import deque
@@ -17,10 +16,11 @@ from typing import Any
 
 import httpx
 
-from logits_cli.api.blob_direct import BlobClient, ConnectionSlot, DirectReader, DirectRequest
+from logits_cli.api.blob_direct import ConnectionSlot
 from logits_cli.api.download_options import ProgressCallback, report_phase
-from logits_cli.api.limits import LowSpeedGuard, RetryBudget, TooSlow, per_connection_limit
-from logits_cli.api.retry import RetryPolicy, is_retryable_status
+from logits_cli.api.limits import RetryBudget, per_connection_limit
+from logits_cli.api.retry import RetryPolicy
+from logits_cli.api.transfer.attempts import ArchiveChanged, RetryableFailure, SegmentAttempts
 from logits_cli.api.transfer.digests import (
     ExpectedDigest,
     choose_digest,
@@ -28,14 +28,6 @@ from logits_cli.api.transfer.digests import (
     new_hasher,
 )
 from logits_cli.api.transfer.journal import Journal
-
-# -- the segment engine ---------------------------------------------------------------------
-from logits_cli.api.transfer.responses import (
-    BatchWriter,
-    error_detail,
-    pump_direct,
-    response_validators,
-)
 from logits_cli.api.transfer.signed_url import SignedUrl
 from logits_cli.api.transfer.tuning import (
     EMBEDDED_SEGMENT,
@@ -46,28 +38,11 @@ from logits_cli.api.transfer.tuning import (
     MIN_SEGMENT,
     SEGMENTS_PER_CONNECTION,
 )
-from logits_cli.api.transport_errors import HTTPX_ERRORS, error_for_httpx, is_transient_httpx_error
 from logits_cli.errors import (
     IntegrityError,
-    NotFoundError,
     UnavailableError,
     UnexpectedResponseError,
-    error_for_status,
 )
-
-
-class _RetryableFailure(Exception):
-    def __init__(
-        self, reason: str, *, response: httpx.Response | None = None, renew_url: bool = False
-    ) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.response = response
-        self.renew_url = renew_url
-
-
-class _ArchiveChanged(Exception):
-    """The server's archive no longer matches the journal (size or entity tag changed)."""
 
 
 @dataclass(frozen=True)
@@ -77,9 +52,6 @@ class FetchResult:
     digests: dict[str, bytes]  # of the whole file: sha256 and the expected digest's algorithm
     bytes_fetched: int
     resumed: bool
-
-
-_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 
 
 def choose_segment_size(size: int | None, *, connections: int, embedded: bool) -> int:
@@ -92,7 +64,7 @@ def choose_segment_size(size: int | None, *, connections: int, embedded: bool) -
     return max(MIN_SEGMENT, min(MAX_SEGMENT, wanted))
 
 
-class RangedFetcher:
+class RangedFetcher(SegmentAttempts):
     """Fill ``part`` with the archive behind ``urls``, journaled in ``journal_path``.
 
     One probe request goes first and learns the size, entity tag and digests (and whether
@@ -179,7 +151,7 @@ class RangedFetcher:
                 try:
                     await self._fetch_all(fd, journal)
                     break
-                except _ArchiveChanged:
+                except ArchiveChanged:
                     if restart:
                         raise UnexpectedResponseError(
                             "the archive changed on the server during the download"
@@ -353,9 +325,9 @@ class RangedFetcher:
             try:
                 await self._attempt(fd, index, url, slot)
                 if self._segment_filled(self._current(index)) == before:
-                    raise _RetryableFailure("the server sent an empty body")
+                    raise RetryableFailure("the server sent an empty body")
                 fruitless = 0
-            except _RetryableFailure as failure:
+            except RetryableFailure as failure:
                 progressed = self._segment_filled(self._current(index)) > before
                 fruitless = 0 if progressed else fruitless + 1
                 if fruitless >= MAX_FRUITLESS_ATTEMPTS:
@@ -371,212 +343,6 @@ class RangedFetcher:
                     await self._urls.renew(generation)
                 elif not progressed:
                     await asyncio.sleep(self._policy.delay(fruitless - 1, failure.response))
-
-    async def _attempt(self, fd: int, index: int, url: str, slot: ConnectionSlot) -> None:
-        headers = {}
-        if self._journal is None:
-            offset, last = 0, self._segment_size - 1
-        else:
-            start, end = self._journal.bounds(index)
-            offset, last = start + self._journal.filled[index], end - 1
-        if not self._ranges_ignored:
-            headers["Range"] = f"bytes={offset}-{last}"
-            if self._journal is not None and self._journal.headers.get("etag"):
-                headers["If-Range"] = self._journal.headers["etag"]
-        direct = self._direct_reader(url)
-        try:
-            if direct is not None:
-                request = direct.request(slot, url, headers, self._stall_timeout)
-                position = await self._attempt_direct(request, fd, index, offset, last)
-            else:
-                position = await self._attempt_httpx(fd, index, url, headers, offset, last)
-        except TimeoutError:
-            raise _RetryableFailure(
-                f"no data for {self._stall_timeout:g} s", renew_url=self._urls.expired()
-            ) from None
-        except TooSlow as slow:
-            raise _RetryableFailure(str(slow), renew_url=self._urls.expired()) from None
-        except HTTPX_ERRORS as exc:
-            if not is_transient_httpx_error(exc):  # a redirect loop fails the same way again
-                raise error_for_httpx(
-                    exc, host=httpx.URL(url).host or "the blob server", url_from_server=True
-                ) from None
-            raise _RetryableFailure(
-                f"network error ({type(exc).__name__})", renew_url=self._urls.expired()
-            ) from None
-        if self._journal is not None and self._ranges_ignored:
-            if self._journal.size and position != self._journal.size:
-                raise _RetryableFailure("the connection closed before the end of the archive")
-            if not self._journal.size:  # size learned only now: the body ran until EOF
-                self._journal.size = self._journal.segment_size = position
-
-    def _direct_reader(self, url: str) -> DirectReader | None:
-        return self._http.direct_reader(url) if isinstance(self._http, BlobClient) else None
-
-    async def _attempt_direct(
-        self, request: DirectRequest, fd: int, index: int, offset: int, last: int
-    ) -> int:
-        """One request in a reader thread (blob_direct.py): its body goes from the socket to
-        the part file without a turn of the event loop per chunk."""
-        pumping = False
-        try:
-            await self._in_reader_thread(request, request.open)
-            response = httpx.Response(
-                request.status, headers=request.headers, content=request.error_body
-            )
-            position, limit = await self._accept(fd, response, offset, last)
-            loop = asyncio.get_running_loop()
-            current, layout = self._current(index), self._layout
-
-            def written(at: int, count: int) -> None:
-                if self._count_written(current, count, layout):
-                    with contextlib.suppress(RuntimeError):  # the loop has closed
-                        loop.call_soon_threadsafe(self._announce, at)
-
-            speed = LowSpeedGuard(self._low_speed_limit, self._low_speed_time, time.monotonic())
-            pumping = True
-            ended: int = await self._in_reader_thread(
-                request, pump_direct, request, fd, position, limit, written, speed, self._write_lock
-            )
-            return ended
-        finally:
-            if not pumping:
-                request.release()  # the pump releases it itself, in its thread
-
-    async def _in_reader_thread(self, request: DirectRequest, function: Any, *args: Any) -> Any:
-        future = asyncio.get_running_loop().run_in_executor(self._reader_threads, function, *args)
-        try:
-            return await future
-        except asyncio.CancelledError:
-            request.abort()  # wakes the thread; run() waits for it before closing the file
-            raise
-
-    async def _attempt_httpx(
-        self, fd: int, index: int, url: str, headers: dict[str, str], offset: int, last: int
-    ) -> int:
-        """One request through httpx (the embedded server, mounted and proxied origins)."""
-        loop = asyncio.get_running_loop()
-        async with asyncio.timeout(self._stall_timeout) as stall:
-            request = self._http.build_request("GET", url, headers=headers)
-            response = await self._http.send(request, stream=True)
-            try:
-                position, limit = await self._accept(fd, response, offset, last)
-                writer = BatchWriter(self, fd, self._current(index), position)
-                try:
-                    # Re-arming the timer on every chunk would cost a timer each;
-                    # re-arming at most every quarter period with a quarter of slack
-                    # declares a stall after 1 to 1.25 times stall_timeout without a byte.
-                    slack = self._stall_timeout / 4
-                    rearmed = loop.time()
-                    stall.reschedule(rearmed + self._stall_timeout + slack)
-                    speed = LowSpeedGuard(self._low_speed_limit, self._low_speed_time, rearmed)
-                    received = 0
-                    async for chunk in response.aiter_raw():
-                        now = loop.time()
-                        if now - rearmed > slack:
-                            stall.reschedule(now + self._stall_timeout + slack)
-                            rearmed = now
-                        if limit is not None and position + len(chunk) > limit:
-                            # Never past the promised size: not one byte is written.
-                            raise IntegrityError(
-                                f"the server sent more than the {limit} bytes promised"
-                            )
-                        position += len(chunk)
-                        received += len(chunk)
-                        await writer.add(chunk)
-                        speed.update(now, received)
-                finally:
-                    # Whatever arrived is good up to here; and no write may still be
-                    # running once this attempt is over.
-                    await writer.finish()
-            finally:
-                await response.aclose()
-        return position
-
-    async def _accept(
-        self, fd: int, response: httpx.Response, offset: int, last: int
-    ) -> tuple[int, int | None]:
-        """Check the answer's status and headers; return where its body goes and where it
-        must stop (None: until the connection's end)."""
-        status = response.status_code
-        encoding = response.headers.get("content-encoding", "").strip().lower()
-        if status in (200, 206) and encoding not in ("", "identity"):
-            # docs/protocol.md §6.2: ranges and digests are of the raw archive; a decoded body
-            # could also be any size at all (a gzip bomb).
-            raise IntegrityError(
-                f"the server applied Content-Encoding {encoding!r} to the archive; refused"
-            )
-        if status == 206:
-            return self._accept_range(fd, response, offset, last)
-        if status == 200:
-            return self._accept_whole(fd, response)
-        await response.aread()
-        detail, code = error_detail(response)
-        if status == 416:
-            raise _ArchiveChanged()
-        if status == 403 and (code == "url_expired" or self._urls.expired()):
-            raise _RetryableFailure("the download URL expired", renew_url=True)
-        if is_retryable_status(status):
-            raise _RetryableFailure(f"HTTP {status}", response=response)
-        if status == 404:
-            raise NotFoundError(
-                "the archive is no longer available (deleted, expired or overwritten)"
-            )
-        raise error_for_status(status, code, detail or f"archive download refused (HTTP {status})")
-
-    def _accept_range(
-        self, fd: int, response: httpx.Response, offset: int, last: int
-    ) -> tuple[int, int | None]:
-        match = _CONTENT_RANGE.fullmatch(response.headers.get("content-range", "").strip())
-        if match is None:
-            raise UnexpectedResponseError("a partial response had no valid Content-Range")
-        first, final, total_text = match.groups()
-        if int(first) != offset or int(final) > last or total_text == "*":
-            raise UnexpectedResponseError("a partial response covered the wrong byte range")
-        total = int(total_text)
-        validators = response_validators(response.headers)
-        if self._journal is None:
-            if self._expected_size is not None and total != self._expected_size:
-                raise IntegrityError(
-                    f"the server's archive has {total} bytes, the listing says {self._expected_size}"
-                )
-            os.ftruncate(fd, total)
-            self._replace_journal(
-                Journal.plan(self._identity, total, self._segment_size, validators)
-            )
-            self._planned.set()
-        elif total != self._journal.size or (
-            self._journal.headers.get("etag")
-            and validators.get("etag")
-            and validators["etag"] != self._journal.headers["etag"]
-        ):
-            raise _ArchiveChanged()
-        else:
-            self._journal.headers.update(validators)
-            self._planned.set()
-        return offset, int(final) + 1
-
-    def _accept_whole(self, fd: int, response: httpx.Response) -> tuple[int, int | None]:
-        """A 200 to a range request: the server ignores ``Range`` (or, for a resumed file,
-        the entity changed). Only the probe may take it: the body becomes the whole file."""
-        if self._planned.is_set() and not self._ranges_ignored:
-            raise _ArchiveChanged()
-        length_text = response.headers.get("content-length")
-        size = int(length_text) if length_text and length_text.isdigit() else self._expected_size
-        if size is not None and self._expected_size is not None and size != self._expected_size:
-            raise IntegrityError(
-                f"the server's archive has {size} bytes, the listing says {self._expected_size}"
-            )
-        self._ranges_ignored = True
-        os.ftruncate(fd, size or 0)
-        self._replace_journal(
-            Journal.plan(
-                self._identity, size or 0, size or 0, response_validators(response.headers)
-            )
-        )
-        self._done = 0
-        self._planned.set()
-        return 0, size
 
     def _written(self, index: int, offset: int, count: int, layout: int) -> None:
         """``count`` bytes of segment ``index`` are on disk at ``offset`` (event loop)."""

@@ -403,19 +403,32 @@ class Output:
             Progress,
             TextColumn,
             TimeRemainingColumn,
-            TransferSpeedColumn,
         )
 
         progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
             DownloadColumn(binary_units=True),
-            TransferSpeedColumn(),
+            binary_speed_column(),
             TimeRemainingColumn(),
             console=stderr_console(),
         )
         with progress:
             yield TransferBars(progress, items)
+
+
+def binary_speed_column() -> Any:
+    """A progress column of speed in binary units: rich's TransferSpeedColumn counts MB/s,
+    beside sizes in MiB."""
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class BinarySpeedColumn(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text("?" if speed is None else f"{human_size(speed)}/s")
+
+    return BinarySpeedColumn()
 
 
 class TransferBars:

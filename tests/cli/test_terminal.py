@@ -298,3 +298,14 @@ def test_ctrl_c_says_what_the_command_keeps(capsys: pytest.CaptureFixture[str]) 
     assert capsys.readouterr().err == (
         "\nInterrupted: what arrived is kept in ./ckpts; run the same command again\n"
     )
+
+
+def test_the_speed_column_counts_in_binary_units_like_the_sizes_beside_it() -> None:
+    from types import SimpleNamespace
+
+    from logits_cli.cli.output import binary_speed_column
+
+    column = binary_speed_column()
+    task = SimpleNamespace(finished_speed=None, speed=265.3 * 2**20)
+    assert column.render(task).plain == "265.3 MiB/s"
+    assert column.render(SimpleNamespace(finished_speed=None, speed=None)).plain == "?"

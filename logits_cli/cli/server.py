@@ -224,6 +224,10 @@ def migrate(
     from logits_cli.config import server_blobs, server_database
     from logits_cli.store.migrate import migrate_store
 
+    if not to_database.startswith(("postgresql://", "postgres://")):
+        raise errors.ConfigError("--to-database must be a postgresql:// URL")
+    if to_blobs is not None and not to_blobs.startswith("s3://"):
+        raise errors.ConfigError("--to-blobs must be an s3://BUCKET[/PREFIX] URL")
     database = server_database(to_database)
     assert database is not None
     blobs = server_blobs(to_blobs, env={})

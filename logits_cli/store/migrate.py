@@ -15,8 +15,12 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from logits_cli.errors import ConfigError, NotFoundError
+
+if TYPE_CHECKING:
+    from logits_cli.store.store import Store
 
 # Parents before children (the order db.MIGRATIONS creates them in).
 TABLES = (
@@ -84,11 +88,8 @@ def migrate_store(root: Path, *, database: str, blobs: str | None) -> Migrated:
     return Migrated(rows=rows, blobs=uploaded, blob_bytes=size)
 
 
-def _upload_blobs(target: object, source: sqlite3.Connection) -> tuple[int, int]:
+def _upload_blobs(target: Store, source: sqlite3.Connection) -> tuple[int, int]:
     """Every blob a row names, into the bucket (none without ``--to-blobs``)."""
-    from logits_cli.store.store import Store
-
-    assert isinstance(target, Store)
     if target.objects is None:
         return 0, 0
     wanted = [

@@ -361,3 +361,15 @@ def test_the_local_blob_cache_is_trimmed_and_refilled_from_the_bucket(
         )
         ok(logits(served.base_url, team["key"], client, "ckpt", "load", path, "--run", other))
         assert cached.is_file()  # refilled from the bucket for the load
+
+
+def test_migrate_refuses_targets_that_are_not_postgresql_or_s3(tmp_path: Path) -> None:
+    for target, message in (
+        (("--to-database", "mysql://x@y/z"), "Error: --to-database must be a postgresql:// URL"),
+        (
+            ("--to-database", "postgresql://x@y/z", "--to-blobs", "gs://b"),
+            "Error: --to-blobs must be an s3://BUCKET[/PREFIX] URL",
+        ),
+    ):
+        done = embedded(tmp_path, "server", "migrate", *target)
+        assert done.returncode == 2 and done.stderr.splitlines() == [message]

@@ -7,12 +7,13 @@ inside the future.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from starlette.responses import Response
 
 from logits_cli import models
-from logits_cli.errors import LogitsError, UsageError
+from logits_cli.errors import ConflictError, LogitsError, UsageError
 from logits_cli.store import metadata as checkpoint_meta
 from logits_cli.store import sessions
 from logits_cli.store.store import MAX_TTL_SECONDS, Store
@@ -137,14 +138,34 @@ def _save_spec(
         "overwrite": overwrite,
         "metadata": metadata,
         "uri_scheme": call.settings.uri_scheme,
+        "requested_at": time.time(),
     }
 
 
-def resumable_job(store: Store, spec: dict[str, Any]) -> Job:
-    """The job a ``_save_spec`` names (FutureRunner.start_takeover)."""
+def resumable_job(store: Store, spec: dict[str, Any], *, resumed: bool = False) -> Job:
+    """The job a ``_save_spec`` names; ``resumed`` when another process took it over
+    (FutureRunner.start_takeover)."""
     if spec.get("op") != "save":
         raise LogitsError(f"cannot resume a job of kind {spec.get('op')!r}")
-    return _save_job(store, **{key: value for key, value in spec.items() if key != "op"})
+    fields = {key: value for key, value in spec.items() if key not in ("op", "requested_at")}
+    job = _save_job(store, **fields)
+    if not resumed:
+        return job
+
+    def resumed_job() -> dict[str, Any]:
+        try:
+            return job()
+        except ConflictError:
+            # The dead process may have committed the checkpoint and died before recording
+            # the future's outcome: a checkpoint of that name made since the request is it.
+            saved = store.get_checkpoint(
+                fields["user"], fields["model_id"], spec["kind"], spec["name"]
+            )
+            if saved.time.timestamp() < spec.get("requested_at", float("inf")):
+                raise
+            return _save_result(spec["kind"], saved.tinker_path)
+
+    return resumed_job
 
 
 def _save_job(
@@ -172,12 +193,16 @@ def _save_job(
             uri_scheme=scheme,
         )
         checkpoint_meta.set_checkpoint_metadata(store, model_id, kind, name, metadata)
-        if kind == "weights":
-            return models.SaveWeightsResult(path=checkpoint.tinker_path).model_dump(mode="json")
-        result = models.SaveWeightsForSamplerResult(path=checkpoint.tinker_path)
-        return result.model_dump(mode="json", exclude={"sampling_session_id"})
+        return _save_result(kind, checkpoint.tinker_path)
 
     return job
+
+
+def _save_result(kind: str, path: str) -> dict[str, Any]:
+    if kind == "weights":
+        return models.SaveWeightsResult(path=path).model_dump(mode="json")
+    result = models.SaveWeightsForSamplerResult(path=path)
+    return result.model_dump(mode="json", exclude={"sampling_session_id"})
 
 
 async def save_weights(call: Call) -> Response:

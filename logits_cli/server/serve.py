@@ -125,7 +125,7 @@ class BuiltServer:
         # Saves that a dead server process sharing the store had taken are finished here.
         context = self.app.state.context
         context.futures.start_takeover(
-            lambda spec: routes_training.resumable_job(self.store, spec),
+            lambda spec: routes_training.resumable_job(self.store, spec, resumed=True),
             self.settings.takeover_interval,
         )
         self.sweeper.start()

@@ -65,6 +65,9 @@ def migrate_store(root: Path, *, database: str, blobs: str | None) -> Migrated:
                 "the target database already holds runs or checkpoints; migrate into an "
                 "empty database"
             )
+        # Blobs first: a row must never lack its object, and an object without a row is
+        # swept (or adopted by the next try).
+        uploaded, size = _upload_blobs(target, source)
         rows: dict[str, int] = {}
         with target._db.write() as write:
             for table in TABLES:
@@ -81,7 +84,6 @@ def migrate_store(root: Path, *, database: str, blobs: str | None) -> Migrated:
                 "SELECT setval(pg_get_serial_sequence('checkpoints', 'id'),"
                 " GREATEST((SELECT MAX(id) FROM checkpoints), 1))"
             )
-        uploaded, size = _upload_blobs(target, source)
     finally:
         source.close()
         target.close()

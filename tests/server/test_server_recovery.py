@@ -252,3 +252,41 @@ def test_revoking_a_key_ends_its_jwts_at_once(server_factory) -> None:
     assert_error(unnamed.http.get("/api/v1/training_runs"), 401, "unauthenticated")
     for api in (doomed, kept, unnamed):
         api.http.close()
+
+
+@pytest.mark.parametrize("committed", [True, False])
+def test_a_taken_over_save_the_dead_process_had_committed_is_not_refused(
+    server_factory, committed: bool
+) -> None:
+    """The dead process may have committed the checkpoint and died before recording the
+    future's outcome: the process taking the save over reports that checkpoint; a
+    checkpoint of that name older than the request is a real conflict."""
+    import time
+
+    server = server_factory(takeover_interval=0.2)
+    api = Api(server, server.api_key("alice"))
+    model_id = api.create_model()
+    api.save(model_id, "k")  # what the dead process had committed (or an older one)
+    spec = {
+        "op": "save",
+        "user": "alice",
+        "model_id": model_id,
+        "kind": "weights",
+        "name": "k",
+        "ttl": None,
+        "overwrite": False,
+        "metadata": None,
+        "uri_scheme": "logits",
+        "requested_at": time.time() - 60 if committed else time.time() + 60,
+    }
+    dying = Store.open(Path(server.store.root), database=server.store.database)
+    request_id, _ = dying.create_future(
+        "alice", operation="save_weights", model_id=model_id, job=spec
+    )
+    dying.close()  # its instance lock is free: the process is gone
+    result = api.future_result({"request_id": request_id})
+    if committed:
+        assert result == {"path": f"logits://{model_id}/weights/k", "type": "save_weights"}
+    else:
+        assert "already exists" in result["error"], result
+    api.http.close()

@@ -52,6 +52,7 @@ def main() -> None:
             paths=[f"logits://{RUN}/weights/step_{i:05d}" for i in range(MAX_ENTRIES)],
         )
         env = {**os.environ, "LOGITS_HOME": home, "PATH": f"{Path(LOGITS).parent}:/usr/bin:/bin"}
+        env.pop("PYTHONDONTWRITEBYTECODE", None)  # a user's interpreter caches bytecode
 
         def protocol(words: str) -> dict[str, str]:
             return {

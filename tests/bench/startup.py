@@ -88,6 +88,9 @@ def main() -> None:
         print(f"setup: {CHECKPOINTS} checkpoints in {time.perf_counter() - started:.1f} s")
         env = {k: v for k, v in os.environ.items() if not k.startswith(("LOGITS_", "TINKER_"))}
         env["LOGITS_HOME"] = str(home)
+        # A user's interpreter caches bytecode; one that may not (PYTHONDONTWRITEBYTECODE,
+        # set in some sandboxes) compiles every changed module on every run.
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
 
         listed = subprocess.run([*LOGITS, "ckpt", "ls", "-q"], env=env, capture_output=True)
         assert len(listed.stdout.splitlines()) == CHECKPOINTS, listed.stderr

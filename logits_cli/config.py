@@ -16,7 +16,6 @@ from __future__ import annotations
 import difflib
 import os
 import subprocess
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,10 +128,16 @@ def _env(env: Mapping[str, str], *names: str) -> tuple[str, str] | None:
 
 def _load_config_file(path: Path) -> dict[str, Any]:
     try:
-        with path.open("rb") as handle:
-            return tomllib.load(handle)
-    except FileNotFoundError:
+        handle = path.open("rb")
+    except FileNotFoundError:  # the common case: no file, and no TOML parser to import
         return {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    import tomllib
+
+    try:
+        with handle:
+            return tomllib.load(handle)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
     except OSError as exc:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -98,6 +97,8 @@ def _without_scheme(path: str) -> str:
 def _write(path: Path, data: dict[str, list[str]]) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        import tempfile  # only when writing: a TAB never pays for it
+
         with tempfile.NamedTemporaryFile(
             "w", dir=path.parent, prefix=".completion-", delete=False, encoding="utf-8"
         ) as handle:

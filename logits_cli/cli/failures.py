@@ -62,6 +62,8 @@ def handle_errors(command: Callable[P, T]) -> Callable[P, T]:
 
     @functools.wraps(command)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        global _interrupt_note
+        _interrupt_note = None  # each command says for itself what Ctrl-C keeps
         try:
             return command(*args, **kwargs)
         except typer.Exit:

@@ -309,3 +309,24 @@ def test_the_speed_column_counts_in_binary_units_like_the_sizes_beside_it() -> N
     task = SimpleNamespace(finished_speed=None, speed=265.3 * 2**20)
     assert column.render(task).plain == "265.3 MiB/s"
     assert column.render(SimpleNamespace(finished_speed=None, speed=None)).plain == "?"
+
+
+def test_a_commands_interrupt_note_does_not_carry_over_to_the_next(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import typer
+
+    from logits_cli.cli import failures
+
+    @failures.handle_errors
+    def notes_and_returns() -> None:
+        failures.on_interrupt("what arrived is kept in ./ckpts")
+
+    @failures.handle_errors
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    notes_and_returns()
+    with pytest.raises(typer.Exit):
+        interrupted()
+    assert capsys.readouterr().err == "\nInterrupted\n"

@@ -39,23 +39,36 @@ class Terminal:
         )
         os.close(terminal)
         self.screen = ""
+        self.closed = False
 
     def send(self, text: str) -> None:
         os.write(self.controller, text.encode())
 
-    def expect(self, text: str, limit_s: float = 30.0) -> str:
+    def expect(self, text: str, limit_s: float = 30.0, quiet_s: float = 0.3) -> str:
+        """The screen once ``text`` is on it and bash has then been silent for ``quiet_s``
+        (a candidate list arrives in pieces: the rest of it, and the redrawn line, too)."""
         deadline = time.monotonic() + limit_s
         while text not in self.screen:
             remaining = deadline - time.monotonic()
             assert remaining > 0, f"{text!r} never appeared; screen:\n{self.screen}"
-            ready, _, _ = select.select([self.controller], [], [], remaining)
-            if ready:
-                try:
-                    chunk = os.read(self.controller, 65536)
-                except OSError:
-                    break
-                self.screen += chunk.decode("utf-8", "replace").replace("\r", "")
+            if not self._read(remaining) and self.closed:
+                break
+        while time.monotonic() < deadline and self._read(quiet_s):
+            pass
         return self.screen
+
+    def _read(self, wait_s: float) -> bool:
+        """Add what arrives within ``wait_s`` to the screen; False if nothing did."""
+        ready, _, _ = select.select([self.controller], [], [], wait_s)
+        if not ready:
+            return False
+        try:
+            chunk = os.read(self.controller, 65536)
+        except OSError:  # bash has exited: nothing more will come
+            self.closed = True
+            return False
+        self.screen += chunk.decode("utf-8", "replace").replace("\r", "")
+        return True
 
     def close(self) -> None:
         self.send("exit\n")

@@ -98,6 +98,18 @@ def no_archive(ref: CheckpointRef) -> UnsupportedError:
     )
 
 
+def _remove_if_only_locks(directory: Path) -> None:
+    """Remove ``directory`` when all it holds is our lock files (nothing was fetched)."""
+    try:
+        entries = list(directory.iterdir())
+        if all(entry.name.endswith(".lock") and entry.is_file() for entry in entries):
+            for entry in entries:
+                entry.unlink(missing_ok=True)
+            directory.rmdir()
+    except OSError:
+        return
+
+
 async def download(
     client: LogitsClient,
     ref: CheckpointRef,
@@ -112,11 +124,14 @@ async def download(
     target = await client.resolve(ref)
     per_file = target.kind == EXTERNAL_KIND
     if not per_file and await generation_of(client, target) == generations.ARCHIVE:
+        existed = dest_dir.exists()
         try:
             return await download_checkpoint(client, target, dest_dir, options, progress)
         except (NotFoundError, MethodNotAllowedError):
             if not await _archive_endpoint_gone(client, target):
                 raise
+            if not existed:  # the archive path made DEST before it learned there is no URL
+                _remove_if_only_locks(dest_dir)
     if not per_file and (target.kind != "weights" or not options.allow_export):
         raise no_archive(target)
     if options.archive_only:

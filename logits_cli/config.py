@@ -323,14 +323,8 @@ def server_database(flag: str | None, env: Mapping[str, str] | None = None) -> s
     """Where ``logits server start`` keeps its metadata: ``--database``, else
     ``LOGITS_SERVER_DATABASE``; None means ``meta.sqlite3`` in the store directory. Only
     postgresql:// URLs are accepted (ConfigError otherwise)."""
-    env = os.environ if env is None else env
-    if flag is not None:
-        url, source = flag.strip(), "--database"
-    elif found := _env(env, "LOGITS_SERVER_DATABASE"):
-        url, source = found[0], f"env {found[1]}"
-    else:
-        return None
-    if not url.startswith(("postgresql://", "postgres://")):
+    url, source = _server_location(flag, "--database", "LOGITS_SERVER_DATABASE", env)
+    if url is not None and not url.startswith(("postgresql://", "postgres://")):
         raise ConfigError(f"database (from {source}) must be a postgresql:// URL")
     return url
 
@@ -338,16 +332,21 @@ def server_database(flag: str | None, env: Mapping[str, str] | None = None) -> s
 def server_blobs(flag: str | None, env: Mapping[str, str] | None = None) -> str | None:
     """Where ``logits server start`` keeps its blobs: ``--blobs``, else
     ``LOGITS_SERVER_BLOBS``; None means the store directory. Only s3:// URLs."""
-    env = os.environ if env is None else env
-    if flag is not None:
-        url, source = flag.strip(), "--blobs"
-    elif found := _env(env, "LOGITS_SERVER_BLOBS"):
-        url, source = found[0], f"env {found[1]}"
-    else:
-        return None
-    if not url.startswith("s3://") or len(url) <= len("s3://"):
+    url, source = _server_location(flag, "--blobs", "LOGITS_SERVER_BLOBS", env)
+    if url is not None and (not url.startswith("s3://") or len(url) <= len("s3://")):
         raise ConfigError(f"blobs (from {source}) must be an s3://BUCKET[/PREFIX] URL")
     return url
+
+
+def _server_location(
+    flag: str | None, flag_name: str, variable: str, env: Mapping[str, str] | None
+) -> tuple[str | None, str]:
+    """The flag's value, else the variable's: (value or None, where it came from)."""
+    if flag is not None:
+        return flag.strip(), flag_name
+    if found := _env(os.environ if env is None else env, variable):
+        return found[0], f"env {found[1]}"
+    return None, ""
 
 
 def debug_enabled(env: Mapping[str, str] | None = None) -> bool:

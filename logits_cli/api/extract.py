@@ -189,15 +189,11 @@ def _unpack_plain(
             admission.admit(member)
             if member.offset_data + member.size > end:
                 raise IntegrityError(f"archive member {member.name!r} is truncated")
+            # checkpoint_complete is read whole; a sparse member's data is not one range
+            # of the archive: both go through tarfile.
             if member.name == COMPLETE_MEMBER or member.sparse is not None:
-                source = tar.extractfile(member)
-                if source is None:
-                    raise IntegrityError(f"archive member {member.name!r} has no data")
-                if member.name == COMPLETE_MEMBER:
-                    complete_raw = _read_complete(member, source, staging)
-                    files[member.name] = _digest_of(complete_raw)
-                else:  # sparse: its data is not one range of the archive
-                    files[member.name] = _copy_member(source, staging / member.name)
+                if (read := _unpack_through_tarfile(tar, member, staging, files)) is not None:
+                    complete_raw = read
                 continue
             files[member.name] = copy_range_hashed(
                 pool, raw.fileno(), member.offset_data, member.size, str(staging / member.name)
@@ -214,15 +210,28 @@ def _unpack_stream(
     with open(archive, "rb") as raw, tarfile.open(fileobj=raw, mode="r|*") as tar:
         for member in tar:
             admission.admit(member)
-            source = tar.extractfile(member)
-            if source is None:
-                raise IntegrityError(f"archive member {member.name!r} has no data")
-            if member.name == COMPLETE_MEMBER:
-                complete_raw = _read_complete(member, source, staging)
-                files[member.name] = _digest_of(complete_raw)
-            else:
-                files[member.name] = _copy_member(source, staging / member.name)
+            if (read := _unpack_through_tarfile(tar, member, staging, files)) is not None:
+                complete_raw = read
     return files, complete_raw
+
+
+def _unpack_through_tarfile(
+    tar: tarfile.TarFile,
+    member: tarfile.TarInfo,
+    staging: Path,
+    files: dict[str, models.FileDigest],
+) -> bytes | None:
+    """Write one member read through ``tarfile`` and record its digest; returns the bytes
+    of ``checkpoint_complete`` when that is the member, else None."""
+    source = tar.extractfile(member)
+    if source is None:
+        raise IntegrityError(f"archive member {member.name!r} has no data")
+    if member.name == COMPLETE_MEMBER:
+        complete_raw = _read_complete(member, source, staging)
+        files[member.name] = _digest_of(complete_raw)
+        return complete_raw
+    files[member.name] = _copy_member(source, staging / member.name)
+    return None
 
 
 def _digest_of(data: bytes) -> models.FileDigest:

@@ -131,21 +131,7 @@ class BlobsMixin(StoreCore):
                 if entry.name.startswith(_NEW_STATE_PREFIX) and entry.stat().st_mtime < cutoff:
                     shutil.rmtree(entry.path, ignore_errors=True)
         if self.objects is not None:
-            self._remove_orphan_objects(cutoff)
+            self._remove_orphan_objects("blobs", "checkpoints", cutoff)
         if self.instances_dir.is_dir():
             for entry in os.scandir(self.instances_dir):
                 self._instance_alive(entry.name.removesuffix(".lock"))  # removes dead ones
-
-    def _remove_orphan_objects(self, cutoff: float) -> None:
-        """Archive objects no row references, past the same grace as local blobs (a save
-        uploads before its row commits)."""
-        assert self.objects is not None
-        conn = self._db.connection()
-        for sha256, modified in self.objects.listing("blobs"):
-            if not _BLOB_NAME_RE.fullmatch(sha256) or modified.timestamp() >= cutoff:
-                continue
-            in_use = conn.execute(
-                "SELECT 1 FROM checkpoints WHERE sha256 = ? LIMIT 1", (sha256,)
-            ).fetchone()
-            if in_use is None:
-                self.objects.delete("blobs", sha256)

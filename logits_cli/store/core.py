@@ -24,7 +24,7 @@ from logits_cli.errors import ConfigError
 from logits_cli.store import db
 from logits_cli.store.catalog import Catalog
 from logits_cli.store.object_store import ObjectStore
-from logits_cli.store.rows import STORAGE_FULL_ERRNOS, _to_micros
+from logits_cli.store.rows import _BLOB_NAME_RE, STORAGE_FULL_ERRNOS, _to_micros
 from logits_cli.uri import validate_run_id
 
 
@@ -112,6 +112,24 @@ class StoreCore:
         (self._area_dir(area) / sha256).unlink(missing_ok=True)
         if self.objects is not None:
             self.objects.delete(area, sha256)
+
+    def _remove_orphan_objects(self, area: str, table: str, cutoff: float) -> int:
+        """Delete the objects of ``area`` that no row of ``table`` names and that are older
+        than ``cutoff`` (another process uploads before its row commits); returns how many.
+        Only names that are digests: nothing else under the prefix is ours to delete."""
+        assert self.objects is not None and table in ("checkpoints", "export_files")
+        conn = self._db.connection()
+        removed = 0
+        for sha256, modified in list(self.objects.listing(area)):
+            if not _BLOB_NAME_RE.fullmatch(sha256) or modified.timestamp() >= cutoff:
+                continue
+            in_use = conn.execute(
+                f"SELECT 1 FROM {table} WHERE sha256 = ? LIMIT 1", (sha256,)
+            ).fetchone()
+            if in_use is None:
+                self.objects.delete(area, sha256)
+                removed += 1
+        return removed
 
     def presigned_url(self, area: str, sha256: str, expires_in: int) -> str | None:
         """The object store's GET URL for a blob, or None when blobs are local."""

@@ -146,17 +146,8 @@ def gc_export_blobs(store: Store) -> int:
                     if entry.stat().st_mtime < wallclock.time() - ORPHAN_GRACE_SECONDS:
                         os.unlink(entry.path)
         if store.objects is not None:
-            # A process elsewhere uploads before its rows commit: only settled objects go.
             cutoff = wallclock.time() - ORPHAN_GRACE_SECONDS
-            for sha256, modified in list(store.objects.listing("exports")):
-                if modified.timestamp() >= cutoff:
-                    continue
-                used = conn.execute(
-                    "SELECT 1 FROM export_files WHERE sha256 = ? LIMIT 1", (sha256,)
-                ).fetchone()
-                if used is None:
-                    store.objects.delete("exports", sha256)
-                    removed += 1
+            removed += store._remove_orphan_objects("exports", "export_files", cutoff)
     return removed
 
 

@@ -59,6 +59,13 @@ def logits(base_url: str, key: str, home: Path, *args: str) -> subprocess.Comple
     )
 
 
+def new_run(base_url: str, key: str, home: Path) -> str:
+    """A fresh ``logits/tiny`` run through the CLI; its id."""
+    return ok(
+        logits(base_url, key, home, "runs", "create", "--base-model", "logits/tiny", "--rank", "2")
+    )
+
+
 def ok(done: subprocess.CompletedProcess[str]) -> str:
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
@@ -87,19 +94,7 @@ def test_saves_land_in_the_bucket_and_download_from_presigned_urls(
         _,
     ):
         client = tmp_path / "client"
-        run = ok(
-            logits(
-                served.base_url,
-                team["key"],
-                client,
-                "runs",
-                "create",
-                "--base-model",
-                "logits/tiny",
-                "--rank",
-                "2",
-            )
-        )
+        run = new_run(served.base_url, team["key"], client)
         path = ok(logits(served.base_url, team["key"], client, "ckpt", "save", "s1", "--run", run))
         info = json.loads(
             ok(logits(served.base_url, team["key"], client, "ckpt", "info", path, "--json"))
@@ -148,19 +143,7 @@ def test_another_machine_serves_and_loads_what_one_saved(
         server_process(tmp_path / "two", team["database"], *blobs) as (two, _),
     ):
         client = tmp_path / "client"
-        run = ok(
-            logits(
-                one.base_url,
-                team["key"],
-                client,
-                "runs",
-                "create",
-                "--base-model",
-                "logits/tiny",
-                "--rank",
-                "2",
-            )
-        )
+        run = new_run(one.base_url, team["key"], client)
         path = ok(logits(one.base_url, team["key"], client, "ckpt", "save", "s2", "--run", run))
         # Machine two has never seen the bytes: it presigns from the bucket ...
         out = ok(
@@ -177,19 +160,7 @@ def test_another_machine_serves_and_loads_what_one_saved(
         )
         digest = hashlib.sha256((Path(out) / "adapter_model.safetensors").read_bytes())
         # ... and restores it into a run of its own from its cache, filled from the bucket.
-        other = ok(
-            logits(
-                two.base_url,
-                team["key"],
-                client,
-                "runs",
-                "create",
-                "--base-model",
-                "logits/tiny",
-                "--rank",
-                "2",
-            )
-        )
+        other = new_run(two.base_url, team["key"], client)
         ok(logits(two.base_url, team["key"], client, "ckpt", "load", path, "--run", other))
         assert (tmp_path / "two" / "store" / "blobs").is_dir()
         copy = ok(logits(two.base_url, team["key"], client, "ckpt", "save", "s3", "--run", other))
@@ -218,19 +189,7 @@ def test_files_generation_exports_are_served_from_the_bucket(
         tmp_path / "one", team["database"], "--blobs", team["blobs"], "--downloads", "files"
     ) as (served, _):
         client = tmp_path / "client"
-        run = ok(
-            logits(
-                served.base_url,
-                team["key"],
-                client,
-                "runs",
-                "create",
-                "--base-model",
-                "logits/tiny",
-                "--rank",
-                "2",
-            )
-        )
+        run = new_run(served.base_url, team["key"], client)
         path = ok(logits(served.base_url, team["key"], client, "ckpt", "save", "f1", "--run", run))
         out = ok(
             logits(
@@ -322,19 +281,7 @@ def test_the_local_blob_cache_is_trimmed_and_refilled_from_the_bucket(
     home = tmp_path / "one"
     with server_process(home, team["database"], "--blobs", team["blobs"]) as (served, _):
         client = tmp_path / "client"
-        run = ok(
-            logits(
-                served.base_url,
-                team["key"],
-                client,
-                "runs",
-                "create",
-                "--base-model",
-                "logits/tiny",
-                "--rank",
-                "2",
-            )
-        )
+        run = new_run(served.base_url, team["key"], client)
         path = ok(logits(served.base_url, team["key"], client, "ckpt", "save", "c1", "--run", run))
         (cached,) = (home / "store" / "blobs").iterdir()
         old = time.time() - 2 * 3600  # past the grace period
@@ -346,19 +293,7 @@ def test_the_local_blob_cache_is_trimmed_and_refilled_from_the_bucket(
             store.close()
         assert not cached.exists()  # the cache let go of it ...
         assert list(objects(team, "blobs")) == [cached.name]  # ... the bucket did not
-        other = ok(
-            logits(
-                served.base_url,
-                team["key"],
-                client,
-                "runs",
-                "create",
-                "--base-model",
-                "logits/tiny",
-                "--rank",
-                "2",
-            )
-        )
+        other = new_run(served.base_url, team["key"], client)
         ok(logits(served.base_url, team["key"], client, "ckpt", "load", path, "--run", other))
         assert cached.is_file()  # refilled from the bucket for the load
 

@@ -211,8 +211,8 @@ def migrate(
     """Move this store's SQLite metadata (and its blobs) onto PostgreSQL (and S3).
 
     Stop the server first. Every row is copied with its ids and every blob uploaded under
-    its digest; the live state of runs stays under --home, which the team server keeps
-    using. Then start it with --database URL (and --blobs s3://…).
+    its digest; the live state of a run made before schema 6 is archived like a save, so
+    any process can rebuild it. Then start it with --database URL (and --blobs s3://…).
 
     Examples:
 
@@ -234,19 +234,30 @@ def migrate(
     out = Output(json_output=json_output, quiet=False)
     done = migrate_store(settings_for(ctx, home=home).store_dir, database=database, blobs=blobs)
     if out.json:
-        out.emit_json({"rows": done.rows, "blobs": done.blobs, "blob_bytes": done.blob_bytes})
+        out.emit_json(
+            {
+                "rows": done.rows,
+                "blobs": done.blobs,
+                "blob_bytes": done.blob_bytes,
+                "archived_states": done.archived_states,
+            }
+        )
         return
     rows = done.rows
     out.notice(
         f"Migrated {rows['runs']} runs, {rows['checkpoints']} checkpoints and "
         f"{rows['api_keys']} API keys"
         + (f"; uploaded {done.blobs} blobs ({human_size(done.blob_bytes)})" if blobs else "")
+        + (
+            f"; archived the live state of {done.archived_states} older runs"
+            if done.archived_states
+            else ""
+        )
     )
+    # With the blobs in a bucket, processes on any machine (any --home) serve the store.
     out.notice(
-        "Start the server with --database "
-        + "URL"
-        + (" --blobs " + blobs if blobs else "")
-        + " and the same --home."
+        "Start the server with --database URL"
+        + (f" --blobs {blobs} (any --home)." if blobs else " and the same --home.")
     )
 
 

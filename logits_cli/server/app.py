@@ -62,7 +62,11 @@ async def _render_error(request: Request, exc: Exception) -> Response:
 def create_app(store: Store, settings: ServerSettings) -> Starlette:
     if not 0 < settings.future_poll_hold < 40:
         raise ConfigError("future_poll_hold must be between 0 and 40 seconds")
-    secret = settings.signing_secret or load_or_create_secret(Path(store.root))
+    secret = (
+        settings.signing_secret
+        or store.shared_signing_secret()
+        or load_or_create_secret(Path(store.root))
+    )
     context = ServerContext(
         store=store,
         settings=settings,

@@ -44,6 +44,20 @@ class AccountsMixin(StoreCore):
             )
         return key
 
+    def shared_signing_secret(self) -> bytes | None:
+        """On PostgreSQL, the signing secret every process of the team server shares: made
+        by the first to ask, the same for all after. None on SQLite (one machine: the
+        secret is a file under the store directory, server/tokens.py)."""
+        if self.database is None:
+            return None
+        with self._db.write() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO server_secrets (name, value) VALUES ('signing', ?)",
+                (secrets.token_bytes(32),),
+            )
+            row = conn.execute("SELECT value FROM server_secrets WHERE name = 'signing'").fetchone()
+        return bytes(row[0])
+
     def list_api_keys(self) -> list[ApiKeyInfo]:
         rows = self._db.connection().execute(
             "SELECT prefix, user_id, created, revoked FROM api_keys ORDER BY created, prefix"

@@ -53,12 +53,7 @@ class BlobsMixin(StoreCore):
         """Remove a blob no checkpoint row references any more. Callers hold the run lock of
         the checkpoint that used it: only that run can produce a blob with the same digest
         (the archive names the checkpoint), so no save can be adopting it meanwhile."""
-        referenced = (
-            self._db.connection()
-            .execute("SELECT 1 FROM checkpoints WHERE sha256 = ? LIMIT 1", (sha256,))
-            .fetchone()
-        )
-        if referenced is None:
+        if not self._blob_in_use(self._db.connection(), "blobs", sha256):
             self._drop_blob("blobs", sha256)
 
     def sweep(self) -> int:
@@ -117,12 +112,10 @@ class BlobsMixin(StoreCore):
                 if entry.stat(follow_symlinks=False).st_mtime >= cutoff:
                     continue
                 if _BLOB_NAME_RE.fullmatch(entry.name):
-                    in_use = conn.execute(
-                        "SELECT 1 FROM checkpoints WHERE sha256 = ? LIMIT 1", (entry.name,)
-                    ).fetchone()
                     # With an object store the directory is only a cache: the bucket holds
                     # every committed blob, and a later load fetches it again.
-                    if in_use is None or self.objects is not None:
+                    in_use = self._blob_in_use(conn, "blobs", entry.name)
+                    if not in_use or self.objects is not None:
                         os.unlink(entry.path)
                 elif entry.name.startswith(".") and entry.is_file(follow_symlinks=False):
                     os.unlink(entry.path)
@@ -131,7 +124,7 @@ class BlobsMixin(StoreCore):
                 if entry.name.startswith(_NEW_STATE_PREFIX) and entry.stat().st_mtime < cutoff:
                     shutil.rmtree(entry.path, ignore_errors=True)
         if self.objects is not None:
-            self._remove_orphan_objects("blobs", "checkpoints", cutoff)
+            self._remove_orphan_objects("blobs", cutoff)
         if self.instances_dir.is_dir():
             for entry in os.scandir(self.instances_dir):
                 self._instance_alive(entry.name.removesuffix(".lock"))  # removes dead ones

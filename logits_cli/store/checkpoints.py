@@ -15,6 +15,7 @@ from logits_cli.errors import (
     UsageError,
 )
 from logits_cli.store.blobs import BlobsMixin
+from logits_cli.store.live_state import STATE_KEY_FILE, loaded_key, write_state_key
 from logits_cli.store.rows import (
     _CKPT,
     _RUN,
@@ -60,7 +61,7 @@ class CheckpointsMixin(RunsMixin, BlobsMixin):
             created = self._now()
             tinker_path = format_path(run_id, kind, name, uri_scheme)
             _, sha256, size = build_archive(
-                self.state_dir(run_id),
+                self._live_state(run_id),
                 self.blobs_dir,
                 owner=self._claim_instance(),
                 kind=kind,
@@ -163,21 +164,33 @@ class CheckpointsMixin(RunsMixin, BlobsMixin):
             raise UsageError(
                 f"checkpoint {source} holds no optimizer state; load it without the optimizer"
             )
+        sha256 = str(checkpoint.sha256)
         with self._run_lock(run_id):
+            state = self.state_dir(run_id)
+            # The key goes first: files replaced under the old key would pass for it.
+            (state / STATE_KEY_FILE).unlink(missing_ok=True)
             try:
                 restore_state(
-                    self.state_dir(run_id),
-                    self._local_blob("blobs", str(checkpoint.sha256)),
+                    state,
+                    self._local_blob("blobs", sha256),
                     optimizer=optimizer,
                     owner=self._claim_instance(),
                 )
             except FileNotFoundError as exc:  # deleted or overwritten since the lookup
                 raise NotFoundError(f"checkpoint {source} not found") from exc
+            write_state_key(state, loaded_key(sha256, optimizer))
             with self._db.write() as conn:
-                conn.execute(
-                    "UPDATE runs SET last_request_time = ? WHERE id = ?",
-                    (self._now_micros(), run_id),
-                )
+                # The archive stays while this row names it (StoreCore._blob_in_use), even
+                # if its checkpoint is deleted: another machine may rebuild the state from it.
+                # A checkpoint deleted meanwhile may have taken its blob along: then the load
+                # fails, and the directory (keyed for it) is rebuilt from the row at next use.
+                pinned = conn.execute(
+                    "UPDATE runs SET last_request_time = ?, state_source = ?, state_optimizer = ?"
+                    " WHERE id = ? AND EXISTS (SELECT 1 FROM checkpoints WHERE sha256 = ?)",
+                    (self._now_micros(), sha256, optimizer, run_id, sha256),
+                ).rowcount
+                if not pinned:
+                    raise NotFoundError(f"checkpoint {source} not found")
         return format_path(ref.run_id, ref.kind, ref.name, uri_scheme)
 
     def weights_info(self, viewer: str, source: str) -> models.WeightsInfoResponse:

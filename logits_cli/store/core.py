@@ -14,7 +14,7 @@ import sqlite3
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Self
@@ -83,6 +83,15 @@ class StoreCore:
         self._instance_lock: Any = None  # a FileLock held while this instance may run futures
         self._instance_guard = threading.Lock()
 
+    @property
+    def catalog(self) -> Catalog:
+        """The base models this store creates runs on (store/catalog.py)."""
+        if self._catalog is None:
+            from logits_cli.store.catalog import default_catalog
+
+            self._catalog = default_catalog()
+        return self._catalog
+
     # -- blobs in an object store (object_store.py); no-ops without one ------------------
     def _area_dir(self, area: str) -> Path:
         path = self.blobs_dir if area == "blobs" else self.root / area
@@ -113,20 +122,30 @@ class StoreCore:
         if self.objects is not None:
             self.objects.delete(area, sha256)
 
-    def _remove_orphan_objects(self, area: str, table: str, cutoff: float) -> int:
-        """Delete the objects of ``area`` that no row of ``table`` names and that are older
-        than ``cutoff`` (another process uploads before its row commits); returns how many.
+    @staticmethod
+    def _blob_in_use(conn: Any, area: str, sha256: str) -> bool:
+        """Whether a row names the blob: a checkpoint's archive or export file, or (archives)
+        the checkpoint a run's live state was loaded from (live_state.py)."""
+        if area == "exports":
+            query = "SELECT 1 FROM export_files WHERE sha256 = ? LIMIT 1"
+            return conn.execute(query, (sha256,)).fetchone() is not None
+        query = (
+            "SELECT 1 FROM checkpoints WHERE sha256 = ?"
+            " UNION ALL SELECT 1 FROM runs WHERE state_source = ? LIMIT 1"
+        )
+        return conn.execute(query, (sha256, sha256)).fetchone() is not None
+
+    def _remove_orphan_objects(self, area: str, cutoff: float) -> int:
+        """Delete the objects of ``area`` that no row names and that are older than
+        ``cutoff`` (another process uploads before its row commits); returns how many.
         Only names that are digests: nothing else under the prefix is ours to delete."""
-        assert self.objects is not None and table in ("checkpoints", "export_files")
+        assert self.objects is not None
         conn = self._db.connection()
         removed = 0
         for sha256, modified in list(self.objects.listing(area)):
             if not _BLOB_NAME_RE.fullmatch(sha256) or modified.timestamp() >= cutoff:
                 continue
-            in_use = conn.execute(
-                f"SELECT 1 FROM {table} WHERE sha256 = ? LIMIT 1", (sha256,)
-            ).fetchone()
-            if in_use is None:
+            if not self._blob_in_use(conn, area, sha256):
                 self.objects.delete(area, sha256)
                 removed += 1
         return removed
@@ -196,7 +215,10 @@ class StoreCore:
         with self._run_locks_guard:
             lock = self._run_locks.setdefault(run_id, threading.Lock())
         lock_file = self.runs_dir / f"{quote(run_id, safe='')}.lock"
-        with lock, FileLock(lock_file):
+        # The file lock covers the processes of one machine (one --home); PostgreSQL's lock
+        # those of every machine on the database.
+        across = self._db.run_lock(run_id) if self.database is not None else nullcontext()
+        with lock, FileLock(lock_file), across:
             yield
 
     # -- instances: which processes are alive ---------------------------------------------
@@ -206,7 +228,10 @@ class StoreCore:
         from filelock import FileLock
 
         with self._instance_guard:
-            if self._instance_lock is None:
+            if self._instance_lock is None and self.database is not None:
+                # Processes on other machines see this one: PostgreSQL holds the lock.
+                self._instance_lock = self._db.hold_instance(self.instance_id)
+            elif self._instance_lock is None:
                 self.instances_dir.mkdir(mode=0o700, exist_ok=True)
                 # Not thread-local: taken by a worker thread, released by close() on another.
                 path = self.instances_dir / f"{self.instance_id}.lock"
@@ -216,13 +241,16 @@ class StoreCore:
         return self.instance_id
 
     def _instance_alive(self, instance: str | None) -> bool:
-        """Whether the store instance that took a future still runs: its lock file is held."""
+        """Whether the store instance that took a future still runs: its lock (a file, or
+        on PostgreSQL an advisory lock) is held."""
         from filelock import FileLock, Timeout
 
         if instance == self.instance_id:
             return True
         if instance is None or not re.fullmatch(r"[0-9a-f]{16}", instance):
             return False
+        if self.database is not None:
+            return bool(self._db.instance_held(instance))
         path = self.instances_dir / f"{instance}.lock"
         if not path.exists():
             return False

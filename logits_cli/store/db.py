@@ -168,6 +168,22 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # future dies (saves: server/futures.py); NULL for jobs that cannot be resumed.
         "ALTER TABLE futures ADD COLUMN job TEXT",
     ),
+    (
+        # What the run's live state is, so a process on another machine can rebuild it
+        # (store/live_state.py): fresh from state_seed, or the archive state_source loaded
+        # with or without its optimizer state. All NULL for runs created before: their
+        # state directory is the only copy.
+        "ALTER TABLE runs ADD COLUMN state_seed INTEGER",
+        "ALTER TABLE runs ADD COLUMN state_source TEXT",
+        "ALTER TABLE runs ADD COLUMN state_optimizer INTEGER",
+        "CREATE INDEX runs_by_state_source ON runs (state_source) WHERE state_source IS NOT NULL",
+        # The URL and JWT signing secret of a team server: every process on the database,
+        # on any machine, signs and checks with the same key (SQLite stores keep a file).
+        """CREATE TABLE server_secrets (
+            name TEXT PRIMARY KEY,
+            value BLOB NOT NULL
+        )""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -134,10 +134,7 @@ def gc_export_blobs(store: Store) -> int:
         for entry in os.scandir(directory):
             if not _SHA256.fullmatch(entry.name):
                 continue
-            used = conn.execute(
-                "SELECT 1 FROM export_files WHERE sha256 = ? LIMIT 1", (entry.name,)
-            ).fetchone()
-            if used is None:
+            if not store._blob_in_use(conn, "exports", entry.name):
                 with suppress(FileNotFoundError):
                     os.unlink(entry.path)
                     removed += 1
@@ -147,7 +144,7 @@ def gc_export_blobs(store: Store) -> int:
                         os.unlink(entry.path)
         if store.objects is not None:
             cutoff = wallclock.time() - ORPHAN_GRACE_SECONDS
-            removed += store._remove_orphan_objects("exports", "export_files", cutoff)
+            removed += store._remove_orphan_objects("exports", cutoff)
     return removed
 
 
@@ -215,7 +212,7 @@ def save_external(
     try:
         with store._run_lock(run_id):
             store._check_name_free(store._db.connection(), run_id, EXTERNAL_KIND, name, False)
-            state = store.state_dir(run_id)
+            state = store._live_state(run_id)
             for member in (ADAPTER_CONFIG, ADAPTER_MODEL):
                 if parsed is None:
                     temp, sha256, size = _stage_copy(state / member, directory)

@@ -4,8 +4,10 @@ directories under ``--home``) onto PostgreSQL and, optionally, an S3-compatible 
 
 Every table is copied row for row, ids included, in the order of the migrations (so every
 foreign key finds its row); the sequence of ``checkpoints.id`` is moved past the copied ids;
-every blob a row references is uploaded under its content address. The live state of runs
-stays where it is: the team server runs on the same ``--home``. The target database must be
+every blob a row references is uploaded under its content address. A run made before
+schema 6 records nothing its live state could be rebuilt from (store/live_state.py): its
+state directory is archived like a save, uploaded, and named by the run's row, so a server
+process on any machine can rebuild it. The target database must be
 empty of runs and checkpoints (a second run would mix two stores), and the server must be
 stopped meanwhile, as for any offline migration.
 """
@@ -42,6 +44,7 @@ class Migrated:
     rows: dict[str, int]
     blobs: int
     blob_bytes: int
+    archived_states: int  # runs made before schema 6 whose live state was archived
 
 
 def migrate_store(root: Path, *, database: str, blobs: str | None) -> Migrated:
@@ -68,6 +71,7 @@ def migrate_store(root: Path, *, database: str, blobs: str | None) -> Migrated:
         # Blobs first: a row must never lack its object, and an object without a row is
         # swept (or adopted by the next try).
         uploaded, size = _upload_blobs(target, source)
+        pinned = _archive_unrecorded_states(target, source)
         rows: dict[str, int] = {}
         with target._db.write() as write:
             for table in TABLES:
@@ -80,6 +84,11 @@ def migrate_store(root: Path, *, database: str, blobs: str | None) -> Migrated:
                 for row in copied:
                     write.execute(statement, row)
                 rows[table] = len(copied)
+            for run_id, sha256 in pinned.items():
+                write.execute(
+                    "UPDATE runs SET state_source = ?, state_optimizer = 1 WHERE id = ?",
+                    (sha256, run_id),
+                )
             write.execute(
                 "SELECT setval(pg_get_serial_sequence('checkpoints', 'id'),"
                 " GREATEST((SELECT MAX(id) FROM checkpoints), 1))"
@@ -87,7 +96,7 @@ def migrate_store(root: Path, *, database: str, blobs: str | None) -> Migrated:
     finally:
         source.close()
         target.close()
-    return Migrated(rows=rows, blobs=uploaded, blob_bytes=size)
+    return Migrated(rows=rows, blobs=uploaded, blob_bytes=size, archived_states=len(pinned))
 
 
 def _upload_blobs(target: Store, source: sqlite3.Connection) -> tuple[int, int]:
@@ -97,8 +106,9 @@ def _upload_blobs(target: Store, source: sqlite3.Connection) -> tuple[int, int]:
     wanted = [
         ("blobs", sha256)
         for (sha256,) in source.execute(
-            "SELECT DISTINCT sha256 FROM checkpoints WHERE sha256 IS NOT NULL"
+            "SELECT sha256 FROM checkpoints WHERE sha256 IS NOT NULL"
             " AND kind <> 'external_weights'"
+            " UNION SELECT state_source FROM runs WHERE state_source IS NOT NULL"
         )
     ]
     wanted += [
@@ -113,3 +123,30 @@ def _upload_blobs(target: Store, source: sqlite3.Connection) -> tuple[int, int]:
         target._publish_blob(area, sha256)
         size += path.stat().st_size
     return len(wanted), size
+
+
+def _archive_unrecorded_states(target: Store, source: sqlite3.Connection) -> dict[str, str]:
+    """{run id: archive sha256} for the runs whose live state only their directory holds."""
+    from datetime import UTC, datetime
+
+    from logits_cli.store.archive import build_archive
+    from logits_cli.uri import format_path
+
+    pinned: dict[str, str] = {}
+    unrecorded = source.execute(
+        "SELECT id FROM runs WHERE state_seed IS NULL AND state_source IS NULL ORDER BY id"
+    ).fetchall()
+    for (run_id,) in unrecorded:
+        state = target.state_dir(run_id)
+        if not state.is_dir():
+            continue  # nothing to keep: a load into the run gives it a state again
+        _, sha256, _ = build_archive(
+            state,
+            target.blobs_dir,
+            kind="weights",
+            tinker_path=format_path(run_id, "weights", "live-state"),
+            created=datetime.now(UTC),
+        )
+        target._publish_blob("blobs", sha256)
+        pinned[run_id] = sha256
+    return pinned

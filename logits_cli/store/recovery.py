@@ -4,8 +4,9 @@ A process killed mid-request leaves idempotency records "running" (which would b
 retry of that request for ``idempotency_retention``), futures "pending", and temp files of
 saves, creates and loads (a killed save leaves a partial archive as large as the state).
 Each of these names the store instance that made it; an instance is dead when nobody holds
-its lock file (``Store.instance_alive``). Only what dead instances own is removed, so a
-server starting beside live ones sharing the store never touches their work.
+its lock (a file, or on PostgreSQL an advisory lock: ``Store.instance_alive``). Only what
+dead instances own is removed, so a server starting beside live ones sharing the store
+never touches their work.
 """
 
 from __future__ import annotations

@@ -12,8 +12,7 @@ from typing import Any
 
 from logits_cli import models
 from logits_cli.errors import ConflictError, NotFoundError, UsageError
-from logits_cli.store.catalog import Catalog
-from logits_cli.store.core import StoreCore
+from logits_cli.store.live_state import LiveStateMixin, fresh_key, new_seed, write_state_key
 from logits_cli.store.rows import (
     _CKPT,
     _NEW_STATE_PREFIX,
@@ -29,19 +28,10 @@ from logits_cli.store.rows import (
 from logits_cli.uri import KIND_TO_TYPE, validate_run_id
 
 
-class RunsMixin(StoreCore):
+class RunsMixin(LiveStateMixin):
     """Training runs and their live state."""
 
     # -- runs (§5.3, §5.5) ----------------------------------------------------------------
-    @property
-    def catalog(self) -> Catalog:
-        """The base models this store creates runs on (store/catalog.py)."""
-        if self._catalog is None:
-            from logits_cli.store.catalog import default_catalog
-
-            self._catalog = default_catalog()
-        return self._catalog
-
     def known_base_models(self) -> list[tuple[str, int]]:
         """(model_name, max_context_length) for get_server_capabilities."""
         return [(shape.name, shape.max_context_length) for shape in self.catalog]
@@ -97,7 +87,9 @@ class RunsMixin(StoreCore):
         owner = self._claim_instance()
         staging = Path(tempfile.mkdtemp(prefix=f"{_NEW_STATE_PREFIX}{owner}-", dir=self.runs_dir))
         try:
-            init_state(staging, base_model, lora_config, shape)
+            seed = new_seed() if lora_config.seed is None else lora_config.seed
+            init_state(staging, base_model, lora_config.model_copy(update={"seed": seed}), shape)
+            write_state_key(staging, fresh_key(seed))
             now = self._now_micros()
             with self._db.write() as conn:
                 existing = self._existing_run(conn, run_id, body_sha256)
@@ -106,8 +98,8 @@ class RunsMixin(StoreCore):
                 conn.execute(
                     "INSERT INTO runs (id, session_id, model_seq_id, user_id, base_model,"
                     " lora_rank, train_unembed, train_mlp, train_attn, seed, user_metadata,"
-                    " body_sha256, created, last_request_time)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " body_sha256, created, last_request_time, state_seed)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         run_id,
                         session_id,
@@ -123,6 +115,7 @@ class RunsMixin(StoreCore):
                         body_sha256,
                         now,
                         now,
+                        seed,
                     ),
                 )
                 final = self.state_dir(run_id)

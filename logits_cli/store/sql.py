@@ -19,6 +19,7 @@ psycopg is imported only when a PostgreSQL database is opened (``pip install
 from __future__ import annotations
 
 import functools
+import hashlib
 import re
 import threading
 import weakref
@@ -170,11 +171,11 @@ class Connection:
         self.raw.close()
 
 
-def _connect(url: str) -> Connection:
+def _connect(url: str, **options: Any) -> Connection:
     import psycopg
 
     try:
-        return Connection(psycopg.connect(url, autocommit=True))
+        return Connection(psycopg.connect(url, autocommit=True, **options))
     except psycopg.OperationalError as exc:
         # libpq's message names host and port but never the password; it spans lines.
         reason = " ".join(str(exc).split())
@@ -256,6 +257,49 @@ class PostgresDatabase:
             raise
         conn.raw.execute("COMMIT")
 
+    # -- locks beyond one transaction: this process's liveness, runs across machines --------
+    def hold_instance(self, instance_id: str) -> _HeldLock:
+        """Hold the liveness lock of store instance ``instance_id`` (16 hex digits): a session
+        advisory lock on a connection of its own. PostgreSQL releases it when the process
+        dies (its socket closes) or its machine goes silent (keepalives: about 25 s), which
+        is how other processes tell a dead instance (``instance_held``)."""
+        conn = _connect(self.url, keepalives=1, keepalives_idle=10, keepalives_interval=5)
+        for setting, value in _SERVER_KEEPALIVES:
+            conn.raw.execute(f"SET {setting} = {value}")
+        conn.raw.execute("SELECT pg_advisory_lock(%s)", (_signed(int(instance_id, 16)),))
+        with self._all_guard:
+            self._all.add(conn.raw)
+        return _HeldLock(conn)
+
+    def instance_held(self, instance_id: str) -> bool:
+        """Whether some process holds the liveness lock of ``instance_id``. pg_locks shows a
+        bigint key as its high (classid) and low (objid) halves, objsubid 1."""
+        key = int(instance_id, 16)
+        row = (
+            self.connection()
+            .raw.execute(
+                "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                " AND objsubid = 1 AND classid::bigint = %s AND objid::bigint = %s",
+                (key >> 32, key & 0xFFFFFFFF),
+            )
+            .fetchone()
+        )
+        return row is not None
+
+    @contextmanager
+    def run_lock(self, run_id: str) -> Iterator[None]:
+        """Serialise the saves, loads and deletes of one run across every process on this
+        database, whatever machine it runs on (a session advisory lock on this thread's
+        connection, taken outside any transaction)."""
+        key = _signed(int.from_bytes(hashlib.sha256(f"run:{run_id}".encode()).digest()[:8]))
+        conn = self.connection()
+        conn.raw.execute("SELECT pg_advisory_lock(%s)", (key,))
+        try:
+            yield
+        finally:
+            if not conn.raw.closed:
+                conn.raw.execute("SELECT pg_advisory_unlock(%s)", (key,))
+
     def close(self) -> None:
         self._closed = True
         with self._all_guard:
@@ -264,6 +308,30 @@ class PostgresDatabase:
         for raw in connections:
             raw.close()
         self._local = threading.local()
+
+
+# The server's side of the keepalives of a liveness connection (hold_instance): PostgreSQL
+# then drops the connection, and the lock, of a machine gone silent.
+_SERVER_KEEPALIVES = (
+    ("tcp_keepalives_idle", 10),
+    ("tcp_keepalives_interval", 5),
+    ("tcp_keepalives_count", 3),
+)
+
+
+def _signed(key: int) -> int:
+    """An unsigned 64-bit key as the signed bigint pg_advisory_lock takes."""
+    return key - (1 << 64) if key >= 1 << 63 else key
+
+
+class _HeldLock:
+    """A lock held by a connection of its own; released by closing it."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def release(self) -> None:
+        self._conn.close()
 
 
 def _rollback(conn: Connection) -> None:

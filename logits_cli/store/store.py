@@ -7,9 +7,10 @@ expires; ``sweep`` reclaims the rows and blobs later.
 
 The class is composed of one mixin per area, each in its own module over ``core.StoreCore``
 (directory, database, clock, run locks, instance liveness): ``accounts`` (users, API keys,
-session rows), ``runs``, ``checkpoints``, ``blobs`` (blob lookups and the sweep), ``futures``
-and ``idempotency``; ``rows`` holds the records and helpers they share. ``sessions.py`` and
-``exports.py`` add the SDK 0.38 operations as functions over a ``Store``.
+session rows), ``live_state`` (a run's state rebuilt from its row), ``runs``,
+``checkpoints``, ``blobs`` (blob lookups and the sweep), ``futures`` and ``idempotency``;
+``rows`` holds the records and helpers they share. ``sessions.py`` and ``exports.py`` add
+the SDK 0.38 operations as functions over a ``Store``.
 
 ``lora``, ``archive`` and ``filelock`` are imported inside the methods that need them: they
 pull in numpy and safetensors, or cost tens of milliseconds, and the listing paths (the

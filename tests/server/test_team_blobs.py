@@ -12,13 +12,16 @@ import base64
 import hashlib
 import json
 import os
+import signal
+import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
+import httpx
 import pytest
 from test_team_server import server_process
 
@@ -180,6 +183,75 @@ def test_another_machine_serves_and_loads_what_one_saved(
             (Path(again) / "adapter_model.safetensors").read_bytes()
         ).digest() == (digest.digest())
 
+        # Each machine keeps its own live state: a save through the machine that did not
+        # make the state rebuilds it from what the run's row records. The fresh run of one,
+        # through two: the same adapter drawn again from the recorded seed ...
+        drawn = ok(logits(two.base_url, team["key"], client, "ckpt", "save", "d", "--run", run))
+        assert adapter_digest(two.base_url, team, client, drawn, tmp_path / "dl3") == (
+            digest.hexdigest()
+        )
+        # ... and the run two loaded, through one, after the loaded checkpoint is deleted:
+        # its archive stays in the bucket while the run's state names it.
+        source_sha = checkpoint_sha256(one.base_url, team, client, path)
+        ok(logits(one.base_url, team["key"], client, "ckpt", "rm", path, "--yes"))
+        assert source_sha in objects(team, "blobs")
+        loaded = ok(logits(one.base_url, team["key"], client, "ckpt", "save", "l", "--run", other))
+        assert adapter_digest(one.base_url, team, client, loaded, tmp_path / "dl4") == (
+            digest.hexdigest()
+        )
+
+
+def adapter_digest(base_url: str, team: dict[str, Any], home: Path, path: str, out: Path) -> str:
+    """sha256 of the adapter_model.safetensors of checkpoint ``path``, downloaded to ``out``."""
+    directory = ok(logits(base_url, team["key"], home, "ckpt", "download", path, "-o", str(out)))
+    return hashlib.sha256((Path(directory) / "adapter_model.safetensors").read_bytes()).hexdigest()
+
+
+def checkpoint_sha256(base_url: str, team: dict[str, Any], home: Path, path: str) -> str:
+    info = json.loads(ok(logits(base_url, team["key"], home, "ckpt", "info", path, "--json")))
+    return str(info["sha256"])
+
+
+def test_a_save_killed_on_one_machine_is_finished_on_another(
+    team_s3: dict[str, Any], tmp_path: Path
+) -> None:
+    """Two machines (own --home each): the killed process's liveness lock lives in
+    PostgreSQL, so the other sees it dead, and rebuilds the run's state to finish the save."""
+    from server_helpers import Api
+
+    team = team_s3
+    blobs = ("--blobs", team["blobs"])
+    with (
+        server_process(tmp_path / "one", team["database"], *blobs) as (one, first),
+        server_process(tmp_path / "two", team["database"], *blobs) as (two, _),
+    ):
+        api_one, api_two = Api(one, team["key"]), Api(two, team["key"])
+        model_id = api_one.create_model(base_model="Qwen/Qwen3-4B", rank=8)
+        cache = tmp_path / "one" / "store" / "blobs"
+        before = set(cache.iterdir())
+        handle = api_one.ok(
+            api_one.post("/api/v1/save_weights", {"model_id": model_id, "path": "k"})
+        )
+        deadline = time.monotonic() + 60
+        while not any(p.name.startswith(".archive.") for p in set(cache.iterdir()) - before):
+            assert time.monotonic() < deadline, "the save never started writing its archive"
+            time.sleep(0.002)
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=30)
+
+        started = time.monotonic()
+        result = api_two.future_result(handle)
+        assert result.get("path", "").endswith("/weights/k"), result
+        assert time.monotonic() - started < 60
+        rebuilt = tmp_path / "two" / "store" / "runs" / quote(model_id, safe="") / ".state-key"
+        assert rebuilt.is_file()  # two drew the run's state again from its recorded seed
+        listed = api_two.checkpoint(model_id, "weights/k")
+        archive = httpx.get(api_two.archive_url(model_id, "weights/k"), timeout=120)
+        assert archive.status_code == 200
+        assert hashlib.sha256(archive.content).hexdigest() == listed["sha256"]
+        api_one.http.close()
+        api_two.http.close()
+
 
 def test_files_generation_exports_are_served_from_the_bucket(
     team_s3: dict[str, Any], tmp_path: Path
@@ -238,12 +310,19 @@ def test_migrate_moves_a_single_machine_store_onto_postgresql_and_s3(
         for path in saved
     }
     key = ok(embedded(home, "server", "keys", "create", "local", "--home", str(home)))
+    # As a run made before schema 6: nothing records its state but its directory.
+    with sqlite3.connect(home / "store" / "meta.sqlite3") as meta:
+        meta.execute("UPDATE runs SET state_seed = NULL")
+    state = home / "store" / "runs" / quote(run, safe="") / "adapter_model.safetensors"
+    live_adapter = hashlib.sha256(state.read_bytes()).hexdigest()
 
     target = ("--to-database", team["database"], "--to-blobs", team["blobs"])
     done = embedded(home, "server", "migrate", *target, "--home", str(home))
     assert done.returncode == 0, done.stderr
     assert done.stderr.startswith("Migrated 1 runs, 2 checkpoints and 1 API keys; uploaded 2 blobs")
-    assert sorted(objects(team, "blobs")) == sorted(digests.values())
+    assert "; archived the live state of 1 older runs\n" in done.stderr
+    assert " (any --home)." in done.stderr
+    assert set(digests.values()) < set(objects(team, "blobs"))  # and the archived state
 
     with server_process(home, team["database"], "--blobs", team["blobs"]) as (served, _):
         client = tmp_path / "client"
@@ -266,6 +345,14 @@ def test_migrate_moves_a_single_machine_store_onto_postgresql_and_s3(
             assert manifest["archive_sha256"] == sha256  # the same bytes, from the bucket
         # Saves go on after the copied ids.
         ok(logits(served.base_url, key, client, "ckpt", "save", "m3", "--run", run))
+    # A machine that never had the run's directory rebuilds its state from the archive.
+    with server_process(tmp_path / "elsewhere", team["database"], "--blobs", team["blobs"]) as (
+        served,
+        _,
+    ):
+        saved = ok(logits(served.base_url, key, client, "ckpt", "save", "m4", "--run", run))
+        out = tmp_path / "dl-elsewhere"
+        assert adapter_digest(served.base_url, {"key": key}, client, saved, out) == live_adapter
 
     again = embedded(home, "server", "migrate", *target, "--home", str(home))
     assert again.returncode == 2

@@ -214,6 +214,7 @@ def test_create_run_is_idempotent_and_refuses_a_different_body(store: Store, clo
     assert run.last_checkpoint is None and run.last_sampler_checkpoint is None
     state = store.state_dir(run_id)
     assert sorted(p.name for p in state.iterdir()) == [
+        ".state-key",  # what the state is, for a process elsewhere to rebuild it
         "adapter_config.json",
         ADAPTER_MODEL,
         OPTIMIZER_STATE,

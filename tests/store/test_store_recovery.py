@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -79,3 +84,54 @@ def test_a_dead_instances_resumable_future_is_claimed_by_exactly_one_survivor(
     finally:
         for survivor in survivors:
             survivor.close()
+
+
+def test_on_postgresql_liveness_is_seen_from_another_machine(
+    postgres_server: Any, tmp_path: Path
+) -> None:
+    """Two roots stand for two machines: only PostgreSQL is shared. An instance is alive
+    while its process holds its advisory lock; closing or SIGKILL releases it."""
+    database = postgres_server.new_database()
+    here = Store.open(tmp_path / "here", database=database)
+    there = Store.open(tmp_path / "there", database=database)
+    try:
+        there._claim_instance()
+        assert here.instance_alive(there.instance_id)
+        there.close()
+        assert not here.instance_alive(there.instance_id)
+
+        code = (
+            "import sys, time; from logits_cli.store.store import Store;"
+            f"s = Store.open({str(tmp_path / 'killed')!r}, database={database!r});"
+            "print(s._claim_instance(), flush=True); time.sleep(600)"
+        )
+        child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+        try:
+            assert child.stdout is not None
+            instance = child.stdout.readline().strip()
+            assert here.instance_alive(instance)
+        finally:
+            child.send_signal(signal.SIGKILL)
+            child.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while here.instance_alive(instance):
+            assert time.monotonic() < deadline, "a killed process still looks alive"
+            time.sleep(0.05)
+    finally:
+        here.close()
+
+
+def test_on_postgresql_every_machine_signs_with_one_secret(
+    postgres_server: Any, tmp_path: Path
+) -> None:
+    """URLs and JWTs one process signs, a process on another machine must accept."""
+    database = postgres_server.new_database()
+    stores = [Store.open(tmp_path / name, database=database) for name in ("a", "b")]
+    try:
+        first, second = (store.shared_signing_secret() for store in stores)
+        assert first is not None and len(first) == 32 and first == second
+        stores.append(Store.open(tmp_path / "c"))
+        assert stores[-1].shared_signing_secret() is None  # SQLite: a file
+    finally:
+        for store in stores:
+            store.close()

@@ -1,0 +1,124 @@
+"""The live state of a run, rebuilt from what its row records (docs/ARCHITECTURE.md §6).
+
+A run's live state changes only when the run is created (a fresh adapter drawn from a seed)
+and when a checkpoint is loaded into it (an archive's members, with or without its optimizer
+state). The row records which: ``state_seed``, or ``state_source`` (the archive's sha256) and
+``state_optimizer``. The state directory carries the same key in ``.state-key``. A process
+whose directory lacks the key or holds another one rebuilds the state from the row, drawing
+the adapter again from the seed or restoring the archive again (from the bucket, on another
+machine). So server processes on several machines, each with its own ``--home``, serve the
+same runs, and a load made through one is what a save through another snapshots. An archive
+a run's state came from is kept while the row names it (``StoreCore._blob_in_use``).
+
+Runs created before schema 6 record nothing: their state directory is the only copy.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import tempfile
+from pathlib import Path
+
+from logits_cli import models
+from logits_cli.errors import NotFoundError
+from logits_cli.store.core import StoreCore
+from logits_cli.store.rows import _NEW_STATE_PREFIX
+
+STATE_KEY_FILE = ".state-key"
+
+
+def new_seed() -> int:
+    """The seed of a run created without one: random, but recorded, so any process can draw
+    the same fresh adapter again."""
+    return secrets.randbits(63)
+
+
+def fresh_key(seed: int) -> str:
+    return f"init:{seed}"
+
+
+def loaded_key(source: str, optimizer: object) -> str:
+    return f"load:{source}:{int(bool(optimizer))}"
+
+
+def state_key(seed: int | None, source: str | None, optimizer: object) -> str | None:
+    """The key of the state a row records; None for a run made before schema 6."""
+    if source is not None:
+        return loaded_key(source, optimizer)
+    return None if seed is None else fresh_key(seed)
+
+
+def write_state_key(state_dir: Path, key: str) -> None:
+    """Written after the state's files are in place (and before the row names the key), so
+    a crash in between leaves a directory that does not match its row and is rebuilt."""
+    from logits_cli.store.lora import _write_atomically, _write_bytes
+
+    _write_atomically(state_dir / STATE_KEY_FILE, _write_bytes(key.encode()))
+
+
+def read_state_key(state_dir: Path) -> str | None:
+    try:
+        return (state_dir / STATE_KEY_FILE).read_text()
+    except (FileNotFoundError, NotADirectoryError, UnicodeDecodeError):
+        return None
+
+
+class LiveStateMixin(StoreCore):
+    """Bringing a run's state directory up to the state its row records."""
+
+    def _live_state(self, run_id: str) -> Path:
+        """The run's state directory, rebuilt first when it is missing or stale. Callers
+        hold the run lock (``_run_lock``)."""
+        from logits_cli.store.lora import fsync_directory, init_state, restore_state
+
+        state = self.state_dir(run_id)
+        row = (
+            self._db.connection()
+            .execute(
+                "SELECT base_model, lora_rank, train_unembed, train_mlp, train_attn,"
+                " state_seed, state_source, state_optimizer FROM runs WHERE id = ?",
+                (run_id,),
+            )
+            .fetchone()
+        )
+        if row is None:
+            raise NotFoundError(f"training run {run_id} not found")
+        base_model, rank, unembed, mlp, attn, seed, source, optimizer = row
+        key = state_key(seed, source, optimizer)
+        if key is None or read_state_key(state) == key:
+            if not state.is_dir():
+                raise NotFoundError(
+                    f"the live state of run {run_id} was made before schema 6 on another"
+                    " machine; load a checkpoint into the run"
+                )
+            return state
+        owner = self._claim_instance()
+        staging = Path(tempfile.mkdtemp(prefix=f"{_NEW_STATE_PREFIX}{owner}-", dir=self.runs_dir))
+        try:
+            if source is None:
+                lora = models.LoraConfig(
+                    rank=rank,
+                    seed=seed,
+                    train_unembed=bool(unembed),
+                    train_mlp=bool(mlp),
+                    train_attn=bool(attn),
+                )
+                init_state(staging, base_model, lora, self.catalog.require(base_model))
+            else:
+                archive = self._local_blob("blobs", source)
+                restore_state(staging, archive, optimizer=bool(optimizer), owner=owner)
+            write_state_key(staging, key)
+            if state.exists():
+                # Moved aside, not deleted first: the name never points at a partial state.
+                stale = self.runs_dir / f"{_NEW_STATE_PREFIX}{owner}-stale-{secrets.token_hex(4)}"
+                os.replace(state, stale)
+                os.replace(staging, state)
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                os.replace(staging, state)
+            fsync_directory(self.runs_dir)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return state

@@ -249,7 +249,7 @@ def migrate(
         f"{rows['api_keys']} API keys"
         + (f"; uploaded {done.blobs} blobs ({human_size(done.blob_bytes)})" if blobs else "")
         + (
-            f"; archived the live state of {done.archived_states} older runs"
+            f"; archived the live state of {done.archived_states} runs"
             if done.archived_states
             else ""
         )

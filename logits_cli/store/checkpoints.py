@@ -180,8 +180,8 @@ class CheckpointsMixin(RunsMixin, BlobsMixin):
                 raise NotFoundError(f"checkpoint {source} not found") from exc
             write_state_key(state, loaded_key(sha256, optimizer))
             with self._db.write() as conn:
-                # The archive stays while this row names it (StoreCore._blob_in_use), even
-                # if its checkpoint is deleted: another machine may rebuild the state from it.
+                # In an object store the archive now stays while this row names it, even if
+                # its checkpoint is deleted: another machine may rebuild the state from it.
                 # A checkpoint deleted meanwhile may have taken its blob along: then the load
                 # fails, and the directory (keyed for it) is rebuilt from the row at next use.
                 pinned = conn.execute(

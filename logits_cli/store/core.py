@@ -122,12 +122,16 @@ class StoreCore:
         if self.objects is not None:
             self.objects.delete(area, sha256)
 
-    @staticmethod
-    def _blob_in_use(conn: Any, area: str, sha256: str) -> bool:
-        """Whether a row names the blob: a checkpoint's archive or export file, or (archives)
-        the checkpoint a run's live state was loaded from (live_state.py)."""
+    def _blob_in_use(self, conn: Any, area: str, sha256: str) -> bool:
+        """Whether a row names the blob: a checkpoint's archive or export file, or, with an
+        object store, the archive a run's live state was loaded from: a machine without the
+        state rebuilds it from there (live_state.py). With local blobs the state directory
+        is the one copy needed, and deleting the checkpoint frees its disk at once."""
         if area == "exports":
             query = "SELECT 1 FROM export_files WHERE sha256 = ? LIMIT 1"
+            return conn.execute(query, (sha256,)).fetchone() is not None
+        if self.objects is None:
+            query = "SELECT 1 FROM checkpoints WHERE sha256 = ? LIMIT 1"
             return conn.execute(query, (sha256,)).fetchone() is not None
         query = (
             "SELECT 1 FROM checkpoints WHERE sha256 = ?"

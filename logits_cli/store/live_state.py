@@ -7,8 +7,9 @@ state). The row records which: ``state_seed``, or ``state_source`` (the archive'
 whose directory lacks the key or holds another one rebuilds the state from the row, drawing
 the adapter again from the seed or restoring the archive again (from the bucket, on another
 machine). So server processes on several machines, each with its own ``--home``, serve the
-same runs, and a load made through one is what a save through another snapshots. An archive
-a run's state came from is kept while the row names it (``StoreCore._blob_in_use``).
+same runs, and a load made through one is what a save through another snapshots. In an
+object store, an archive a run's state came from is kept while the row names it
+(``StoreCore._blob_in_use``).
 
 Runs created before schema 6 record nothing: their state directory is the only copy.
 """
@@ -108,6 +109,12 @@ class LiveStateMixin(StoreCore):
                 init_state(staging, base_model, lora, self.catalog.require(base_model))
             else:
                 archive = self._local_blob("blobs", source)
+                if not archive.is_file():  # local blobs: its checkpoint has been deleted
+                    raise NotFoundError(
+                        f"the checkpoint run {run_id} was last loaded from is gone, and"
+                        " this machine's copy of the run's state is stale; load a"
+                        " checkpoint into the run again"
+                    )
                 restore_state(staging, archive, optimizer=bool(optimizer), owner=owner)
             write_state_key(staging, key)
             if state.exists():

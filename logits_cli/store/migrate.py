@@ -44,7 +44,7 @@ class Migrated:
     rows: dict[str, int]
     blobs: int
     blob_bytes: int
-    archived_states: int  # runs made before schema 6 whose live state was archived
+    archived_states: int  # runs whose live state only their directory held, archived
 
 
 def migrate_store(root: Path, *, database: str, blobs: str | None) -> Migrated:
@@ -106,9 +106,8 @@ def _upload_blobs(target: Store, source: sqlite3.Connection) -> tuple[int, int]:
     wanted = [
         ("blobs", sha256)
         for (sha256,) in source.execute(
-            "SELECT sha256 FROM checkpoints WHERE sha256 IS NOT NULL"
+            "SELECT DISTINCT sha256 FROM checkpoints WHERE sha256 IS NOT NULL"
             " AND kind <> 'external_weights'"
-            " UNION SELECT state_source FROM runs WHERE state_source IS NOT NULL"
         )
     ]
     wanted += [
@@ -126,17 +125,26 @@ def _upload_blobs(target: Store, source: sqlite3.Connection) -> tuple[int, int]:
 
 
 def _archive_unrecorded_states(target: Store, source: sqlite3.Connection) -> dict[str, str]:
-    """{run id: archive sha256} for the runs whose live state only their directory holds."""
+    """{run id: archive sha256} for the runs whose live state another machine could not
+    rebuild from the row: made before schema 6, or loaded from a checkpoint deleted since
+    (local stores do not keep those archives). Their state directory is archived and
+    uploaded; the archive a run was loaded from, when still here, is uploaded as it is."""
     from datetime import UTC, datetime
 
     from logits_cli.store.archive import build_archive
     from logits_cli.uri import format_path
 
     pinned: dict[str, str] = {}
-    unrecorded = source.execute(
-        "SELECT id FROM runs WHERE state_seed IS NULL AND state_source IS NULL ORDER BY id"
+    if target.objects is None:  # blobs stay under --home, which every process then shares
+        return pinned
+    rows = source.execute(
+        "SELECT id, state_source FROM runs WHERE state_seed IS NULL OR state_source IS NOT NULL"
+        " ORDER BY id"
     ).fetchall()
-    for (run_id,) in unrecorded:
+    for run_id, loaded_from in rows:
+        if loaded_from is not None and (target.blobs_dir / loaded_from).is_file():
+            target._publish_blob("blobs", loaded_from)
+            continue
         state = target.state_dir(run_id)
         if not state.is_dir():
             continue  # nothing to keep: a load into the run gives it a state again

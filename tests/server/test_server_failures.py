@@ -10,12 +10,30 @@ def test_broken_live_state_fails_the_future_as_server_internal(server_factory) -
     api = Api(server, server.api_key("alice"))
     model_id = api.create_model()
     state = server.store.state_dir(model_id)
+    # Its key kept, the directory claims to hold the state its row records (a directory
+    # without the key, or with another, is rebuilt from the row instead).
     for path in state.iterdir():
-        if path.is_file():
+        if path.is_file() and path.name != ".state-key":
             path.unlink()
     failed = api.save(model_id, "broken")
     assert failed["category"] == "server" and failed["code"] == "internal"
     assert set(failed) == {"error", "category", "code"}
+    api.http.close()
+
+
+def test_a_lost_live_state_is_rebuilt_from_the_runs_row(server_factory) -> None:
+    """The row records the seed: the same adapter is drawn again, byte for byte."""
+    import shutil
+
+    server = server_factory()
+    api = Api(server, server.api_key("alice"))
+    model_id = api.create_model()
+    state = server.store.state_dir(model_id)
+    before = (state / "adapter_model.safetensors").read_bytes()
+    shutil.rmtree(state)
+    saved = api.save(model_id, "rebuilt")
+    assert saved["path"].endswith("/weights/rebuilt"), saved
+    assert (state / "adapter_model.safetensors").read_bytes() == before
     api.http.close()
 
 

@@ -309,18 +309,29 @@ def test_migrate_moves_a_single_machine_store_onto_postgresql_and_s3(
         path: json.loads(ok(embedded(home, "ckpt", "info", path, "--json")))["sha256"]
         for path in saved
     }
+    # A run loaded from a checkpoint deleted since: a local store keeps no copy of it.
+    loaded = ok(embedded(home, "runs", "create", "--base-model", "logits/tiny", "--rank", "2"))
+    gone = ok(embedded(home, "ckpt", "save", "gone", "--run", loaded))
+    ok(embedded(home, "ckpt", "load", gone, "--run", loaded))
+    ok(embedded(home, "ckpt", "rm", gone, "--yes"))
     key = ok(embedded(home, "server", "keys", "create", "local", "--home", str(home)))
-    # As a run made before schema 6: nothing records its state but its directory.
+    # And a run made before schema 6: nothing records its state but its directory.
     with sqlite3.connect(home / "store" / "meta.sqlite3") as meta:
-        meta.execute("UPDATE runs SET state_seed = NULL")
-    state = home / "store" / "runs" / quote(run, safe="") / "adapter_model.safetensors"
-    live_adapter = hashlib.sha256(state.read_bytes()).hexdigest()
+        meta.execute("UPDATE runs SET state_seed = NULL WHERE id = ?", (run,))
+    live_adapters = {
+        run_id: hashlib.sha256(
+            (
+                home / "store" / "runs" / quote(run_id, safe="") / "adapter_model.safetensors"
+            ).read_bytes()
+        ).hexdigest()
+        for run_id in (run, loaded)
+    }
 
     target = ("--to-database", team["database"], "--to-blobs", team["blobs"])
     done = embedded(home, "server", "migrate", *target, "--home", str(home))
     assert done.returncode == 0, done.stderr
-    assert done.stderr.startswith("Migrated 1 runs, 2 checkpoints and 1 API keys; uploaded 2 blobs")
-    assert "; archived the live state of 1 older runs\n" in done.stderr
+    assert done.stderr.startswith("Migrated 2 runs, 2 checkpoints and 1 API keys; uploaded 2 blobs")
+    assert "; archived the live state of 2 runs\n" in done.stderr
     assert " (any --home)." in done.stderr
     assert set(digests.values()) < set(objects(team, "blobs"))  # and the archived state
 
@@ -350,9 +361,12 @@ def test_migrate_moves_a_single_machine_store_onto_postgresql_and_s3(
         served,
         _,
     ):
-        saved = ok(logits(served.base_url, key, client, "ckpt", "save", "m4", "--run", run))
-        out = tmp_path / "dl-elsewhere"
-        assert adapter_digest(served.base_url, {"key": key}, client, saved, out) == live_adapter
+        for run_id, live_adapter in live_adapters.items():
+            saved = ok(logits(served.base_url, key, client, "ckpt", "save", "m4", "--run", run_id))
+            out = tmp_path / "dl-elsewhere" / quote(run_id, safe="")
+            assert adapter_digest(served.base_url, {"key": key}, client, saved, out) == (
+                live_adapter
+            )
 
     again = embedded(home, "server", "migrate", *target, "--home", str(home))
     assert again.returncode == 2

@@ -30,11 +30,8 @@ import sys
 # entry makes that one import fail at once, which httpx handles with a stub ``httpx.main``.
 sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
 
-from logits_cli.api.client import (  # noqa: E402
-    LogitsClient,
-    PendingCallback,
-    open_client,
-)
+from logits_cli.api.client import LogitsClient, PendingCallback  # noqa: E402
+from logits_cli.api.connect import open_client  # noqa: E402
 from logits_cli.api.download_options import (  # noqa: E402
     DownloadOptions,
     DownloadResult,

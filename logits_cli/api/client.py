@@ -3,39 +3,33 @@
 One client talks to a remote server (base URL + key) or to the embedded backend (the reference
 server in this process, behind ``httpx.ASGITransport``); both go through the same request
 layer (``http.py``: URLs, credentials, retries, error mapping) and the same future polling
-(``futures.py``). The client never prints: progress goes through callbacks.
+(``futures.py``). ``connect.open_client`` makes one; ``client_core.py`` holds its plumbing.
+The client never prints: progress goes through callbacks.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime, timedelta
-from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any, TypeVar
 
-import httpx
-from pydantic import BaseModel
-
-from logits_cli import __version__, models
-from logits_cli.api.answers import AnswerLimits
-from logits_cli.api.blob_direct import BlobClient
+from logits_cli import models
+from logits_cli.api.client_core import ClientCore, PendingCallback
 from logits_cli.api.download_options import (
     DownloadOptions,
     DownloadResult,
     FileUrls,
     ProgressCallback,
 )
-from logits_cli.api.futures import wait_for_future
-from logits_cli.api.http import (
-    BlobTransport,
-    RequestLayer,
-    default_timeout,
-    env_proxies_configured,
+from logits_cli.api.request_checks import (
+    REDIRECT_STATUSES,
+    check_ttl,
+    checkpoint_endpoint,
+    expires_header,
+    last_page,
+    newest,
+    require_known_kind,
+    scope,
 )
-from logits_cli.api.retry import RetryPolicy
-from logits_cli.config import Settings
 from logits_cli.errors import (
     AlreadyPrivateError,
     AlreadyPublicError,
@@ -53,43 +47,15 @@ from logits_cli.uri import (
     validate_run_id,
 )
 
-# Called while a future is pending, with the seconds waited so far (for a spinner).
-PendingCallback = Callable[[float], None]
+__all__ = ["LogitsClient", "PendingCallback"]
 
 
-class LogitsClient:
+class LogitsClient(ClientCore):
     """Open with ``async with open_client(settings) as client``.
 
     Every method maps failures to the classes of ``errors.py``; none prints. Operations on a
     checkpoint accept an ``@latest`` name and resolve it first.
     """
-
-    settings: Settings
-    embedded: bool
-
-    def __init__(
-        self,
-        settings: Settings,
-        layer: RequestLayer,
-        *,
-        embedded: bool,
-        blob_mounts: dict[str, httpx.AsyncBaseTransport] | None = None,
-        on_close: Callable[[], None] | None = None,
-    ) -> None:
-        self.settings = settings
-        self.embedded = embedded
-        self._layer = layer
-        self._blob_mounts = blob_mounts
-        self._blob_http: httpx.AsyncClient | None = None
-        self._on_close = on_close
-        self._session_id: str | None = None
-        self._session_lock = asyncio.Lock()
-        self._next_model_seq_id = 0
-
-    @property
-    def retry_policy(self) -> RetryPolicy:
-        """The §9 policy of this client (deadline, backoff); the transfer engine reuses it."""
-        return self._layer.policy
 
     # -- service --------------------------------------------------------------------------
     async def health(self) -> models.HealthResponse:
@@ -145,24 +111,11 @@ class LogitsClient:
         )
         return await self.get_run(result.model_id)
 
-    async def _session(self) -> str:
-        """The session this client creates models in: made once, on first need (§5.1)."""
-        async with self._session_lock:
-            if self._session_id is None:
-                body = models.CreateSessionRequest(tags=[], sdk_version=__version__)
-                response = await self._layer.request(
-                    "POST", "create_session", json=body.model_dump(exclude_none=True)
-                )
-                self._session_id = self._layer.parse(
-                    response, models.CreateSessionResponse
-                ).session_id
-            return self._session_id
-
     async def get_run(self, run_id: str, *, access_scope: str = "owned") -> models.TrainingRun:
         response = await self._layer.request(
             "GET",
             f"training_runs/{validate_run_id(run_id)}",
-            params={"access_scope": _scope(access_scope)},
+            params={"access_scope": scope(access_scope)},
         )
         return self._layer.parse(response, models.TrainingRun)
 
@@ -170,19 +123,19 @@ class LogitsClient:
         self, *, access_scope: str = "owned", page_size: int = 100
     ) -> AsyncIterator[models.TrainingRun]:
         """Every run, following the cursor (§5.5)."""
-        scope = _scope(access_scope)
+        viewer_scope = scope(access_scope)
         offset = 0
         while True:
             response = await self._layer.request(
                 "GET",
                 "training_runs",
-                params={"limit": page_size, "offset": offset, "access_scope": scope},
+                params={"limit": page_size, "offset": offset, "access_scope": viewer_scope},
             )
             page = self._layer.parse(response, models.TrainingRunsResponse)
             for run in page.training_runs:
                 yield run
             offset += len(page.training_runs)
-            if _last_page(len(page.training_runs), offset, page.cursor, page_size):
+            if last_page(len(page.training_runs), offset, page.cursor, page_size):
                 return
 
     async def get_info(self, run_id: str) -> models.GetInfoResponse:
@@ -191,13 +144,6 @@ class LogitsClient:
         return self._layer.parse(response, models.GetInfoResponse)
 
     # -- checkpoints ----------------------------------------------------------------------
-    async def list_checkpoints(self, run_id: str) -> list[models.Checkpoint]:
-        """One run's checkpoints, newest first (§5.6.1)."""
-        response = await self._layer.request(
-            "GET", f"training_runs/{validate_run_id(run_id)}/checkpoints"
-        )
-        return self._layer.parse(response, models.CheckpointsListResponse).checkpoints
-
     async def iter_all_checkpoints(
         self, *, page_size: int = 1000
     ) -> AsyncIterator[models.Checkpoint]:
@@ -211,22 +157,14 @@ class LogitsClient:
             for checkpoint in page.checkpoints:
                 yield checkpoint
             offset += len(page.checkpoints)
-            if _last_page(len(page.checkpoints), offset, page.cursor, page_size):
+            if last_page(len(page.checkpoints), offset, page.cursor, page_size):
                 return
-
-    async def resolve(self, ref: CheckpointRef) -> CheckpointRef:
-        """Replace an ``@latest`` name with the newest checkpoint of that kind in the run;
-        NotFoundError if the run has none. Other refs are returned unchanged."""
-        if not ref.is_latest:
-            return ref
-        newest = _newest(await self.list_checkpoints(ref.run_id), ref)
-        return ref.with_name(newest.name)
 
     async def get_checkpoint(self, ref: CheckpointRef) -> models.Checkpoint:
         """One checkpoint (``@latest`` resolved); NotFoundError when absent."""
         checkpoints = await self.list_checkpoints(ref.run_id)
         if ref.is_latest:
-            return _newest(checkpoints, ref)
+            return newest(checkpoints, ref)
         for checkpoint in checkpoints:
             if checkpoint.checkpoint_id == ref.checkpoint_id:
                 return checkpoint
@@ -248,7 +186,7 @@ class LogitsClient:
         validate_run_id(run_id)
         validate_name(name)
         if ttl_seconds is not None:
-            _check_ttl(ttl_seconds)
+            check_ttl(ttl_seconds)
         kind = "sampler_weights" if sampler else "weights"
         endpoint = "save_weights_for_sampler" if sampler else "save_weights"
         request_model = (
@@ -317,7 +255,7 @@ class LogitsClient:
 
     async def delete(self, ref: CheckpointRef) -> None:
         target = await self._target(ref, "delete")
-        await self._layer.request("DELETE", _checkpoint_endpoint(target))
+        await self._layer.request("DELETE", checkpoint_endpoint(target))
 
     async def publish(self, ref: CheckpointRef) -> bool:
         """True if it changed, False if it was already public."""
@@ -332,7 +270,7 @@ class LogitsClient:
     ) -> bool:
         target = await self._target(ref, "publish" if method == "POST" else "unpublish")
         try:
-            await self._layer.request(method, f"{_checkpoint_endpoint(target)}/publish")
+            await self._layer.request(method, f"{checkpoint_endpoint(target)}/publish")
         except ConflictError as exc:
             # A 409 here means "already in that state"; deployments may omit the code.
             if isinstance(exc, contradiction):
@@ -342,11 +280,11 @@ class LogitsClient:
 
     async def set_ttl(self, ref: CheckpointRef, ttl_seconds: int | None) -> None:
         if ttl_seconds is not None:
-            _check_ttl(ttl_seconds)
+            check_ttl(ttl_seconds)
         target = await self._target(ref, "set the TTL of")
         body = models.TtlRequest(ttl_seconds=ttl_seconds)
         await self._layer.request(
-            "PUT", f"{_checkpoint_endpoint(target)}/ttl", json=body.model_dump()
+            "PUT", f"{checkpoint_endpoint(target)}/ttl", json=body.model_dump()
         )
 
     async def archive_url(self, ref: CheckpointRef) -> models.CheckpointArchiveUrlResponse:
@@ -354,7 +292,7 @@ class LogitsClient:
         target = await self._target(ref, "download", kinds=ARCHIVE_KINDS)
         response = await self._layer.request(
             "GET",
-            f"{_checkpoint_endpoint(target)}/archive",
+            f"{checkpoint_endpoint(target)}/archive",
             params={"format": "json"},
             accept=REDIRECT_STATUSES,
         )
@@ -367,7 +305,7 @@ class LogitsClient:
                 )
             return models.CheckpointArchiveUrlResponse(
                 url=str(response.request.url.join(location)),
-                expires=_expires_header(response.headers.get("expires")),
+                expires=expires_header(response.headers.get("expires")),
             )
         answer = self._layer.parse(response, models.CheckpointArchiveUrlResponse)
         return answer.model_copy(update={"url": str(response.request.url.join(answer.url))})
@@ -377,7 +315,7 @@ class LogitsClient:
         against the request URL like the archive URL."""
         target = await self._target(ref, "download", kinds=(EXTERNAL_KIND,))
         response = await self._layer.request(
-            "GET", f"{_checkpoint_endpoint(target)}/external_weights_urls"
+            "GET", f"{checkpoint_endpoint(target)}/external_weights_urls"
         )
         answer = self._layer.parse(response, models.ExternalWeightsUrlsResponse)
         base = response.request.url
@@ -436,60 +374,7 @@ class LogitsClient:
                 "POST", f"sessions/{session_id}/finish", json={"reason": {"type": "success"}}
             )
 
-    async def _target(
-        self, ref: CheckpointRef, operation: str, *, kinds: tuple[str, ...] = KINDS
-    ) -> CheckpointRef:
-        """``ref`` with ``@latest`` resolved, refusing kinds this client cannot act on."""
-        _require_known_kind(ref, operation, kinds)
-        target = await self.resolve(ref)
-        # Refs built by hand skip the parser; their parts become URL path segments.
-        validate_run_id(target.run_id)
-        validate_name(target.name)
-        return target
-
-    async def _submit(
-        self,
-        endpoint: str,
-        body: models.RequestModel,
-        result_model: type[R],
-        *,
-        what: str,
-        on_pending: PendingCallback | None,
-        timeout: float | None,
-    ) -> R:
-        """POST a future endpoint and wait for its result."""
-        response = await self._layer.request(
-            "POST", endpoint, json=body.model_dump(exclude_none=True)
-        )
-        handle = self._layer.parse(response, models.FutureHandle)
-        return await wait_for_future(
-            self._layer, handle, result_model, what=what, on_pending=on_pending, timeout=timeout
-        )
-
     # -- transfer -------------------------------------------------------------------------
-    @property
-    def blob_http(self) -> httpx.AsyncClient:
-        """An ``httpx.AsyncClient`` for signed blob URLs: no credential headers,
-        ``Accept-Encoding: identity``, follows at most 5 redirects, and in embedded mode
-        routes through the same in-process ASGI transport (docs/protocol.md §1.4, §6.3).
-
-        Other origins go through ``BlobTransport``, which reads the socket in large blocks
-        (the transfer engine is CPU-bound on fast links otherwise), and the transfer engine
-        reads their bodies in threads (``blob_direct.py``), except when an environment proxy
-        is configured: httpx's own transport then routes everything through it."""
-        if self._blob_http is None:
-            proxied = env_proxies_configured()
-            self._blob_http = BlobClient(
-                direct=not proxied,
-                headers={"Accept-Encoding": "identity"},
-                follow_redirects=True,
-                max_redirects=MAX_BLOB_REDIRECTS,
-                timeout=default_timeout(),
-                transport=None if proxied else BlobTransport(),
-                mounts=self._blob_mounts,
-            )
-        return self._blob_http
-
     async def download(
         self,
         ref: CheckpointRef,
@@ -505,155 +390,5 @@ class LogitsClient:
         ``notice`` receives one-line messages for the user (an export being made)."""
         from logits_cli.api.files_generation import download
 
-        _require_known_kind(ref, "download", KINDS)
+        require_known_kind(ref, "download", KINDS)
         return await download(self, ref, dest_dir, options or DownloadOptions(), progress, notice)
-
-    async def aclose(self) -> None:
-        try:
-            if self._blob_http is not None:
-                await self._blob_http.aclose()
-            await self._layer.http.aclose()
-        finally:
-            if self._on_close is not None:
-                self._on_close()
-                self._on_close = None
-
-    async def __aenter__(self) -> LogitsClient:
-        return self
-
-    async def __aexit__(self, *exc: Any) -> None:
-        await self.aclose()
-
-
-REDIRECT_STATUSES = (301, 302, 303, 307, 308)
-MAX_BLOB_REDIRECTS = 5
-ARCHIVE_URL_DEFAULT_LIFETIME = timedelta(minutes=15)
-
-R = TypeVar("R", bound=BaseModel)
-
-
-def _scope(access_scope: str) -> str:
-    if access_scope not in ("owned", "accessible"):
-        raise UsageError(f"access scope must be 'owned' or 'accessible', not {access_scope!r}")
-    return access_scope
-
-
-def _check_ttl(ttl_seconds: int) -> None:
-    if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int) or ttl_seconds <= 0:
-        raise UsageError(f"TTL must be a positive number of seconds, not {ttl_seconds!r}")
-
-
-def _last_page(count: int, offset: int, cursor: models.Cursor | None, page_size: int) -> bool:
-    """Stop at ``total_count`` or on a short page (§5.5, §5.6.2)."""
-    if count == 0 or cursor is None:
-        return True
-    if offset >= cursor.total_count:
-        return True
-    return cursor.limit > 0 and count < min(cursor.limit, page_size)
-
-
-def _newest(checkpoints: list[models.Checkpoint], ref: CheckpointRef) -> models.Checkpoint:
-    """The newest of ``ref.kind`` by ``time``; the listing's order breaks ties."""
-    of_kind = [c for c in checkpoints if c.kind == ref.kind]
-    if not of_kind:
-        raise NotFoundError(f"no {ref.kind} checkpoints in run {ref.run_id}")
-    return max(of_kind, key=lambda c: c.time)
-
-
-def _require_known_kind(ref: CheckpointRef, operation: str, kinds: tuple[str, ...]) -> None:
-    """Kinds a deployment lists but this operation cannot act on are refused before any
-    request; unknown kinds parse and list, but nothing else (docs/protocol.md §11)."""
-    if ref.kind not in kinds:
-        raise UsageError(
-            f"cannot {operation} {ref}: checkpoints of kind {ref.kind!r} are not supported "
-            f"here; only {', '.join(kinds)} are"
-        )
-
-
-def _identity_headers() -> dict[str, str]:
-    """Sent on every API request. A server hides ``external`` rows from requests without
-    ``X-Sdk-Version`` (clients that cannot parse them, docs/protocol.md §11.3); we can."""
-    return {"X-Sdk-Version": f"logits/{__version__}", "User-Agent": f"logits/{__version__}"}
-
-
-def _checkpoint_endpoint(ref: CheckpointRef) -> str:
-    return f"training_runs/{validate_run_id(ref.run_id)}/checkpoints/{ref.kind}/{ref.name}"
-
-
-def _expires_header(value: str | None) -> datetime:
-    """The ``Expires`` of a 302 archive answer; 15 minutes from now when absent or unreadable."""
-    if value:
-        try:
-            parsed = parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            parsed = None
-        if parsed is not None and parsed.tzinfo is not None:
-            return parsed.astimezone(UTC)
-    return datetime.now(UTC) + ARCHIVE_URL_DEFAULT_LIFETIME
-
-
-def open_client(
-    settings: Settings,
-    *,
-    retry_policy: RetryPolicy | None = None,
-    transport: httpx.AsyncBaseTransport | None = None,
-    limits: AnswerLimits | None = None,
-) -> LogitsClient:
-    """The one constructor: remote (base URL + key) or embedded (ASGI transport over the
-    reference server on ``settings.store_dir``, auth off).
-
-    ``retry_policy`` changes the §9 deadline or backoff; ``transport`` replaces the network
-    for a remote client (tests use ``httpx.MockTransport``); ``limits`` the deadline, minimum
-    rate and size cap of each API answer (``answers.py``).
-    """
-    policy = retry_policy or RetryPolicy()
-    if settings.base_url is not None:
-        http = httpx.AsyncClient(
-            timeout=default_timeout(), transport=transport, headers=_identity_headers()
-        )
-        layer = RequestLayer(
-            http,
-            settings.base_url,
-            api_key=settings.api_key,
-            policy=policy,
-            sdk_version=__version__,
-            limits=limits,
-        )
-        blob_mounts = {"all://": transport} if transport is not None else None
-        return LogitsClient(settings, layer, embedded=False, blob_mounts=blob_mounts)
-
-    from logits_cli.server.app import close_app, create_app
-    from logits_cli.server.settings import EMBEDDED_ORIGIN, ServerSettings
-    from logits_cli.store import Store
-
-    store = Store.open(settings.store_dir)
-    try:
-        app = create_app(store, ServerSettings.embedded())
-    except BaseException:
-        store.close()
-        raise
-
-    def close_backend() -> None:
-        try:
-            close_app(app)
-        finally:
-            store.close()
-
-    # App exceptions become 500 answers, as behind a real server, instead of escaping here.
-    asgi = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    http = httpx.AsyncClient(timeout=default_timeout(), transport=asgi, headers=_identity_headers())
-    layer = RequestLayer(
-        http,
-        EMBEDDED_ORIGIN,
-        api_key=None,
-        policy=policy,
-        sdk_version=__version__,
-        limits=limits,
-    )
-    return LogitsClient(
-        settings,
-        layer,
-        embedded=True,
-        blob_mounts={EMBEDDED_ORIGIN: asgi},
-        on_close=close_backend,
-    )

@@ -17,7 +17,7 @@ import filelock
 import pytest
 
 from logits_cli import config, models
-from logits_cli.api.client import LogitsClient, open_client
+from logits_cli.api import LogitsClient, open_client
 from logits_cli.api.sync import (
     LOCK_NAME,
     SyncItem,

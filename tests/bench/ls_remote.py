@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from logits_cli import config, models
-from logits_cli.api.client import open_client
+from logits_cli.api import open_client
 from logits_cli.server.serve import open_store, start_in_thread
 from logits_cli.server.settings import ServerSettings
 

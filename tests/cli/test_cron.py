@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from logits_cli import config, models
-from logits_cli.api.client import open_client
+from logits_cli.api import open_client
 from logits_cli.api.sync import checkpoint_dir
 from logits_cli.api.verify import verify_checkpoint_dir
 from logits_cli.uri import CheckpointRef

@@ -51,13 +51,13 @@ UTCDateTime = Annotated[
 class WireModel(BaseModel):
     """A response: unknown fields are ignored."""
 
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, defer_build=True)
 
 
 class RequestModel(BaseModel):
     """A request body our client sends: unknown fields are refused."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
 
 M = TypeVar("M", bound=BaseModel)

@@ -12,7 +12,6 @@ import base64
 import hashlib
 import json
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 import pytest
-from test_team_server import server_process
+from test_team_server import save_killed_halfway, server_process
 
 from tests.services import S3_ENV
 
@@ -226,18 +225,7 @@ def test_a_save_killed_on_one_machine_is_finished_on_another(
         server_process(tmp_path / "two", team["database"], *blobs) as (two, _),
     ):
         api_one, api_two = Api(one, team["key"]), Api(two, team["key"])
-        model_id = api_one.create_model(base_model="Qwen/Qwen3-4B", rank=8)
-        cache = tmp_path / "one" / "store" / "blobs"
-        before = set(cache.iterdir())
-        handle = api_one.ok(
-            api_one.post("/api/v1/save_weights", {"model_id": model_id, "path": "k"})
-        )
-        deadline = time.monotonic() + 60
-        while not any(p.name.startswith(".archive.") for p in set(cache.iterdir()) - before):
-            assert time.monotonic() < deadline, "the save never started writing its archive"
-            time.sleep(0.002)
-        first.send_signal(signal.SIGKILL)
-        first.wait(timeout=30)
+        model_id, handle = save_killed_halfway(api_one, first, tmp_path / "one/store/blobs")
 
         started = time.monotonic()
         result = api_two.future_result(handle)

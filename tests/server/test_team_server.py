@@ -185,6 +185,22 @@ def test_unreachable_database_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert "secret-word" not in done.stderr
 
 
+def save_killed_halfway(api: Api, process: Any, blobs: Path) -> tuple[str, dict[str, Any]]:
+    """A run with a few hundred MiB of state (a save long enough to be caught halfway) and
+    a save of it as ``k``, whose server ``process`` is SIGKILLed once the save writes its
+    archive under ``blobs``; (model id, the save's future handle)."""
+    model_id = api.create_model(base_model="Qwen/Qwen3-4B", rank=8)
+    before = set(blobs.iterdir())
+    handle = api.ok(api.post("/api/v1/save_weights", {"model_id": model_id, "path": "k"}))
+    deadline = time.monotonic() + 60
+    while not any(p.name.startswith(".archive.") for p in set(blobs.iterdir()) - before):
+        assert time.monotonic() < deadline, "the save never started writing its archive"
+        time.sleep(0.002)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    return model_id, handle
+
+
 def test_a_save_whose_process_is_killed_is_finished_by_the_other(
     team: tuple[Path, str, str],
 ) -> None:
@@ -198,18 +214,7 @@ def test_a_save_whose_process_is_killed_is_finished_by_the_other(
         ),
     ):
         api_one, api_two = Api(one, key), Api(two, key)
-        # A few hundred MiB of state: the save takes long enough to be caught halfway.
-        model_id = api_one.create_model(base_model="Qwen/Qwen3-4B", rank=8)
-        before = set(blobs.iterdir())
-        handle = api_one.ok(
-            api_one.post("/api/v1/save_weights", {"model_id": model_id, "path": "k"})
-        )
-        deadline = time.monotonic() + 60
-        while not any(p.name.startswith(".archive.") for p in set(blobs.iterdir()) - before):
-            assert time.monotonic() < deadline, "the save never started writing its archive"
-            time.sleep(0.002)
-        first.send_signal(signal.SIGKILL)  # halfway through writing the archive
-        first.wait(timeout=30)
+        model_id, handle = save_killed_halfway(api_one, first, blobs)
 
         started = time.monotonic()
         result = api_two.future_result(handle)  # polled on the survivor

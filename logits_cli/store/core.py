@@ -220,8 +220,10 @@ class StoreCore:
             lock = self._run_locks.setdefault(run_id, threading.Lock())
         lock_file = self.runs_dir / f"{quote(run_id, safe='')}.lock"
         # The file lock covers the processes of one machine (one --home); PostgreSQL's lock
-        # those of every machine on the database.
-        across = self._db.run_lock(run_id) if self.database is not None else nullcontext()
+        # those of every machine, which only PostgreSQL with a bucket can have: with local
+        # blobs every process must share the --home, and so the file lock.
+        several_machines = self.database is not None and self.objects is not None
+        across = self._db.run_lock(run_id) if several_machines else nullcontext()
         with lock, FileLock(lock_file), across:
             yield
 

@@ -396,3 +396,33 @@ def test_a_busy_part_file_hints_lock_wait_and_lock_wait_waits(tmp_path: Path) ->
             assert listing(dest) == ["ckpt"]
 
     asyncio.run(scenario())
+
+
+def test_bytes_are_written_back_while_fetched_and_a_failed_writeback_fails(
+    live_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fetcher.py starts an fdatasync in the background every WRITEBACK_EVERY bytes. Linux
+    reports a writeback error to one fsync only, so an error there must fail the download:
+    the install's own fsync may never see it. (An EIO a real disk cannot be made to give.)"""
+    import errno
+
+    synced: list[int] = []
+
+    def failing_fdatasync(fd: int) -> None:
+        synced.append(fd)
+        raise OSError(errno.EIO, "Input/output error")
+
+    async def scenario() -> None:
+        async with remote_client(live_server, tmp_path / "home") as client:
+            checkpoint = await make_checkpoint(client)
+            monkeypatch.setattr(transfer.fetcher, "WRITEBACK_EVERY", 1)
+            result = await client.download(ref_of(checkpoint), tmp_path / "ok")
+            assert_matches_archive(result.path, server_blob(live_server.store, checkpoint))
+
+            monkeypatch.setattr(transfer.fetcher.os, "fdatasync", failing_fdatasync)
+            with pytest.raises(LogitsError, match=r"cannot write the download in .*: Input/output"):
+                await client.download(ref_of(checkpoint), tmp_path / "failed")
+            assert synced
+            assert not (tmp_path / "failed" / "ckpt").exists()
+
+    asyncio.run(scenario())

@@ -9,7 +9,7 @@ import os
 import threading
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ from logits_cli.api.transfer.tuning import (
     MAX_SEGMENT,
     MIN_SEGMENT,
     SEGMENTS_PER_CONNECTION,
+    WRITEBACK_EVERY,
 )
 from logits_cli.errors import (
     IntegrityError,
@@ -129,6 +130,15 @@ class RangedFetcher(SegmentAttempts):
         self._reader_threads = ThreadPoolExecutor(
             max_workers=self._connections, thread_name_prefix="logits-read"
         )
+        # Writeback while the download goes on (``_written_back``), in a thread of its own,
+        # shut down like the others before the descriptor closes.
+        self._flush_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="logits-flush")
+        self._flushing: Future[None] | None = None
+        # The first failure of one: Linux reports a writeback error to one fsync only, so
+        # the install's own fsync may never see it; the download fails with it instead.
+        self._flush_error: BaseException | None = None
+        self._unflushed = 0
+        self._fd = -1
         self._slots: list[ConnectionSlot] = []
         self._write_lock = threading.Lock()
         self._count_lock = threading.Lock()  # the journal's counts, also kept by reader threads
@@ -145,7 +155,7 @@ class RangedFetcher(SegmentAttempts):
             # zero is flushed to disk synchronously when closed.
             with contextlib.suppress(FileNotFoundError):
                 self._part.unlink()
-        fd = os.open(self._part, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = self._fd = os.open(self._part, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             for restart in range(2):
                 try:
@@ -164,6 +174,10 @@ class RangedFetcher(SegmentAttempts):
             if not self._hash_task.done():
                 report_phase(self._progress, "verifying")  # the hash catches up
             digests = await self._hash_task
+            if self._flushing is not None:
+                await asyncio.wrap_future(self._flushing)
+            if self._flush_error is not None:
+                raise self._flush_error
             if os.fstat(fd).st_size != self._journal.size:
                 raise IntegrityError(
                     f"downloaded {os.fstat(fd).st_size} bytes, expected {self._journal.size}"
@@ -184,6 +198,7 @@ class RangedFetcher(SegmentAttempts):
             self._hash_thread.shutdown(wait=True, cancel_futures=True)
             self._write_thread.shutdown(wait=True, cancel_futures=True)
             self._reader_threads.shutdown(wait=True, cancel_futures=True)
+            self._flush_thread.shutdown(wait=True, cancel_futures=True)
             for slot in self._slots:
                 slot.close()
             os.close(fd)
@@ -360,7 +375,26 @@ class RangedFetcher(SegmentAttempts):
             self._journal.filled[index] += count
             self._fetched += count
             self._done += count
+            self._written_back(count)
             return True
+
+    def _written_back(self, count: int) -> None:
+        """Every WRITEBACK_EVERY bytes, an fdatasync in the background (none while one runs):
+        the disk writes while the network delivers, and the install's final fsync finds
+        little left to write instead of the whole file (caller holds ``_count_lock``)."""
+        self._unflushed += count
+        if self._unflushed < WRITEBACK_EVERY:
+            return
+        if self._flushing is None or self._flushing.done():
+            self._unflushed = 0
+            with contextlib.suppress(RuntimeError):  # shutting down: nothing more to start
+                self._flushing = self._flush_thread.submit(os.fdatasync, self._fd)
+                self._flushing.add_done_callback(self._note_flush)
+
+    def _note_flush(self, flushed: Future[None]) -> None:
+        error = None if flushed.cancelled() else flushed.exception()
+        if error is not None and self._flush_error is None:
+            self._flush_error = error
 
     def _announce(self, offset: int) -> None:
         if self._hash_waits_at is not None and offset == self._hash_waits_at:

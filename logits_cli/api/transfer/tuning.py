@@ -20,6 +20,9 @@ HASH_CHUNK = 8 * MiB
 # this, and the event loop never waits on the page cache.
 WRITE_BATCH = 2 * MiB
 MAX_BATCH_BUFFERS = 256  # well under IOV_MAX for one pwritev
+# An fdatasync in the background after about this many bytes: the disk writes while the
+# network delivers, and the install's final fsync finds little left (fetcher.py).
+WRITEBACK_EVERY = 64 * MiB
 JOURNAL_FORMAT = 1
 # The headers that describe the whole archive; kept in the journal so a resumed process
 # that has nothing left to fetch can still verify against them.

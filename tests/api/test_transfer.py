@@ -401,14 +401,22 @@ def test_a_busy_part_file_hints_lock_wait_and_lock_wait_waits(tmp_path: Path) ->
 def test_bytes_are_written_back_while_fetched_and_a_failed_writeback_fails(
     live_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """fetcher.py starts an fdatasync in the background every WRITEBACK_EVERY bytes. Linux
-    reports a writeback error to one fsync only, so an error there must fail the download:
-    the install's own fsync may never see it. (An EIO a real disk cannot be made to give.)"""
+    """fetcher.py starts an fdatasync in the background every WRITEBACK_EVERY bytes of a
+    file that is installed as fetched (a kept archive, a per-file download), never of an
+    archive that is extracted and deleted. Linux reports a writeback error to one fsync
+    only, so an error there must fail the download: the install's own fsync may never see
+    it. (An EIO a real disk cannot be made to give.)"""
     import errno
+    import os
 
     synced: list[int] = []
+    real_fdatasync = os.fdatasync
 
-    def failing_fdatasync(fd: int) -> None:
+    def counting(fd: int) -> None:
+        synced.append(fd)
+        real_fdatasync(fd)
+
+    def failing(fd: int) -> None:
         synced.append(fd)
         raise OSError(errno.EIO, "Input/output error")
 
@@ -416,13 +424,21 @@ def test_bytes_are_written_back_while_fetched_and_a_failed_writeback_fails(
         async with remote_client(live_server, tmp_path / "home") as client:
             checkpoint = await make_checkpoint(client)
             monkeypatch.setattr(transfer.fetcher, "WRITEBACK_EVERY", 1)
-            result = await client.download(ref_of(checkpoint), tmp_path / "ok")
-            assert_matches_archive(result.path, server_blob(live_server.store, checkpoint))
+            monkeypatch.setattr(transfer.fetcher.os, "fdatasync", counting)
+            extracted = await client.download(ref_of(checkpoint), tmp_path / "extracted")
+            assert_matches_archive(extracted.path, server_blob(live_server.store, checkpoint))
+            assert synced == []  # its archive is deleted after extraction
 
-            monkeypatch.setattr(transfer.fetcher.os, "fdatasync", failing_fdatasync)
-            with pytest.raises(LogitsError, match=r"cannot write the download in .*: Input/output"):
-                await client.download(ref_of(checkpoint), tmp_path / "failed")
+            kept = DownloadOptions(archive_only=True)
+            result = await client.download(ref_of(checkpoint), tmp_path / "kept", options=kept)
+            assert result.path == tmp_path / "kept" / "ckpt.tar" and result.path.is_file()
             assert synced
-            assert not (tmp_path / "failed" / "ckpt").exists()
+
+            synced.clear()
+            monkeypatch.setattr(transfer.fetcher.os, "fdatasync", failing)
+            with pytest.raises(LogitsError, match=r"cannot write the download in .*: Input/"):
+                await client.download(ref_of(checkpoint), tmp_path / "failed", options=kept)
+            assert synced
+            assert not (tmp_path / "failed" / "ckpt.tar").exists()
 
     asyncio.run(scenario())

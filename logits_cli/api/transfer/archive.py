@@ -217,4 +217,6 @@ async def _fetch_verified(
         options,
         progress,
         getattr(client, "retry_policy", None),
+        # Only a kept archive is installed; one that is extracted is deleted after.
+        write_back=options.archive_only or options.keep_archive,
     )

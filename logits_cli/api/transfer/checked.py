@@ -36,6 +36,8 @@ async def fetch_and_check(
     options: DownloadOptions,
     progress: ProgressCallback | None,
     policy: RetryPolicy | None,
+    *,
+    write_back: bool,
 ) -> tuple[int, bool, str, int]:
     fetched_total = 0
     resumed_first: bool | None = None
@@ -55,6 +57,7 @@ async def fetch_and_check(
             policy=policy,
             low_speed_limit=options.low_speed_limit,
             low_speed_time=options.low_speed_time,
+            write_back=write_back,
         )
         result = await fetcher.run()
         fetched_total += result.bytes_fetched

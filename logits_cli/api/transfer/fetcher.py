@@ -89,7 +89,10 @@ class RangedFetcher(SegmentAttempts):
         policy: RetryPolicy | None = None,
         low_speed_limit: float = 0,
         low_speed_time: float = 0,
+        write_back: bool = True,
     ) -> None:
+        """``write_back``: the part file is what gets installed (``_written_back``); False
+        for an archive that is extracted and then deleted, which never needs the disk."""
         self._http = http
         self._urls = urls
         self._part = part
@@ -138,6 +141,7 @@ class RangedFetcher(SegmentAttempts):
         # the install's own fsync may never see it; the download fails with it instead.
         self._flush_error: BaseException | None = None
         self._unflushed = 0
+        self._write_back = write_back
         self._fd = -1
         self._slots: list[ConnectionSlot] = []
         self._write_lock = threading.Lock()
@@ -383,7 +387,7 @@ class RangedFetcher(SegmentAttempts):
         the disk writes while the network delivers, and the install's final fsync finds
         little left to write instead of the whole file (caller holds ``_count_lock``)."""
         self._unflushed += count
-        if self._unflushed < WRITEBACK_EVERY:
+        if not self._write_back or self._unflushed < WRITEBACK_EVERY:
             return
         if self._flushing is None or self._flushing.done():
             self._unflushed = 0

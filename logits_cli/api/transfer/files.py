@@ -319,6 +319,7 @@ async def _fetch_all(
                 _per_file(options, connections),
                 file_progress(file_name),
                 ctx.policy,
+                write_back=True,  # each file is installed as it is
             )
             fetched_total += fetched
             resumed_any = resumed_any or resumed

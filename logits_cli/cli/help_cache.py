@@ -90,10 +90,9 @@ def _page_path(args: list[str]) -> tuple[str, str]:
     return os.path.join(_cache_dir(), f"{fingerprint}-{_page_key(args)}.txt"), fingerprint
 
 
-def print_cached_help(args: list[str]) -> bool:
-    """Print the cached page for ``args``; False when there is none (or it is unreadable)."""
+def print_cached_help(path: str) -> bool:
+    """Print the cached page at ``path``; False when there is none (or it is unreadable)."""
     try:
-        path, _ = _page_path(args)
         with open(path, encoding="utf-8") as handle:
             page = handle.read()
     except (OSError, ValueError):
@@ -125,12 +124,17 @@ def answer(args: list[str], run_app: Callable[[], None]) -> bool:
     when ``args`` is not one this cache serves."""
     if not is_help_request(args):
         return False
-    if not print_cached_help(args):
-        run_and_remember(args, run_app)
+    try:  # the key, once: it walks the package's files
+        path, fingerprint = _page_path(args)
+    except OSError:
+        run_app()
+        return True
+    if not print_cached_help(path):
+        run_and_remember(run_app, path, fingerprint)
     return True
 
 
-def run_and_remember(args: list[str], run_app: Callable[[], None]) -> None:
+def run_and_remember(run_app: Callable[[], None], path: str, fingerprint: str) -> None:
     """Let Typer answer, and keep its page when it printed one and exited 0."""
     recorder = _Recorder(sys.stdout)
     sys.stdout = recorder
@@ -143,15 +147,14 @@ def run_and_remember(args: list[str], run_app: Callable[[], None]) -> None:
     finally:
         sys.stdout = recorder.inner
         if code in (0, None) and recorder.written:
-            _store("".join(recorder.written), args)
+            _store("".join(recorder.written), path, fingerprint)
 
 
-def _store(page: str, args: list[str]) -> None:
+def _store(page: str, path: str, fingerprint: str) -> None:
     import tempfile
     from contextlib import suppress
 
     try:
-        path, fingerprint = _page_path(args)
         directory = os.path.dirname(path)
         os.makedirs(directory, mode=0o700, exist_ok=True)
         for stale in os.listdir(directory):  # pages of another installation

@@ -201,6 +201,19 @@ def save_killed_halfway(api: Api, process: Any, blobs: Path) -> tuple[str, dict[
     return model_id, handle
 
 
+def assert_finished_by(survivor: Api, handle: dict[str, Any], model_id: str) -> None:
+    """The killed save's future, polled on ``survivor``, completes within 60 s, and the
+    checkpoint ``k`` downloads with its listed digest."""
+    started = time.monotonic()
+    result = survivor.future_result(handle)
+    assert result.get("path", "").endswith("/weights/k"), result
+    assert time.monotonic() - started < 60
+    listed = survivor.checkpoint(model_id, "weights/k")
+    archive = httpx.get(survivor.archive_url(model_id, "weights/k"), timeout=120)
+    assert archive.status_code == 200
+    assert hashlib.sha256(archive.content).hexdigest() == listed["sha256"]
+
+
 def test_a_save_whose_process_is_killed_is_finished_by_the_other(
     team: tuple[Path, str, str],
 ) -> None:
@@ -215,14 +228,6 @@ def test_a_save_whose_process_is_killed_is_finished_by_the_other(
     ):
         api_one, api_two = Api(one, key), Api(two, key)
         model_id, handle = save_killed_halfway(api_one, first, blobs)
-
-        started = time.monotonic()
-        result = api_two.future_result(handle)  # polled on the survivor
-        assert result.get("path", "").endswith("/weights/k"), result
-        assert time.monotonic() - started < 60
-        listed = api_two.checkpoint(model_id, "weights/k")
-        archive = httpx.get(api_two.archive_url(model_id, "weights/k"), timeout=120)
-        assert archive.status_code == 200
-        assert hashlib.sha256(archive.content).hexdigest() == listed["sha256"]
+        assert_finished_by(api_two, handle, model_id)
         api_one.http.close()
         api_two.http.close()

@@ -35,6 +35,7 @@ from pydantic import ValidationError
 from logits_cli import models
 from logits_cli.api.kernel_copy import copy_range_hashed
 from logits_cli.api.verify import HASH_CHUNK, MANIFEST_NAME, check_member_name
+from logits_cli.diskio import write_all
 from logits_cli.errors import ConflictError, IntegrityError, LogitsError, UsageError
 from logits_cli.uri import CheckpointRef
 
@@ -277,22 +278,24 @@ def _copy_member(source: object, target: Path) -> models.FileDigest:
     size = 0
     # O_EXCL | O_NOFOLLOW: never write through something already at that name.
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-    with os.fdopen(fd, "wb") as out:
+    try:
         while chunk := source.read(HASH_CHUNK):  # type: ignore[attr-defined]
             digest.update(chunk)
-            out.write(chunk)
+            write_all(fd, chunk)
             size += len(chunk)
-        out.flush()
-        os.fsync(out.fileno())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     return models.FileDigest(sha256=digest.hexdigest(), size=size)
 
 
 def _write_durably(target: Path, data: bytes) -> None:
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-    with os.fdopen(fd, "wb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
+    try:
+        write_all(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _fsync_directory(directory: Path) -> None:

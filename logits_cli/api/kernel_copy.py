@@ -15,6 +15,7 @@ import os
 from concurrent.futures import Executor
 
 from logits_cli import models
+from logits_cli.diskio import write_all
 from logits_cli.errors import IntegrityError
 
 _HASH_BUFFER = 8 * 1024 * 1024
@@ -71,7 +72,8 @@ def _copy_range(source_fd: int, offset: int, size: int, target: str) -> None:
                     continue
             else:
                 chunk = os.pread(source_fd, min(_HASH_BUFFER, size - done), offset + done)
-                got = os.write(out, chunk) if chunk else 0
+                write_all(out, chunk)
+                got = len(chunk)
             if got == 0:
                 raise IntegrityError("the archive ends inside a member: truncated")
             done += got

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from logits_cli import errors
+from logits_cli.diskio import WRITE_PIECE
 from logits_cli.uri import CheckpointRef
 
 STDOUT = Path("-")
-STREAM_CHUNK = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ def deliver(target: DownloadTarget, archive: Path) -> Path | None:
     with archive.open("rb") as source:
         out = sys.stdout.buffer
         try:
-            shutil.copyfileobj(source, out, STREAM_CHUNK)
+            shutil.copyfileobj(source, out, WRITE_PIECE)
             out.flush()
         except BrokenPipeError:
             # The reader went away (``| head -c``): what it read was verified; the rest is

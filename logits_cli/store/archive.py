@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from logits_cli import models
+from logits_cli.diskio import write_all
 from logits_cli.errors import IntegrityError, UsageError
 from logits_cli.store.lora import (
     CHECKPOINT_COMPLETE,
@@ -93,7 +94,7 @@ class _HashingTarWriter:
     def write_blocks(self, data: bytes) -> None:
         self._settle()
         self.archive_hash.update(data)
-        self._out.write(data)
+        write_all(self._out.fileno(), data)
         self.size += len(data)
 
     def write_bytes_member(self, name: str, data: bytes, mtime: int) -> None:
@@ -118,7 +119,7 @@ class _HashingTarWriter:
                 chunk = view[:count]
                 self._settle()
                 self._in_flight = [self._hashers.submit(digest.update, chunk) for digest in digests]
-                self._out.write(chunk)
+                write_all(self._out.fileno(), chunk)
                 self._start_writeback(count)
                 copied += count
                 turn ^= 1
@@ -168,7 +169,10 @@ def build_archive(
         ThreadPoolExecutor(max_workers=2, thread_name_prefix="archive-sha256") as hashers,
     ):
         # The flusher must be shut down (its fdatasync finished) before ``out`` is closed.
-        with open(temp, "wb") as out, ThreadPoolExecutor(1, "archive-flush") as flusher:
+        with (
+            open(temp, "wb", buffering=0) as out,
+            ThreadPoolExecutor(1, "archive-flush") as flusher,
+        ):
             writer = _HashingTarWriter(out, hashers, flusher)
             files = {
                 name: writer.write_file_member(name, state_dir / name, mtime)

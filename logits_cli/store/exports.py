@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from logits_cli import models
+from logits_cli.diskio import write_all
 from logits_cli.errors import NotFoundError, UsageError
 from logits_cli.store.rows import ORPHAN_GRACE_SECONDS
 from logits_cli.store.store import (
@@ -76,12 +77,11 @@ def _stage_copy(source: Path, directory: Path) -> tuple[Path, str, int]:
     digest = hashlib.sha256()
     fd, temp = tempfile.mkstemp(dir=directory, prefix=".export-", suffix=".tmp")
     size = 0
-    with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
+    with os.fdopen(fd, "wb", buffering=0) as out, open(source, "rb") as src:
         while chunk := src.read(_COPY_CHUNK):
             digest.update(chunk)
-            out.write(chunk)
+            write_all(out.fileno(), chunk)
             size += len(chunk)
-        out.flush()
         os.fsync(out.fileno())
     return Path(temp), digest.hexdigest(), size
 

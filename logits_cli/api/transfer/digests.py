@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import errno
 import hashlib
 import os
 import re
@@ -112,20 +111,6 @@ def hash_range(
             hasher.update(buffer[:got])
         offset += got
         count -= got
-
-
-def write_at(fd: int, chunks: list[bytes] | list[memoryview], offset: int) -> None:
-    """All of ``chunks`` back to back at ``offset``, with as few system calls as possible."""
-    pending = [memoryview(chunk) for chunk in chunks]
-    while pending:
-        written = os.pwritev(fd, pending, offset)
-        if written == 0:
-            raise OSError(errno.EIO, "the part file accepted no bytes")
-        offset += written
-        while pending and written >= len(pending[0]):
-            written -= len(pending.pop(0))
-        if pending and written:
-            pending[0] = pending[0][written:]
 
 
 def hash_file(path: Path, algorithms: set[str]) -> dict[str, bytes]:

@@ -14,13 +14,13 @@ import httpx
 
 from logits_cli.api.blob_direct import DirectRequest
 from logits_cli.api.limits import LowSpeedGuard, TooSlow
-from logits_cli.api.transfer.digests import write_at
 from logits_cli.api.transfer.tuning import (
     JOURNAL_FLUSH_INTERVAL_S,
     MAX_BATCH_BUFFERS,
     VALIDATOR_HEADERS,
     WRITE_BATCH,
 )
+from logits_cli.diskio import pwrite_all
 from logits_cli.errors import IntegrityError
 
 # -- the segment engine ---------------------------------------------------------------------
@@ -62,7 +62,7 @@ class BatchWriter:
         self._offset += size
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(
-            self._fetcher._write_thread, write_at, self._fd, chunks, offset
+            self._fetcher._write_thread, pwrite_all, self._fd, chunks, offset
         )
         self._in_flight = (future, offset, size)
 
@@ -121,7 +121,7 @@ def pump_direct(
             # lock in the kernel anyway, and its waiters spin there, burning the CPU the
             # other connections (and, on loopback, the server) need.
             with write_lock:
-                write_at(fd, [buffer[:filled]], position)
+                pwrite_all(fd, [buffer[:filled]], position)
             written(position, filled)
             position += filled
         filled = 0

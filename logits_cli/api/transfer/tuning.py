@@ -18,7 +18,7 @@ HASH_CHUNK = 8 * MiB
 # Received bytes are written by a thread, in batches of about this size: one batch per
 # connection is written while the next one arrives, so memory stays at connections × 2 ×
 # this, and the event loop never waits on the page cache.
-WRITE_BATCH = 2 * MiB
+WRITE_BATCH = 2 * MiB  # gathered in memory; written in diskio.WRITE_PIECE calls
 MAX_BATCH_BUFFERS = 256  # well under IOV_MAX for one pwritev
 # An fdatasync in the background after about this many bytes: the disk writes while the
 # network delivers, and the install's final fsync finds little left (fetcher.py).

@@ -1,12 +1,16 @@
 """Writing bytes to files in pieces the page cache takes cheaply (every layer writes through
 these: the download engine, extraction, the store's archives, states and exports).
 
-Why not one ``write`` of the whole buffer: on Linux 6.x with large folios (ext4 and xfs), one
-``write(2)`` of 1 MiB or more into new pages costs the kernel about ten times what the same
-bytes cost in calls of 512 KiB or less (this machine: 272 MiB in 2 MiB calls, 0.62 s of
-system time; in 256 KiB calls, 0.05 s). ``tests/bench/write_sizes.py`` measures it beside
-``dd`` with both block sizes. ``copy_file_range`` does not pay it, so kernel copies keep
-their large steps.
+Why not one ``write`` of the whole buffer: on Linux 6.x the page cache gives each write(2) a
+folio as large as the call (up to 2 MiB), and on this VM large folios are the expensive ones:
+they come out of the free blocks the guest has handed back to its host, which the host must
+supply again page by page. 272 MiB into a new file (``tests/bench/write_sizes.py``, dd and
+ours, interleaved): in 2 MiB calls about 0.6 s, in 256 KiB calls 0.05 to 0.3 s depending on
+what was freed before, in 16 KiB calls a steady 0.08 s. The download engine measured the same
+(271 MiB per-file download: 0.81 s with 256 KiB pieces, 0.45 s with 16 KiB, interleaved);
+8 KiB calls cost more in system calls, 32 KiB ones already take the slow path. 16 KiB is also
+what curl writes per call. ``copy_file_range`` does not pay it, so kernel copies keep their
+large steps.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import errno
 import os
 from collections.abc import Sequence
 
-WRITE_PIECE = 256 * 1024  # at most this much per write(2); see the module's docstring
+WRITE_PIECE = 16 * 1024  # at most this much per write(2); see the module's docstring
 
 
 def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:

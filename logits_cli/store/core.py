@@ -213,8 +213,9 @@ class StoreCore:
 
     @contextmanager
     def _run_lock(self, run_id: str) -> Iterator[None]:
-        """Serialise saves, loads and deletes of one run, across threads and processes."""
-        from filelock import FileLock
+        """Serialise saves, loads and deletes of one run, across threads and processes; each
+        of the three locks is waited for at most ``db.BUSY_TIMEOUT_SECONDS`` (then 503)."""
+        from filelock import FileLock, Timeout
 
         with self._run_locks_guard:
             lock = self._run_locks.setdefault(run_id, threading.Lock())
@@ -224,8 +225,17 @@ class StoreCore:
         # blobs every process must share the --home, and so the file lock.
         several_machines = self.database is not None and self.objects is not None
         across = self._db.run_lock(run_id) if several_machines else nullcontext()
-        with lock, FileLock(lock_file), across:
-            yield
+        if not lock.acquire(timeout=db.BUSY_TIMEOUT_SECONDS):
+            raise db.store_busy(f"run {run_id}")
+        try:
+            try:
+                file_lock = FileLock(lock_file, timeout=db.BUSY_TIMEOUT_SECONDS).acquire()
+            except Timeout as exc:
+                raise db.store_busy(f"run {run_id}") from exc
+            with file_lock, across:
+                yield
+        finally:
+            lock.release()
 
     # -- instances: which processes are alive ---------------------------------------------
     def _claim_instance(self) -> str:

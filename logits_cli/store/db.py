@@ -17,9 +17,20 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from logits_cli.errors import ConfigError
+from logits_cli.errors import ConfigError, UnavailableError
 
+# How long any lock of the store (SQLite's write lock, PostgreSQL's advisory locks, a run's
+# lock) is waited for before the request fails as busy (503 with Retry-After, exit 6): every
+# wait is bounded, and a client retries a 503 on its own.
 BUSY_TIMEOUT_SECONDS = 60.0
+
+
+def store_busy(what: str) -> UnavailableError:
+    """The error of a lock wait that ran out (``BUSY_TIMEOUT_SECONDS``)."""
+    return UnavailableError(
+        f"the store is busy: {what} stayed locked for {BUSY_TIMEOUT_SECONDS:g} s; retry shortly"
+    )
+
 
 # Forward migrations: MIGRATIONS[n] takes the schema from user_version n to n + 1. Times are
 # integer microseconds since the Unix epoch (UTC), so comparisons and ordering are exact.
@@ -222,9 +233,13 @@ def migrate(path: Path, lock_path: Path) -> None:
     already current is only read, so opening it costs no write lock."""
     if path.exists() and _user_version(path) == SCHEMA_VERSION:
         return
-    from filelock import FileLock  # only needed here, and slow to import for a listing
+    from filelock import FileLock, Timeout  # only needed here, and slow to import for a listing
 
-    with FileLock(lock_path):
+    try:
+        lock = FileLock(lock_path, timeout=BUSY_TIMEOUT_SECONDS).acquire()
+    except Timeout as exc:
+        raise store_busy("the schema's migration lock") from exc
+    with lock:
         conn = connect(path)
         try:
             conn.execute("PRAGMA journal_mode = WAL")
@@ -293,7 +308,13 @@ class Database:
     def write(self) -> Iterator[sqlite3.Connection]:
         """A write transaction holding the write lock from its first statement."""
         conn = self.connection()
-        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            # The busy handler waited BUSY_TIMEOUT_SECONDS for another writer.
+            if exc.sqlite_errorcode in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                raise store_busy("the database's write lock") from exc
+            raise
         try:
             yield conn
         except BaseException:

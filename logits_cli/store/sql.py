@@ -190,7 +190,7 @@ def migrate(url: str) -> None:
     conn = _connect(url)
     try:
         with conn.raw.transaction():
-            conn.raw.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK_KEY,))
+            _wait_for_lock(conn, "pg_advisory_xact_lock", WRITE_LOCK_KEY, "the write lock")
             conn.raw.execute("CREATE TABLE IF NOT EXISTS logits_schema (version BIGINT NOT NULL)")
             row = conn.raw.execute("SELECT version FROM logits_schema").fetchone()
             version = 0 if row is None else int(row[0])
@@ -250,7 +250,7 @@ class PostgresDatabase:
         conn = self.connection()
         conn.raw.execute("BEGIN")
         try:
-            conn.raw.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK_KEY,))
+            _wait_for_lock(conn, "pg_advisory_xact_lock", WRITE_LOCK_KEY, "the write lock")
             yield conn
         except BaseException:
             _rollback(conn)
@@ -293,7 +293,7 @@ class PostgresDatabase:
         connection, taken outside any transaction)."""
         key = _signed(int.from_bytes(hashlib.sha256(f"run:{run_id}".encode()).digest()[:8]))
         conn = self.connection()
-        conn.raw.execute("SELECT pg_advisory_lock(%s)", (key,))
+        _wait_for_lock(conn, "pg_advisory_lock", key, f"run {run_id}")
         try:
             yield
         finally:
@@ -317,6 +317,26 @@ _SERVER_KEEPALIVES = (
     ("tcp_keepalives_interval", 5),
     ("tcp_keepalives_count", 3),
 )
+
+
+def _wait_for_lock(conn: Connection, function: str, key: int, what: str) -> None:
+    """``SELECT function(key)`` waiting at most ``db.BUSY_TIMEOUT_SECONDS`` (lock_timeout
+    bounds advisory locks too), then the lock wait is over: UnavailableError. The setting
+    is the transaction's when there is one, else reset right after."""
+    import psycopg
+
+    from logits_cli.store.db import BUSY_TIMEOUT_SECONDS, store_busy
+
+    in_transaction = conn.in_transaction
+    timeout = f"{int(BUSY_TIMEOUT_SECONDS * 1000)}ms"
+    conn.raw.execute("SELECT set_config('lock_timeout', %s, %s)", (timeout, in_transaction))
+    try:
+        conn.raw.execute(f"SELECT {function}(%s)", (key,))
+    except psycopg.errors.LockNotAvailable as exc:
+        raise store_busy(what) from exc
+    finally:
+        if not in_transaction and not conn.raw.closed:
+            conn.raw.execute("RESET lock_timeout")
 
 
 def _signed(key: int) -> int:

@@ -26,12 +26,12 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Collection
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
-from pydantic import BaseModel, ValidationError
 
 from logits_cli import errors, models
+from logits_cli.api.answer_reading import AnswerReader, one_line
 from logits_cli.api.answers import (
     AnswerLimits,
     AnswerTimeout,
@@ -63,9 +63,6 @@ UNREACHABLE_BUDGET_S = 8.0
 READ_TIMEOUT_S = 60.0
 JWT_REFRESH_MARGIN_S = 60.0
 IDEMPOTENT_METHODS = frozenset({"POST", "PUT", "DELETE"})
-MAX_DETAIL_CHARS = 300
-
-M = TypeVar("M", bound=BaseModel)
 
 # Names other modules import from here, some defined in blob_transport.py/transport_errors.py.
 __all__ = [
@@ -133,12 +130,7 @@ def jwt_expiry(token: str) -> float | None:
     return float(exp)
 
 
-def one_line(text: str, limit: int = MAX_DETAIL_CHARS) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-class RequestLayer:
+class RequestLayer(AnswerReader):
     """One ``httpx.AsyncClient`` plus the credential state of one ``LogitsClient``.
 
     ``api_key`` is called at most once, when the first authenticated request needs it; None
@@ -164,14 +156,13 @@ class RequestLayer:
         self._api_key: str | None = None
         self._sdk_version = sdk_version
         self._wall_clock = wall_clock
-        self._host = httpx.URL(base_url).host or "the server"
+        super().__init__(httpx.URL(base_url).host or "the server")
         self._bootstrapped = False
         self._bootstrap_lock = asyncio.Lock()
         self._jwt_enabled = False
         self._jwt: str | None = None
         self._jwt_expiry: float | None = None
         self._jwt_lock = asyncio.Lock()
-        self._secrets: set[str] = set()
 
     def url(self, endpoint: str) -> str:
         return join_url(self.base_url, endpoint)
@@ -195,12 +186,6 @@ class RequestLayer:
             self._api_key = key
             self._secrets.add(key)
         return self._api_key
-
-    def redact(self, text: str) -> str:
-        """Hide our own credentials should a server echo them back."""
-        for secret in self._secrets:
-            text = text.replace(secret, "****")
-        return text
 
     async def _credential(self, *, allow_jwt: bool) -> tuple[str | None, bool]:
         """(header value, whether it is a JWT)."""
@@ -404,71 +389,6 @@ class RequestLayer:
                 raise TransientFailure(message, unreachable=is_unreachable(exc)) from None
             raise error_for_httpx(exc, host=self._host, where=where) from None
         return response, credential if is_jwt else None
-
-    # -- errors and parsing ---------------------------------------------------------------
-    def error_for(
-        self,
-        response: httpx.Response,
-        *,
-        attempts: int | None = None,
-        context: str | None = None,
-    ) -> errors.LogitsError:
-        """The ``errors.py`` class for a non-2xx answer; bodies may be anything."""
-        status = response.status_code
-        code: str | None = None
-        detail: str | None = None
-        try:
-            body = response.json()
-        except (ValueError, UnicodeDecodeError):
-            body = None
-        if isinstance(body, dict):
-            if isinstance(body.get("code"), str):
-                code = body["code"]
-            if isinstance(body.get("detail"), str) and body["detail"].strip():
-                detail = one_line(self.redact(body["detail"]))
-        if detail is None:
-            phrase = response.reason_phrase or "error"
-            detail = f"{self._host} answered HTTP {status} {phrase}".rstrip()
-        elif is_retryable_status(status) or not 400 <= status <= 499:
-            detail = f"{detail} (HTTP {status})"
-        if context:
-            detail = f"{context}: {detail}"
-        if attempts is not None and attempts > 1:
-            detail = f"{detail}; gave up after {attempts} attempts"
-        error = errors.error_for_status(status, code, detail)
-        if status == 401 and error.hint is None:
-            error.hint = "check LOGITS_API_KEY or LOGITS_API_KEY_CMD"
-        return explain_full_disk(error)
-
-    def parse(self, response: httpx.Response, model: type[M]) -> M:
-        """Validate a 2xx JSON body; anything unreadable is ``UnexpectedResponseError``."""
-        return self.validate(response, model, self.json_body(response))
-
-    def json_body(self, response: httpx.Response) -> Any:
-        try:
-            return response.json()
-        except (ValueError, UnicodeDecodeError):
-            raise errors.UnexpectedResponseError(
-                f"the answer to {_where(response)} is not JSON (HTTP {response.status_code})",
-                status=response.status_code,
-            ) from None
-
-    def validate(self, response: httpx.Response, model: type[M], data: Any) -> M:
-        try:
-            return model.model_validate(data)
-        except ValidationError as exc:
-            # Name the first bad field without quoting the offending value.
-            first = exc.errors()[0]
-            location = ".".join(str(part) for part in first["loc"]) or "body"
-            raise errors.UnexpectedResponseError(
-                f"the answer to {_where(response)} is not a valid {model.__name__}: "
-                f"{location}: {first['msg'].lower()}",
-                status=response.status_code,
-            ) from None
-
-
-def _where(response: httpx.Response) -> str:
-    return f"{response.request.method} {response.request.url.path}"
 
 
 class TransientFailure(Exception):

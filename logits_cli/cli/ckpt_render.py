@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from logits_cli.cli.output import (
+from logits_cli.cli.tables import (
     BOOL,
     PIPED_ONLY,
     SIZE,

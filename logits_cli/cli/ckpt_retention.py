@@ -35,7 +35,8 @@ from logits_cli.cli.options import (
     TypeOpt,
     YesOpt,
 )
-from logits_cli.cli.output import Output, human_size, interactive
+from logits_cli.cli.output import Output, interactive
+from logits_cli.cli.tables import human_size
 from logits_cli.cli.timeparse import parse_duration, parse_ttl
 from logits_cli.config import Settings
 from logits_cli.uri import CheckpointRef

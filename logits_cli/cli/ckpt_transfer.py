@@ -29,15 +29,8 @@ from logits_cli.cli.options import (
     SinceOpt,
     TypeOpt,
 )
-from logits_cli.cli.output import (
-    BOOL,
-    Column,
-    Output,
-    human_size,
-    human_speed,
-    human_transfer,
-    log_line,
-)
+from logits_cli.cli.output import Output, log_line
+from logits_cli.cli.tables import BOOL, Column, human_size, human_speed, human_transfer
 from logits_cli.cli.timeparse import (
     optional_point_in_time,
     optional_seconds,

@@ -7,7 +7,8 @@ import typer
 from logits_cli.cli.context import call_api, settings_for
 from logits_cli.cli.failures import handle_errors
 from logits_cli.cli.options import JsonOpt, QuietOpt
-from logits_cli.cli.output import BOOL, COUNT, Column, Output
+from logits_cli.cli.output import Output
+from logits_cli.cli.tables import BOOL, COUNT, Column
 from logits_cli.errors import NotFoundError
 
 if TYPE_CHECKING:

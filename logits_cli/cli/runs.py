@@ -9,7 +9,8 @@ from logits_cli.cli.completion_cache import remember
 from logits_cli.cli.context import call_api, require_run, settings_for
 from logits_cli.cli.failures import handle_errors
 from logits_cli.cli.options import JsonOpt, QuietOpt, TimeoutOpt
-from logits_cli.cli.output import COUNT, PIPED_ONLY, TABLE_ONLY, TIME, Column, Output
+from logits_cli.cli.output import Output
+from logits_cli.cli.tables import COUNT, PIPED_ONLY, TABLE_ONLY, TIME, Column
 from logits_cli.cli.timeparse import optional_seconds
 from logits_cli.errors import UsageError
 from logits_cli.uri import CheckpointRef

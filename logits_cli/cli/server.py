@@ -17,7 +17,8 @@ from logits_cli.cli.arguments import PrefixArgument, UserArgument
 from logits_cli.cli.context import settings_for
 from logits_cli.cli.failures import handle_errors
 from logits_cli.cli.options import HomeOpt, JsonOpt, QuietOpt
-from logits_cli.cli.output import BOOL, TIME, Column, Output, isoformat
+from logits_cli.cli.output import Output
+from logits_cli.cli.tables import BOOL, TIME, Column, isoformat
 
 if TYPE_CHECKING:
     from logits_cli.store.store import Store
@@ -220,7 +221,7 @@ def migrate(
       logits server migrate --to-database postgresql://db/logits
       logits server migrate --to-database postgresql://db/x --to-blobs s3://ckpts
     """
-    from logits_cli.cli.output import human_size
+    from logits_cli.cli.tables import human_size
     from logits_cli.config import server_blobs, server_database
     from logits_cli.store.migrate import migrate_store
 

@@ -15,7 +15,7 @@ import pytest
 
 from logits_cli.cli.completion_cache import CACHE_FILE_NAME, complete_path, remember
 from logits_cli.cli.main import misplaced_root_option
-from logits_cli.cli.output import KEEP, Column, layout_table, relative_time
+from logits_cli.cli.tables import KEEP, Column, layout_table, relative_time
 from tests.cli.conftest import Cli, invoke
 
 REPO = Path(__file__).resolve().parents[2]

@@ -1,5 +1,6 @@
 """``logits ckpt …``: save, load, list, inspect; URLs and publishing (``ckpt_sharing``),
-expire and delete (``ckpt_retention``), download, sync and verify (``ckpt_transfer``).
+expire and delete (``ckpt_retention``), download and verify (``ckpt_transfer``), sync
+(``ckpt_sync``).
 
 Each command parses its input, makes its calls inside one ``call_api`` session, and renders
 the result. Rendering lives in ``ckpt_render``, path parsing and bulk selection in
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, TypeVar
 import typer
 
 from logits_cli import errors
-from logits_cli.cli import ckpt_retention, ckpt_sharing, ckpt_transfer
+from logits_cli.cli import ckpt_retention, ckpt_sharing, ckpt_sync, ckpt_transfer
 from logits_cli.cli.arguments import (
     NameArgument,
     PathArgument,
@@ -395,8 +396,8 @@ app.command()(ckpt_retention.rm)
 app.command()(ckpt_retention.ttl)
 
 
-# -- download / sync / verify (ckpt_transfer) ---------------------------------------------
+# -- download / sync / verify (ckpt_transfer, ckpt_sync) ---------------------------------
 
 app.command()(ckpt_transfer.download)
-app.command()(ckpt_transfer.sync)
+app.command()(ckpt_sync.sync)
 app.command()(ckpt_transfer.verify)

@@ -1,8 +1,8 @@
-"""``logits ckpt download``, ``sync`` and ``verify``: the commands that bring checkpoints to
-this machine and check them there. Registered on the ``ckpt`` app by ``ckpt.py``, in the order
+"""``logits ckpt download`` and ``verify``: the commands that bring checkpoints to this
+machine and check them there (``sync``, cron mode, is ``ckpt_sync.py``). Registered on the ``ckpt`` app by ``ckpt.py``, in the order
 the help lists them; the engine behind them is ``api/transfer/`` (docs/ARCHITECTURE.md §3)."""
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -14,32 +14,25 @@ from logits_cli.cli.arguments import (
 )
 from logits_cli.cli.ckpt_select import (
     BulkReport,
-    kind_of,
     parse_refs,
 )
 from logits_cli.cli.context import call_api, settings_for
 from logits_cli.cli.download_target import deliver, resolve_target
 from logits_cli.cli.failures import handle_errors, on_interrupt, report_error
 from logits_cli.cli.options import (
-    DryRunOpt,
     JsonOpt,
     PathsArg,
     QuietOpt,
-    RunsArg,
-    SinceOpt,
-    TypeOpt,
 )
 from logits_cli.cli.output import Output, log_line
-from logits_cli.cli.tables import BOOL, Column, human_size, human_speed, human_transfer
+from logits_cli.cli.tables import BOOL, Column, human_transfer
 from logits_cli.cli.timeparse import (
-    optional_point_in_time,
     optional_seconds,
 )
-from logits_cli.uri import CheckpointRef, validate_run_id
+from logits_cli.uri import CheckpointRef
 
 if TYPE_CHECKING:
     from logits_cli.api.client import LogitsClient
-    from logits_cli.api.sync import SyncItem
 
 
 # -- download / sync / verify -------------------------------------------------------------
@@ -222,135 +215,6 @@ def download(
     report.finish()
 
 
-@handle_errors
-def sync(
-    ctx: typer.Context,
-    output: OutputDirOpt,
-    runs: RunsArg = None,
-    checkpoint_type: TypeOpt = None,
-    latest: Annotated[
-        int | None,
-        typer.Option("--latest", min=1, metavar="N", help="Only the newest N per run and type."),
-    ] = None,
-    since: SinceOpt = None,
-    jobs: Annotated[
-        int,
-        typer.Option(
-            "--jobs", "-j", min=1, max=32, metavar="N", help="Checkpoints fetched at once."
-        ),
-    ] = 2,
-    connections: ConnectionsOpt = 8,
-    max_duration: Annotated[
-        str | None,
-        typer.Option(
-            "--max-duration",
-            help="Stop after this long (e.g. 50m): downloads in flight are cancelled, resumable.",
-            metavar="DURATION",
-        ),
-    ] = None,
-    lock_wait: Annotated[
-        str | None,
-        typer.Option(
-            "--lock-wait",
-            help="Wait this long for another sync's lock (else exit 9).",
-            metavar="DURATION",
-        ),
-    ] = None,
-    prune_local: Annotated[
-        bool,
-        typer.Option(
-            "--prune-local", help="Delete local copies of checkpoints gone from the service."
-        ),
-    ] = False,
-    export: Annotated[
-        bool,
-        typer.Option(
-            "--export",
-            help="On deployments without archive downloads, export weights/ checkpoints to "
-            "fetch them (starts a training session on the service); else they are skipped.",
-        ),
-    ] = False,
-    verbose: Annotated[
-        bool,
-        typer.Option("--verbose", "-v", help="Also log one line per checkpoint already present."),
-    ] = False,
-    dry_run: DryRunOpt = False,
-    json_output: JsonOpt = False,
-    quiet: QuietOpt = False,
-) -> None:
-    """Fetch every checkpoint not yet in DIR, under a lock: safe to run from cron.
-
-    Each checkpoint lands in DIR/RUN/KIND/NAME; present ones are checked by name and size,
-    damaged ones repaired.
-
-    Examples:
-
-    \b
-      logits ckpt sync -o ./mirror                    # all, every night
-      logits ckpt sync RUN -o ./mirror --latest 3 -v  # newest 3 per kind
-      logits ckpt sync -o ./mirror --export           # export weights too
-    """
-    from logits_cli.api.download_options import DownloadOptions
-    from logits_cli.api.sync import SyncOptions, run_sync
-
-    out = Output(json_output=json_output, quiet=quiet)
-    options = SyncOptions(
-        runs=tuple(validate_run_id(r) for r in runs or []),
-        kind=kind_of(checkpoint_type),
-        latest=latest,
-        since=optional_point_in_time(since),
-        jobs=jobs,
-        dry_run=dry_run,
-        max_duration=optional_seconds(max_duration),
-        lock_wait=optional_seconds(lock_wait) or 0.0,
-        prune_local=prune_local,
-        export=export,
-        download=DownloadOptions(connections=connections),
-    )
-    settings = settings_for(ctx)
-
-    def on_item(item: "SyncItem") -> None:
-        # An hourly cron job would log every present checkpoint every hour: only on request.
-        if item.status != "present" or verbose or dry_run:
-            log_line(sync_log_message(item))
-
-    with out.transfer_bars() as bars:
-        bar_for: dict[str, Callable[[int, int | None], None]] = {}
-
-        def progress(tinker_path: str, done: int, total: int | None) -> None:
-            if bars is None:
-                return
-            if tinker_path not in bar_for:
-                bar_for[tinker_path] = bars.bar(tinker_path.rsplit("/", 1)[-1])
-            bar_for[tinker_path](done, total)
-
-        summary = call_api(
-            ctx,
-            settings,
-            lambda client: run_sync(client, output, options, on_item=on_item, progress=progress),
-        )
-    if out.json:
-        out.emit_json(summary.to_json())
-    elif out.quiet:
-        out.emit_lines(
-            i.local_path for i in summary.items if i.local_path and i.status == "downloaded"
-        )
-    else:
-        done = ", ".join(f"{n} {status}" for status, n in sorted(summary.counts().items()) if n)
-        fetched = summary.bytes_fetched
-        speed = (
-            f", {human_size(fetched)} at {human_speed(fetched, summary.elapsed_s)}"
-            if fetched
-            else ""
-        )
-        out.log_summary(f"sync: {done or 'nothing to do'} in {summary.elapsed_s:.1f} s{speed}")
-    if summary.incomplete:
-        counts = summary.counts()
-        raise errors.PartialFailureError(
-            f"sync incomplete: {counts.get('failed', 0)} failed, {counts.get('not_started', 0)} not started"
-        )
-
-
 def _refuse_colliding_names(refs: "Sequence[CheckpointRef]", output: Path) -> None:
     """Every checkpoint lands in DIR/NAME: two different checkpoints of one name (weights/x
     and sampler_weights/x, or x of two runs) would collide there, so that is refused before
@@ -366,18 +230,6 @@ def _refuse_colliding_names(refs: "Sequence[CheckpointRef]", output: Path) -> No
                 hint="download them with separate -o directories, or use "
                 "`logits ckpt sync RUN -o DIR` (DIR/RUN/KIND/NAME)",
             )
-
-
-def sync_log_message(item: "SyncItem") -> str:
-    """One checkpoint's log line. A planned item names its action, so a dry run's plan
-    tells the downloads from the local copies it would prune."""
-    what = f"planned {item.action}" if item.status == "planned" else item.status
-    if item.repaired and item.status == "downloaded":
-        what = "repaired"
-    detail = f" -> {item.local_path}" if item.local_path else ""
-    damage = f" ({'; '.join(item.repaired)})" if item.repaired else ""
-    error = f": {item.error}" if item.error else ""
-    return f"{what} {item.tinker_path}{detail}{damage}{error}"
 
 
 @handle_errors

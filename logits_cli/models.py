@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
 
+from logits_cli.utc_text import utc_text
+
 
 def _to_utc(value: Any) -> Any:
     """Accept RFC 3339 (``Z`` or offset), Unix seconds, and zone-less values read as UTC."""
@@ -32,19 +34,10 @@ def _to_utc(value: Any) -> Any:
     return value
 
 
-def format_datetime(value: datetime) -> str:
-    """RFC 3339 in UTC with ``Z``; the fraction is kept only when there is one."""
-    value = value.astimezone(UTC)
-    text = value.strftime("%Y-%m-%dT%H:%M:%S")
-    if value.microsecond:
-        text += f".{value.microsecond:06d}"
-    return text + "Z"
-
-
 UTCDateTime = Annotated[
     datetime,
     BeforeValidator(_to_utc),
-    PlainSerializer(format_datetime, return_type=str, when_used="json"),
+    PlainSerializer(utc_text, return_type=str, when_used="json"),
 ]
 
 

@@ -21,12 +21,12 @@ from logits_cli.cli.tables import (
     Column,
     human_cell,
     human_size,
-    isoformat,
     layout_table,
     plain_cell,
     terminal_width,
 )
 from logits_cli.errors import UsageError
+from logits_cli.utc_text import utc_text
 
 
 @cache
@@ -59,7 +59,7 @@ def _write_stderr(line: str) -> None:
 
 def log_line(message: str) -> None:
     """One timestamped line on stderr: what a cron log should contain per item."""
-    _write_stderr(f"{isoformat(datetime.now(UTC).replace(microsecond=0))} {message}")
+    _write_stderr(f"{utc_text(datetime.now(UTC).replace(microsecond=0))} {message}")
 
 
 class Output:

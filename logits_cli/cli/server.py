@@ -18,7 +18,8 @@ from logits_cli.cli.context import settings_for
 from logits_cli.cli.failures import handle_errors
 from logits_cli.cli.options import HomeOpt, JsonOpt, QuietOpt
 from logits_cli.cli.output import Output
-from logits_cli.cli.tables import BOOL, TIME, Column, isoformat
+from logits_cli.cli.tables import BOOL, TIME, Column
+from logits_cli.utc_text import utc_text
 
 if TYPE_CHECKING:
     from logits_cli.store.store import Store
@@ -327,7 +328,7 @@ def list_keys(
             {
                 "prefix": k.prefix,
                 "user": k.user_id,
-                "created": isoformat(k.created),
+                "created": utc_text(k.created),
                 "revoked": k.revoked,
             }
             for k in keys

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from logits_cli.utc_text import utc_text
+
 # Column kinds decide how a value is shown: humanised on a terminal, exact when piped.
 TEXT, SIZE, TIME, BOOL, COUNT = "text", "size", "time", "bool", "count"
 # Where a column appears: in both views, only in the terminal table, or only when piped.
@@ -30,15 +32,6 @@ class Column:
     shrink: bool = False
     show: str = BOTH
     none: str = "-"
-
-
-def isoformat(value: datetime) -> str:
-    """ISO-8601 UTC with ``Z``, the form every piped or JSON time takes."""
-    value = value.astimezone(UTC)
-    text = value.strftime("%Y-%m-%dT%H:%M:%S")
-    if value.microsecond:
-        text += f".{value.microsecond:06d}"
-    return text + "Z"
 
 
 def human_size(size: float) -> str:
@@ -101,7 +94,7 @@ def plain_cell(value: Any, kind: str) -> str:
     if value is None:
         return ""
     if kind == TIME and isinstance(value, datetime):
-        return isoformat(value)
+        return utc_text(value)
     if kind == BOOL:
         return "true" if value else "false"
     return str(value).replace("\t", " ").replace("\n", " ")

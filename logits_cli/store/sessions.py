@@ -15,6 +15,7 @@ from logits_cli import models
 from logits_cli.errors import GoneError, NotFoundError, UsageError
 from logits_cli.store.store import Store, _from_micros, _sha256_hex, _string_metadata, _to_micros
 from logits_cli.uri import CheckpointRef
+from logits_cli.utc_text import utc_text
 
 FINISH_REASONS = ("success", "errored", "interrupted")
 STATUS_TYPES = ("active", "cancelled", "failed", "client_finished")
@@ -183,7 +184,7 @@ def search_sessions(
     if more and found:
         last = found[-1]
         next_cursor = {
-            "last_created_at": models.format_datetime(last.created_at),
+            "last_created_at": utc_text(last.created_at),
             "last_session_id": last.session_id,
         }
     return models.SessionSearchResponse(sessions=found, next_cursor=next_cursor)

@@ -64,7 +64,10 @@ ENGINE = textwrap.dedent(
         BlobClient.direct_reader = lambda self, url: None
         mode = mode.removesuffix("-httpx")
 
+    marks = {}
+
     def progress(done, total):
+        marks.setdefault("first_byte", time.perf_counter())
         if float(stop) and total and done >= float(stop) * total:
             print("PAUSED", flush=True)
             time.sleep(3600)
@@ -80,9 +83,13 @@ ENGINE = textwrap.dedent(
                                            options=options, progress=progress)
             seconds = time.perf_counter() - started
             used = cpu() - cpu_before
+            # Until the first progress report, as the transfer starts: the listing and URL
+            # requests (curl is handed the URL).
+            setup = marks.get("first_byte", started) - started
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         print(json.dumps({"seconds": seconds, "bytes_fetched": result.bytes_fetched,
-                          "peak_rss": peak, "cpu": used}), flush=True)
+                          "peak_rss": peak, "cpu": used,
+                          "setup": setup}), flush=True)
 
     def cpu():
         usage = resource.getrusage(resource.RUSAGE_SELF)

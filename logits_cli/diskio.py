@@ -15,9 +15,12 @@ large steps.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import stat
 from collections.abc import Sequence
+from pathlib import Path
 
 WRITE_PIECE = 16 * 1024  # at most this much per write(2); see the module's docstring
 
@@ -53,3 +56,96 @@ def pwrite_all(fd: int, chunks: Sequence[bytes | bytearray | memoryview], offset
             written -= len(pending.pop(0))
         if pending and written:
             pending[0] = pending[0][written:]
+
+
+# Small private files of ours ($LOGITS_HOME/completion-cache.json, generations.json): the rule
+# is that no file outside a directory we own is read as ours or replaced by us. Another user
+# (a shared or sticky directory) can plant a symlink or a file of theirs where ours would be:
+# a symlink is never followed, a file owned by anyone else is treated as absent, and a write
+# goes to a fresh temporary name (O_EXCL | O_NOFOLLOW) renamed over the file, so neither a
+# planted symlink nor a planted file is ever written through. The directory itself may be a
+# symlink the user configured (LOGITS_HOME=~/data/logits), but must be owned by the user.
+
+PRIVATE_FILE_MODE = 0o600
+PRIVATE_DIR_MODE = 0o700
+
+
+def _open_own_directory(directory: Path) -> int | None:
+    """A descriptor of ``directory`` if it is a directory owned by this user, else None."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    if os.fstat(fd).st_uid != os.geteuid():
+        os.close(fd)
+        return None
+    return fd
+
+
+def read_private_file(path: Path, max_bytes: int) -> bytes | None:
+    """The bytes of ``path`` if it is ours: a regular file (not a symlink) owned by this user,
+    in a directory owned by this user, of at most ``max_bytes``. None when it is absent or
+    not ours; other OSErrors are raised."""
+    directory_fd = _open_own_directory(path.parent)
+    if directory_fd is None:
+        return None
+    try:
+        try:
+            fd = os.open(
+                path.name,
+                os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                dir_fd=directory_fd,
+            )
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            if error.errno == errno.ELOOP:  # a symlink: not ours to follow
+                return None
+            raise
+    finally:
+        os.close(directory_fd)
+    try:
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode) or status.st_uid != os.geteuid():
+            return None
+        data = os.read(fd, max_bytes + 1)
+        return data if len(data) <= max_bytes else None
+    finally:
+        os.close(fd)
+
+
+def write_private_file(path: Path, data: bytes, *, durable: bool = False) -> None:
+    """Replace ``path`` with ``data`` at once (readers see the old or the new bytes, never a
+    part), mode 0600. The directory is created (0700) if missing and must be owned by this
+    user; the bytes go to a fresh temporary file created with O_EXCL | O_NOFOLLOW and renamed
+    over ``path``, so a symlink or a foreign file planted at ``path`` is replaced, never
+    written through. ``durable`` also syncs the file and the directory. Raises OSError
+    (PermissionError when the directory is not ours)."""
+    path.parent.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+    directory_fd = _open_own_directory(path.parent)
+    if directory_fd is None:
+        raise PermissionError(errno.EPERM, "not a directory owned by this user", str(path.parent))
+    try:
+        temporary = f".{path.name}.{os.urandom(8).hex()}.tmp"
+        fd = os.open(
+            temporary,
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+            PRIVATE_FILE_MODE,
+            dir_fd=directory_fd,
+        )
+        try:
+            try:
+                write_all(fd, data)
+                if durable:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(temporary, path.name, src_dir_fd=directory_fd, dst_dir_fd=directory_fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary, dir_fd=directory_fd)
+            raise
+        if durable:
+            os.fsync(directory_fd)
+    finally:
+        os.close(directory_fd)

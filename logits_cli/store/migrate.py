@@ -8,8 +8,11 @@ every blob a row references is uploaded under its content address. A run made be
 schema 6 records nothing its live state could be rebuilt from (store/live_state.py): its
 state directory is archived like a save, uploaded, and named by the run's row, so a server
 process on any machine can rebuild it. The target database must be
-empty of runs and checkpoints (a second run would mix two stores), and the server must be
-stopped meanwhile, as for any offline migration.
+empty of runs and checkpoints (a second run would mix two stores); that is checked under
+the store's write lock, in the transaction that copies the rows, so of two migrations into
+one database at once exactly one lands and the other is refused with nothing written. A row
+whose key the target already holds fails the migration rather than being skipped. The
+server must be stopped meanwhile, as for any offline migration.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from logits_cli.errors import ConfigError, NotFoundError
 
@@ -59,31 +62,18 @@ def migrate_store(root: Path, *, database: str, blobs: str | None) -> Migrated:
     source = sqlite3.connect(f"file:{source_path}?mode=ro", uri=True)
     target = Store.open(root, database=database, blobs=blobs)
     try:
-        conn = target._db.connection()
-        held = conn.execute(
-            "SELECT (SELECT COUNT(*) FROM runs) + (SELECT COUNT(*) FROM checkpoints)"
-        ).fetchone()
-        if held is not None and held[0]:
-            raise ConfigError(
-                "the target database already holds runs or checkpoints; migrate into an "
-                "empty database"
-            )
+        # Checked here to fail before any upload, and again under the write lock below,
+        # where it decides: two migrations started at once both pass this first check.
+        _refuse_a_used_target(target._db.connection())
         # Blobs first: a row must never lack its object, and an object without a row is
         # swept (or adopted by the next try).
         uploaded, size = _upload_blobs(target, source)
         pinned = _archive_unrecorded_states(target, source)
         rows: dict[str, int] = {}
         with target._db.write() as write:
+            _refuse_a_used_target(write)
             for table in TABLES:
-                columns = [row[1] for row in source.execute(f"PRAGMA table_info({table})")]
-                names = ", ".join(columns)
-                marks = ", ".join("?" for _ in columns)
-                copied = source.execute(f"SELECT {names} FROM {table}").fetchall()
-                # OR IGNORE: the implicit local user exists in both already.
-                statement = f"INSERT OR IGNORE INTO {table} ({names}) VALUES ({marks})"
-                for row in copied:
-                    write.execute(statement, row)
-                rows[table] = len(copied)
+                rows[table] = _copy_table(source, write, table)
             for run_id, sha256 in pinned.items():
                 write.execute(
                     "UPDATE runs SET state_source = ?, state_optimizer = 1 WHERE id = ?",
@@ -97,6 +87,39 @@ def migrate_store(root: Path, *, database: str, blobs: str | None) -> Migrated:
         source.close()
         target.close()
     return Migrated(rows=rows, blobs=uploaded, blob_bytes=size, archived_states=len(pinned))
+
+
+def _refuse_a_used_target(conn: Any) -> None:
+    held = conn.execute(
+        "SELECT (SELECT COUNT(*) FROM runs) + (SELECT COUNT(*) FROM checkpoints)"
+    ).fetchone()
+    if held is not None and held[0]:
+        raise ConfigError(
+            "the target database already holds runs or checkpoints; migrate into an empty database"
+        )
+
+
+def _copy_table(source: sqlite3.Connection, write: Any, table: str) -> int:
+    """Copy every row of ``table``; the number copied. A row whose key the target holds
+    already is refused (ConfigError, the transaction rolled back), never skipped: a
+    skipped row would be a row lost. Only the implicit local user is in both anyway."""
+    import psycopg
+
+    columns = [row[1] for row in source.execute(f"PRAGMA table_info({table})")]
+    names = ", ".join(columns)
+    marks = ", ".join("?" for _ in columns)
+    copied = source.execute(f"SELECT {names} FROM {table}").fetchall()
+    verb = "INSERT OR IGNORE" if table == "users" else "INSERT"
+    statement = f"{verb} INTO {table} ({names}) VALUES ({marks})"
+    for row in copied:
+        try:
+            write.execute(statement, row)
+        except psycopg.errors.UniqueViolation:
+            raise ConfigError(
+                f"the target database already holds a row of {table} with the same key as "
+                "this store's; migrate into an empty database"
+            ) from None
+    return len(copied)
 
 
 def _upload_blobs(target: Store, source: sqlite3.Connection) -> tuple[int, int]:

@@ -25,15 +25,6 @@ def main() -> None:
         if answer is not None:  # a checkpoint URI or a command name: answered fast
             print(answer)
             return
-    if sys.argv[-1] in ("-h", "--help"):
-        from logits_cli.cli import help_cache
-
-        if help_cache.answer(sys.argv[1:], _run_app):  # a page printed, maybe from cache
-            return
-    _run_app()
-
-
-def _run_app() -> None:
     from logits_cli.cli.main import main as run_app
 
     run_app()

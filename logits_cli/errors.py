@@ -22,6 +22,7 @@ EXIT_INTEGRITY = 7
 EXIT_PARTIAL = 8
 EXIT_BUSY = 9
 EXIT_UNSUPPORTED = 10
+EXIT_URL_REFUSED = 11
 EXIT_INTERRUPTED = 130
 
 
@@ -218,6 +219,17 @@ class UnsupportedError(LogitsError):
     from not-found: the checkpoint exists, the endpoint does not."""
 
     exit_code = EXIT_UNSUPPORTED
+
+
+class DownloadUrlRefusedError(LogitsError):
+    """A blob store refused the signed download URL the service handed out, and a fresh one
+    too, or fresh URLs kept expiring early (docs/protocol.md §6.3 step 5). Not about the API
+    key (blob URLs carry none): the service signs URLs its store rejects (expired signing
+    credentials, a wrong clock). Never sent by our server, so not mapped from the wire."""
+
+    exit_code = EXIT_URL_REFUSED
+    http_status = 403
+    code = "download_url_refused"
 
 
 # -- mapping from the wire ----------------------------------------------------------------

@@ -7,6 +7,8 @@
 # COMP_WORDBREAKS), and every logits:// path has one or more; bash-completion's
 # _get_comp_words_by_ref -n : rejoins them and __ltrim_colon_completions trims the answers
 # back to what readline replaces. Without bash-completion the same is done here.
+# Every candidate is then quoted (printf %q): readline inserts it into the command line
+# as is, and a run id is opaque text from a server (';', '$' and '`' are legal in one).
 
 _logits_completion() {
     local IFS=$'\n'
@@ -35,6 +37,10 @@ _logits_completion() {
             COMPREPLY[i]=${COMPREPLY[i]#"$colon_word"}
         done
     fi
+    local j=${#COMPREPLY[@]}
+    while ((j-- > 0)); do
+        printf -v 'COMPREPLY[j]' '%q' "${COMPREPLY[j]}"
+    done
     return 0
 }
 

@@ -3,17 +3,29 @@
 ``ls`` commands remember what they listed in ``$LOGITS_HOME/completion-cache.json``;
 completion callbacks read it. Completion must be instant and silent, so reading never
 touches the network and every failure (missing file, bad JSON, unwritable home) is ignored.
+
+What a server lists becomes text a shell inserts into a command line, so only what is
+inert there is kept or offered (issue 21 G8): checkpoint paths that parse
+(``uri.CheckpointRef.parse``: no whitespace, no control character, names from
+``[A-Za-z0-9._-]``) and run ids that are valid and printable; the bash script quotes the
+rest (``;``, ``$``, … are legal in an opaque run id). The file is ours only if it is a
+regular file of this user in a directory of this user (``diskio.read_private_file``):
+a symlink or another user's file is treated as absent and replaced, never followed.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from logits_cli import diskio
+from logits_cli.errors import UsageError
+from logits_cli.uri import CheckpointRef, validate_run_id
+
 CACHE_FILE_NAME = "completion-cache.json"
 MAX_ENTRIES = 500
+MAX_CACHE_BYTES = 4 * 1024 * 1024  # 1,000 entries of a few hundred bytes; more is not ours
 
 
 def _cache_file(home: Path | None = None) -> Path | None:
@@ -27,19 +39,47 @@ def _cache_file(home: Path | None = None) -> Path | None:
         return None
 
 
+def is_safe_run(text: object) -> bool:
+    """A run id worth offering: valid (``uri.validate_run_id``) and printable (no C1 control
+    or other invisible character a terminal could act on)."""
+    if not isinstance(text, str) or not text.isprintable():
+        return False
+    try:
+        validate_run_id(text)
+    except UsageError:
+        return False
+    return True
+
+
+def is_safe_path(text: object) -> bool:
+    """A checkpoint path worth offering: it parses (kinds of newer deployments included)
+    and is printable."""
+    if not isinstance(text, str) or not text.isprintable():
+        return False
+    try:
+        CheckpointRef.parse(text, any_kind=True)
+    except UsageError:
+        return False
+    return True
+
+
+_SAFE = {"runs": is_safe_run, "paths": is_safe_path}
+
+
 def _read(path: Path | None) -> dict[str, list[str]]:
     if path is None:
         return {}
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        raw = diskio.read_private_file(path, MAX_CACHE_BYTES)
+        data = json.loads(raw) if raw is not None else None
     except (OSError, ValueError):
         return {}
     if not isinstance(data, dict):
         return {}
     return {
-        key: [v for v in values if isinstance(v, str)]
+        key: [v for v in values if _SAFE[key](v)]
         for key, values in data.items()
-        if isinstance(values, list)
+        if key in _SAFE and isinstance(values, list)
     }
 
 
@@ -64,13 +104,14 @@ def remember(
     if path is None:
         return
     data = _read(path)
-    fresh_paths = list(paths)
+    fresh_paths = [p for p in paths if is_safe_path(p)]
     stale_runs = set(replace_runs or ())
     if replace_all or stale_runs:
         data["paths"] = [
             p for p in data.get("paths", []) if not replace_all and _run_of(p) not in stale_runs
         ]
-    for key, fresh in (("runs", list(runs)), ("paths", fresh_paths)):
+    fresh_runs = [r for r in runs if is_safe_run(r)]
+    for key, fresh in (("runs", fresh_runs), ("paths", fresh_paths)):
         merged = list(dict.fromkeys([*fresh, *data.get(key, [])]))
         data[key] = merged[:MAX_ENTRIES]
     _write(path, data)
@@ -96,14 +137,7 @@ def _without_scheme(path: str) -> str:
 
 def _write(path: Path, data: dict[str, list[str]]) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        import tempfile  # only when writing: a TAB never pays for it
-
-        with tempfile.NamedTemporaryFile(
-            "w", dir=path.parent, prefix=".completion-", delete=False, encoding="utf-8"
-        ) as handle:
-            json.dump(data, handle)
-        os.replace(handle.name, path)
+        diskio.write_private_file(path, json.dumps(data).encode())
     except OSError:
         return
 

@@ -44,11 +44,14 @@ class Terminal:
     def send(self, text: str) -> None:
         os.write(self.controller, text.encode())
 
-    def expect(self, text: str, limit_s: float = 30.0, quiet_s: float = 0.3) -> str:
-        """The screen once ``text`` is on it and bash has then been silent for ``quiet_s``
-        (a candidate list arrives in pieces: the rest of it, and the redrawn line, too)."""
+    def expect(
+        self, text: str, limit_s: float = 30.0, quiet_s: float = 0.3, *, since: int = 0
+    ) -> str:
+        """The screen once ``text`` is on it (at ``since`` or later) and bash has then been
+        silent for ``quiet_s`` (a candidate list arrives in pieces: the rest of it, and the
+        redrawn line, too)."""
         deadline = time.monotonic() + limit_s
-        while text not in self.screen:
+        while text not in self.screen[since:]:
             remaining = deadline - time.monotonic()
             assert remaining > 0, f"{text!r} never appeared; screen:\n{self.screen}"
             if not self._read(remaining) and self.closed:
@@ -141,3 +144,42 @@ def test_deleted_checkpoints_are_not_offered(terminal: Terminal, isolated_env: P
     screen = terminal.expect("weights/@latest")
     terminal.send("\x03")  # drop the line
     assert "weights/kept" in screen and "weights/gone" not in screen
+
+
+def test_hostile_cache_entries_are_not_offered_and_run_ids_are_quoted(
+    terminal: Terminal, isolated_env: Path, tmp_path: Path
+) -> None:
+    """A cache planted with names a shell would run (issue 21 G8): names that do not parse
+    are never offered, and a run id holding ';' and '$' (legal: run ids are opaque) is
+    inserted quoted, so the line runs nothing but the command typed."""
+    import json
+
+    from logits_cli.cli.completion_cache import CACHE_FILE_NAME
+
+    hostile_run = "r;touch${IFS}pwned;echo"
+    (isolated_env / CACHE_FILE_NAME).write_text(
+        json.dumps(
+            {
+                "runs": [RUN, hostile_run],
+                "paths": [
+                    f"logits://{RUN}/weights/a;touch${{IFS}}x",
+                    f"logits://{RUN}/weights/d\nrm -rf x",
+                    f"logits://{RUN}/weights/ok",
+                    f"logits://{hostile_run}/weights/s1",
+                ],
+            }
+        )
+    )
+    terminal.send(f"cd {tmp_path}\n")
+    terminal.send(f"logits ckpt info logits://{RUN}/weights/\t")
+    screen = terminal.expect("weights/@latest")
+    assert "weights/ok" in screen and "touch" not in screen and "rm -rf" not in screen
+    dropped = len(terminal.screen)
+    terminal.send("\x03")  # drop the line, and wait for the new prompt before typing on
+    terminal.expect("$ ", since=dropped)
+
+    terminal.send("logits ckpt info logits://r\t")
+    terminal.expect("weights/@latest")
+    terminal.send("\x01echo \n")  # the completed line, run as an echo
+    terminal.expect(f"\nlogits ckpt info logits://{hostile_run}/weights/\n")
+    assert not (tmp_path / "pwned").exists()

@@ -4,6 +4,7 @@ paths and run ids reads the local cache only."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -189,3 +190,81 @@ def test_other_words_are_left_to_typer() -> None:
     assert answer_without_typer({"COMP_WORDS": "logits ckpt info logits://"}) is None
     leaf_argument = {**env, "COMP_WORDS": "logits ckpt info ", "COMP_CWORD": "3"}
     assert answer_without_typer(leaf_argument) is None
+
+
+HOSTILE_PATHS = [
+    "logits://run-a/weights/a;touch${IFS}x",
+    "logits://run-a/weights/d\nrm -rf x",
+    "logits://run-a/weights/e\x1b]0;owned\x07",
+    "logits://run-a\u009b2J/weights/c1",
+    "logits://run-a/weights/../x",
+]
+HOSTILE_RUNS = ["r\nrm -rf x", "r\x1b[2J", "r\u009b2J", "r x", ""]
+
+
+def test_only_paths_that_parse_and_printable_runs_are_cached(isolated_env: Path) -> None:
+    remember(
+        isolated_env,
+        runs=[*HOSTILE_RUNS, "run-a", "r;ok$"],
+        paths=[*HOSTILE_PATHS, "logits://run-a/weights/ok", "logits://run-a/new_kind/n1"],
+    )
+    cached = json.loads((isolated_env / CACHE_FILE_NAME).read_text())
+    assert cached == {
+        "runs": ["run-a", "r;ok$"],  # opaque run ids may hold ';' and '$': bash quotes them
+        "paths": ["logits://run-a/weights/ok", "logits://run-a/new_kind/n1"],
+    }
+
+
+def test_hostile_entries_planted_in_the_cache_are_not_offered(isolated_env: Path) -> None:
+    (isolated_env / CACHE_FILE_NAME).write_text(
+        json.dumps(
+            {
+                "runs": [*HOSTILE_RUNS, "run-a"],
+                "paths": [*HOSTILE_PATHS, "logits://run-a/weights/ok"],
+                "other": ["x"],
+            }
+        )
+    )
+    assert complete_run("") == ["run-a"]
+    assert complete_path("logits://") == [
+        "logits://run-a/weights/ok",
+        "logits://run-a/weights/@latest",
+    ]
+    env = {
+        "_LOGITS_COMPLETE": "complete_bash",
+        "COMP_WORDS": "logits ckpt info logits://run-a/",
+        "COMP_CWORD": "3",
+    }
+    assert answer_without_typer(env) == "logits://run-a/weights/ok\nlogits://run-a/weights/@latest"
+
+
+def test_a_symlinked_cache_is_absent_and_its_target_untouched(
+    isolated_env: Path, tmp_path: Path
+) -> None:
+    victim = tmp_path / "victim.json"
+    victim.write_text(json.dumps({"runs": ["planted"], "paths": []}))
+    (isolated_env / CACHE_FILE_NAME).symlink_to(victim)
+    assert complete_run("") == []
+    remember(isolated_env, runs=["run-a"])
+    assert json.loads(victim.read_text()) == {"runs": ["planted"], "paths": []}
+    cache = isolated_env / CACHE_FILE_NAME
+    assert not cache.is_symlink() and complete_run("") == ["run-a"]
+
+
+def test_a_cache_of_another_user_is_absent_and_replaced(isolated_env: Path) -> None:
+    cache = isolated_env / CACHE_FILE_NAME
+    cache.write_text(json.dumps({"runs": ["planted"], "paths": ["logits://planted/weights/p"]}))
+    os.chown(cache, 65534, 65534)  # the tests run as root: 65534 is someone else
+    assert complete_run("") == [] and complete_path("logits://") == []
+    remember(isolated_env, runs=["run-a"])
+    assert cache.stat().st_uid == os.geteuid()
+    assert json.loads(cache.read_text()) == {"runs": ["run-a"], "paths": []}
+
+
+def test_a_home_of_another_user_is_neither_read_nor_written(isolated_env: Path) -> None:
+    cache = isolated_env / CACHE_FILE_NAME
+    cache.write_text(json.dumps({"runs": ["planted"], "paths": []}))
+    os.chown(isolated_env, 65534, 65534)
+    assert complete_run("") == []
+    remember(isolated_env, runs=["run-a"])  # silently not written: completion never fails
+    assert json.loads(cache.read_text()) == {"runs": ["planted"], "paths": []}

@@ -149,3 +149,170 @@ def write_private_file(path: Path, data: bytes, *, durable: bool = False) -> Non
             os.fsync(directory_fd)
     finally:
         os.close(directory_fd)
+
+
+# Working files of a download in DEST (``.NAME.part``, its journal and lock, ``.NAME.files/``,
+# extraction directories, sync's lock): DEST may be shared (a sticky, world-writable directory
+# like /tmp), where another user can plant a symlink or a directory of theirs at a name we are
+# about to use. Our working paths are never followed (O_NOFOLLOW, rename instead of writing
+# through) and are used only when they are ours: a regular file or a real directory owned by
+# this user, a directory not writable by anyone else (else they could plant inside it). A path
+# that is not ours is refused with ``ForeignPathError``, never removed or re-moded: it may
+# be someone else's. DEST itself may be a symlink the user chose (``-o ~/ckpts``).
+
+
+class ForeignPathError(PermissionError):
+    """A working path that is not ours: a symlink, another user's, or open to other writers.
+    ``strerror`` is one line that names the path and says what to do."""
+
+    def __init__(self, path: Path | str, what: str) -> None:
+        super().__init__(
+            errno.EPERM, f"{path} is {what}; logits did not make it and will not use it: remove it"
+        )
+
+
+def check_ours(path: Path | str, status: os.stat_result, *, directory: bool) -> None:
+    """Raise ``ForeignPathError`` unless ``status`` (of ``path``, not followed) is ours."""
+    if stat.S_ISLNK(status.st_mode):
+        raise ForeignPathError(path, "a symbolic link")
+    if directory and not stat.S_ISDIR(status.st_mode):
+        raise ForeignPathError(path, "not a directory")
+    if not directory and not stat.S_ISREG(status.st_mode):
+        raise ForeignPathError(path, "not a regular file")
+    if status.st_uid != os.geteuid():
+        raise ForeignPathError(path, f"owned by another user (uid {status.st_uid})")
+    if directory and status.st_mode & 0o022:
+        raise ForeignPathError(path, "writable by other users")
+
+
+def open_own_file(
+    path: Path | str, flags: int, mode: int = 0o644, *, dir_fd: int | None = None
+) -> int:
+    """``os.open`` that never follows a symlink at ``path`` and returns only a descriptor of a
+    regular file owned by this user (``ForeignPathError`` otherwise)."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dir_fd)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise ForeignPathError(path, "a symbolic link") from None
+        raise
+    try:
+        check_ours(path, os.fstat(fd), directory=False)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def check_own_file(path: Path | str) -> None:
+    """Refuse ``path`` when it exists and is not a regular file of ours; absent is fine."""
+    try:
+        status = os.lstat(path)
+    except FileNotFoundError:
+        return
+    check_ours(path, status, directory=False)
+
+
+def make_private_dir(path: Path | str, mode: int = PRIVATE_DIR_MODE) -> None:
+    """Create the directory ``path`` (its parent must exist), or accept it when it is already
+    ours (a directory owned by this user that no one else can write to, not a symlink). An
+    existing directory's mode is never changed."""
+    try:
+        os.mkdir(path, mode)
+        return
+    except FileExistsError:
+        pass
+    check_ours(path, os.lstat(path), directory=True)
+
+
+def open_own_dir(path: Path | str) -> int:
+    """A descriptor of the directory ``path`` if it is ours (see ``make_private_dir``); a
+    symlink at ``path`` is never followed."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as error:
+        if error.errno in (errno.ELOOP, errno.ENOTDIR):
+            check_ours(path, os.lstat(path), directory=True)  # raises, naming what it is
+        raise
+    try:
+        check_ours(path, os.fstat(fd), directory=True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def replace_file(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``data`` at once through ``.NAME.tmp`` beside it (a stale one of
+    ours is removed first; a foreign one is refused). The temporary file is created with
+    O_EXCL | O_NOFOLLOW and removed when anything fails (a full disk leaves nothing); the
+    rename replaces whatever is at ``path`` (even a symlink) without writing through it."""
+    scratch = path.with_name(path.name + ".tmp")
+    check_own_file(scratch)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(scratch)
+    fd = open_own_file(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        try:
+            write_all(fd, data)
+        finally:
+            os.close(fd)
+        os.replace(scratch, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(scratch)
+        raise
+
+
+def read_own_file(path: Path | str) -> bytes:
+    """The bytes of ``path``, a regular file of ours (a symlink is not followed)."""
+    fd = open_own_file(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def try_lock_file(path: Path | str) -> int | None:
+    """Take an exclusive ``flock`` on the lock file ``path`` (created if missing, 0644, never
+    through a symlink, ours only) without waiting; the descriptor that holds it, or None
+    when another process holds it. The same lock ``filelock.FileLock`` takes, so the two
+    exclude each other. A lock taken on a file unlinked meanwhile (its holder removes it on
+    release) is retried on the new file."""
+    import fcntl  # Unix only, like the rest of the download engine's locking
+
+    while True:
+        fd = open_own_file(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except BaseException:
+            os.close(fd)
+            raise
+        held = os.fstat(fd)
+        try:
+            now = os.lstat(path)
+        except FileNotFoundError:
+            now = None
+        if now is not None and (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
+            return fd
+        os.close(fd)  # we locked a file that is no longer at ``path``: lock the current one
+
+
+def release_lock_file(path: Path | str, fd: int, *, remove: bool) -> None:
+    """Release the lock ``try_lock_file`` returned; with ``remove`` the lock file goes first
+    (while still held, and only if it is still the file we hold)."""
+    try:
+        if remove:
+            held = os.fstat(fd)
+            with contextlib.suppress(FileNotFoundError):
+                now = os.lstat(path)
+                if (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
+                    os.unlink(path)
+    finally:
+        os.close(fd)  # closing the last descriptor drops the flock

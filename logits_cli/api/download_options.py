@@ -4,11 +4,12 @@ engine, so the engine never imports the client (docs/ARCHITECTURE.md §1)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 from logits_cli import models
+from logits_cli.config import max_unsized_download
 
 # Called as bytes arrive: (bytes_done, bytes_total or None). A callback that also has a
 # ``phase(name)`` method is told when the download moves on to another phase (the terminal's
@@ -43,6 +44,14 @@ class DownloadOptions:
     # On the files generation a weights/ checkpoint is exported first, which starts a
     # training session on the service (docs/protocol.md §11.6): sync asks for it explicitly.
     allow_export: bool = True
+    # A body whose size no source gives (listing, Content-Length, Content-Range) stops here,
+    # and before DEST's free space falls under a reserve (api/transfer/body_bounds.py).
+    # The default is LOGITS_MAX_UNSIZED_DOWNLOAD (64 GiB): an environment setting rather
+    # than a flag, read once when the options are made, so a bad value is exit 2 up front.
+    max_unsized_bytes: int = field(default_factory=max_unsized_download)
+    # DEST is a staging directory of ours (``-o FILE.tar``, ``-o -``): created 0700 and
+    # refused when it is a symlink or not ours, since it sits beside the user's files.
+    private_dest: bool = False
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from pydantic import ValidationError
 from logits_cli import models
 from logits_cli.api.kernel_copy import copy_range_hashed
 from logits_cli.api.verify import HASH_CHUNK, MANIFEST_NAME, check_member_name
-from logits_cli.diskio import write_all
+from logits_cli.diskio import open_own_dir, write_all
 from logits_cli.errors import ConflictError, IntegrityError, LogitsError, UsageError
 from logits_cli.uri import CheckpointRef
 
@@ -62,8 +62,7 @@ def extract_checkpoint(
 ) -> Path:
     """Extract ``archive`` into ``dest_dir/name`` atomically and write its manifest."""
     final = dest_dir / name
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=dest_dir))
-    staging.chmod(0o755)  # mkdtemp makes it private; the final directory is an ordinary one
+    staging = make_staging_dir(dest_dir, name)
     try:
         files, complete = _unpack_checked(archive, staging, archive_size)
         _check_belongs_to(complete, checkpoint)
@@ -79,13 +78,32 @@ def extract_checkpoint(
             content="full" if checkpoint.checkpoint_type == "training" else "adapter-only",
         )
         _write_durably(staging / MANIFEST_NAME, manifest.model_dump_json(indent=2).encode())
-        _fsync_directory(staging)
-        _install(staging, final, force=force)
+        fsync_directory(staging)
+        install_directory(staging, final, force=force)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    _fsync_directory(dest_dir)
+    fsync_directory(dest_dir)
     return final
+
+
+def make_staging_dir(dest_dir: Path, name: str) -> Path:
+    """A new directory ``DEST/.NAME.tmp-XXXXXXXX`` of ours, mode 0755 like any installed
+    one. ``mkdtemp`` creates it (a fresh name, never through a symlink); its mode is set
+    through a descriptor that refuses a symlink, so a directory swapped in meanwhile is
+    never re-moded."""
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=dest_dir))
+    try:
+        fd = open_own_dir(staging)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            staging.rmdir()
+        raise
+    try:
+        os.fchmod(fd, 0o755)
+    finally:
+        os.close(fd)
+    return staging
 
 
 def _is_compressed(archive: Path) -> bool:
@@ -298,17 +316,18 @@ def _write_durably(target: Path, data: bytes) -> None:
         os.close(fd)
 
 
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
+def fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
 
 
-def _install(staging: Path, final: Path, *, force: bool) -> None:
+def install_directory(staging: Path, final: Path, *, force: bool) -> None:
     """Rename ``staging`` to ``final``; with ``force`` an existing ``final`` is moved aside
-    first and removed only once the new directory is in place."""
+    first and removed only once the new directory is in place. Renames never follow a
+    symlink: one at ``final`` is itself moved aside and unlinked, never written through."""
     aside: Path | None = None
     if final.exists() or final.is_symlink():
         if not force:

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from logits_cli.api.transfer.files_layout import journal_name
 from logits_cli.api.verify import MANIFEST_NAME
 from tests.cli.conftest import invoke
 from tests.faultproxy import Fault, FaultProxy
@@ -64,7 +65,7 @@ def _kill_mid_file(path: str, dest: Path) -> dict[str, Any]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    journal = dest / ".w1.files" / "journal" / "adapter_model.safetensors.json"
+    journal = dest / ".w1.files" / "journal" / journal_name("adapter_model.safetensors")
     give_up = time.monotonic() + 60
     try:
         while time.monotonic() < give_up and process.poll() is None:

@@ -21,6 +21,7 @@ from logits_cli.api.transfer.checked import fetch_and_check
 from logits_cli.api.transfer.fetcher import choose_segment_size
 from logits_cli.api.transfer.install import (
     check_free_space,
+    check_working_files,
     discard,
     discard_unresumable,
     install_file,
@@ -98,9 +99,12 @@ async def _download(
                 hint="pass --force to replace it",
             )
 
-    prepare_destination(dest_dir, lock_path)
+    prepare_destination(dest_dir, lock_path, private=options.private_dest)
     lock = await lock_part(lock_path, options.lock_wait)
     try:
+        # Under the lock, before anything opens them: a symlink or another user's file at
+        # our part or journal names is refused, never followed (G6).
+        check_working_files(part, journal_path, journal_path.with_name(journal_path.name + ".tmp"))
         sweep_leftovers(dest_dir, name)
         check_free_space(dest_dir, part, checkpoint.size_bytes, archive_only=options.archive_only)
         fetched, resumed, archive_sha256, size = await _fetch_verified(
@@ -128,7 +132,7 @@ async def _download(
         discard_unresumable(part, journal_path, invalid=isinstance(exc, IntegrityError))
         raise
     finally:
-        unlock_part(lock, lock_path)
+        unlock_part(lock)
     return DownloadResult(
         checkpoint,
         final,

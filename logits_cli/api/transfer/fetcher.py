@@ -39,6 +39,7 @@ from logits_cli.api.transfer.tuning import (
     SEGMENTS_PER_CONNECTION,
     WRITEBACK_EVERY,
 )
+from logits_cli.diskio import open_own_file
 from logits_cli.errors import (
     IntegrityError,
     UnavailableError,
@@ -159,7 +160,8 @@ class RangedFetcher(SegmentAttempts):
             # zero is flushed to disk synchronously when closed.
             with contextlib.suppress(FileNotFoundError):
                 self._part.unlink()
-        fd = self._fd = os.open(self._part, os.O_RDWR | os.O_CREAT, 0o644)
+        # Never through a symlink or into another user's file planted at the part's name.
+        fd = self._fd = open_own_file(self._part, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             for restart in range(2):
                 try:

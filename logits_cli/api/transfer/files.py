@@ -5,10 +5,12 @@ goes through the same fetcher as an archive (``checked.fetch_and_check``: parall
 segments, a journal per file, URL refresh with Range + If-Range, the low-speed guard, the
 response digest), several files at once. Layout while it runs, next to DEST/NAME::
 
-    DEST/.NAME.files/data/<file>          the files as they arrive
-    DEST/.NAME.files/journal/<file>.json  which bytes of each are good
-    DEST/.NAME.files/export.json          the export this download goes through, if any
-    DEST/.NAME.part.lock                  held while a process works on NAME
+    DEST/.NAME.files/data/<file>             the files as they arrive
+    DEST/.NAME.files/journal/<digest>.json   which bytes of each are good
+    DEST/.NAME.files/export.json             the export this download goes through, if any
+    DEST/.NAME.part.lock                     held while a process works on NAME
+
+(``files_layout.py``: every working path is ours or refused, never followed.)
 
 Nothing is created in DEST before the first URL map has been obtained. Once every file is
 fetched and matches its digest, the adapter is checked structurally (``adapter_config.json``
@@ -21,8 +23,6 @@ This module never imports the client: it is handed a ``FilesSource``.
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import shutil
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from pydantic import ValidationError
 
 from logits_cli import models
 from logits_cli.api.download_options import (
@@ -41,17 +40,23 @@ from logits_cli.api.download_options import (
     ProgressCallback,
     report_phase,
 )
-from logits_cli.api.extract import (
-    COMPLETE_MEMBER,
-    MAX_COMPLETE_SIZE,
-    MAX_MEMBERS,
-    _fsync_directory,
-    _install,
-    check_complete_listing,
-)
 from logits_cli.api.retry import RetryPolicy
 from logits_cli.api.transfer.checked import fetch_and_check
 from logits_cli.api.transfer.fetcher import choose_segment_size
+from logits_cli.api.transfer.files_checks import (
+    check_adapter,
+    check_file_url,
+    check_listing,
+    check_url_map,
+)
+from logits_cli.api.transfer.files_layout import (
+    files_part_dir,
+    install_files,
+    journal_name,
+    make_working_dirs,
+    pending_export,
+    record_export,
+)
 from logits_cli.api.transfer.install import (
     check_free_space,
     discard,
@@ -61,14 +66,19 @@ from logits_cli.api.transfer.install import (
 )
 from logits_cli.api.transfer.signed_url import SignedUrl
 from logits_cli.api.transfer.tuning import EMBEDDED_SEGMENT
-from logits_cli.api.verify import MANIFEST_NAME, check_member_name, damaged_files, read_manifest
-from logits_cli.errors import ConflictError, IntegrityError, LogitsError, UnsupportedError
+from logits_cli.api.verify import MANIFEST_NAME, damaged_files, read_manifest
+from logits_cli.diskio import ForeignPathError
+from logits_cli.errors import ConflictError, IntegrityError, LogitsError
 
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024  # the safetensors format's own limit
 FILES_AT_ONCE = 4
-EXPORT_RECORD = "export.json"
+# What other modules import from here (pending_export lives in files_layout.py).
+__all__ = [
+    "FilesContext",
+    "FilesSource",
+    "download_files",
+    "local_copy_is_current",
+    "pending_export",
+]
 
 
 @dataclass(frozen=True)
@@ -91,51 +101,6 @@ class FilesContext:
     http: httpx.AsyncClient
     policy: RetryPolicy | None
     embedded: bool
-
-
-def files_part_dir(dest_dir: Path, name: str) -> Path:
-    return dest_dir / f".{name}.files"
-
-
-def pending_export(dest_dir: Path, name: str) -> dict[str, Any] | None:
-    """The export recorded by an earlier, unfinished download of ``name`` into ``dest_dir``."""
-    try:
-        record = json.loads((files_part_dir(dest_dir, name) / EXPORT_RECORD).read_text())
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) and isinstance(record.get("export"), str) else None
-
-
-def check_url_map(urls: Mapping[str, str]) -> list[str]:
-    """The file names of a URL map, refused exactly like archive members (§7.5): plain names
-    at the root, no ``..``, no duplicates that differ only in case, a bounded count."""
-    names = sorted(urls)
-    if not names:
-        raise IntegrityError("the server sent an empty list of files for this checkpoint")
-    if len(names) > MAX_MEMBERS:
-        raise IntegrityError(
-            f"the server lists {len(names)} files; a checkpoint has a few (at most {MAX_MEMBERS})"
-        )
-    folded: dict[str, str] = {}
-    for name in names:
-        try:
-            check_member_name(name)
-            if name.startswith(".logits"):
-                raise IntegrityError(name)
-        except IntegrityError:
-            raise IntegrityError(f"unsafe file name {name!r} in the server's URL map") from None
-        if name.endswith(".age"):
-            raise UnsupportedError(
-                f"the server sent {name}, an age-encrypted file; logits downloads unencrypted "
-                "exports only"
-            )
-        clash = folded.setdefault(name.casefold(), name)
-        if clash != name:
-            raise IntegrityError(f"the URL map lists both {clash!r} and {name!r}")
-    for required in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
-        if required not in urls:
-            raise IntegrityError(f"the export has no {required}: not a PEFT adapter")
-    return names
 
 
 def local_copy_is_current(final: Path, checkpoint: models.Checkpoint) -> tuple[bool, list[str]]:
@@ -173,6 +138,7 @@ class _UrlMap:
             url = current.urls.get(name)
             if url is None:
                 raise IntegrityError(f"the server no longer lists {name} in this checkpoint")
+            check_file_url(name, url)  # a refreshed map is checked like the first
             handed[name] = url
             return models.CheckpointArchiveUrlResponse(url=url, expires=current.expires)
 
@@ -206,22 +172,21 @@ async def download_files(
 
     part_dir = files_part_dir(dest_dir, name)
     lock_path = dest_dir / f".{name}.part.lock"
-    prepare_destination(dest_dir, lock_path)
+    prepare_destination(dest_dir, lock_path, private=options.private_dest)
     lock = await lock_part(lock_path, options.lock_wait)
+    created = not part_dir.exists() and not part_dir.is_symlink()
     try:
-        data, journals = part_dir / "data", part_dir / "journal"
-        for directory in (data, journals):
-            directory.mkdir(parents=True, exist_ok=True)
+        data, journals = make_working_dirs(part_dir)
         discard(data / MANIFEST_NAME)
         if source.export is None:  # an export's size is not listed before it exists
             check_free_space(dest_dir, data, checkpoint.size_bytes, archive_only=True)
-        _record_export(part_dir, source)
+        record_export(part_dir, source.export, _export_document(source))
         fetched, resumed, files = await _fetch_all(
             ctx, source, first, names, data, journals, options, progress
         )
         report_phase(progress, "verifying")
-        await asyncio.to_thread(_check_listing, data, files)
-        await asyncio.to_thread(_check_adapter, data)
+        await asyncio.to_thread(check_listing, data, files)
+        await asyncio.to_thread(check_adapter, data)
         report_phase(progress, "installing")
         manifest = models.LocalManifest(
             tinker_path=checkpoint.tinker_path,
@@ -234,14 +199,18 @@ async def download_files(
             export=source.export,
         )
         await asyncio.to_thread(
-            _install_directory, data, final, manifest, force=options.force or bool(repaired)
+            install_files, data, final, manifest, force=options.force or bool(repaired)
         )
         shutil.rmtree(part_dir, ignore_errors=True)
+    except ForeignPathError:
+        if created:  # what we made before refusing a path inside it
+            shutil.rmtree(part_dir, ignore_errors=True)
+        raise
     except IntegrityError:
         shutil.rmtree(part_dir, ignore_errors=True)  # verified bytes, bad content: no resume
         raise
     finally:
-        unlock_part(lock, lock_path)
+        unlock_part(lock)
     return DownloadResult(
         checkpoint,
         final,
@@ -252,15 +221,8 @@ async def download_files(
     )
 
 
-def _record_export(part_dir: Path, source: FilesSource) -> None:
-    record = part_dir / EXPORT_RECORD
-    if source.export is None:
-        discard(record)
-        return
-    document = {"export": source.export, "source": source.checkpoint.tinker_path, **source.extra}
-    scratch = record.with_name(record.name + ".tmp")
-    scratch.write_text(json.dumps(document, sort_keys=True, default=str))
-    os.replace(scratch, record)
+def _export_document(source: FilesSource) -> dict[str, Any]:
+    return {"export": source.export, "source": source.checkpoint.tinker_path, **source.extra}
 
 
 async def _fetch_all(
@@ -311,7 +273,7 @@ async def _fetch_all(
                 ctx.http,
                 url_map.signed_url(file_name),
                 data / file_name,
-                journals / f"{file_name}.json",
+                journals / journal_name(file_name),
                 identity,
                 None,
                 None,
@@ -355,72 +317,3 @@ def _per_file(options: DownloadOptions, connections: int) -> DownloadOptions:
         connections=connections,
         low_speed_limit=options.low_speed_limit // FILES_AT_ONCE,
     )
-
-
-def _check_listing(data: Path, files: dict[str, models.FileDigest]) -> None:
-    """When the server sends a ``checkpoint_complete`` manifest among the files, every other
-    file must be listed in it with its size and sha256 (as in an archive, §7.4)."""
-    if COMPLETE_MEMBER not in files:
-        return
-    if files[COMPLETE_MEMBER].size > MAX_COMPLETE_SIZE:
-        raise IntegrityError(f"{COMPLETE_MEMBER} is implausibly large")
-    try:
-        complete = models.CheckpointComplete.model_validate_json(
-            (data / COMPLETE_MEMBER).read_bytes()
-        )
-    except (OSError, ValidationError):
-        raise IntegrityError(f"{COMPLETE_MEMBER} is unreadable") from None
-    check_complete_listing(files, complete, what="file")
-
-
-def _check_adapter(data: Path) -> None:
-    """A structural check of the PEFT adapter: what every loader reads first."""
-    try:
-        config = json.loads((data / ADAPTER_CONFIG).read_bytes())
-    except (OSError, ValueError):
-        raise IntegrityError(f"{ADAPTER_CONFIG} is not valid JSON") from None
-    if not isinstance(config, dict):
-        raise IntegrityError(f"{ADAPTER_CONFIG} is not a JSON object")
-    weights = data / ADAPTER_WEIGHTS
-    try:
-        size = weights.stat().st_size
-        with open(weights, "rb") as handle:
-            length = int.from_bytes(handle.read(8), "little")
-            if size < 8 or length > min(MAX_SAFETENSORS_HEADER, size - 8):
-                raise ValueError("header length")
-            header = json.loads(handle.read(length))
-        if not isinstance(header, dict):
-            raise ValueError("header type")
-        body = size - 8 - length
-        for tensor, entry in header.items():
-            if tensor == "__metadata__":
-                continue
-            start, end = entry["data_offsets"]
-            if not (0 <= start <= end <= body) or not isinstance(entry["shape"], list):
-                raise ValueError(tensor)
-    except (OSError, ValueError, KeyError, TypeError):
-        raise IntegrityError(f"{ADAPTER_WEIGHTS} is not a readable safetensors file") from None
-
-
-def _install_directory(
-    data: Path, final: Path, manifest: models.LocalManifest, *, force: bool
-) -> None:
-    """Sync every file, write the manifest last, sync the directory, rename it into place."""
-    for member in data.iterdir():
-        fd = os.open(member, os.O_RDONLY | os.O_NOFOLLOW)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    fd = os.open(data / MANIFEST_NAME, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-    with os.fdopen(fd, "wb") as out:
-        out.write(manifest.model_dump_json(indent=2).encode())
-        out.flush()
-        os.fsync(out.fileno())
-    data.chmod(0o755)
-    _fsync_directory(data)
-    try:
-        _install(data, final, force=force)
-    except OSError as exc:
-        raise LogitsError(f"cannot install {final}: {exc.strerror or exc}") from exc
-    _fsync_directory(final.parent)

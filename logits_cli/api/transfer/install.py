@@ -7,15 +7,23 @@ import contextlib
 import os
 import re
 import shutil
+import stat
 import time
+from dataclasses import dataclass
 from pathlib import Path
-
-import filelock
 
 from logits_cli import models
 from logits_cli.api.transfer.digests import hash_file
 from logits_cli.api.transfer.journal import Journal
 from logits_cli.api.verify import damaged_files, read_manifest
+from logits_cli.diskio import (
+    ForeignPathError,
+    check_own_file,
+    make_private_dir,
+    open_own_file,
+    release_lock_file,
+    try_lock_file,
+)
 from logits_cli.errors import (
     BusyError,
     IntegrityError,
@@ -85,7 +93,8 @@ def local_copy(
 def sweep_leftovers(dest_dir: Path, name: str) -> None:
     """Remove what a killed process left mid-extraction or mid-replace. Only called while
     holding the part lock, so no live process is using them. The patterns are exact, so
-    the files of a checkpoint whose name merely starts like these are never touched."""
+    the files of a checkpoint whose name merely starts like these are never touched, and
+    only what is ours goes: another user's file or directory at such a name is left alone."""
     escaped = re.escape(name)
     leftover_name = re.compile(
         rf"\.{escaped}\.(tmp-[a-z0-9_]{{8}}|old-[0-9a-f]{{8}}|tar\.old-[0-9]+)"
@@ -93,7 +102,13 @@ def sweep_leftovers(dest_dir: Path, name: str) -> None:
     for leftover in dest_dir.iterdir():
         if not leftover_name.fullmatch(leftover.name):
             continue
-        if leftover.is_dir() and not leftover.is_symlink():
+        try:
+            status = leftover.lstat()
+        except FileNotFoundError:
+            continue
+        if status.st_uid != os.geteuid():
+            continue
+        if stat.S_ISDIR(status.st_mode):
             shutil.rmtree(leftover, ignore_errors=True)
         else:
             discard(leftover)
@@ -114,52 +129,75 @@ def check_free_space(dest_dir: Path, part: Path, size: int | None, *, archive_on
         )
 
 
-def prepare_destination(dest_dir: Path, lock_path: Path) -> None:
+def prepare_destination(dest_dir: Path, lock_path: Path, *, private: bool = False) -> None:
     """Create ``dest_dir`` and prove it writable by creating the lock file, so an unwritable
-    destination is reported as such, not as a lock that seems held (``-o /proc/self``)."""
+    destination is reported as such, not as a lock that seems held (``-o /proc/self``).
+    ``private``: ``dest_dir`` is a staging directory of ours (``-o FILE.tar``, ``-o -``),
+    created 0700 and refused when it is not ours. The lock file is never a symlink
+    followed (diskio.open_own_file)."""
     hint = "choose a directory you can write to with -o DIR"
     try:
-        dest_dir.mkdir(parents=True, exist_ok=True)
+        if private:
+            dest_dir.parent.mkdir(parents=True, exist_ok=True)
+            make_private_dir(dest_dir)
+        else:
+            dest_dir.mkdir(parents=True, exist_ok=True)
+    except ForeignPathError:
+        raise
     except OSError as exc:
         raise LogitsError(f"cannot create {dest_dir}: {exc.strerror or exc}", hint=hint) from None
     try:
-        os.close(os.open(lock_path, os.O_WRONLY | os.O_CREAT, 0o644))
+        os.close(open_own_file(lock_path, os.O_WRONLY | os.O_CREAT, 0o644))
+    except ForeignPathError:
+        raise
     except OSError as exc:
         raise LogitsError(
             f"cannot create files in {dest_dir}: {exc.strerror or exc}", hint=hint
         ) from None
 
 
-async def lock_part(lock_path: Path, wait: float) -> filelock.BaseFileLock:
+@dataclass(frozen=True)
+class PartLock:
+    """The held lock of one part: the lock file and the descriptor holding its flock."""
+
+    path: Path
+    fd: int
+
+
+async def lock_part(lock_path: Path, wait: float) -> PartLock:
     """Hold the part file's lock, polling for up to ``wait`` seconds (non-blocking attempts
     keep Ctrl-C and cancellation immediate)."""
-    lock = filelock.FileLock(lock_path, timeout=0)
     give_up = time.monotonic() + wait
     while True:
-        try:
-            lock.acquire()
-            return lock
-        except filelock.Timeout:
-            remaining = give_up - time.monotonic()
-            if remaining <= 0:
-                raise BusyError(
-                    f"another process is downloading into {lock_path.parent} "
-                    f"(lock {lock_path.name} is held)",
-                    hint="let it finish, or pass --lock-wait 10m to wait for it",
-                ) from None
-            await asyncio.sleep(min(0.2, remaining))
+        fd = try_lock_file(lock_path)
+        if fd is not None:
+            return PartLock(lock_path, fd)
+        remaining = give_up - time.monotonic()
+        if remaining <= 0:
+            raise BusyError(
+                f"another process is downloading into {lock_path.parent} "
+                f"(lock {lock_path.name} is held)",
+                hint="let it finish, or pass --lock-wait 10m to wait for it",
+            )
+        await asyncio.sleep(min(0.2, remaining))
+
+
+def check_working_files(*paths: Path) -> None:
+    """Each of ``paths`` is absent or a regular file of ours: a symlink or another user's
+    file planted at a part or journal name is refused before anything opens it."""
+    for path in paths:
+        check_own_file(path)
 
 
 def discard_unresumable(part: Path, journal_path: Path, *, invalid: bool) -> None:
     """After a failure keep only what a later run can resume: a part file with a journal
     that counts some good bytes. Invalid content (an integrity failure) goes too."""
     journal = None if invalid else Journal.load(journal_path)
-    if journal is None or journal.done_bytes == 0 or not part.is_file():
+    if journal is None or journal.done_bytes == 0 or not part.is_file() or part.is_symlink():
         discard(part, journal_path, journal_path.with_name(journal_path.name + ".tmp"))
 
 
-def unlock_part(lock: filelock.BaseFileLock, lock_path: Path) -> None:
-    # Unlinking while still holding the lock is safe: filelock notices a lock taken on an
-    # unlinked file and retries on the new one.
-    discard(lock_path)
-    lock.release()
+def unlock_part(lock: PartLock) -> None:
+    # The lock file goes while still held; a process waiting on the old file notices it was
+    # unlinked and locks the new one (diskio.try_lock_file).
+    release_lock_file(lock.path, lock.fd, remove=True)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from logits_cli.api.transfer.tuning import JOURNAL_FORMAT
+from logits_cli.diskio import read_own_file, replace_file
 
 # -- journal ---------------------------------------------------------------------------------
 
@@ -50,7 +50,6 @@ class Journal:
     def save(self, path: Path) -> None:
         """Atomic replace. No fsync: a kill keeps the page cache, and after a power loss the
         final digest check catches whatever the journal claims wrongly."""
-        scratch = path.with_name(path.name + ".tmp")
         document = {
             "format": JOURNAL_FORMAT,
             "identity": self.identity,
@@ -59,13 +58,14 @@ class Journal:
             "filled": self.filled,
             "headers": self.headers,
         }
-        scratch.write_text(json.dumps(document, sort_keys=True))
-        os.replace(scratch, path)
+        # Through PATH.tmp, never following a symlink planted there, and removed when the
+        # write fails (a full disk leaves no .tmp behind).
+        replace_file(path, json.dumps(document, sort_keys=True).encode())
 
     @classmethod
     def load(cls, path: Path) -> Journal | None:
         try:
-            document = json.loads(path.read_text())
+            document = json.loads(read_own_file(path))  # a symlink is not our journal
             if document.get("format") != JOURNAL_FORMAT:
                 return None
             journal = cls(

@@ -296,6 +296,9 @@ _FUTURE_FAILURES: dict[str, type[LogitsError]] = {
     "already_exists": ConflictError,
     "not_found": NotFoundError,
     "insufficient_storage": InsufficientStorageError,
+    # A job that waited BUSY_TIMEOUT_SECONDS for a lock (a save behind a long save of the
+    # same run) did nothing: busy, exit 6, as a 503 that outlasted its retries.
+    "unavailable": UnavailableError,
 }
 
 

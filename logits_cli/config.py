@@ -355,6 +355,30 @@ def debug_enabled(env: Mapping[str, str] | None = None) -> bool:
     return env.get("LOGITS_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
 
 
+# A download whose size no source gives (no listed size, no Content-Length, no
+# Content-Range) stops at this many bytes (docs/protocol.md §6.3 step 2).
+MAX_UNSIZED_DOWNLOAD_VARIABLE = "LOGITS_MAX_UNSIZED_DOWNLOAD"
+DEFAULT_MAX_UNSIZED_DOWNLOAD = 64 << 30
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def max_unsized_download(env: Mapping[str, str] | None = None) -> int:
+    """``LOGITS_MAX_UNSIZED_DOWNLOAD`` (``64G``, ``500M``, ``1T``, bytes; binary units), else
+    64 GiB. Environment only: it guards against a server, so no profile should lower it."""
+    env = os.environ if env is None else env
+    text = env.get(MAX_UNSIZED_DOWNLOAD_VARIABLE, "").strip()
+    if not text:
+        return DEFAULT_MAX_UNSIZED_DOWNLOAD
+    number = text.upper().removesuffix("B").removesuffix("I")
+    unit = number[-1:] if number[-1:] in _SIZE_UNITS else ""
+    digits = number.removesuffix(unit) if unit else number
+    if not digits.isdigit() or int(digits) <= 0:
+        raise ConfigError(
+            f"{MAX_UNSIZED_DOWNLOAD_VARIABLE} must be a size such as 64G, 500M or 1T; got {text!r}"
+        )
+    return int(digits) * _SIZE_UNITS[unit]
+
+
 def mask_secret(secret: str | None) -> str:
     """Show enough of a key to recognise it, never enough to use it."""
     if not secret:

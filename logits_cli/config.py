@@ -9,6 +9,13 @@ or a value of the wrong type (``base_url = 5``) anywhere in it is a ``ConfigErro
 naming the file, the table, the key and what was expected, since ignoring it would silently
 select the embedded backend instead of the service the profile meant. So is a profile name
 (``--profile``, ``LOGITS_PROFILE``, top-level ``profile``) that the file does not define.
+
+An API key is sent only to the base URL it was configured with (as ``gh`` keeps a token per
+host; issue 21 K1): a profile's key belongs to the profile's ``base_url``, and a key in the
+environment to a base URL in the environment, if one is there. A base URL from another layer
+(``--base-url`` or ``LOGITS_BASE_URL`` over a profile) with another origin (scheme, host,
+port) makes ``Settings.api_key()`` a ``ConfigError`` (exit 2): the key, or its command, is
+never used. A key in the environment with no base URL there goes where the URL is set.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from logits_cli.errors import AuthError, ConfigError
 
@@ -48,6 +56,8 @@ class Settings:
     debug: bool
     api_key_value: str | None = field(default=None, repr=False)
     api_key_cmd: str | None = field(default=None, repr=False)
+    # Why the key must not go to ``base_url`` (configured for another host), or None.
+    api_key_refusal: str | None = None
     # setting name -> where its value came from ("--base-url", "env LOGITS_RUN", …)
     sources: dict[str, str] = field(default_factory=dict)
 
@@ -67,11 +77,21 @@ class Settings:
 
     def api_key(self) -> str | None:
         """The API key: ``LOGITS_API_KEY``, then the key command, then ``TINKER_API_KEY``."""
+        self.check_api_key_destination()
         if self.api_key_value is not None:
             return self.api_key_value
         if self.api_key_cmd is not None:
             return run_key_command(self.api_key_cmd)
         return None
+
+    def check_api_key_destination(self) -> None:
+        """ConfigError if the key was configured for another base URL than ``base_url``."""
+        if self.api_key_refusal is not None:
+            raise ConfigError(
+                self.api_key_refusal,
+                hint="set the base URL and its key in the same place (both in the environment,"
+                " or both in one profile), or unset the one that does not belong",
+            )
 
 
 _key_command_cache: dict[str, str] = {}
@@ -205,7 +225,48 @@ def _check_config(path: Path, config: dict[str, Any]) -> dict[str, dict[str, str
 def _check_base_url(url: str, source: str) -> str:
     if not url.startswith(("http://", "https://")) or len(url) <= len("https://"):
         raise ConfigError(f"base URL {url!r} (from {source}) must be an absolute http(s) URL")
+    try:
+        url_origin(url)
+    except ValueError as exc:
+        raise ConfigError(f"base URL {url!r} (from {source}) is not a valid URL: {exc}") from None
     return url
+
+
+def url_origin(url: str) -> tuple[str, str, int]:
+    """(scheme, host, port) of an http(s) URL, the default port filled in: what decides
+    whether a credential configured for one URL may go to another. ValueError if no host."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").rstrip(".")
+    if not host:
+        raise ValueError("it names no host")
+    return scheme, host, parts.port or (443 if scheme == "https" else 80)
+
+
+def _origin_text(url: str) -> str:
+    scheme, host, port = url_origin(url)
+    shown_host = f"[{host}]" if ":" in host else host
+    default = port == (443 if scheme == "https" else 80)
+    return f"{scheme}://{shown_host}" + ("" if default else f":{port}")
+
+
+def _key_refusal(
+    url: str | None, url_source: str, key_source: str, key_url: str | None, key_in_env: bool
+) -> str | None:
+    """Why a key from ``key_source``, configured for ``key_url``, must not go to ``url``."""
+    if url is None or (key_url is not None and url_origin(key_url) == url_origin(url)):
+        return None
+    if key_url is None:
+        if key_in_env:  # an environment key with no URL there goes where it is told
+            return None
+        return (
+            f"the API key from {key_source} has no base_url beside it in that profile,"
+            f" so it is not sent to {_origin_text(url)} (the base URL from {url_source})"
+        )
+    return (
+        f"the API key from {key_source} is for {_origin_text(key_url)}, not for"
+        f" {_origin_text(url)} (the base URL from {url_source}): it is not sent to another host"
+    )
 
 
 def resolve(
@@ -248,16 +309,18 @@ def resolve(
     where = f"config profile {profile_name}"
 
     resolved_url: str | None
+    env_url = _env(env, "LOGITS_BASE_URL", "TINKER_BASE_URL")
+    profile_url = profile_table.get("base_url", "").strip() or None
     if base_url is not None and base_url.strip():
         resolved_url, sources["base_url"] = (
             _check_base_url(base_url.strip(), "--base-url"),
             "--base-url",
         )
-    elif found := _env(env, "LOGITS_BASE_URL", "TINKER_BASE_URL"):
+    elif found := env_url:
         resolved_url = _check_base_url(found[0], found[1])
         sources["base_url"] = f"env {found[1]}"
-    elif isinstance(profile_table.get("base_url"), str) and profile_table["base_url"].strip():
-        resolved_url = _check_base_url(profile_table["base_url"].strip(), where)
+    elif profile_url is not None:
+        resolved_url = _check_base_url(profile_url, where)
         sources["base_url"] = where
     else:
         resolved_url, sources["base_url"] = None, "default (embedded backend)"
@@ -276,6 +339,21 @@ def resolve(
         key_value, sources["api_key"] = profile_table["api_key"], where
     else:
         sources["api_key"] = "not set"
+    refusal = None
+    if key_value is not None or key_cmd is not None:
+        in_env = sources["api_key"].startswith("env ")
+        key_url = (env_url[0] if env_url else None) if in_env else profile_url
+        if env_url and in_env:
+            _check_base_url(*env_url)
+        refusal = _key_refusal(
+            resolved_url,
+            sources["base_url"],
+            sources["api_key"],
+            key_url,
+            in_env,
+        )
+        if refusal is not None:
+            sources["api_key"] += " (refused: configured for another base URL)"
 
     resolved_run: str | None
     if run is not None and run.strip():
@@ -298,6 +376,7 @@ def resolve(
         debug=debug,
         api_key_value=key_value,
         api_key_cmd=key_cmd,
+        api_key_refusal=refusal,
         sources=sources,
     )
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import socket
 import sys
 from pathlib import Path
 
@@ -259,3 +261,132 @@ def test_cli_sync_with_a_broken_profile_exits_2_and_writes_nothing(
     assert "Traceback" not in result.stderr
     assert not dest.exists()
     assert not (home / "store").exists()
+
+
+# -- a key goes only to the base URL it was configured with (issue 21 K1) -----------------
+
+TEAM = '[profiles.team]\nbase_url = "https://team.example/api"\napi_key = "tml-team"\n'
+
+
+@pytest.mark.parametrize(
+    ("env_url", "flag_url"),
+    [
+        ("https://team.example:443/other/path", None),  # same origin: the default port
+        ("https://TEAM.example./api", None),  # host names are case-blind; a trailing dot
+        (None, "https://team.example/v2"),
+    ],
+)
+def test_a_profile_key_goes_to_its_own_origin(
+    tmp_path: Path, env_url: str | None, flag_url: str | None
+) -> None:
+    write_config(tmp_path, TEAM)
+    env = {"LOGITS_HOME": str(tmp_path), "LOGITS_PROFILE": "team"}
+    if env_url:
+        env["LOGITS_BASE_URL"] = env_url
+    assert config.resolve(env=env, base_url=flag_url).api_key() == "tml-team"
+
+
+@pytest.mark.parametrize(
+    ("env_url", "flag_url", "shown"),
+    [
+        (
+            "https://evil.example",
+            None,
+            "https://evil.example (the base URL from env LOGITS_BASE_URL)",
+        ),
+        ("http://team.example/api", None, "http://team.example (the base URL"),  # scheme
+        ("https://team.example:8443/api", None, "https://team.example:8443 (the base URL"),
+        (None, "https://evil.example", "https://evil.example (the base URL from --base-url)"),
+    ],
+)
+def test_a_profile_key_is_refused_for_another_origin(
+    tmp_path: Path, env_url: str | None, flag_url: str | None, shown: str
+) -> None:
+    ran = tmp_path / "key-command-ran"
+    write_config(tmp_path, TEAM.replace('api_key = "tml-team"', f'api_key_cmd = "touch {ran}"'))
+    env = {"LOGITS_HOME": str(tmp_path), "LOGITS_PROFILE": "team"}
+    if env_url:
+        env["LOGITS_BASE_URL"] = env_url
+    settings = config.resolve(env=env, base_url=flag_url)
+    with pytest.raises(ConfigError) as caught:
+        settings.api_key()
+    assert caught.value.exit_code == 2
+    assert str(caught.value).startswith(
+        "the API key from config profile team (command) is for https://team.example, not for "
+        + shown
+    )
+    assert not ran.exists(), "the key command must not even run"
+    assert settings.sources["api_key"].endswith("(refused: configured for another base URL)")
+
+
+def test_keys_and_urls_of_one_layer_go_together(tmp_path: Path) -> None:
+    write_config(tmp_path, TEAM)
+    env = {"LOGITS_HOME": str(tmp_path), "LOGITS_PROFILE": "team"}
+    both_env = env | {"LOGITS_BASE_URL": "https://other.example", "LOGITS_API_KEY": "tml-env"}
+    assert config.resolve(env=both_env).api_key() == "tml-env"
+    tinker = env | {"TINKER_BASE_URL": "https://other.example", "TINKER_API_KEY": "tml-t"}
+    assert config.resolve(env=tinker).api_key() == "tml-t"
+    # An environment key with no URL beside it goes where the URL is set (profile or flag).
+    key_only = env | {"LOGITS_API_KEY": "tml-env"}
+    assert config.resolve(env=key_only).api_key() == "tml-env"
+    flagged = config.resolve(env=key_only, base_url="https://flag.example")
+    assert flagged.api_key() == "tml-env"
+    # ... but an environment key beside an environment URL belongs to that URL.
+    with pytest.raises(
+        ConfigError, match=re.escape("is for https://other.example, not for https://flag")
+    ):
+        config.resolve(env=both_env, base_url="https://flag.example").api_key()
+
+
+def test_a_profile_key_without_a_profile_url_is_sent_nowhere(tmp_path: Path) -> None:
+    write_config(tmp_path, '[profiles.keyonly]\napi_key = "tml-k"\n')
+    env = {
+        "LOGITS_HOME": str(tmp_path),
+        "LOGITS_PROFILE": "keyonly",
+        "LOGITS_BASE_URL": "https://evil.example",
+    }
+    with pytest.raises(ConfigError, match="has no base_url beside it in that profile"):
+        config.resolve(env=env).api_key()
+    embedded = config.resolve(env=env | {"LOGITS_BASE_URL": ""})
+    assert embedded.embedded and embedded.api_key() == "tml-k"  # never sent anywhere
+
+
+def test_a_base_url_without_a_host_is_a_config_error(tmp_path: Path) -> None:
+    for url in ("https://:443/x", "https://host:99999"):
+        with pytest.raises(ConfigError, match="is not a valid URL"):
+            config.resolve(env={"LOGITS_HOME": str(tmp_path), "LOGITS_BASE_URL": url})
+
+
+def test_a_header_logging_server_never_receives_a_profile_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The attack: LOGITS_BASE_URL names a server that logs headers while the team profile
+    holds the key. Refused before any request (exit 2, one line); the same server does get
+    a key given beside its URL, so it would have logged this one."""
+    from tests.cli.conftest import invoke
+    from tests.hostile_server import Request, head, hostile
+
+    def unauthorized(_request: Request, sock: socket.socket) -> None:
+        body = b'{"detail": "no"}'
+        sock.sendall(head(401, {"Content-Type": "application/json", "Content-Length": "16"}) + body)
+
+    home = tmp_path / "home"
+    write_config(home, TEAM.replace("tml-team", "tml-team-secret"))
+    monkeypatch.setenv("LOGITS_HOME", str(home))
+    monkeypatch.setenv("LOGITS_PROFILE", "team")
+    with hostile(unauthorized) as logger:
+        monkeypatch.setenv("LOGITS_BASE_URL", logger.base_url)
+        for args in (["ckpt", "ls"], ["--base-url", logger.base_url, "runs", "ls"]):
+            result = invoke(args)
+            assert result.exit_code == 2, (result.stdout, result.stderr)
+            assert result.stderr.startswith(
+                "Error: the API key from config profile team is for https://team.example, "
+                f"not for {logger.base_url} "
+            )
+            assert "Traceback" not in result.stderr and "tml-team-secret" not in result.stderr
+        assert not any("tml-team-secret" in str(r.headers) for r in logger.requests)
+
+        monkeypatch.setenv("LOGITS_API_KEY", "tml-env-key")
+        assert invoke(["ckpt", "ls"]).exit_code == 3
+        assert any(r.headers.get("x-api-key") == "tml-env-key" for r in logger.requests)
+        assert not any("tml-team-secret" in str(r.headers) for r in logger.requests)

@@ -34,6 +34,8 @@ def open_client(
     """
     policy = retry_policy or RetryPolicy()
     if settings.base_url is not None:
+        # A key configured for another host: refused before any request (issue 21 K1).
+        settings.check_api_key_destination()
         http = httpx.AsyncClient(
             timeout=default_timeout(), transport=transport, headers=identity_headers()
         )

@@ -128,7 +128,7 @@ def start(
             min=1,
             max=256,
             metavar="N",
-            help="Server processes sharing the port and the store.",
+            help="Server processes sharing the port and the store; one that dies is replaced.",
         ),
     ] = 1,
 ) -> None:

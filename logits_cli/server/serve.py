@@ -153,6 +153,49 @@ def open_store(home: Path, settings: ServerSettings, *, database: str | None = N
     )
 
 
+# Where boto3 reads what a client-creation error is about, so the line names the setting.
+_AWS_SETTING = {
+    "InvalidRegionError": "AWS_DEFAULT_REGION",
+    "ConfigParseError": "AWS_CONFIG_FILE",
+    "ValueError": "AWS_ENDPOINT_URL",  # botocore: "Invalid endpoint: …"
+}
+
+
+def check_blobs(blobs: str | None) -> None:
+    """Fail in one line naming the setting (ConfigError, exit 2) when the object store of
+    ``--blobs`` cannot be used: a missing AWS profile, a bad region or endpoint, no access
+    to the bucket. boto3 raises the first kinds while making its client, before
+    ``ObjectStore.check`` can turn them into a usage error."""
+    if blobs is None:
+        return
+    from botocore.exceptions import BotoCoreError, ProfileNotFound
+
+    from logits_cli.errors import ConfigError
+    from logits_cli.store.object_store import ObjectStore
+
+    try:
+        objects = ObjectStore(blobs)
+    except ProfileNotFound as exc:
+        variable = "AWS_PROFILE" if os.environ.get("AWS_PROFILE") else "AWS_DEFAULT_PROFILE"
+        profile = exc.kwargs.get("profile", "")
+        raise ConfigError(
+            f'cannot use --blobs {blobs}: AWS profile "{profile}" not found ({variable})'
+        ) from None
+    except (BotoCoreError, ValueError) as exc:
+        setting = _AWS_SETTING.get(type(exc).__name__)
+        raise ConfigError(
+            f"cannot use --blobs {blobs}: {exc}" + (f" ({setting})" if setting else "")
+        ) from None
+    objects.check()
+
+
+def check_store(home: Path, settings: ServerSettings, *, database: str | None) -> None:
+    """Open the store once and close it: the object store and the database answer, and
+    the schema is migrated, before worker processes that would each fail start."""
+    check_blobs(settings.blobs)
+    open_store(home, settings, database=database).close()
+
+
 def build_server(
     home: Path, settings: ServerSettings, host: str, port: int, *, database: str | None = None
 ) -> BuiltServer:
@@ -193,67 +236,12 @@ def serve(
 ) -> None:
     configure_logging()
     if workers <= 1:
+        check_blobs(settings.blobs)
         build_server(home, settings, host, port, database=database).run()
         return
+    from .supervisor import serve_workers
+
     serve_workers(home, settings, host, port, database=database, workers=workers)
-
-
-def serve_workers(
-    home: Path,
-    settings: ServerSettings,
-    host: str,
-    port: int,
-    *,
-    database: str | None,
-    workers: int,
-) -> None:
-    """``workers`` server processes accepting on one listening socket. Each opens its own
-    store after the fork (connections are never shared across processes); they share the
-    database and the store directory, so any of them answers any request."""
-    import multiprocessing
-    import signal
-
-    listener = socket.create_server((host, port))
-    listener.set_inheritable(True)
-    context = multiprocessing.get_context("fork")
-    children = [
-        context.Process(
-            target=_serve_child,
-            args=(home, settings, listener, database),
-            name=f"logits-server-{index}",
-        )
-        for index in range(workers)
-    ]
-    for child in children:
-        child.start()
-    logger.info(
-        "serving on %s:%d with %d processes", host, listener.getsockname()[1], len(children)
-    )
-
-    def stop(signum: int, _frame: object) -> None:
-        for child in children:
-            if child.pid is not None and child.is_alive():
-                os.kill(child.pid, signal.SIGTERM)
-
-    signal.signal(signal.SIGTERM, stop)
-    try:
-        for child in children:
-            child.join()
-    except KeyboardInterrupt:
-        # From a terminal the children got the same SIGINT; from `kill -INT` only this
-        # process did: stop them either way (a second stop is harmless).
-        stop(signal.SIGINT, None)
-        for child in children:
-            child.join()
-    finally:
-        listener.close()
-
-
-def _serve_child(
-    home: Path, settings: ServerSettings, listener: socket.socket, database: str | None
-) -> None:
-    host, port = listener.getsockname()[:2]
-    build_server(home, settings, host, port, database=database).run(sockets=[listener])
 
 
 def run_server(

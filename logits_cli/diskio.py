@@ -195,6 +195,13 @@ def open_own_file(
     except OSError as error:
         if error.errno == errno.ELOOP:
             raise ForeignPathError(path, "a symbolic link") from None
+        # Some kernels refuse O_CREAT on another user's entry in a sticky directory with
+        # EACCES: say what is there rather than "permission denied".
+        try:
+            status = os.lstat(path, dir_fd=dir_fd)
+        except OSError:
+            raise error from None
+        check_ours(path, status, directory=False)
         raise
     try:
         check_ours(path, os.fstat(fd), directory=False)

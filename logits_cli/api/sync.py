@@ -24,8 +24,9 @@ hundreds of checkpoints well under a second.
 cancelled when it runs out (their fetched bytes stay resumable, the item fails); then the
 summary is returned and the lock released.
 
-The lock is a ``filelock.FileLock``: the OS drops it when its holder dies, so a crashed or
-SIGKILLed sync never blocks the next one.
+The lock is an ``flock`` (the one ``filelock.FileLock`` takes): the OS drops it when its
+holder dies, so a crashed or SIGKILLed sync never blocks the next one. The lock file is
+never followed through a symlink, nor used when another user owns it (diskio.try_lock_file).
 """
 
 from __future__ import annotations
@@ -38,8 +39,6 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-
-import filelock
 
 from logits_cli import models
 from logits_cli.api.bulk import apply_concurrently, as_utc, newest_per_group, normalize_kind
@@ -61,6 +60,7 @@ from logits_cli.api.sync_items import (
     run_dirname,
 )
 from logits_cli.api.verify import MANIFEST_NAME, damaged_files
+from logits_cli.diskio import release_lock_file, try_lock_file
 from logits_cli.errors import BusyError, LogitsError, UnsupportedError, UsageError
 from logits_cli.uri import KINDS, CheckpointRef, validate_run_id
 
@@ -148,26 +148,26 @@ async def hold_sync_lock(dest: Path, wait: float) -> AsyncIterator[None]:
     Polling with non-blocking attempts (rather than a blocking acquire in a thread) keeps
     Ctrl-C and cancellation immediate while waiting.
     """
-    lock = filelock.FileLock(dest / LOCK_NAME)
+    path = dest / LOCK_NAME
     give_up = time.monotonic() + wait
     while True:
         try:
-            lock.acquire(timeout=0)
-            break
-        except filelock.Timeout:
-            remaining = give_up - time.monotonic()
-            if remaining <= 0:
-                raise BusyError(
-                    f"another sync is running in {dest} (it holds {LOCK_NAME})",
-                    hint="let it finish, or pass --lock-wait to wait for it",
-                ) from None
-            await asyncio.sleep(min(LOCK_POLL_S, remaining))
+            fd = try_lock_file(path)
         except OSError as error:
-            raise LogitsError(f"cannot lock {dest / LOCK_NAME}: {error.strerror}") from None
+            raise LogitsError(f"cannot lock {path}: {error.strerror}") from None
+        if fd is not None:
+            break
+        remaining = give_up - time.monotonic()
+        if remaining <= 0:
+            raise BusyError(
+                f"another sync is running in {dest} (it holds {LOCK_NAME})",
+                hint="let it finish, or pass --lock-wait to wait for it",
+            )
+        await asyncio.sleep(min(LOCK_POLL_S, remaining))
     try:
         yield
     finally:
-        lock.release()
+        release_lock_file(path, fd, remove=False)
 
 
 async def _sync(

@@ -123,6 +123,7 @@ def download(
         archive_only=target.archive_only or archive_only,
         force=force,
         lock_wait=optional_seconds(lock_wait) or 0.0,
+        private_dest=target.directory != output,  # a staging directory of ours
     )
     report = BulkReport(len(refs), "downloaded")
     give_up = None if total_limit is None else time.monotonic() + total_limit

@@ -10,7 +10,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
+import shutil
 import socket
+import stat
+import subprocess
+import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -38,7 +43,8 @@ def _json(sock: socket.socket, status: int, document: Any) -> None:
 
 
 def deployment(names: dict[str, str], files: dict[str, bytes], *, lie_digest: bool = False) -> Any:
-    """A responder: one run with one external checkpoint, ``names`` (map key -> file id)."""
+    """A responder: one run with one external checkpoint, ``names`` (map key -> file id,
+    or a whole URL)."""
 
     def respond(request: Request, sock: socket.socket) -> None:
         base = f"http://{request.headers.get('host', '')}"
@@ -53,7 +59,10 @@ def deployment(names: dict[str, str], files: dict[str, bytes], *, lie_digest: bo
             return _json(sock, 200, {"checkpoints": [row], "cursor": None})
         if request.path.endswith("/external_weights_urls"):
             expires = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
-            urls = {key: f"{base}/blob/{file_id}" for key, file_id in names.items()}
+            urls = {  # a file id with a scheme is sent as the URL itself (file://…)
+                key: file_id if "://" in file_id else f"{base}/blob/{file_id}"
+                for key, file_id in names.items()
+            }
             return _json(sock, 200, {"urls": urls, "expires": expires})
         if request.path.startswith("/blob/"):
             data = files[request.path.removeprefix("/blob/")]
@@ -193,3 +202,97 @@ def test_a_checkpoint_complete_manifest_is_checked(
         "Error: adapter_config.json: sha256 does not match checkpoint_complete"
     )
     assert not (dest / "e1").exists() and not list(dest.glob(".e1.files*"))
+
+
+# -- issue 21 G6, G13: working files in DEST, long names, URLs we do not fetch ---------------
+
+ONE_LINE = "logits did not make it and will not use it: remove it"
+
+
+def _snapshot(directory: Path) -> dict[str, Any]:
+    return {
+        "mode": stat.S_IMODE(directory.stat().st_mode),
+        "entries": {p.name: p.read_bytes() for p in sorted(directory.iterdir())},
+    }
+
+
+@pytest.fixture
+def victim(tmp_path: Path) -> Path:
+    directory = tmp_path / "victim"
+    directory.mkdir()
+    directory.chmod(0o700)
+    (directory / "secret").write_bytes(b"root's own bytes")
+    return directory
+
+
+def test_a_symlinked_part_directory_is_refused_and_its_target_untouched(
+    tmp_path: Path, victim: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / ".e1.files").symlink_to(victim, target_is_directory=True)
+    before = _snapshot(victim)
+    with hostile(deployment({name: name for name in GOOD}, GOOD)) as server:
+        result = download(server, dest, monkeypatch)
+    assert result.exit_code == 1, result.stderr
+    error = result.stderr.splitlines()[-1]
+    assert f"{dest / '.e1.files'} is a symbolic link" in error and ONE_LINE in error
+    assert _snapshot(victim) == before  # no journal/, no data/ in it
+    assert sorted(p.name for p in dest.iterdir()) == [".e1.files"]
+
+
+def test_another_users_part_directory_in_a_sticky_dest_is_refused(
+    tmp_path: Path, victim: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The attack of G6: in a shared DEST, nobody makes ``.e1.files/data -> victim``; root's
+    download wrote the adapter into the victim and changed its mode from 0700 to 0755."""
+    if os.geteuid() != 0:
+        pytest.skip("planting as another user needs root")
+    dest = Path(tempfile.mkdtemp(prefix="logits-shared-", dir="/tmp"))
+    try:
+        dest.chmod(0o1777)
+        script = f"cd {dest}; mkdir -m 777 .e1.files; ln -s {victim} .e1.files/data"
+        subprocess.run(["/bin/sh", "-ec", script], user=65534, group=65534, check=True, timeout=30)
+        before = _snapshot(victim)
+        with hostile(deployment({name: name for name in GOOD}, GOOD)) as server:
+            result = download(server, dest, monkeypatch)
+        assert result.exit_code == 1, result.stderr
+        error = result.stderr.splitlines()[-1]
+        assert "owned by another user (uid 65534)" in error and ONE_LINE in error
+        assert _snapshot(victim) == before
+        assert not (dest / "e1").exists()
+        assert sorted(p.name for p in dest.iterdir()) == [".e1.files"]
+    finally:
+        shutil.rmtree(dest, ignore_errors=True)
+
+
+@pytest.mark.parametrize("length", [251, 255])
+def test_a_file_name_of_up_to_255_bytes_downloads(
+    length: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """G13: its journal was named ``NAME.json``, which does not fit; now a digest."""
+    long_name = "w" * (length - len(".bin")) + ".bin"
+    assert len(long_name.encode()) == length
+    names = {name: name for name in GOOD} | {long_name: "adapter_config.json"}
+    dest = tmp_path / "dest"
+    with hostile(deployment(names, GOOD)) as server:
+        result = download(server, dest, monkeypatch)
+    assert result.exit_code == 0, result.stderr
+    assert (dest / "e1" / long_name).read_bytes() == CONFIG
+    assert sorted(p.name for p in dest.iterdir()) == ["e1"]
+
+
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://127.0.0.1/x"])
+def test_a_url_we_do_not_fetch_is_refused_before_anything_is_written(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """G13: a ``file://`` entry left ``.NAME.files/`` behind."""
+    names = {name: name for name in GOOD} | {"extra.json": url}
+    dest = tmp_path / "dest"
+    with hostile(deployment(names, GOOD)) as server:
+        result = download(server, dest, monkeypatch)
+        fetched = [r.path for r in server.requests if r.path.startswith("/blob/")]
+    assert result.exit_code == 7, result.stderr
+    error = result.stderr.splitlines()[-1]
+    assert "'extra.json'" in error and "only http and https URLs are fetched" in error
+    assert fetched == [] and not dest.exists()

@@ -34,6 +34,7 @@ from logits_cli.api.transfer.install import (
 )
 from logits_cli.api.transfer.signed_url import SignedUrl
 from logits_cli.api.transfer.tuning import EMBEDDED_SEGMENT
+from logits_cli.diskio import ForeignPathError
 from logits_cli.errors import (
     ConflictError,
     IntegrityError,
@@ -128,6 +129,8 @@ async def _download(
                 options,
             )
             await _complete_even_if_cancelled(finish)
+    except ForeignPathError:
+        raise  # what was refused is not ours to remove, and nothing of ours was made
     except BaseException as exc:
         discard_unresumable(part, journal_path, invalid=isinstance(exc, IntegrityError))
         raise

@@ -23,7 +23,12 @@ from logits_cli.errors import AuthError, UnavailableError, UsageError
 from logits_cli.store.store import LOCAL_USER, IdempotencyRecord, Store
 
 from .futures import FutureRunner
-from .request_body import DEFAULT_BODY_LIMIT, parse_json_object, read_body
+from .request_body import (
+    DEFAULT_BODY_LIMIT,
+    check_request_strings,
+    parse_json_object,
+    read_body,
+)
 from .responses import error_response, status_headers
 from .settings import ServerSettings
 from .tokens import Signer
@@ -110,6 +115,7 @@ def route(
             # Credentials first: a caller without one never gets the server to read a byte.
             if authenticated:
                 call.user, call.used_jwt, call.key_id = await _authenticate(request, context)
+            check_request_strings(request)
             call.body = await read_body(request, max_body)
             body_read = True
             key = request.headers.get("x-idempotency-key")

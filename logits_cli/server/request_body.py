@@ -4,7 +4,8 @@ Bodies are read only after authentication (``endpoint.route``) and never beyond 
 endpoint's limit: a declared ``Content-Length`` above it is refused before a byte is read,
 and a chunked body is counted as it streams and cut off at the limit (413, docs/protocol.md
 §4.4). Parsed JSON is held to what the store can keep: bounded nesting, valid Unicode
-(no lone surrogates), integers that fit a signed 64-bit column, finite numbers. Anything
+(no lone surrogates), no NUL characters (nor in the path or query: PostgreSQL's text
+cannot keep one), integers that fit a signed 64-bit column, finite numbers. Anything
 else is a client mistake (400), never a 500 or a failed future.
 """
 
@@ -28,6 +29,9 @@ MAX_JSON_DEPTH = 32
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+# No text the protocol defines (ids, names, cursors, versions, metadata) holds a NUL, and
+# PostgreSQL's text columns cannot keep one: refused wherever a request carries text.
+NUL_REFUSED = "holds a NUL character, which no field of the protocol allows"
 
 
 def _too_large(limit: int) -> PayloadTooLargeError:
@@ -103,3 +107,17 @@ def check_json_value(value: Any) -> None:
 def _check_text(text: str) -> None:
     if _SURROGATE.search(text):
         raise UsageError("request body holds a lone UTF-16 surrogate, which is not valid Unicode")
+    if "\x00" in text:
+        raise UsageError(f"request body {NUL_REFUSED}")
+
+
+def check_request_strings(request: Request) -> None:
+    """UsageError when the path or query holds a NUL (percent-encoded as ``%00``): the
+    same 400 on either database, where PostgreSQL's text columns would fail the request
+    with a 500 (SQLite keeps the NUL, and a lookup then finds nothing)."""
+    params = request.path_params
+    if any("\x00" in str(value) for value in params.values()):
+        raise UsageError(f"request path {NUL_REFUSED}")
+    query = request.query_params
+    if any("\x00" in name or "\x00" in value for name, value in query.multi_items()):
+        raise UsageError(f"request query {NUL_REFUSED}")

@@ -172,7 +172,11 @@ class RunsMixin(LiveStateMixin):
                 last_request_time=_from_micros(run.last_request_time),
                 last_checkpoint=latest.get((run.id, "weights")),
                 last_sampler_checkpoint=latest.get((run.id, "sampler_weights")),
-                user_metadata=None if run.user_metadata is None else json.loads(run.user_metadata),
+                # The run's metadata is its owner's: a public checkpoint shares the
+                # checkpoint (with its own metadata), not what the run was made with.
+                user_metadata=None
+                if run.user_metadata is None or run.user_id != viewer
+                else json.loads(run.user_metadata),
             )
             for run in runs
         ]

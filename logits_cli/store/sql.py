@@ -18,8 +18,10 @@ psycopg is imported only when a PostgreSQL database is opened (``pip install
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
+import logging
 import re
 import threading
 import weakref
@@ -27,7 +29,9 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from logits_cli.errors import ConfigError
+from logits_cli.errors import ConfigError, UnavailableError, UsageError
+
+logger = logging.getLogger("logits.store")
 
 # pg_advisory_xact_lock key of the store's write lock ("logits" in ASCII).
 WRITE_LOCK_KEY = 0x6C6F67697473
@@ -35,6 +39,9 @@ WRITE_LOCK_KEY = 0x6C6F67697473
 _SERIAL_TABLES = {"checkpoints": "id"}
 # Conflict targets of the tables written with INSERT OR REPLACE.
 _PRIMARY_KEYS = {"checkpoint_metadata": ("checkpoint_row",), "users": ("id",)}
+# Seconds a new connection may take (libpq waits for ever by default): a request that needs
+# one ends within this, as 503, while the database is down or unreachable.
+CONNECT_TIMEOUT = 10
 _LOCAL_USER_INSERT = """INSERT INTO users (id, created)
     VALUES ('local', (extract(epoch FROM clock_timestamp()) * 1000000)::bigint)"""
 
@@ -152,13 +159,14 @@ class Connection:
 
     def execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> Cursor:
         statement, returning = translate(sql)
-        cursor = self.raw.cursor()
-        cursor.execute(statement, _params(params))
-        return Cursor(cursor, returning)
+        with statement_errors():
+            cursor = self.raw.cursor()
+            cursor.execute(statement, _params(params))
+            return Cursor(cursor, returning)
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         statement, _ = translate(sql)
-        with self.raw.cursor() as cursor:
+        with statement_errors(), self.raw.cursor() as cursor:
             cursor.executemany(statement, [_params(row) for row in rows])
 
     @property
@@ -172,14 +180,44 @@ class Connection:
 
 
 def _connect(url: str, **options: Any) -> Connection:
+    """A new connection; at start-up, when the operator reads the reason, ConfigError."""
     import psycopg
 
     try:
-        return Connection(psycopg.connect(url, autocommit=True, **options))
+        return Connection(
+            psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT, **options)
+        )
     except psycopg.OperationalError as exc:
         # libpq's message names host and port but never the password; it spans lines.
         reason = " ".join(str(exc).split())
         raise ConfigError(f"cannot connect to the store's PostgreSQL database: {reason}") from exc
+
+
+def database_unavailable() -> UnavailableError:
+    """What a request learns of a database it cannot reach: 503 with Retry-After, which
+    clients retry (then exit 6), and not a word of where the database is (the reason,
+    with host and port, goes to the server's log)."""
+    return UnavailableError("the store's database is not reachable; retry shortly")
+
+
+@contextmanager
+def statement_errors() -> Iterator[None]:
+    """psycopg's errors of a request's statement, as the error classes they stand for: a
+    lost or refused connection (PostgreSQL restarting, a network cut) is 503; a NUL in a
+    text parameter, which PostgreSQL cannot keep (SQLite can), is the client's mistake.
+    Requests are checked for NUL at the HTTP boundary; this keeps one that slipped past a
+    400 rather than a 500."""
+    import psycopg
+
+    try:
+        yield
+    except psycopg.OperationalError as exc:
+        logger.warning("the store's PostgreSQL database failed a statement: %s", exc)
+        raise database_unavailable() from exc
+    except psycopg.DataError as exc:
+        if "NUL (0x00)" not in str(exc):
+            raise
+        raise UsageError("request text holds a NUL character, which is not allowed") from None
 
 
 def migrate(url: str) -> None:
@@ -226,7 +264,11 @@ class PostgresDatabase:
         if conn is None or conn.raw.closed:
             if self._closed:
                 raise ConfigError("the store is closed")
-            conn = _connect(self.url)
+            try:
+                conn = _connect(self.url)
+            except ConfigError as exc:  # it was reachable at start-up: down, or restarting
+                logger.warning("%s", exc)
+                raise database_unavailable() from None
             self._local.conn = conn
             with self._all_guard:
                 self._all.add(conn.raw)
@@ -236,26 +278,31 @@ class PostgresDatabase:
     def read(self) -> Iterator[Connection]:
         """A snapshot: every query inside sees the same committed state."""
         conn = self.connection()
-        conn.raw.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        with statement_errors():
+            conn.raw.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         try:
             yield conn
         except BaseException:
             _rollback(conn)
             raise
-        conn.raw.execute("COMMIT")
+        with statement_errors():
+            conn.raw.execute("COMMIT")
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
         """A write transaction holding the store's write lock from its first statement."""
         conn = self.connection()
-        conn.raw.execute("BEGIN")
+        with statement_errors():
+            conn.raw.execute("BEGIN")
         try:
-            _wait_for_lock(conn, "pg_advisory_xact_lock", WRITE_LOCK_KEY, "the write lock")
+            with statement_errors():
+                _wait_for_lock(conn, "pg_advisory_xact_lock", WRITE_LOCK_KEY, "the write lock")
             yield conn
         except BaseException:
             _rollback(conn)
             raise
-        conn.raw.execute("COMMIT")
+        with statement_errors():
+            conn.raw.execute("COMMIT")
 
     # -- locks beyond one transaction: this process's liveness, runs across machines --------
     def hold_instance(self, instance_id: str) -> _HeldLock:
@@ -355,5 +402,9 @@ class _HeldLock:
 
 
 def _rollback(conn: Connection) -> None:
+    import psycopg
+
     if not conn.raw.closed and conn.in_transaction:
-        conn.raw.execute("ROLLBACK")
+        # A connection lost meanwhile must not hide the error being unwound.
+        with contextlib.suppress(psycopg.OperationalError):
+            conn.raw.execute("ROLLBACK")

@@ -336,3 +336,32 @@ def test_a_full_disk_leaves_only_what_resumes(
     outcome = asyncio.run(scenario())
     assert isinstance(outcome, LogitsError), outcome
     assert set(listing(dest)) <= {".ckpt.part", ".ckpt.part.json"}, listing(dest)
+
+
+def test_the_cli_stages_an_archive_file_only_in_a_directory_of_its_own(
+    module_server: Any, tmp_path: Path, victim: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``logits ckpt download P --archive-only -o FILE.tar`` with ``.FILE.tar.logits``
+    planted as a symlink: one line, exit 1, the victim unchanged; then it works."""
+    from tests.cli.conftest import invoke
+
+    async def make() -> str:
+        async with remote_client(module_server, tmp_path / "home") as client:
+            return (await make_checkpoint(client)).tinker_path
+
+    path = asyncio.run(make())
+    monkeypatch.setenv("LOGITS_BASE_URL", module_server.base_url)
+    monkeypatch.setenv("LOGITS_API_KEY", module_server.api_key("alice"))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".last.tar.logits").symlink_to(victim, target_is_directory=True)
+    before = snapshot(victim)
+    args = ["ckpt", "download", path, "--archive-only", "-o", str(out / "last.tar")]
+    refused = invoke(args)
+    assert refused.exit_code == 1, refused.stderr
+    assert f"{out / '.last.tar.logits'} is a symbolic link" in refused.stderr.splitlines()[-1]
+    assert snapshot(victim) == before
+    (out / ".last.tar.logits").unlink()
+    done = invoke(args)
+    assert done.exit_code == 0, done.stderr
+    assert listing(out) == ["last.tar"]

@@ -12,6 +12,8 @@ HTTP client, retry policy and callables that fetch signed URLs):
 - ``install``     part paths, locks, free space, present copies, atomic installs
 - ``archive``     the archive generation: fetch, verify, extract (``api/extract.py``)
 - ``files``       the files generation: every file of a URL map, verified, installed
+- ``files_checks`` a URL map and the fetched files checked before they are trusted
+- ``files_layout``  the per-file working directory in DEST (ours or refused) and its install
 """
 
 from __future__ import annotations

@@ -32,12 +32,17 @@ class VerifyResult:
 
 def check_member_name(name: str) -> None:
     """Refuse any name that could leave the checkpoint directory or clash with our manifest
-    (docs/protocol.md §7.5): members are plain files at the archive root."""
+    (docs/protocol.md §7.5): members are plain files at the archive root. Control
+    characters (C0, DEL, C1) are refused too: a name holding an escape sequence or a newline
+    acts on the terminal of whoever lists the directory, and splits the lines of ``ls`` or
+    ``find`` (issue 21 G8). The message shows the name with ``repr``, which escapes them."""
     if not name or name in (".", MANIFEST_NAME) or len(name.encode()) > MAX_NAME_BYTES:
         raise IntegrityError(f"unsafe archive member name {name!r}")
-    for forbidden in ("/", "\\", "..", "\x00"):
+    for forbidden in ("/", "\\", ".."):
         if forbidden in name:
             raise IntegrityError(f"unsafe archive member name {name!r}")
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in name):
+        raise IntegrityError(f"unsafe archive member name {name!r} (a control character)")
 
 
 def read_manifest(directory: Path) -> models.LocalManifest:

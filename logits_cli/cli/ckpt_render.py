@@ -20,6 +20,7 @@ from logits_cli.cli.tables import (
     Column,
     human_size,
     relative_time,
+    terminal_text,
 )
 
 if TYPE_CHECKING:
@@ -112,7 +113,9 @@ def saved_notice(checkpoint: models.Checkpoint) -> str:
 
 
 def prompt_line(target: str, checkpoint: models.Checkpoint | None) -> str:
-    """One line of the ``rm`` prompt: the path, its size and its age."""
+    """One line of the ``rm`` prompt: the path, its size and its age (the prompt is written
+    to the terminal as is, so the path's control characters are escaped here)."""
+    target = terminal_text(target)
     if checkpoint is None:
         return f"  {target}"
     size = human_size(checkpoint.size_bytes) if checkpoint.size_bytes is not None else "?"

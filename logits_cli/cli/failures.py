@@ -40,11 +40,14 @@ def _hint_for(error: errors.LogitsError) -> str | None:
 
 
 def report_error(error: errors.LogitsError) -> None:
-    """The ``Error:`` line and, where useful, a ``Hint:`` line, on stderr."""
-    sys.stderr.write(f"Error: {error.message}\n")
+    """The ``Error:`` line and, where useful, a ``Hint:`` line, on stderr (a message may
+    quote a server: its control characters are shown escaped, never sent raw)."""
+    from logits_cli.cli.tables import terminal_text
+
+    sys.stderr.write(f"Error: {terminal_text(error.message)}\n")
     hint = _hint_for(error)
     if hint:
-        sys.stderr.write(f"Hint: {hint}\n")
+        sys.stderr.write(f"Hint: {terminal_text(hint)}\n")
     sys.stderr.flush()
 
 

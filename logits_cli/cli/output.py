@@ -4,6 +4,12 @@ stdout carries only requested data: rich tables on a terminal, tab-separated ful
 piped, JSON with ``--json``, bare paths or ids with ``-q``. Notices, spinners, progress bars
 and timestamped log lines go to a stderr console. rich is imported only when something is
 drawn, so ``--help`` stays fast.
+
+Names and messages come from a server, so nothing reaches a terminal raw (issue 21 G8):
+stdout on a terminal and every stderr line show control characters as visible escapes
+(``tables.terminal_text``), spinner and bar labels are also escaped for rich markup, and
+JSON escapes them as ``\\u`` (the same document); piped TSV stays exact but for the tabs
+and line breaks that would split its rows.
 """
 
 from __future__ import annotations
@@ -21,8 +27,10 @@ from logits_cli.cli.tables import (
     Column,
     human_cell,
     human_size,
+    json_text,
     layout_table,
     plain_cell,
+    terminal_text,
     terminal_width,
 )
 from logits_cli.errors import UsageError
@@ -53,7 +61,7 @@ def interactive() -> bool:
 
 
 def _write_stderr(line: str) -> None:
-    sys.stderr.write(line + "\n")
+    sys.stderr.write(terminal_text(line) + "\n")
     sys.stderr.flush()
 
 
@@ -86,12 +94,13 @@ class Output:
 
     # -- stdout ------------------------------------------------------------------------
     def emit_json(self, data: Any) -> None:
-        sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+        sys.stdout.write(json_text(json.dumps(data, indent=2, ensure_ascii=False)) + "\n")
         sys.stdout.flush()
 
     def emit_lines(self, lines: Iterable[str]) -> None:
+        shown = terminal_text if self.stdout_is_terminal else str
         for line in lines:
-            sys.stdout.write(f"{line}\n")
+            sys.stdout.write(f"{shown(line)}\n")
         sys.stdout.flush()
 
     def emit_table(
@@ -184,8 +193,8 @@ class Output:
         if not self.live_progress:
             yield lambda _text: None
             return
-        with stderr_console().status(text) as spinner:
-            yield lambda new_text: spinner.update(new_text)
+        with stderr_console().status(rich_label(text)) as spinner:
+            yield lambda new_text: spinner.update(rich_label(new_text))
 
     @contextmanager
     def transfer_bars(self, items: int = 1) -> Iterator[TransferBars | None]:
@@ -214,6 +223,14 @@ class Output:
             yield TransferBars(progress, items)
 
 
+def rich_label(text: str) -> str:
+    """Text for a rich label that reads markup (spinners, bar descriptions): control
+    characters escaped, and ``[`` too, so a name like ``[/]`` is shown, not parsed."""
+    from rich.markup import escape
+
+    return escape(terminal_text(text))
+
+
 def binary_speed_column() -> Any:
     """A progress column of speed in binary units: rich's TransferSpeedColumn counts MB/s,
     beside sizes in MiB."""
@@ -240,6 +257,7 @@ class TransferBars:
 
     def bar(self, description: str) -> _Bar:
         """A new bar; it is called as the API's ProgressCallback and told phases."""
+        description = rich_label(description)
         bar = _Bar(self, self._progress.add_task(description, total=None), description)
         self._bars.append(bar)
         return bar

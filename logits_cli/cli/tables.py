@@ -4,6 +4,7 @@ functions of their arguments; ``output.py`` writes what they lay out."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,6 +33,33 @@ class Column:
     shrink: bool = False
     show: str = BOTH
     none: str = "-"
+
+
+# Characters a terminal acts on instead of showing (C0, DEL, C1: cursor moves, screen clears,
+# OSC titles and hyperlinks, CSI) and bidirectional overrides that reorder what is shown.
+_UNSHOWABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# The same without C0, which json.dumps escapes itself (its \n and spaces lay the text out).
+_UNSHOWABLE_IN_JSON = re.compile(r"[\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def _escape_one(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def terminal_text(text: str) -> str:
+    """``text`` safe to show on a terminal: every control character written as a visible
+    escape (``\\x1b``, ``\\x0a``, ``\\u202e``), so a name or message from a server can
+    neither act on the terminal nor split a line (issue 21 G8). Text without one is
+    returned as is; escaping twice changes nothing more."""
+    return _UNSHOWABLE.sub(_escape_one, text)
+
+
+def json_text(document: str) -> str:
+    """JSON text with DEL, C1 and bidi characters written as ``\\u`` escapes (json.dumps
+    escapes only C0): the same document, byte for byte safe on a terminal. They can only
+    occur inside strings, where the escape means the same character."""
+    return _UNSHOWABLE_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", document)
 
 
 def human_size(size: float) -> str:
@@ -97,7 +125,8 @@ def plain_cell(value: Any, kind: str) -> str:
         return utc_text(value)
     if kind == BOOL:
         return "true" if value else "false"
-    return str(value).replace("\t", " ").replace("\n", " ")
+    # A field never splits a row or a line (awk, cut, while read): the rest stays exact.
+    return str(value).replace("\t", " ").replace("\n", " ").replace("\r", " ")
 
 
 def human_cell(value: Any, kind: str, none: str = "-") -> str:
@@ -109,13 +138,13 @@ def human_cell(value: Any, kind: str, none: str = "-") -> str:
         return value.astimezone(UTC).strftime("%Y-%m-%d %H:%MZ")
     if kind == BOOL:
         return "yes" if value else "no"
-    return str(value)
+    return terminal_text(str(value))
 
 
 def _table_cell(value: Any, column: Column, now: datetime) -> str:
     if value is not None and column.kind == TIME and isinstance(value, datetime):
         return relative_time(value, now)
-    return human_cell(value, column.kind, column.none).replace("\t", " ").replace("\n", " ")
+    return human_cell(value, column.kind, column.none)
 
 
 def _width_of_kept(

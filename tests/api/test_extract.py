@@ -233,3 +233,19 @@ def test_kernel_copy_hashes_exactly_the_range_it_copies(tmp_path: Path) -> None:
                 copy_range_hashed(pool, fd, 6, len(data) + 100, str(tmp_path / "short"))
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["a\x1b]0;owned\x07", "d\nrm -rf x", "clear\x1b[2J", "c1\x9b2J", "del\x7f", "tab\tname"],
+)
+def test_member_names_with_control_characters_are_refused(tmp_path: Path, name: str) -> None:
+    # Issue 21 G8: listed in checkpoint_complete with a correct digest, such a member was
+    # installed (exit 0) and acted on the terminal of whoever listed the directory.
+    files = {**GOOD_FILES, name: b"x"}
+    members = [*files.items(), ("checkpoint_complete", complete_document(files))]
+    with pytest.raises(IntegrityError) as caught:
+        extract(tmp_path, build_tar(members))
+    assert caught.value.message == f"unsafe archive member name {name!r} (a control character)"
+    assert "\x1b" not in caught.value.message and "\n" not in caught.value.message
+    assert listing(tmp_path / "dest") == []

@@ -365,3 +365,19 @@ def test_the_cli_stages_an_archive_file_only_in_a_directory_of_its_own(
     done = invoke(args)
     assert done.exit_code == 0, done.stderr
     assert listing(out) == ["last.tar"]
+
+
+def test_another_users_leftover_lookalikes_are_never_deleted(
+    module_server: Any, tmp_path: Path, shared_dir: Path
+) -> None:
+    """The sweep of a killed extraction's leftovers (``.NAME.tmp-XXXXXXXX``, ``.NAME.old-…``)
+    removes only what is ours: a directory of that name made by another user stays."""
+    as_nobody(
+        f"cd {shared_dir}; mkdir .ckpt.tmp-abcd1234; echo theirs > .ckpt.tmp-abcd1234/file;"
+        " echo theirs > .ckpt.old-0123abcd"
+    )
+    result = download(module_server, tmp_path / "home", shared_dir)
+    assert not isinstance(result, LogitsError), result
+    assert verify_checkpoint_dir(shared_dir / "ckpt").ok
+    assert (shared_dir / ".ckpt.tmp-abcd1234" / "file").read_text() == "theirs\n"
+    assert (shared_dir / ".ckpt.old-0123abcd").read_text() == "theirs\n"

@@ -13,6 +13,7 @@ and every open connection, so a test that gives up never leaves a thread writing
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import socket
 import threading
 import time
@@ -47,6 +48,38 @@ def trickle(sock: socket.socket, data: bytes, *, chunk: int, every_s: float) -> 
     for start in range(0, len(data), chunk):
         sock.sendall(data[start : start + chunk])
         time.sleep(every_s)
+
+
+def http_date(seconds_off: float = 0) -> str:
+    """An HTTP ``Date`` for now plus ``seconds_off``: a server whose clock is off."""
+    return email.utils.formatdate(time.time() + seconds_off, usegmt=True)
+
+
+def s3_error(status: int, code: str, message: str, *, date: str | None = None) -> bytes:
+    """An object store's error answer (S3's XML body), e.g. 403 ``AccessDenied`` "Request
+    has expired" for a presigned URL its signing credentials no longer cover."""
+    body = (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f"<Error><Code>{code}</Code><Message>{message}</Message>"
+        "<RequestId>4442587FB7D0A2F9</RequestId></Error>"
+    ).encode()
+    headers = {
+        "Content-Type": "application/xml",
+        "Content-Length": str(len(body)),
+        "Date": date or http_date(),
+    }
+    return head(status, headers, "Forbidden") + body
+
+
+def endless(sock: socket.socket, *, limit_s: float = 60.0) -> int:
+    """Zeros until the client hangs up (or ``limit_s`` passes); returns the bytes sent."""
+    zeros, sent = b"\0" * 65536, 0
+    give_up = time.monotonic() + limit_s
+    with contextlib.suppress(OSError):
+        while time.monotonic() < give_up:
+            sock.sendall(zeros)
+            sent += len(zeros)
+    return sent
 
 
 class HostileServer:

@@ -18,7 +18,7 @@ from transfer_support import listing, make_checkpoint, ref_of, remote_client, se
 from logits_cli import models
 from logits_cli.api import DownloadOptions
 from logits_cli.api.verify import verify_checkpoint_dir
-from logits_cli.errors import BadSignatureError, IntegrityError, UnavailableError
+from logits_cli.errors import DownloadUrlRefusedError, IntegrityError, UnavailableError
 from tests.faultproxy import Fault, FaultProxy
 
 MiB = 1024 * 1024
@@ -204,21 +204,27 @@ def test_403_url_expired_fetches_a_fresh_url(proxied, tmp_path: Path) -> None:
     assert len(calls) >= 2
 
 
-def test_a_bad_signature_is_final(proxied, tmp_path: Path) -> None:
+def test_a_bad_signature_is_refused_after_one_fresh_url(proxied, tmp_path: Path) -> None:
     server, _ = proxied()
+    calls: list[str] = []
 
     def wrap(client: Any) -> None:
         original = client.archive_url
 
         async def archive_url(ref: Any) -> models.CheckpointArchiveUrlResponse:
             answer = await original(ref)
+            calls.append(answer.url)
             return answer.model_copy(update={"url": answer.url[:-4] + "AAAA"})
 
         client.archive_url = archive_url
 
     _, result = run_download(server, tmp_path, wrap_client=wrap)
-    assert isinstance(result, BadSignatureError)
-    assert "AAAA" not in str(result)
+    assert isinstance(result, DownloadUrlRefusedError), result
+    assert result.exit_code == 11
+    assert "(HTTP 403 bad_signature: download URL signature is invalid)" in str(result)
+    assert "AAAA" not in str(result)  # no URL, so no signature, in the message
+    assert len(calls) == 1 + 2  # the generation probe, the URL, one fresh URL
+    assert listing(tmp_path / "dest") == []
 
 
 def test_resume_against_a_server_that_stopped_honouring_range(proxied, tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import httpx
@@ -18,11 +19,18 @@ import httpx
 from logits_cli.api.blob_direct import BlobClient, ConnectionSlot, DirectReader, DirectRequest
 from logits_cli.api.limits import LowSpeedGuard, TooSlow
 from logits_cli.api.retry import is_retryable_status
+from logits_cli.api.transfer.body_bounds import (
+    BodyOverflow,
+    UnsizedBody,
+    check_room_for,
+    overflow_error,
+)
 from logits_cli.api.transfer.journal import Journal
 from logits_cli.api.transfer.responses import (
     BatchWriter,
     error_detail,
     pump_direct,
+    refusal_text,
     response_validators,
 )
 from logits_cli.api.transfer.signed_url import SignedUrl
@@ -44,12 +52,18 @@ class RetryableFailure(Exception):
     """An attempt failed in a way another attempt may not (the fetcher retries it)."""
 
     def __init__(
-        self, reason: str, *, response: httpx.Response | None = None, renew_url: bool = False
+        self,
+        reason: str,
+        *,
+        response: httpx.Response | None = None,
+        renew_url: bool = False,
+        refusal: str | None = None,
     ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.response = response
-        self.renew_url = renew_url
+        self.renew_url = renew_url or refusal is not None
+        self.refusal = refusal  # what the blob server said refusing the URL (401/403)
 
 
 class ArchiveChanged(Exception):
@@ -61,6 +75,9 @@ class SegmentAttempts:
 
     _http: httpx.AsyncClient
     _urls: SignedUrl
+    _part: Path
+    _max_unsized: int
+    _unsized: UnsizedBody | None = None  # the bounds of a body no source gave a size for
     _identity: dict[str, Any]
     _expected_size: int | None
     _segment_size: int
@@ -102,9 +119,11 @@ class SegmentAttempts:
         try:
             if direct is not None:
                 request = direct.request(slot, url, headers, self._stall_timeout)
-                position = await self._attempt_direct(request, fd, index, offset, last)
+                position = await self._attempt_direct(request, fd, index, url, offset, last)
             else:
                 position = await self._attempt_httpx(fd, index, url, headers, offset, last)
+        except BodyOverflow as overflow:
+            raise overflow_error(overflow, self._unsized) from None
         except TimeoutError:
             raise RetryableFailure(
                 f"no data for {self._stall_timeout:g} s", renew_url=self._urls.expired()
@@ -129,7 +148,7 @@ class SegmentAttempts:
         return self._http.direct_reader(url) if isinstance(self._http, BlobClient) else None
 
     async def _attempt_direct(
-        self, request: DirectRequest, fd: int, index: int, offset: int, last: int
+        self, request: DirectRequest, fd: int, index: int, url: str, offset: int, last: int
     ) -> int:
         """One request in a reader thread (blob_direct.py): its body goes from the socket to
         the part file without a turn of the event loop per chunk."""
@@ -139,7 +158,7 @@ class SegmentAttempts:
             response = httpx.Response(
                 request.status, headers=request.headers, content=request.error_body
             )
-            position, limit = await self._accept(fd, response, offset, last)
+            position, limit = await self._accept(fd, response, url, offset, last)
             loop = asyncio.get_running_loop()
             current, layout = self._current(index), self._layout
 
@@ -151,7 +170,16 @@ class SegmentAttempts:
             speed = LowSpeedGuard(self._low_speed_limit, self._low_speed_time, time.monotonic())
             pumping = True
             ended: int = await self._in_reader_thread(
-                request, pump_direct, request, fd, position, limit, written, speed, self._write_lock
+                request,
+                pump_direct,
+                request,
+                fd,
+                position,
+                limit,
+                written,
+                speed,
+                self._write_lock,
+                self._unsized,
             )
             return ended
         finally:
@@ -175,7 +203,8 @@ class SegmentAttempts:
             request = self._http.build_request("GET", url, headers=headers)
             response = await self._http.send(request, stream=True)
             try:
-                position, limit = await self._accept(fd, response, offset, last)
+                position, limit = await self._accept(fd, response, url, offset, last)
+                unsized = self._unsized
                 writer = BatchWriter(
                     cast("RangedFetcher", self), fd, self._current(index), position
                 )
@@ -194,10 +223,9 @@ class SegmentAttempts:
                             stall.reschedule(now + self._stall_timeout + slack)
                             rearmed = now
                         if limit is not None and position + len(chunk) > limit:
-                            # Never past the promised size: not one byte is written.
-                            raise IntegrityError(
-                                f"the server sent more than the {limit} bytes promised"
-                            )
+                            raise BodyOverflow(limit)  # not one byte past it is written
+                        if unsized is not None:
+                            unsized.check_room(position + len(chunk))
                         position += len(chunk)
                         received += len(chunk)
                         await writer.add(chunk)
@@ -211,11 +239,12 @@ class SegmentAttempts:
         return position
 
     async def _accept(
-        self, fd: int, response: httpx.Response, offset: int, last: int
+        self, fd: int, response: httpx.Response, url: str, offset: int, last: int
     ) -> tuple[int, int | None]:
         """Check the answer's status and headers; return where its body goes and where it
         must stop (None: until the connection's end)."""
         status = response.status_code
+        self._urls.note_server_date(response.headers.get("date"))
         encoding = response.headers.get("content-encoding", "").strip().lower()
         if status in (200, 206) and encoding not in ("", "identity"):
             # docs/protocol.md §6.2: ranges and digests are of the raw archive; a decoded body
@@ -223,6 +252,8 @@ class SegmentAttempts:
             raise IntegrityError(
                 f"the server applied Content-Encoding {encoding!r} to the archive; refused"
             )
+        if status in (200, 206):
+            self._urls.accepted(url)
         if status == 206:
             return self._accept_range(fd, response, offset, last)
         if status == 200:
@@ -231,8 +262,11 @@ class SegmentAttempts:
         detail, code = error_detail(response)
         if status == 416:
             raise ArchiveChanged()
-        if status == 403 and (code == "url_expired" or self._urls.expired()):
-            raise RetryableFailure("the download URL expired", renew_url=True)
+        if status in (401, 403):
+            # A blob URL carries no credential of ours: a refusal is about the URL (expired,
+            # signed with credentials the store no longer takes), never about the API key.
+            said = refusal_text(status, detail, code)
+            raise RetryableFailure(f"the download URL was refused ({said})", refusal=said)
         if is_retryable_status(status):
             raise RetryableFailure(f"HTTP {status}", response=response)
         if status == 404:
@@ -257,6 +291,8 @@ class SegmentAttempts:
                 raise IntegrityError(
                     f"the server's archive has {total} bytes, the listing says {self._expected_size}"
                 )
+            if self._expected_size is None:
+                check_room_for(fd, self._part.parent, total)
             os.ftruncate(fd, total)
             self._replace_journal(
                 Journal.plan(self._identity, total, self._segment_size, validators)
@@ -284,6 +320,11 @@ class SegmentAttempts:
             raise IntegrityError(
                 f"the server's archive has {size} bytes, the listing says {self._expected_size}"
             )
+        self._unsized = None
+        if size is None:  # no source gives a size: bounded by the cap and the free space
+            self._unsized = UnsizedBody(self._part.parent, self._max_unsized)
+        elif self._expected_size is None:
+            check_room_for(fd, self._part.parent, size)
         self._ranges_ignored = True
         os.ftruncate(fd, size or 0)
         self._replace_journal(
@@ -293,4 +334,4 @@ class SegmentAttempts:
         )
         self._done = 0
         self._planned.set()
-        return 0, size
+        return 0, size if size is not None else self._max_unsized

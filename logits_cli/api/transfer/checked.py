@@ -17,7 +17,7 @@ from logits_cli.api.transfer.digests import (
 
 # -- the segment engine ---------------------------------------------------------------------
 from logits_cli.api.transfer.fetcher import RangedFetcher
-from logits_cli.api.transfer.install import discard
+from logits_cli.api.transfer.install import discard, discard_unresumable
 from logits_cli.api.transfer.signed_url import SignedUrl
 from logits_cli.errors import (
     IntegrityError,
@@ -25,6 +25,43 @@ from logits_cli.errors import (
 
 
 async def fetch_and_check(
+    http: httpx.AsyncClient,
+    urls: SignedUrl,
+    part: Path,
+    journal_path: Path,
+    identity: dict[str, Any],
+    expected_size: int | None,
+    expected_sha256: str | None,
+    segment_size: int,
+    options: DownloadOptions,
+    progress: ProgressCallback | None,
+    policy: RetryPolicy | None,
+    *,
+    write_back: bool,
+) -> tuple[int, bool, str, int]:
+    try:
+        return await _fetch_checked_twice(
+            http,
+            urls,
+            part,
+            journal_path,
+            identity,
+            expected_size,
+            expected_sha256,
+            segment_size,
+            options,
+            progress,
+            policy,
+            write_back=write_back,
+        )
+    except BaseException as failure:
+        # Only what a later run can resume stays: a part whose journal counts good bytes
+        # (a refused URL, a body of unknown size, a kill before the first byte leave none).
+        discard_unresumable(part, journal_path, invalid=isinstance(failure, IntegrityError))
+        raise
+
+
+async def _fetch_checked_twice(
     http: httpx.AsyncClient,
     urls: SignedUrl,
     part: Path,
@@ -58,6 +95,7 @@ async def fetch_and_check(
             low_speed_limit=options.low_speed_limit,
             low_speed_time=options.low_speed_time,
             write_back=write_back,
+            max_unsized=options.max_unsized_bytes,
         )
         result = await fetcher.run()
         fetched_total += result.bytes_fetched

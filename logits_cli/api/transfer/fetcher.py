@@ -21,12 +21,7 @@ from logits_cli.api.download_options import ProgressCallback, report_phase
 from logits_cli.api.limits import RetryBudget, per_connection_limit
 from logits_cli.api.retry import RetryPolicy
 from logits_cli.api.transfer.attempts import ArchiveChanged, RetryableFailure, SegmentAttempts
-from logits_cli.api.transfer.digests import (
-    ExpectedDigest,
-    choose_digest,
-    hash_range,
-    new_hasher,
-)
+from logits_cli.api.transfer.digests import ExpectedDigest, choose_digest, hash_range, new_hasher
 from logits_cli.api.transfer.journal import Journal
 from logits_cli.api.transfer.signed_url import SignedUrl
 from logits_cli.api.transfer.tuning import (
@@ -39,12 +34,9 @@ from logits_cli.api.transfer.tuning import (
     SEGMENTS_PER_CONNECTION,
     WRITEBACK_EVERY,
 )
+from logits_cli.config import DEFAULT_MAX_UNSIZED_DOWNLOAD
 from logits_cli.diskio import open_own_file
-from logits_cli.errors import (
-    IntegrityError,
-    UnavailableError,
-    UnexpectedResponseError,
-)
+from logits_cli.errors import IntegrityError, UnavailableError, UnexpectedResponseError
 
 
 @dataclass(frozen=True)
@@ -91,9 +83,11 @@ class RangedFetcher(SegmentAttempts):
         low_speed_limit: float = 0,
         low_speed_time: float = 0,
         write_back: bool = True,
+        max_unsized: int = DEFAULT_MAX_UNSIZED_DOWNLOAD,
     ) -> None:
         """``write_back``: the part file is what gets installed (``_written_back``); False
-        for an archive that is extracted and then deleted, which never needs the disk."""
+        for an archive that is extracted and then deleted, which never needs the disk.
+        ``max_unsized``: where a body no source gives a size for is cut (body_bounds.py)."""
         self._http = http
         self._urls = urls
         self._part = part
@@ -106,6 +100,7 @@ class RangedFetcher(SegmentAttempts):
         self._stall_timeout = stall_timeout
         self._progress = progress
         self._policy = policy or RetryPolicy()
+        self._max_unsized = max_unsized
         self._low_speed_limit = per_connection_limit(low_speed_limit, self._connections)
         self._low_speed_time = low_speed_time
         self._journal: Journal | None = None
@@ -361,7 +356,7 @@ class RangedFetcher(SegmentAttempts):
                         f"download failed: {failure.reason} ({give_up})"
                     ) from None
                 if failure.renew_url or self._urls.expired():
-                    await self._urls.renew(generation)
+                    await self._urls.renew(generation, refusal=failure.refusal)
                 elif not progressed:
                     await asyncio.sleep(self._policy.delay(fruitless - 1, failure.response))
 

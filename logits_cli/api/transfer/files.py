@@ -23,7 +23,9 @@ This module never imports the client: it is handed a ``FilesSource``.
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import stat
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -50,6 +52,7 @@ from logits_cli.api.transfer.files_checks import (
     check_url_map,
 )
 from logits_cli.api.transfer.files_layout import (
+    EXPORT_RECORD,
     files_part_dir,
     install_files,
     journal_name,
@@ -209,6 +212,9 @@ async def download_files(
     except IntegrityError:
         shutil.rmtree(part_dir, ignore_errors=True)  # verified bytes, bad content: no resume
         raise
+    except BaseException:
+        _drop_if_nothing_resumable(part_dir)
+        raise
     finally:
         unlock_part(lock)
     return DownloadResult(
@@ -219,6 +225,19 @@ async def download_files(
         resumed=resumed,
         repaired=tuple(repaired),
     )
+
+
+def _drop_if_nothing_resumable(part_dir: Path) -> None:
+    """After a failure that kept no file to resume (``checked.fetch_and_check`` drops those:
+    a refused URL, a body of unknown size, nothing arrived yet), the working directory goes
+    too, unless it records an export to resume on (issue 21 G9)."""
+    try:
+        kept = any((part_dir / "data").iterdir()) or (part_dir / EXPORT_RECORD).exists()
+        status = part_dir.lstat()
+    except OSError:
+        return
+    if not kept and stat.S_ISDIR(status.st_mode) and status.st_uid == os.geteuid():
+        shutil.rmtree(part_dir, ignore_errors=True)
 
 
 def _export_document(source: FilesSource) -> dict[str, Any]:

@@ -5,6 +5,7 @@ it or explain a failure."""
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -14,6 +15,7 @@ import httpx
 
 from logits_cli.api.blob_direct import DirectRequest
 from logits_cli.api.limits import LowSpeedGuard, TooSlow
+from logits_cli.api.transfer.body_bounds import BodyOverflow, UnsizedBody
 from logits_cli.api.transfer.tuning import (
     JOURNAL_FLUSH_INTERVAL_S,
     MAX_BATCH_BUFFERS,
@@ -21,7 +23,6 @@ from logits_cli.api.transfer.tuning import (
     WRITE_BATCH,
 )
 from logits_cli.diskio import pwrite_all
-from logits_cli.errors import IntegrityError
 
 # -- the segment engine ---------------------------------------------------------------------
 
@@ -86,15 +87,41 @@ def response_validators(headers: httpx.Headers) -> dict[str, str]:
     return found
 
 
+# An object store's error body (S3, GCS's XML API, MinIO, R2): <Error><Code>…<Message>….
+_XML_CODE = re.compile(rb"<Code>([^<]{1,64})</Code>")
+_XML_MESSAGE = re.compile(rb"<Message>([^<]{1,300})</Message>")
+_UNPRINTABLE = re.compile(r"[^\x20-\x7e]+")
+MAX_DETAIL_SHOWN = 160
+
+
 def error_detail(response: httpx.Response) -> tuple[str | None, str | None]:
+    """(detail, code) of an error answer: our JSON body, or an object store's XML one."""
     try:
         body = response.json()
     except ValueError:
-        return None, None
+        return _xml_error_detail(response.content[:65536])
     if not isinstance(body, dict):
         return None, None
     detail, code = body.get("detail"), body.get("code")
     return (detail if isinstance(detail, str) else None, code if isinstance(code, str) else None)
+
+
+def _xml_error_detail(body: bytes) -> tuple[str | None, str | None]:
+    code, message = _XML_CODE.search(body), _XML_MESSAGE.search(body)
+    return (
+        message.group(1).decode("latin-1") if message else None,
+        code.group(1).decode("latin-1") if code else None,
+    )
+
+
+def refusal_text(status: int, detail: str | None, code: str | None) -> str:
+    """``HTTP 403 AccessDenied: Request has expired``: what a blob server said, shown to the
+    user, so only printable ASCII and a bounded length of it (the server chose the text)."""
+    said = ": ".join(part for part in (code, detail) if part)
+    said = _UNPRINTABLE.sub(" ", said).strip()
+    if len(said) > MAX_DETAIL_SHOWN:
+        said = said[: MAX_DETAIL_SHOWN - 1] + "…"
+    return f"HTTP {status} {said}" if said else f"HTTP {status}"
 
 
 def pump_direct(
@@ -105,11 +132,13 @@ def pump_direct(
     written: Callable[[int, int], None],
     speed: LowSpeedGuard,
     write_lock: threading.Lock,
+    unsized: UnsizedBody | None = None,
 ) -> int:
     """In a reader thread: the rest of ``request``'s body into ``fd`` from ``position``
     (never past ``limit``) through one reused buffer of ``WRITE_BATCH`` bytes, written
     whenever it is full; ``written(offset, count)`` is told of each write once it is on
-    disk. Returns where the body ended."""
+    disk. Returns where the body ended. A body of unknown size (``unsized``) is stopped
+    before DEST's free space runs low."""
     buffer = memoryview(bytearray(WRITE_BATCH))
     filled = received = 0
     flushed = time.monotonic()
@@ -131,7 +160,9 @@ def pump_direct(
             if limit is not None and position + filled + count > limit:
                 # Never past the promised size: not one byte of this read is written.
                 flush()
-                raise IntegrityError(f"the server sent more than the {limit} bytes promised")
+                raise BodyOverflow(limit)
+            if unsized is not None:
+                unsized.check_room(position + filled + count)
             filled += count
             received += count
             now = time.monotonic()

@@ -4,11 +4,9 @@
 It is cheap (no network, no heavy imports) and records where each value came from, which
 ``logits config show`` prints. The API key command runs lazily, at most once per process.
 
-``config.toml`` is checked whole before anything is taken from it: an unknown key (``baseurl``)
-or a value of the wrong type (``base_url = 5``) anywhere in it is a ``ConfigError`` (exit 2)
-naming the file, the table, the key and what was expected, since ignoring it would silently
-select the embedded backend instead of the service the profile meant. So is a profile name
-(``--profile``, ``LOGITS_PROFILE``, top-level ``profile``) that the file does not define.
+``config.toml`` is checked whole before anything is taken from it (``config_file.py``). So
+is a profile name (``--profile``, ``LOGITS_PROFILE``, top-level ``profile``) that the file
+does not define.
 
 An API key is sent only to the base URL it was configured with (as ``gh`` keeps a token per
 host; issue 21 K1): a profile's key belongs to the profile's ``base_url``, and a key in the
@@ -20,31 +18,24 @@ never used. A key in the environment with no base URL there goes where the URL i
 
 from __future__ import annotations
 
-import difflib
 import os
 import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
 
+from logits_cli.config_file import (
+    check_base_url,
+    check_config_file,
+    load_config_file,
+    missing_profile_error,
+    origin_text,
+    url_origin,
+)
 from logits_cli.errors import AuthError, ConfigError
 
 CONFIG_FILE_NAME = "config.toml"
 KEY_COMMAND_TIMEOUT_S = 30.0
-
-# Every key a [profiles.NAME] table may hold, and what its (string) value is.
-PROFILE_KEYS: dict[str, str] = {
-    "base_url": "an absolute http(s) URL",
-    "api_key": "an API key",
-    "api_key_cmd": "a shell command that prints the API key",
-    "run": "a run id",
-}
-TOP_LEVEL_KEYS: dict[str, str] = {
-    "profile": "the name of the default profile",
-    "profiles": "a table of [profiles.NAME] tables",
-}
 
 
 @dataclass(frozen=True)
@@ -146,110 +137,6 @@ def _env(env: Mapping[str, str], *names: str) -> tuple[str, str] | None:
     return None
 
 
-def _load_config_file(path: Path) -> dict[str, Any]:
-    try:
-        handle = path.open("rb")
-    except FileNotFoundError:  # the common case: no file, and no TOML parser to import
-        return {}
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
-    import tomllib
-
-    try:
-        with handle:
-            return tomllib.load(handle)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
-
-
-def _toml_type(value: object) -> str:
-    """The TOML name of a parsed value's type, for messages (never the value: it may be a
-    secret)."""
-    names = [
-        (bool, "a boolean"),
-        (int, "an integer"),
-        (float, "a float"),
-        (str, "a string"),
-        (list, "an array"),
-        (dict, "a table"),
-    ]
-    return next((name for cls, name in names if isinstance(value, cls)), "a date or time")
-
-
-def _unknown_key(where: str, key: str, known: Mapping[str, str]) -> ConfigError:
-    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
-    advice = f"did you mean {close[0]!r}?" if close else "known keys: " + ", ".join(sorted(known))
-    if known is TOP_LEVEL_KEYS and key in PROFILE_KEYS:
-        advice = f"{key} belongs in a [profiles.NAME] table"
-    return ConfigError(f"{where} unknown key {key!r} ({advice})")
-
-
-def _check_config(path: Path, config: dict[str, Any]) -> dict[str, dict[str, str]]:
-    """Validate the whole file; return its profiles."""
-    for key in config:
-        if key not in TOP_LEVEL_KEYS:
-            raise _unknown_key(f"{path}:", key, TOP_LEVEL_KEYS)
-    default = config.get("profile")
-    if default is not None and not isinstance(default, str):
-        raise ConfigError(
-            f"{path}: 'profile' must be a string ({TOP_LEVEL_KEYS['profile']}), "
-            f"not {_toml_type(default)}"
-        )
-    profiles = config.get("profiles", {})
-    if not isinstance(profiles, dict):
-        raise ConfigError(
-            f"{path}: 'profiles' must be a table of [profiles.NAME] tables, "
-            f"not {_toml_type(profiles)}"
-        )
-    for name, table in profiles.items():
-        where = f"{path}: [profiles.{name}]"
-        if not isinstance(table, dict):
-            raise ConfigError(
-                f"{path}: profiles.{name} must be a [profiles.{name}] table, "
-                f"not {_toml_type(table)}"
-            )
-        for key, value in table.items():
-            if key not in PROFILE_KEYS:
-                raise _unknown_key(where, key, PROFILE_KEYS)
-            if not isinstance(value, str):
-                raise ConfigError(
-                    f"{where} {key} must be a string ({PROFILE_KEYS[key]}), not {_toml_type(value)}"
-                )
-        if "base_url" in table:
-            _check_base_url(table["base_url"].strip(), where)
-    return profiles
-
-
-def _check_base_url(url: str, source: str) -> str:
-    if not url.startswith(("http://", "https://")) or len(url) <= len("https://"):
-        raise ConfigError(f"base URL {url!r} (from {source}) must be an absolute http(s) URL")
-    try:
-        url_origin(url)
-    except ValueError as exc:
-        raise ConfigError(f"base URL {url!r} (from {source}) is not a valid URL: {exc}") from None
-    return url
-
-
-def url_origin(url: str) -> tuple[str, str, int]:
-    """(scheme, host, port) of an http(s) URL, the default port filled in: what decides
-    whether a credential configured for one URL may go to another. ValueError if no host."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    host = (parts.hostname or "").rstrip(".")
-    if not host:
-        raise ValueError("it names no host")
-    return scheme, host, parts.port or (443 if scheme == "https" else 80)
-
-
-def _origin_text(url: str) -> str:
-    scheme, host, port = url_origin(url)
-    shown_host = f"[{host}]" if ":" in host else host
-    default = port == (443 if scheme == "https" else 80)
-    return f"{scheme}://{shown_host}" + ("" if default else f":{port}")
-
-
 def _key_refusal(
     url: str | None, url_source: str, key_source: str, key_url: str | None, key_in_env: bool
 ) -> str | None:
@@ -261,11 +148,11 @@ def _key_refusal(
             return None
         return (
             f"the API key from {key_source} has no base_url beside it in that profile,"
-            f" so it is not sent to {_origin_text(url)} (the base URL from {url_source})"
+            f" so it is not sent to {origin_text(url)} (the base URL from {url_source})"
         )
     return (
-        f"the API key from {key_source} is for {_origin_text(key_url)}, not for"
-        f" {_origin_text(url)} (the base URL from {url_source}): it is not sent to another host"
+        f"the API key from {key_source} is for {origin_text(key_url)}, not for"
+        f" {origin_text(url)} (the base URL from {url_source}): it is not sent to another host"
     )
 
 
@@ -289,8 +176,8 @@ def resolve(
         home_path, sources["home"] = default_home(env), "default"
 
     config_path = home_path / CONFIG_FILE_NAME
-    config = _load_config_file(config_path)
-    profiles = _check_config(config_path, config)
+    config = load_config_file(config_path)
+    profiles = check_config_file(config_path, config)
 
     if profile is not None:
         profile_name: str | None = profile
@@ -304,7 +191,7 @@ def resolve(
     profile_table: dict[str, str] = {}
     if profile_name is not None:
         if profile_name not in profiles:
-            raise _missing_profile(profile_name, sources["profile"], config_path, profiles)
+            raise missing_profile_error(profile_name, sources["profile"], config_path, profiles)
         profile_table = profiles[profile_name]
     where = f"config profile {profile_name}"
 
@@ -313,14 +200,14 @@ def resolve(
     profile_url = profile_table.get("base_url", "").strip() or None
     if base_url is not None and base_url.strip():
         resolved_url, sources["base_url"] = (
-            _check_base_url(base_url.strip(), "--base-url"),
+            check_base_url(base_url.strip(), "--base-url"),
             "--base-url",
         )
     elif found := env_url:
-        resolved_url = _check_base_url(found[0], found[1])
+        resolved_url = check_base_url(found[0], found[1])
         sources["base_url"] = f"env {found[1]}"
     elif profile_url is not None:
-        resolved_url = _check_base_url(profile_url, where)
+        resolved_url = check_base_url(profile_url, where)
         sources["base_url"] = where
     else:
         resolved_url, sources["base_url"] = None, "default (embedded backend)"
@@ -344,7 +231,7 @@ def resolve(
         in_env = sources["api_key"].startswith("env ")
         key_url = (env_url[0] if env_url else None) if in_env else profile_url
         if env_url and in_env:
-            _check_base_url(*env_url)
+            check_base_url(*env_url)
         refusal = _key_refusal(
             resolved_url,
             sources["base_url"],
@@ -379,23 +266,6 @@ def resolve(
         api_key_refusal=refusal,
         sources=sources,
     )
-
-
-def _missing_profile(
-    name: str, source: str, path: Path, profiles: Mapping[str, object]
-) -> ConfigError:
-    origin = "" if source == "config file" else f" (from {source})"
-    if not path.exists():
-        return ConfigError(
-            f"profile {name!r}{origin} is not defined: {path} does not exist",
-            hint=f"create it with a [profiles.{name}] table holding base_url",
-        )
-    close = difflib.get_close_matches(name, list(profiles), n=1, cutoff=0.6)
-    if close:
-        advice = f"did you mean {close[0]!r}?"
-    else:
-        advice = "defined: " + (", ".join(sorted(profiles)) or "none")
-    return ConfigError(f"profile {name!r}{origin} is not in {path} ({advice})")
 
 
 def server_database(flag: str | None, env: Mapping[str, str] | None = None) -> str | None:

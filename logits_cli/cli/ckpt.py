@@ -16,11 +16,7 @@ import typer
 
 from logits_cli import errors
 from logits_cli.cli import ckpt_retention, ckpt_sharing, ckpt_sync, ckpt_transfer
-from logits_cli.cli.arguments import (
-    NameArgument,
-    PathArgument,
-    RunsArgument,
-)
+from logits_cli.cli.arguments import NameArgument, PathArgument, RunsArgument
 from logits_cli.cli.ckpt_render import (
     CHECKPOINT_COLUMNS,
     INFO_FIELDS,
@@ -43,6 +39,7 @@ from logits_cli.cli.failures import handle_errors
 from logits_cli.cli.options import (
     BeforeOpt,
     JsonOpt,
+    NamesRunOpt,
     QuietOpt,
     RunOpt,
     SinceOpt,
@@ -50,11 +47,7 @@ from logits_cli.cli.options import (
     TypeOpt,
 )
 from logits_cli.cli.output import Output
-from logits_cli.cli.timeparse import (
-    optional_point_in_time,
-    optional_seconds,
-    parse_ttl,
-)
+from logits_cli.cli.timeparse import optional_point_in_time, optional_seconds, parse_ttl
 from logits_cli.config import Settings
 from logits_cli.uri import CheckpointRef, validate_name, validate_run_id
 
@@ -74,11 +67,12 @@ app = typer.Typer(
 def _call_on_path(
     ctx: typer.Context,
     path: str,
+    run: str | None,
     work: "Callable[[LogitsClient, CheckpointRef], Awaitable[T]]",
 ) -> T:
-    """Parse one checkpoint path (a typo fails before any request), then run ``work`` on it
-    in one API session."""
-    settings = settings_for(ctx)
+    """Parse one checkpoint path (a typo fails before any request; a bare name is in
+    ``run``, else $LOGITS_RUN), then run ``work`` on it in one API session."""
+    settings = settings_for(ctx, run=run)
     ref = parse_path(path, settings.run)
     return call_api(ctx, settings, lambda client: work(client, ref))
 
@@ -348,7 +342,11 @@ def list_checkpoints(
 @app.command()
 @handle_errors
 def info(
-    ctx: typer.Context, path: PathArgument, json_output: JsonOpt = False, quiet: QuietOpt = False
+    ctx: typer.Context,
+    path: PathArgument,
+    run: NamesRunOpt = None,
+    json_output: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Show one checkpoint, with its base model and LoRA rank.
 
@@ -360,7 +358,7 @@ def info(
     \b
       logits ckpt info logits://RUN/weights/step_1000
       logits ckpt info sampler_weights/@latest     # in $LOGITS_RUN
-      logits ckpt info step_1000 --json | jq .size_bytes
+      logits ckpt info step_1000 --run RUN --json | jq .size_bytes
     """
     out = Output(json_output=json_output, quiet=quiet)
 
@@ -371,7 +369,7 @@ def info(
         weights = await client.weights_info(CheckpointRef.parse(checkpoint.tinker_path))
         return checkpoint, weights
 
-    checkpoint, weights = _call_on_path(ctx, path, work)
+    checkpoint, weights = _call_on_path(ctx, path, run, work)
     record = {
         **checkpoint_json(checkpoint),
         "base_model": weights.base_model,

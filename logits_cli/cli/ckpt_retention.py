@@ -85,7 +85,7 @@ def rm(
     from logits_cli.api.bulk import apply_concurrently
 
     out = Output(json_output=json_output, quiet=quiet)
-    settings = settings_for(ctx)
+    settings = settings_for(ctx, run=run)
     selection = selection_from_options(
         paths,
         run,
@@ -94,7 +94,7 @@ def rm(
         after,
         keep_last,
         keep_name,
-        default_run=run or settings.run,
+        default_run=settings.run,
     )
     if not (yes or dry_run or interactive()):
         raise errors.ConfirmationRequired(
@@ -221,7 +221,7 @@ def ttl(
         raise errors.UsageError("give exactly one of --set, --extend or --remove")
     set_seconds = parse_ttl(set_to) if set_to is not None else None
     extend_seconds = parse_duration(extend, minutes_as_m=False) if extend is not None else None
-    settings = settings_for(ctx)
+    settings = settings_for(ctx, run=run)
     selection = selection_from_options(
         paths,
         run,
@@ -230,7 +230,7 @@ def ttl(
         after,
         keep_last,
         keep_name,
-        default_run=run or settings.run,
+        default_run=settings.run,
     )
     results: dict[str, models.Checkpoint] = {}
 

@@ -49,6 +49,13 @@ def kind_of(checkpoint_type: CheckpointType | None) -> str | None:
     return TYPE_TO_KIND[checkpoint_type.value] if checkpoint_type else None
 
 
+class _NoRunOption:
+    """The ``default_run`` of a command without a ``--run`` of its own."""
+
+
+NO_RUN_OPTION = _NoRunOption()
+
+
 def _default_run() -> str | None:
     """$LOGITS_RUN (or the profile's run), for commands without a --run of their own."""
     from logits_cli import config
@@ -56,26 +63,34 @@ def _default_run() -> str | None:
     return config.resolve().run
 
 
-def parse_path(text: str, default_run: str | None = None) -> CheckpointRef:
-    """A full URI, or what ``save`` prints: ``NAME`` or ``KIND/NAME`` in the default run
-    (``--run``, else ``$LOGITS_RUN``)."""
+def parse_path(text: str, default_run: str | _NoRunOption | None = NO_RUN_OPTION) -> CheckpointRef:
+    """A full URI, or what ``save`` prints: ``NAME`` or ``KIND/NAME`` in the default run.
+
+    The one resolver of bare names. ``default_run`` is what the command's ``--run`` resolved
+    to (``settings_for(ctx, run=run).run``: the option, else ``$LOGITS_RUN``, else the
+    profile's run); a command without a ``--run`` leaves it out, and its error then does
+    not tell the user to pass an option the command would reject.
+    """
     if "://" in text:
         return CheckpointRef.parse(text, allow_latest=True)
     segments = text.split("/")
     if len(segments) > 2 or not all(segments) or (len(segments) == 2 and segments[0] not in KINDS):
         return CheckpointRef.parse(text, allow_latest=True)  # raises its own clear error
-    run = default_run if default_run is not None else _default_run()
+    has_run_option = not isinstance(default_run, _NoRunOption)
+    run = _default_run() if isinstance(default_run, _NoRunOption) else default_run
     if run is None:
+        ways = "pass --run RUN, set LOGITS_RUN," if has_run_option else "set LOGITS_RUN"
         raise errors.UsageError(
-            f"{text!r} names no run; pass --run RUN, set LOGITS_RUN, or give the full path "
-            "logits://RUN/KIND/NAME",
+            f"{text!r} names no run; {ways} or give the full path logits://RUN/KIND/NAME",
             hint="`logits ckpt ls -q` prints full paths",
         )
     kind, name = segments if len(segments) == 2 else ("weights", segments[0])
     return CheckpointRef.parse(f"logits://{validate_run_id(run)}/{kind}/{name}", allow_latest=True)
 
 
-def parse_refs(texts: Sequence[str], default_run: str | None = None) -> list[CheckpointRef]:
+def parse_refs(
+    texts: Sequence[str], default_run: str | _NoRunOption | None = NO_RUN_OPTION
+) -> list[CheckpointRef]:
     """Every path parsed up front, so a typo fails before any request is sent."""
     if not texts:
         raise errors.UsageError("no checkpoint path given")

@@ -12,7 +12,7 @@ from logits_cli.cli.ckpt_render import VISIBILITY_COLUMNS
 from logits_cli.cli.ckpt_select import BulkReport, parse_path, parse_refs
 from logits_cli.cli.context import call_api, settings_for
 from logits_cli.cli.failures import handle_errors
-from logits_cli.cli.options import JsonOpt, QuietOpt
+from logits_cli.cli.options import JsonOpt, NamesRunOpt, QuietOpt
 from logits_cli.cli.output import Output
 from logits_cli.config import Settings
 from logits_cli.uri import EXTERNAL_KIND, CheckpointRef
@@ -39,6 +39,7 @@ def _embedded_archive_url(settings: Settings, checkpoint: "models.Checkpoint") -
 def url(
     ctx: typer.Context,
     path: PathArgument,
+    run: NamesRunOpt = None,
     export: Annotated[
         bool,
         typer.Option(
@@ -68,7 +69,7 @@ def url(
       logits ckpt url step_1000 --json | jq -r .expires
     """
     out = Output(json_output=json_output, quiet=quiet)
-    settings = settings_for(ctx)
+    settings = settings_for(ctx, run=run)
     ref = parse_path(path, settings.run)
 
     if settings.embedded and ref.kind == EXTERNAL_KIND:
@@ -119,10 +120,12 @@ def url(
 # -- publish / unpublish ----------------------------------------------------------------
 
 
-def _change_visibility(ctx: typer.Context, paths: list[str], *, public: bool, out: Output) -> None:
+def _change_visibility(
+    ctx: typer.Context, paths: list[str], run: str | None, *, public: bool, out: Output
+) -> None:
     from logits_cli.api.bulk import apply_concurrently
 
-    settings = settings_for(ctx)
+    settings = settings_for(ctx, run=run)
     refs = parse_refs(paths, settings.run)
     results: dict[int, dict[str, Any]] = {}
     report = BulkReport(len(refs), "published" if public else "unpublished")
@@ -143,7 +146,11 @@ def _change_visibility(ctx: typer.Context, paths: list[str], *, public: bool, ou
 
 @handle_errors
 def publish(
-    ctx: typer.Context, paths: PathsArgument, json_output: JsonOpt = False, quiet: QuietOpt = False
+    ctx: typer.Context,
+    paths: PathsArgument,
+    run: NamesRunOpt = None,
+    json_output: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Make checkpoints public (readable by every user).
 
@@ -157,13 +164,19 @@ def publish(
     \b
       logits ckpt publish logits://RUN/sampler_weights/final
       logits ckpt publish step_1000 step_2000      # names in $LOGITS_RUN
+      logits ckpt publish sampler_weights/final --run RUN
     """
-    _change_visibility(ctx, paths, public=True, out=Output(json_output=json_output, quiet=quiet))
+    out = Output(json_output=json_output, quiet=quiet)
+    _change_visibility(ctx, paths, run, public=True, out=out)
 
 
 @handle_errors
 def unpublish(
-    ctx: typer.Context, paths: PathsArgument, json_output: JsonOpt = False, quiet: QuietOpt = False
+    ctx: typer.Context,
+    paths: PathsArgument,
+    run: NamesRunOpt = None,
+    json_output: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Make checkpoints private again.
 
@@ -176,4 +189,5 @@ def unpublish(
       logits ckpt unpublish logits://RUN/sampler_weights/final
       logits ckpt ls --public -q | xargs logits ckpt unpublish
     """
-    _change_visibility(ctx, paths, public=False, out=Output(json_output=json_output, quiet=quiet))
+    out = Output(json_output=json_output, quiet=quiet)
+    _change_visibility(ctx, paths, run, public=False, out=out)

@@ -71,10 +71,23 @@ TREE: dict[str, Any] = {
                         "--help",
                     ]
                 },
-                "info": {"options": ["--json", "--quiet", "-q", "-h", "--help"]},
-                "url": {"options": ["--export", "--json", "--quiet", "-q", "-h", "--help"]},
-                "publish": {"options": ["--json", "--quiet", "-q", "-h", "--help"]},
-                "unpublish": {"options": ["--json", "--quiet", "-q", "-h", "--help"]},
+                "info": {"options": ["--run", "-r", "--json", "--quiet", "-q", "-h", "--help"]},
+                "url": {
+                    "options": [
+                        "--run",
+                        "-r",
+                        "--export",
+                        "--json",
+                        "--quiet",
+                        "-q",
+                        "-h",
+                        "--help",
+                    ]
+                },
+                "publish": {"options": ["--run", "-r", "--json", "--quiet", "-q", "-h", "--help"]},
+                "unpublish": {
+                    "options": ["--run", "-r", "--json", "--quiet", "-q", "-h", "--help"]
+                },
                 "rm": {
                     "options": [
                         "--run",
@@ -175,13 +188,15 @@ TREE: dict[str, Any] = {
                         "--help",
                     ]
                 },
-                "info": {"options": ["--json", "--quiet", "-q", "-h", "--help"]},
+                "info": {"options": ["--run", "-r", "--json", "--quiet", "-q", "-h", "--help"]},
                 "create": {
                     "options": [
                         "--base-model",
                         "-m",
                         "--rank",
                         "--from",
+                        "--run",
+                        "-r",
                         "--with-optimizer",
                         "--timeout",
                         "--json",

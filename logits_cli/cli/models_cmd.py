@@ -43,7 +43,9 @@ def list_models(
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """List the base models runs can be created on (pass a name to `runs create --base-model`).
+    """List the base models runs can be created on.
+
+    Pass a model's name to `logits runs create --base-model`.
 
     SUBSTRING: only models whose name contains it, ignoring case.
 

@@ -28,6 +28,17 @@ RunOpt = Annotated[
         autocompletion=complete_run,
     ),
 ]
+NamesRunOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--run",
+        "-r",
+        help="The run of a bare NAME or KIND/NAME (default: $LOGITS_RUN).",
+        metavar="RUN",
+        autocompletion=complete_run,
+        show_default=False,
+    ),
+]
 RunsArg = Annotated[
     list[str] | None,
     typer.Argument(

@@ -5,10 +5,11 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from logits_cli.cli.arguments import OptionalRunArgument
+from logits_cli.cli.ckpt_select import parse_path
 from logits_cli.cli.completion_cache import remember
 from logits_cli.cli.context import call_api, require_run, settings_for
 from logits_cli.cli.failures import handle_errors
-from logits_cli.cli.options import JsonOpt, QuietOpt, TimeoutOpt
+from logits_cli.cli.options import JsonOpt, QuietOpt, RunOpt, TimeoutOpt
 from logits_cli.cli.output import Output
 from logits_cli.cli.tables import COUNT, PIPED_ONLY, TABLE_ONLY, TIME, Column
 from logits_cli.cli.timeparse import optional_seconds
@@ -116,19 +117,23 @@ def list_runs(
 def info(
     ctx: typer.Context,
     run: OptionalRunArgument = None,
+    run_option: RunOpt = None,
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Show a run (default: $LOGITS_RUN) with its latest checkpoints.
+    """Show a run (RUN, else --run, else $LOGITS_RUN) with its latest checkpoints.
 
     Examples:
 
     \b
       logits runs info                  # $LOGITS_RUN
       logits runs info RUN --json | jq .base_model
+      logits runs info --run RUN
     """
     out = Output(json_output=json_output, quiet=quiet)
-    settings = settings_for(ctx, run=run)
+    if run is not None and run_option is not None and run != run_option:
+        raise UsageError(f"two runs given: {run} and --run {run_option}; give one")
+    settings = settings_for(ctx, run=run if run is not None else run_option)
     run_id = require_run(settings)
     found = call_api(
         ctx, settings, lambda client: client.get_run(run_id, access_scope="accessible")
@@ -162,7 +167,22 @@ def create(
     ] = None,
     from_path: Annotated[
         str | None,
-        typer.Option("--from", help="Start from this checkpoint's weights.", metavar="PATH"),
+        typer.Option(
+            "--from",
+            help="Start from this checkpoint's weights (a full path, or NAME or KIND/NAME "
+            "in the run of --run or $LOGITS_RUN).",
+            metavar="PATH",
+        ),
+    ] = None,
+    run: Annotated[
+        str | None,
+        typer.Option(
+            "--run",
+            "-r",
+            help="With --from: the run of a bare NAME (default: $LOGITS_RUN).",
+            metavar="RUN",
+            show_default=False,
+        ),
     ] = None,
     with_optimizer: Annotated[
         bool, typer.Option("--with-optimizer", help="With --from: restore the optimizer too.")
@@ -178,13 +198,14 @@ def create(
     \b
       export LOGITS_RUN=$(logits runs create -m Qwen/Qwen3-8B --rank 32)
       logits runs create --from logits://RUN/weights/step_1000 --with-optimizer
+      logits runs create --from step_1000 --run RUN   # or a name in $LOGITS_RUN
     """
     out = Output(json_output=json_output, quiet=quiet)
-    source = CheckpointRef.parse(from_path, allow_latest=True) if from_path is not None else None
-    if with_optimizer and source is None:
-        raise UsageError("--with-optimizer needs --from PATH")
+    if from_path is None and (with_optimizer or run is not None):
+        raise UsageError(f"{'--with-optimizer' if with_optimizer else '--run'} needs --from PATH")
+    settings = settings_for(ctx, run=run)
+    source = parse_path(from_path, settings.run) if from_path is not None else None
     wait_limit = optional_seconds(timeout)
-    settings = settings_for(ctx)
 
     if base_model is None and source is None:
         raise UsageError("give --base-model MODEL, or --from PATH to start from a checkpoint")

@@ -214,7 +214,8 @@ def migrate(
 
     Stop the server first. Every row is copied with its ids and every blob uploaded under
     its digest; the live state of a run made before schema 6 is archived like a save, so
-    any process can rebuild it. Then start it with --database URL (and --blobs s3://…).
+    any process can rebuild it. Then start it with
+    `logits server start --database URL --blobs s3://…`.
 
     Examples:
 

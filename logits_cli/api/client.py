@@ -365,10 +365,17 @@ class LogitsClient(ClientCore):
         )
         return CheckpointRef.parse(result.path)
 
-    async def finish_session(self) -> None:
-        """End this client's session (§11.1), if it made one; later calls make a new one."""
-        async with self._session_lock:
-            session_id, self._session_id = self._session_id, None
+    async def session_id(self) -> str:
+        """This client's session (§11.1), created on first need; the run of the next
+        ``create_run_from`` is made in it."""
+        return await self._session()
+
+    async def finish_session(self, session_id: str | None = None) -> None:
+        """End this client's session (§11.1), if it made one (later calls make a new one),
+        or ``session_id``, one an earlier process of ours made and could not finish."""
+        if session_id is None or session_id == self._session_id:
+            async with self._session_lock:
+                session_id, self._session_id = self._session_id, None
         if session_id is not None:
             await self._layer.request(
                 "POST", f"sessions/{session_id}/finish", json={"reason": {"type": "success"}}

@@ -11,18 +11,19 @@
 * files generation, ``sampler_weights/``: refused, exit 10.
 
 The generation is learnt from the first ``…/archive`` answer for a checkpoint that exists and
-remembered per base URL (``generations.py``).
+remembered per base URL (``generations.py``). A remembered answer is checked again when the
+files path is refused (404, or a deployment that cannot do what it needs): a deployment that
+answers ``…/archive`` now is archive generation again. The export's life, and its run's, is
+``export_lifecycle.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from logits_cli import models
 from logits_cli.api import generations
@@ -31,6 +32,14 @@ from logits_cli.api.download_options import (
     DownloadResult,
     FileUrls,
     ProgressCallback,
+)
+from logits_cli.api.export_lifecycle import (
+    EXPORT_TTL_S,
+    clean_up,
+    export_kept_until,
+    make_export,
+    recorder,
+    resumable_export,
 )
 from logits_cli.errors import (
     IntegrityError,
@@ -46,19 +55,22 @@ if TYPE_CHECKING:
     from logits_cli.api.client import LogitsClient
     from logits_cli.api.transfer.files import FilesContext
 
-# Long enough for a large export over a slow link; renewed whenever URLs are re-signed.
-EXPORT_TTL_S = 3600
 Notice = Callable[[str], None]
+T = TypeVar("T")
+# What the files path raises when this deployment cannot serve it: an archive deployment
+# answers save_weights_external 404, and our own refusals (sampler_weights/, no --export).
+FILES_PATH_REFUSED = (NotFoundError, MethodNotAllowedError, UnsupportedError)
 
 
-async def generation_of(client: LogitsClient, ref: CheckpointRef) -> str:
-    """The generation of ``client``'s deployment, probing with ``ref`` (which exists) once."""
+async def generation_of(client: LogitsClient, ref: CheckpointRef) -> tuple[str, bool]:
+    """The generation of ``client``'s deployment, probing with ``ref`` (which exists) when
+    nothing recent is remembered; and whether the answer is a remembered one."""
     base_url = client.settings.base_url
     if base_url is None:
-        return generations.ARCHIVE  # the embedded backend serves both
+        return generations.ARCHIVE, False  # the embedded backend serves both
     known = generations.remembered(client.settings.home, base_url)
     if known is not None:
-        return known
+        return known, True
     try:
         await client.archive_url(ref)
         found = generations.ARCHIVE
@@ -66,7 +78,37 @@ async def generation_of(client: LogitsClient, ref: CheckpointRef) -> str:
         await client.get_checkpoint(ref)  # NotFoundError here: the checkpoint is missing
         found = generations.FILES
     generations.remember(client.settings.home, base_url, found)
-    return found
+    return found, False
+
+
+async def _archive_endpoint_back(client: LogitsClient, ref: CheckpointRef) -> bool:
+    """On a remembered files generation, before an export or after the files path was
+    refused: does the deployment answer ``…/archive`` now (remembered from here on)?"""
+    base_url = client.settings.base_url
+    assert base_url is not None  # remembered answers exist for remote deployments only
+    try:
+        await client.archive_url(ref)
+    except (NotFoundError, MethodNotAllowedError):
+        return False  # still no archive endpoint (or no such checkpoint): the memory stands
+    generations.remember(client.settings.home, base_url, generations.ARCHIVE)
+    return True
+
+
+async def _files_unless_refused(
+    client: LogitsClient,
+    target: CheckpointRef,
+    remembered: bool,
+    files_path: Callable[[], Awaitable[T]],
+    archive_path: Callable[[], Awaitable[T]],
+) -> T:
+    """``files_path``; if it is refused and the files generation was only remembered, the
+    archive endpoint is tried again and, when it answers, ``archive_path`` is taken."""
+    try:
+        return await files_path()
+    except FILES_PATH_REFUSED:
+        if not remembered or not await _archive_endpoint_back(client, target):
+            raise
+    return await archive_path()
 
 
 async def _archive_endpoint_gone(client: LogitsClient, ref: CheckpointRef) -> bool:
@@ -122,33 +164,49 @@ async def download(
     from logits_cli.api.transfer.files import FilesSource, download_files
 
     target = await client.resolve(ref)
-    per_file = target.kind == EXTERNAL_KIND
-    if not per_file and await generation_of(client, target) == generations.ARCHIVE:
+    if target.kind == EXTERNAL_KIND:
+        checkpoint = await client.get_checkpoint(target)
+        source = FilesSource(checkpoint, lambda: client.external_weights_urls(target))
+        fetch = download_files(_context(client), source, dest_dir, options, progress)
+        return await _bounded(fetch, options, dest_dir)
+
+    def archive_path() -> Awaitable[DownloadResult]:
+        return download_checkpoint(client, target, dest_dir, options, progress)
+
+    generation, remembered = await generation_of(client, target)
+    if generation == generations.ARCHIVE:
         existed = dest_dir.exists()
         try:
-            return await download_checkpoint(client, target, dest_dir, options, progress)
+            return await archive_path()
         except (NotFoundError, MethodNotAllowedError):
             if not await _archive_endpoint_gone(client, target):
                 raise
             if not existed:  # the archive path made DEST before it learned there is no URL
                 _remove_if_only_locks(dest_dir)
-    if not per_file and (target.kind != "weights" or not options.allow_export):
-        raise no_archive(target)
-    if options.archive_only:
-        raise UnsupportedError(
-            f"{target} has no archive on this deployment: it is downloaded file by file",
-            hint="drop --archive-only; the files are installed in DEST/NAME",
+            remembered = False  # learnt just now
+
+    if remembered and target.kind == "weights" and options.allow_export:
+        # An export costs a session and a run on the service, a question one GET: a
+        # remembered answer is checked first.
+        if await _archive_endpoint_back(client, target):
+            return await archive_path()
+        remembered = False
+
+    async def files_path() -> DownloadResult:
+        if target.kind != "weights" or not options.allow_export:
+            raise no_archive(target)
+        if options.archive_only:
+            raise UnsupportedError(
+                f"{target} has no archive on this deployment: it is downloaded file by file",
+                hint="drop --archive-only; the files are installed in DEST/NAME",
+            )
+        return await _bounded(
+            _export_and_download(client, target, dest_dir, options, progress, notice),
+            options,
+            dest_dir,
         )
-    if per_file:
-        checkpoint = await client.get_checkpoint(target)
-        source = FilesSource(checkpoint, lambda: client.external_weights_urls(target))
-        fetch = download_files(_context(client), source, dest_dir, options, progress)
-        return await _bounded(fetch, options, dest_dir)
-    return await _bounded(
-        _export_and_download(client, target, dest_dir, options, progress, notice),
-        options,
-        dest_dir,
-    )
+
+    return await _files_unless_refused(client, target, remembered, files_path, archive_path)
 
 
 async def _bounded(
@@ -196,14 +254,21 @@ async def _export_and_download(
             return DownloadResult(
                 checkpoint, dest_dir / checkpoint.name, bytes_fetched=0, skipped=True, resumed=False
             )
-    export = await _resumable_export(client, pending_export(dest_dir, checkpoint.name), checkpoint)
+    record = pending_export(dest_dir, checkpoint.name)
+    export = await resumable_export(client, record, checkpoint)
+    made_in = {k: v for k, v in (record or {}).items() if k in ("session", "run", "export_name")}
     if export is None:
         if notice is not None:
             notice(
                 f"exporting {target.checkpoint_id}: this deployment downloads file by file, "
                 "which starts a training session on the service"
             )
-        export = await make_export(client, target)
+        write, take_back = recorder(dest_dir, checkpoint.name, checkpoint.tinker_path)
+        try:
+            export, made_in = await make_export(client, target, write)
+        except LogitsError:
+            take_back()  # no export: nothing to resume, and the session released its run
+            raise
     signed = 0
 
     async def file_urls() -> FileUrls:
@@ -214,74 +279,52 @@ async def _export_and_download(
                 await client.set_ttl(export, EXPORT_TTL_S)
         return await client.external_weights_urls(export)
 
-    source = FilesSource(checkpoint, file_urls, content="adapter-only", export=str(export))
+    source = FilesSource(
+        checkpoint, file_urls, content="adapter-only", export=str(export), extra=made_in
+    )
     try:
         result = await download_files(_context(client), source, dest_dir, options, progress)
     except IntegrityError:
-        await _clean_up(client, export)
+        await clean_up(client, export)
         raise
-    except BaseException:
-        # Kept for the next run to resume on; its TTL removes it if nobody does.
-        with contextlib.suppress(LogitsError):
-            await client.finish_session()
-        raise
-    await _clean_up(client, export)
+    # Anything else keeps the export for the next run to resume on (the record names it);
+    # its TTL removes it, and its run, if nobody does.
+    await clean_up(client, export)
     return result
-
-
-async def _resumable_export(
-    client: LogitsClient, record: dict[str, object] | None, checkpoint: models.Checkpoint
-) -> CheckpointRef | None:
-    """The export a killed download of this checkpoint recorded, if it is still there."""
-    if record is None or record.get("source") != checkpoint.tinker_path:
-        return None
-    try:
-        export = CheckpointRef.parse(str(record["export"]))
-        await client.external_weights_urls(export)
-    except LogitsError:
-        return None  # gone (expired, deleted) or unreadable: made again
-    return export
-
-
-async def make_export(client: LogitsClient, target: CheckpointRef) -> CheckpointRef:
-    """Export ``target`` (a weights/ checkpoint) as an external_weights/ checkpoint."""
-    run_id = await client.create_run_from(target)
-    name = f"export-{target.name[:40]}-{uuid.uuid4().hex[:8]}"
-    return await client.save_external(run_id, name, ttl_seconds=EXPORT_TTL_S)
-
-
-def export_kept_until() -> datetime:
-    return datetime.now(UTC) + timedelta(seconds=EXPORT_TTL_S)
-
-
-async def _clean_up(client: LogitsClient, export: CheckpointRef) -> None:
-    """Delete the export and finish the session; failures only leave a TTL-bounded export."""
-    with contextlib.suppress(LogitsError):
-        await client.delete(export)
-    with contextlib.suppress(LogitsError):
-        await client.finish_session()
 
 
 async def signed_urls(
     client: LogitsClient, ref: CheckpointRef, *, export: bool, notice: Notice | None
 ) -> tuple[CheckpointRef, models.CheckpointArchiveUrlResponse | FileUrls]:
     """What ``logits ckpt url`` prints: the archive URL, or on the files generation the
-    per-file URL map (of ``ref`` itself, or of an export of it made only with ``export``)."""
+    per-file URL map (of ``ref`` itself, or of an export of it made only with ``export``).
+    The export lives for its TTL; its run lives exactly as long (``export_lifecycle``)."""
     target = await client.resolve(ref)
     if target.kind == EXTERNAL_KIND:
         return target, await client.external_weights_urls(target)
-    if await generation_of(client, target) == generations.ARCHIVE:
+
+    async def archive_path() -> tuple[CheckpointRef, models.CheckpointArchiveUrlResponse]:
         return target, await client.archive_url(target)
-    if target.kind != "weights" or not export:
-        raise no_archive(target)
-    made = await make_export(client, target)
-    urls = await client.external_weights_urls(made)
-    with contextlib.suppress(LogitsError):
-        await client.finish_session()
-    if notice is not None:
-        until = export_kept_until().isoformat(timespec="seconds").replace("+00:00", "Z")
-        notice(
-            f"Exported {target.checkpoint_id} as {made}; the export is kept until {until} "
-            f"(delete it earlier with `logits ckpt rm {made}`)"
-        )
-    return made, urls
+
+    generation, remembered = await generation_of(client, target)
+    if generation == generations.ARCHIVE:
+        return await archive_path()
+    if remembered and target.kind == "weights" and export:
+        if await _archive_endpoint_back(client, target):  # checked before an export
+            return await archive_path()
+        remembered = False
+
+    async def files_path() -> tuple[CheckpointRef, FileUrls]:
+        if target.kind != "weights" or not export:
+            raise no_archive(target)
+        made, _ = await make_export(client, target)
+        urls = await client.external_weights_urls(made)
+        if notice is not None:
+            until = export_kept_until().isoformat(timespec="seconds").replace("+00:00", "Z")
+            notice(
+                f"Exported {target.checkpoint_id} as {made}; the export is kept until {until} "
+                f"(delete it earlier with `logits ckpt rm {made}`)"
+            )
+        return made, urls
+
+    return await _files_unless_refused(client, target, remembered, files_path, archive_path)

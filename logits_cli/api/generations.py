@@ -2,56 +2,86 @@
 
 The archive generation answers ``…/archive``; the files generation answers it 404, 405 or
 410 for a checkpoint that was just listed. What was learnt is kept in this process and in
-``$LOGITS_HOME/generations.json`` (base URL -> generation), so a nightly cron run does not
-probe again. A remembered generation that turns out wrong (a deployment upgraded) is simply
-learnt again: the file is a cache, never an authority.
+``$LOGITS_HOME/generations.json`` (base URL -> generation and when it was learnt), so a
+nightly cron run does not probe again. The file is a cache, never an authority: an answer
+older than ``MAX_AGE_SECONDS`` is learnt again, and so is one a request contradicts (a files
+path refused by an archive deployment, ``files_generation.py``). It is read only when it is
+ours (a regular file owned by this user, no symlink) and replaced atomically without
+following a symlink (``diskio.read_private_file``/``write_private_file``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
+import time
 from pathlib import Path
+
+from logits_cli.diskio import read_private_file, write_private_file
 
 ARCHIVE = "archive"
 FILES = "files"
 GENERATIONS_FILE = "generations.json"
+# A deployment can be upgraded (or a test server restarted in another mode at the same
+# address); a day bounds how long a wrong answer can steer downloads.
+MAX_AGE_SECONDS = 24 * 3600
+MAX_FILE_BYTES = 1 << 20  # a few entries per base URL ever used; anything larger is not ours
 
-_known: dict[str, str] = {}
+# base URL -> (generation, when it was learnt, time.time())
+_known: dict[str, tuple[str, float]] = {}
 
 
 def _path(home: Path) -> Path:
     return home / GENERATIONS_FILE
 
 
-def _read(home: Path) -> dict[str, str]:
+def _read(home: Path) -> dict[str, tuple[str, float]]:
+    """The file's entries; absent, unreadable, foreign or malformed all read as empty."""
     try:
-        document = json.loads(_path(home).read_text())
+        data = read_private_file(_path(home), MAX_FILE_BYTES)
+        document = json.loads(data) if data is not None else None
     except (OSError, ValueError):
         return {}
     if not isinstance(document, dict):
         return {}
-    return {k: v for k, v in document.items() if isinstance(k, str) and v in (ARCHIVE, FILES)}
+    entries: dict[str, tuple[str, float]] = {}
+    for base_url, entry in document.items():
+        # Entries without a time (written by an older version) are skipped: learnt again.
+        if not isinstance(entry, dict):
+            continue
+        generation, learnt = entry.get("generation"), entry.get("learnt")
+        if generation in (ARCHIVE, FILES) and isinstance(learnt, (int, float)):
+            entries[base_url] = (generation, float(learnt))
+    return entries
+
+
+def _fresh(entry: tuple[str, float] | None) -> str | None:
+    if entry is None:
+        return None
+    generation, learnt = entry
+    age = time.time() - learnt
+    return generation if 0 <= age < MAX_AGE_SECONDS else None
 
 
 def remembered(home: Path, base_url: str) -> str | None:
-    if base_url not in _known:
-        found = _read(home).get(base_url)
-        if found is None:
+    """The generation learnt for ``base_url`` less than a day ago, else None."""
+    if _fresh(_known.get(base_url)) is None:
+        entry = _read(home).get(base_url)
+        if _fresh(entry) is None:
             return None
-        _known[base_url] = found
-    return _known[base_url]
+        assert entry is not None
+        _known[base_url] = entry
+    return _known[base_url][0]
 
 
 def remember(home: Path, base_url: str, generation: str) -> None:
-    """Record ``generation`` for ``base_url``; a cache that cannot be written is no error."""
-    if _known.get(base_url) == generation and _read(home).get(base_url) == generation:
-        return
-    _known[base_url] = generation
-    document = _read(home) | {base_url: generation}
+    """Record ``generation`` for ``base_url`` as learnt now; a cache that cannot be written
+    is no error."""
+    now = time.time()
+    _known[base_url] = (generation, now)
+    entries = _read(home)
+    entries[base_url] = (generation, now)
+    document = {url: {"generation": g, "learnt": at} for url, (g, at) in entries.items()}
     with contextlib.suppress(OSError):
-        home.mkdir(parents=True, exist_ok=True)
-        scratch = _path(home).with_name(f"{GENERATIONS_FILE}.{os.getpid()}.tmp")
-        scratch.write_text(json.dumps(document, sort_keys=True, indent=1))
-        os.replace(scratch, _path(home))
+        payload = json.dumps(document, sort_keys=True, indent=1).encode()
+        write_private_file(_path(home), payload)

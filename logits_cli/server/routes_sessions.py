@@ -36,9 +36,13 @@ async def finish_session(call: Call) -> Response:
     if detail is not None and not isinstance(detail, str):
         raise UsageError("invalid field detail: expected a string")
     session_id = _session_id(call)
-    await call.run(
-        lambda: sessions.finish_session(call.store, call.user, session_id, reason["type"], detail)
-    )
+
+    def finish() -> None:
+        sessions.finish_session(call.store, call.user, session_id, reason["type"], detail)
+        # The service unloads a session's models when it ends; the rows can rebuild them.
+        call.store.free_session_states(session_id)
+
+    await call.run(finish)
     return json_response({})
 
 

@@ -27,7 +27,14 @@ from logits_cli.store.rows import (
     _to_micros,
 )
 from logits_cli.store.runs import RunsMixin
-from logits_cli.uri import SCHEMES, CheckpointRef, format_path, validate_kind, validate_name
+from logits_cli.uri import (
+    EXTERNAL_KIND,
+    SCHEMES,
+    CheckpointRef,
+    format_path,
+    validate_kind,
+    validate_name,
+)
 
 
 class CheckpointsMixin(RunsMixin, BlobsMixin):
@@ -288,6 +295,18 @@ class CheckpointsMixin(RunsMixin, BlobsMixin):
                 row_id, sha256, _ = self._owned_checkpoint(conn, user_id, run_id, kind, name)
                 conn.execute("DELETE FROM checkpoints WHERE id = ?", (row_id,))
             self._discard_blob(sha256)
+        if kind == EXTERNAL_KIND:
+            self.remove_export_runs([run_id])  # a run made only for it goes with it
+
+    def sweep(self) -> int:
+        expiring = self._db.connection().execute(
+            "SELECT DISTINCT run_id FROM checkpoints WHERE kind = ? AND expires_at <= ?",
+            (EXTERNAL_KIND, self._now_micros()),
+        )
+        export_runs = [row[0] for row in expiring]
+        removed = super().sweep()
+        self.remove_export_runs(export_runs)  # runs made only for exports that expired
+        return removed
 
     def set_public(self, user_id: str, run_id: str, kind: str, name: str, public: bool) -> None:
         """AlreadyPublicError / AlreadyPrivateError when already in that state."""

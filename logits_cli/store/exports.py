@@ -28,6 +28,7 @@ from typing import Any
 from logits_cli import models
 from logits_cli.diskio import write_all
 from logits_cli.errors import NotFoundError, UsageError
+from logits_cli.store.core import StoreCore
 from logits_cli.store.rows import ORPHAN_GRACE_SECONDS
 from logits_cli.store.store import (
     _UNEXPIRED,
@@ -53,14 +54,14 @@ class ExportFile:
     size: int
 
 
-def exports_dir(store: Store) -> Path:
+def exports_dir(store: StoreCore) -> Path:
     path = store.root / "exports"
     path.mkdir(mode=0o700, exist_ok=True)
     return path
 
 
 @contextmanager
-def _adopting(store: Store) -> Iterator[None]:
+def _adopting(store: StoreCore) -> Iterator[None]:
     from filelock import FileLock
 
     with _ADOPT_LOCKS_GUARD:
@@ -125,7 +126,7 @@ def _manifest_digest(files: list[ExportFile]) -> str:
     return hashlib.sha256(json.dumps(listing, sort_keys=True).encode()).hexdigest()
 
 
-def gc_export_blobs(store: Store) -> int:
+def gc_export_blobs(store: StoreCore) -> int:
     """Remove blobs no export row references (deleted, overwritten or swept exports)."""
     directory = exports_dir(store)
     removed = 0

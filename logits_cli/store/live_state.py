@@ -12,6 +12,10 @@ object store, an archive a run's state came from is kept while the row names it
 (``StoreCore._blob_in_use``).
 
 Runs created before schema 6 record nothing: their state directory is the only copy.
+
+When a session finishes, the state of its runs is freed (``free_session_states``), as the
+service unloads a session's models when it ends: a later request on such a run (the archive
+dialect has no sessions) rebuilds it from the row, like a process on another machine does.
 """
 
 from __future__ import annotations
@@ -129,3 +133,28 @@ class LiveStateMixin(StoreCore):
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return state
+
+    def free_session_states(self, session_id: str) -> int:
+        """Remove the state directories of the finished session ``session_id``'s runs whose
+        row can rebuild them (schema 6 and later); returns how many were removed."""
+        with self._db.read() as conn:
+            rows = conn.execute(
+                "SELECT r.id FROM runs r JOIN sessions s ON s.id = r.session_id"
+                " WHERE r.session_id = ? AND s.finished IS NOT NULL"
+                " AND (r.state_seed IS NOT NULL OR r.state_source IS NOT NULL)",
+                (session_id,),
+            ).fetchall()
+        freed = 0
+        for (run_id,) in rows:
+            with self._run_lock(run_id):
+                state = self.state_dir(run_id)
+                if not state.is_dir():
+                    continue
+                # Moved aside first: the run's name never points at a partial state, and a
+                # crash before the removal leaves a directory the sweep removes.
+                owner = self._claim_instance()
+                aside = self.runs_dir / f"{_NEW_STATE_PREFIX}{owner}-freed-{secrets.token_hex(4)}"
+                os.replace(state, aside)
+                shutil.rmtree(aside, ignore_errors=True)
+                freed += 1
+        return freed

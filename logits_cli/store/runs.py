@@ -1,4 +1,5 @@
-"""Training runs: creation with fresh live state, lookups, listings (docs/protocol.md §5.3, §5.5)."""
+"""Training runs: creation with fresh live state, lookups, listings (docs/protocol.md §5.3, §5.5),
+and the removal of a run with the export it was made for (docs/protocol.md Appendix A, A30)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import os
 import shutil
 import sqlite3
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from logits_cli import models
 from logits_cli.errors import ConflictError, NotFoundError, UsageError
@@ -27,9 +30,53 @@ from logits_cli.store.rows import (
 )
 from logits_cli.uri import KIND_TO_TYPE, validate_run_id
 
+# A run that goes with its export (docs/protocol.md Appendix A, A30): its state was loaded
+# from a checkpoint (create-via-load, or a load), so it holds nothing that checkpoint does not;
+# its session is finished, so no model request of the session's client can name it again; and
+# nothing refers to it any more: no checkpoint (the export was its last), no sampling session
+# bound to it, no request in flight. A files-generation client makes one per export (§11.6).
+_GOES_WITH_ITS_EXPORT = (
+    "r.state_source IS NOT NULL"
+    " AND EXISTS (SELECT 1 FROM sessions s WHERE s.id = r.session_id AND s.finished IS NOT NULL)"
+    " AND NOT EXISTS (SELECT 1 FROM checkpoints c WHERE c.run_id = r.id)"
+    " AND NOT EXISTS (SELECT 1 FROM sampling_sessions p WHERE p.run_id = r.id)"
+    " AND NOT EXISTS (SELECT 1 FROM futures f WHERE f.model_id = r.id AND f.status = 'pending')"
+)
+
 
 class RunsMixin(LiveStateMixin):
     """Training runs and their live state."""
+
+    def remove_export_runs(self, run_ids: Iterable[str]) -> int:
+        """After exports of ``run_ids`` were deleted or expired: remove the row and the live
+        state of each of those runs that goes with its export (``_GOES_WITH_ITS_EXPORT``);
+        returns how many went. Only an export's removal triggers this: a run forked with
+        create-via-load and never saved stays listed, as on the service."""
+        released = 0
+        for run_id in dict.fromkeys(run_ids):
+            with self._run_lock(run_id):
+                with self._db.write() as conn:
+                    # Under the lock: a save or a load may have come in meanwhile.
+                    row = conn.execute(
+                        f"SELECT r.state_source FROM runs r WHERE r.id = ?"
+                        f" AND {_GOES_WITH_ITS_EXPORT}",
+                        (run_id,),
+                    ).fetchone()
+                    if row is None:
+                        continue
+                    conn.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+                shutil.rmtree(self.state_dir(run_id), ignore_errors=True)
+                # With an object store the archive the state came from was kept for this row.
+                if not self._blob_in_use(self._db.connection(), "blobs", row[0]):
+                    self._drop_blob("blobs", row[0])
+            # After the lock: a waiter that then takes it finds no run (NotFoundError).
+            (self.runs_dir / f"{quote(run_id, safe='')}.lock").unlink(missing_ok=True)
+            released += 1
+        if released:
+            from logits_cli.store.exports import gc_export_blobs
+
+            gc_export_blobs(self)  # the files of the exports just removed
+        return released
 
     # -- runs (§5.3, §5.5) ----------------------------------------------------------------
     def known_base_models(self) -> list[tuple[str, int]]:

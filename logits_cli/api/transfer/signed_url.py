@@ -35,8 +35,9 @@ class SignedUrl:
     until the blob server refuses it, rather than replaced before every request.
 
     *Refusals* (any 401 or 403 from the blob server: the URL is the only credential it
-    sees) renew the URL once; a fresh URL refused before any answer accepted it ends the
-    download with ``DownloadUrlRefusedError``. So do more than ``MAX_EARLY_URL_RENEWALS``
+    sees) renew the URL once; a fresh URL refused before any answer accepted it, and while
+    its listed expiry is still ahead, ends the download with ``DownloadUrlRefusedError``
+    (one refused after its expiry is simply renewed: it was too short-lived to reach). So do more than ``MAX_EARLY_URL_RENEWALS``
     renewals in a row that the listed expiry does not explain (each after a growing
     pause), whatever their cause; a URL that lasted ``URL_SETTLED_S`` resets the count.
     """
@@ -112,14 +113,14 @@ class SignedUrl:
             if generation != self.generation:
                 return
             host = httpx.URL(self._url or "").host or "the blob server"
-            if refusal is not None and self._refused_fresh:
+            if self._due() or self.expired():
+                self._early = 0  # the URL's own expiry explains this renewal
+            elif refusal is not None and self._refused_fresh:
                 raise DownloadUrlRefusedError(
                     f"{host} refused the download URL ({refusal}), and a fresh one too; "
                     f"{NOT_THE_KEY}: the service signs URLs its blob store does not accept "
                     "(try later, or tell the service's operator)"
                 )
-            if self._due() or self.expired():
-                self._early = 0  # the URL's own expiry explains this renewal
             else:
                 await self._early_renewal(host, refusal)
             await self._refresh()

@@ -401,3 +401,18 @@ def test_a_bad_cap_setting_is_a_usage_error(
     assert result.stderr.splitlines() == [
         "Error: LOGITS_MAX_UNSIZED_DOWNLOAD must be a size such as 64G, 500M or 1T; got 'lots'"
     ]
+
+
+def test_a_size_only_the_answer_gives_is_checked_against_the_free_space(tmp_path: Path) -> None:
+    # No listed size; the answer claims a petabyte: refused on arrival, before any write.
+    def huge(request: Request, sock: socket.socket, rank: int, data: bytes) -> None:
+        headers = {"Content-Range": f"bytes 0-65535/{1 << 50}", "Content-Length": "65536"}
+        sock.sendall(head(206, headers, "Partial Content") + b"\0" * 65536)
+
+    with hostile(Deployment(huge, listed_size=False)) as server:
+        result = download(server, tmp_path, WEIGHTS)
+    assert type(result) is LogitsError, result
+    assert re.fullmatch(
+        rf"not enough free space in .*/dest: {1 << 50} bytes needed, \d+ available", result.message
+    ), result.message
+    assert listing(tmp_path / "dest") == []

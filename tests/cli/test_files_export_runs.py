@@ -235,10 +235,14 @@ def test_url_export_run_lives_as_long_as_its_export(
     # Its session is finished: its live state is freed while the export lives.
     assert state_dirs(server) == before_dirs
     ok("ckpt", "ttl", export, "--set", "1s")
-    give_up = time.monotonic() + 10
-    while server.store.sweep() == 0 and time.monotonic() < give_up:
+    give_up = time.monotonic() + 10  # the export expires in 1 s; the sweep (ours or the
+    while time.monotonic() < give_up:  # server's own) then removes it and its run
+        server.store.sweep()
+        if server_state(server) == before:
+            break
         time.sleep(0.2)
     assert server_state(server) == before
+    assert invoke(["ckpt", "info", export]).exit_code == 4
 
 
 # -- G11: a remembered generation is learnt again ------------------------------------------

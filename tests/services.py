@@ -73,6 +73,11 @@ def _service_user() -> tuple[int, int] | None:
 class Postgres:
     host: str
     port: int
+    # What ``restart`` needs: the cluster's directory, pg_ctl, the user it runs as, options.
+    data: Path | None = None
+    pg_ctl: str | None = None
+    owner: tuple[int, int] | None = None
+    options: str = ""
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://{PG_USER}@{self.host}:{self.port}/{database}"
@@ -85,6 +90,29 @@ class Postgres:
         with psycopg.connect(self.url(), autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
         return self.url(name)
+
+    def restart(self, down_for: float = 0.0) -> None:
+        """``pg_ctl restart`` (fast: every connection is closed at once), or with
+        ``down_for`` a stop, that many seconds down, and a start; returns once the server
+        accepts connections again."""
+        if down_for <= 0:
+            self._pg_ctl("-m", "fast", "-w", "restart")
+            return
+        self._pg_ctl("-m", "fast", "-w", "stop")
+        time.sleep(down_for)
+        self._pg_ctl("-o", self.options, "-w", "start")
+
+    def _pg_ctl(self, *args: str) -> None:
+        assert self.data is not None and self.pg_ctl is not None
+        ids = {} if self.owner is None else {"user": self.owner[0], "group": self.owner[1]}
+        subprocess.run(
+            # -l: the server's output to its log, not to our pipes (run() would wait for it).
+            [self.pg_ctl, "-D", str(self.data), "-l", str(self.data.parent / "log"), *args],
+            check=True,
+            capture_output=True,
+            timeout=START_TIMEOUT_SECONDS,
+            **ids,  # type: ignore[arg-type]
+        )
 
 
 @contextlib.contextmanager
@@ -122,7 +150,7 @@ def run_postgres() -> Iterator[Postgres]:
             **ids,  # type: ignore[arg-type]
         )
         try:
-            yield Postgres("127.0.0.1", port)
+            yield Postgres("127.0.0.1", port, data, pg_ctl, owner, options)
         finally:
             subprocess.run(
                 [pg_ctl, "-D", str(data), "-m", "immediate", "-w", "stop"],

@@ -18,7 +18,8 @@ from typing import Any
 
 import anyio.to_thread
 
-from logits_cli.errors import JobFailedError, LogitsError
+from logits_cli.errors import JobFailedError, LogitsError, NotFoundError
+from logits_cli.store.recovery import recover
 from logits_cli.store.store import FutureRecord, Store
 
 from .responses import storage_full
@@ -31,6 +32,9 @@ Job = Callable[[], dict[str, Any]]
 # While long-polling, also re-read the store this often, so a future finished by another
 # process sharing the store is noticed too.
 _STORE_RECHECK_SECONDS = 0.5
+# How long a finished job keeps trying to record its outcome while the database is away (a
+# restart): unrecorded, its future would stay pending under a live owner, never taken over.
+_RECORD_OUTCOME_SECONDS = 300.0
 
 
 def failure_result(exc: BaseException) -> dict[str, Any]:
@@ -127,12 +131,27 @@ class FutureRunner:
 
     def start_takeover(self, build: Callable[[dict[str, Any]], Job], interval: float) -> None:
         """Served mode: every ``interval`` seconds, claim the resumable futures of server
-        processes that died (``Store.claim_orphaned_futures``) and run them here."""
+        processes that died (``Store.claim_orphaned_futures``) and run them here.
+
+        Start-up recovery runs once more when this process can first tell dead processes
+        from live ones (on PostgreSQL a lease after it starts: ``Store.liveness_settled``);
+        before that it left everything alone."""
         self._stop_takeover = threading.Event()
 
         def loop() -> None:
+            recovered = False
             while not self._stop_takeover.wait(interval):
                 try:
+                    if not recovered and self._store.liveness_settled():
+                        recovered = True
+                        done = recover(self._store)
+                        if done.idempotency_claims or done.futures:
+                            logger.info(
+                                "released %d idempotency records and failed %d futures of"
+                                " dead processes",
+                                done.idempotency_claims,
+                                done.futures,
+                            )
                     claimed = self._store.claim_orphaned_futures()
                 except Exception as exc:
                     logger.error("taking over futures failed", exc_info=exc)
@@ -170,11 +189,29 @@ class FutureRunner:
             result, failed = failure_result(exc), True
             if not isinstance(exc, LogitsError) and result["code"] == "internal":
                 logger.error("future %s failed unexpectedly", request_id, exc_info=exc)
-        try:
-            self._store.finish_future(request_id, result=result, failed=failed)
-        except Exception as exc:
-            logger.error("could not record the outcome of future %s", request_id, exc_info=exc)
+        self._record(request_id, result, failed)
         self._notify(request_id)
+
+    def _record(self, request_id: str, result: dict[str, Any], failed: bool) -> None:
+        """Write the outcome, retrying for ``_RECORD_OUTCOME_SECONDS`` while the store
+        fails (its database restarting) with pauses of up to 5 s."""
+        deadline = time.monotonic() + _RECORD_OUTCOME_SECONDS
+        pause = 0.25
+        while True:
+            try:
+                self._store.finish_future(request_id, result=result, failed=failed)
+                return
+            except NotFoundError:
+                return  # the future's row is gone (swept): nobody is waiting for it
+            except Exception as exc:
+                if time.monotonic() + pause > deadline or self._stop_takeover.is_set():
+                    logger.error(
+                        "could not record the outcome of future %s", request_id, exc_info=exc
+                    )
+                    return
+                logger.warning("recording the outcome of future %s: %s", request_id, exc)
+            time.sleep(pause)
+            pause = min(pause * 2, 5.0)
 
     def _notify(self, request_id: str) -> None:
         with self._lock:

@@ -80,7 +80,8 @@ class StoreCore:
         self._run_locks_guard = threading.Lock()
         self.instances_dir = self.root / "instances"
         self.instance_id = secrets.token_hex(8)
-        self._instance_lock: Any = None  # a FileLock held while this instance may run futures
+        # Held while this instance may run futures: a FileLock, or a liveness.Lease.
+        self._instance_lock: Any = None
         self._instance_guard = threading.Lock()
 
     @property
@@ -266,7 +267,9 @@ class StoreCore:
         if instance is None or not re.fullmatch(r"[0-9a-f]{16}", instance):
             return False
         if self.database is not None:
-            return bool(self._db.instance_held(instance))
+            # Judged against this process's own lease (liveness.py): it must be renewing.
+            self._claim_instance()
+            return bool(self._db.instance_alive(instance, judge=self._instance_lock))
         path = self.instances_dir / f"{instance}.lock"
         if not path.exists():
             return False
@@ -282,3 +285,12 @@ class StoreCore:
     def instance_alive(self, instance: str | None) -> bool:
         """Whether the store instance (process) named ``instance`` still runs."""
         return self._instance_alive(instance)
+
+    def liveness_settled(self) -> bool:
+        """Whether this process can tell a dead instance yet: on PostgreSQL only once its
+        own lease has been renewed without a break for a whole lease (liveness.py); until
+        then every instance whose lease ran out looks alive, and its work is left alone."""
+        if self.database is None:
+            return True
+        self._claim_instance()
+        return bool(self._instance_lock.unbroken_for() >= self._instance_lock.seconds)

@@ -4,9 +4,11 @@ A process killed mid-request leaves idempotency records "running" (which would b
 retry of that request for ``idempotency_retention``), futures "pending", and temp files of
 saves, creates and loads (a killed save leaves a partial archive as large as the state).
 Each of these names the store instance that made it; an instance is dead when nobody holds
-its lock (a file, or on PostgreSQL an advisory lock: ``Store.instance_alive``). Only what
-dead instances own is removed, so a server starting beside live ones sharing the store
-never touches their work.
+its lock file, or on PostgreSQL when its lease has run out (``Store.instance_alive``,
+liveness.py). Only what dead instances own is removed, so a server starting beside live ones
+sharing the store never touches their work. On PostgreSQL a process cannot tell the dead for
+a lease after it starts; the takeover loop runs this again once it can
+(``FutureRunner.start_takeover``).
 """
 
 from __future__ import annotations

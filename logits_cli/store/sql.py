@@ -23,6 +23,7 @@ import functools
 import hashlib
 import logging
 import re
+import select
 import threading
 import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -30,6 +31,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from logits_cli.errors import ConfigError, UnavailableError, UsageError
+from logits_cli.store import liveness
 
 logger = logging.getLogger("logits.store")
 
@@ -230,6 +232,8 @@ def migrate(url: str) -> None:
         with conn.raw.transaction():
             _wait_for_lock(conn, "pg_advisory_xact_lock", WRITE_LOCK_KEY, "the write lock")
             conn.raw.execute("CREATE TABLE IF NOT EXISTS logits_schema (version BIGINT NOT NULL)")
+            # Liveness leases: PostgreSQL's alone (SQLite stores use lock files), never migrated.
+            conn.raw.execute(liveness.TABLE_DDL)
             row = conn.raw.execute("SELECT version FROM logits_schema").fetchone()
             version = 0 if row is None else int(row[0])
             if version > SCHEMA_VERSION:
@@ -258,9 +262,12 @@ class PostgresDatabase:
         self._all: weakref.WeakSet[Any] = weakref.WeakSet()
         self._all_guard = threading.Lock()
         self._closed = False
+        self.lease_seconds = liveness.lease_seconds()  # ConfigError at open when malformed
 
     def connection(self) -> Connection:
         conn: Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and not conn.raw.closed and _closed_by_server(conn):
+            conn.raw.close()
         if conn is None or conn.raw.closed:
             if self._closed:
                 raise ConfigError("the store is closed")
@@ -304,48 +311,52 @@ class PostgresDatabase:
         with statement_errors():
             conn.raw.execute("COMMIT")
 
-    # -- locks beyond one transaction: this process's liveness, runs across machines --------
-    def hold_instance(self, instance_id: str) -> _HeldLock:
-        """Hold the liveness lock of store instance ``instance_id`` (16 hex digits): a session
-        advisory lock on a connection of its own. PostgreSQL releases it when the process
-        dies (its socket closes) or its machine goes silent (keepalives: about 25 s), which
-        is how other processes tell a dead instance (``instance_held``)."""
-        conn = _connect(self.url, keepalives=1, keepalives_idle=10, keepalives_interval=5)
-        for setting, value in _SERVER_KEEPALIVES:
-            conn.raw.execute(f"SET {setting} = {value}")
-        conn.raw.execute("SELECT pg_advisory_lock(%s)", (_signed(int(instance_id, 16)),))
-        with self._all_guard:
-            self._all.add(conn.raw)
-        return _HeldLock(conn)
+    # -- liveness of this process (liveness.py), runs across machines -------------------------
+    def hold_instance(self, instance_id: str) -> liveness.Lease:
+        """Take and keep renewing the liveness lease of store instance ``instance_id``, on a
+        connection of its own, so that processes on any machine see this one alive."""
+        seconds = self.lease_seconds
+        heartbeat = seconds / liveness.HEARTBEATS_PER_LEASE
+        # A renewal stuck on a silent network fails before the lease runs out.
+        options = {
+            "keepalives": 1,
+            "keepalives_idle": max(1, int(heartbeat)),
+            "keepalives_interval": 1,
+            "keepalives_count": 3,
+            "tcp_user_timeout": int(heartbeat * 1000),
+        }
+        lease = liveness.Lease(lambda: _connect(self.url, **options), instance_id, seconds)
+        try:
+            with statement_errors():
+                lease.start()
+        except ConfigError as exc:  # it was reachable at start-up: down, or restarting
+            logger.warning("%s", exc)
+            raise database_unavailable() from None
+        return lease
 
-    def instance_held(self, instance_id: str) -> bool:
-        """Whether some process holds the liveness lock of ``instance_id``. pg_locks shows a
-        bigint key as its high (classid) and low (objid) halves, objsubid 1."""
-        key = int(instance_id, 16)
-        row = (
-            self.connection()
-            .raw.execute(
-                "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted"
-                " AND objsubid = 1 AND classid::bigint = %s AND objid::bigint = %s",
-                (key >> 32, key & 0xFFFFFFFF),
-            )
-            .fetchone()
-        )
-        return row is not None
+    def instance_alive(self, instance_id: str, judge: liveness.Lease) -> bool:
+        """Whether instance ``instance_id`` may still run, as far as this process, renewing
+        ``judge``, can tell (``liveness.instance_alive``)."""
+        with statement_errors():
+            return liveness.instance_alive(self.connection(), instance_id, judge)
 
     @contextmanager
     def run_lock(self, run_id: str) -> Iterator[None]:
         """Serialise the saves, loads and deletes of one run across every process on this
         database, whatever machine it runs on (a session advisory lock on this thread's
         connection, taken outside any transaction)."""
+        import psycopg
+
         key = _signed(int.from_bytes(hashlib.sha256(f"run:{run_id}".encode()).digest()[:8]))
         conn = self.connection()
         _wait_for_lock(conn, "pg_advisory_lock", key, f"run {run_id}")
         try:
             yield
         finally:
+            # A connection lost meanwhile (a database restart) took its session locks along.
             if not conn.raw.closed:
-                conn.raw.execute("SELECT pg_advisory_unlock(%s)", (key,))
+                with contextlib.suppress(psycopg.OperationalError):
+                    conn.raw.execute("SELECT pg_advisory_unlock(%s)", (key,))
 
     def close(self) -> None:
         self._closed = True
@@ -355,15 +366,6 @@ class PostgresDatabase:
         for raw in connections:
             raw.close()
         self._local = threading.local()
-
-
-# The server's side of the keepalives of a liveness connection (hold_instance): PostgreSQL
-# then drops the connection, and the lock, of a machine gone silent.
-_SERVER_KEEPALIVES = (
-    ("tcp_keepalives_idle", 10),
-    ("tcp_keepalives_interval", 5),
-    ("tcp_keepalives_count", 3),
-)
 
 
 def _wait_for_lock(conn: Connection, function: str, key: int, what: str) -> None:
@@ -391,14 +393,17 @@ def _signed(key: int) -> int:
     return key - (1 << 64) if key >= 1 << 63 else key
 
 
-class _HeldLock:
-    """A lock held by a connection of its own; released by closing it."""
-
-    def __init__(self, conn: Connection) -> None:
-        self._conn = conn
-
-    def release(self) -> None:
-        self._conn.close()
+def _closed_by_server(conn: Connection) -> bool:
+    """Whether the server has closed this idle connection (a restart, an administrator):
+    its socket is readable with no query in flight. Checked before a connection is handed
+    out, so the first transaction after a restart does not fail on a dead connection."""
+    if conn.in_transaction:
+        return False
+    try:
+        readable, _, _ = select.select([conn.raw.fileno()], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
 
 
 def _rollback(conn: Connection) -> None:

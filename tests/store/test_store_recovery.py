@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from logits_cli.errors import NotFoundError, UsageError
+from logits_cli.store.liveness import LEASE_ENV
 from logits_cli.store.lora import temp_path_beside
 from logits_cli.store.recovery import recover
 from logits_cli.store.store import Store
@@ -87,10 +88,12 @@ def test_a_dead_instances_resumable_future_is_claimed_by_exactly_one_survivor(
 
 
 def test_on_postgresql_liveness_is_seen_from_another_machine(
-    postgres_server: Any, tmp_path: Path
+    postgres_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two roots stand for two machines: only PostgreSQL is shared. An instance is alive
-    while its process holds its advisory lock; closing or SIGKILL releases it."""
+    while its process renews its lease; closing deletes it at once, SIGKILL lets it run
+    out (store/liveness.py)."""
+    monkeypatch.setenv(LEASE_ENV, "2")  # for the child too
     database = postgres_server.new_database()
     here = Store.open(tmp_path / "here", database=database)
     there = Store.open(tmp_path / "there", database=database)

@@ -416,3 +416,23 @@ def test_a_size_only_the_answer_gives_is_checked_against_the_free_space(tmp_path
         rf"not enough free space in .*/dest: {1 << 50} bytes needed, \d+ available", result.message
     ), result.message
     assert listing(tmp_path / "dest") == []
+
+
+def test_an_endless_error_body_is_read_only_up_to_its_limit() -> None:
+    # Through httpx (embedded and proxied origins) a 403's body was read whole: a hostile
+    # one streams forever. Only ERROR_BODY_LIMIT bytes of it are kept, as the direct
+    # reader does.
+    from logits_cli.api.blob_direct import ERROR_BODY_LIMIT
+    from logits_cli.api.transfer.attempts import bounded_error_answer
+
+    async def forever() -> Any:
+        while True:
+            yield b"<Error><Code>AccessDenied</Code><Message>no</Message></Error>" * 100
+
+    async def scenario() -> Any:
+        import httpx
+
+        return await bounded_error_answer(httpx.Response(403, content=forever()))
+
+    kept = asyncio.run(asyncio.wait_for(scenario(), 10))
+    assert kept.status_code == 403 and len(kept.content) == ERROR_BODY_LIMIT

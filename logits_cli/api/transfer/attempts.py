@@ -16,7 +16,13 @@ from typing import TYPE_CHECKING, Any, cast
 
 import httpx
 
-from logits_cli.api.blob_direct import BlobClient, ConnectionSlot, DirectReader, DirectRequest
+from logits_cli.api.blob_direct import (
+    ERROR_BODY_LIMIT,
+    BlobClient,
+    ConnectionSlot,
+    DirectReader,
+    DirectRequest,
+)
 from logits_cli.api.limits import LowSpeedGuard, TooSlow
 from logits_cli.api.retry import is_retryable_status
 from logits_cli.api.transfer.body_bounds import (
@@ -258,8 +264,7 @@ class SegmentAttempts:
             return self._accept_range(fd, response, offset, last)
         if status == 200:
             return self._accept_whole(fd, response)
-        await response.aread()
-        detail, code = error_detail(response)
+        detail, code = error_detail(await bounded_error_answer(response))
         if status == 416:
             raise ArchiveChanged()
         if status in (401, 403):
@@ -335,3 +340,18 @@ class SegmentAttempts:
         self._done = 0
         self._planned.set()
         return 0, size if size is not None else self._max_unsized
+
+
+async def bounded_error_answer(response: httpx.Response) -> httpx.Response:
+    """The error answer with at most ``ERROR_BODY_LIMIT`` bytes of its body, as the direct
+    reader keeps (blob_direct.py): a hostile 403 may stream forever."""
+    if response.is_stream_consumed:
+        return response  # already read whole (the direct reader's bounded body)
+    kept = bytearray()
+    async for chunk in response.aiter_raw():
+        kept += chunk
+        if len(kept) >= ERROR_BODY_LIMIT:
+            break
+    return httpx.Response(
+        response.status_code, headers=response.headers, content=bytes(kept[:ERROR_BODY_LIMIT])
+    )

@@ -306,6 +306,7 @@ class CheckpointsMixin(RunsMixin, BlobsMixin):
         export_runs = [row[0] for row in expiring]
         removed = super().sweep()
         self.remove_export_runs(export_runs)  # runs made only for exports that expired
+        self.sweep_states()
         return removed
 
     def set_public(self, user_id: str, run_id: str, kind: str, name: str, public: bool) -> None:

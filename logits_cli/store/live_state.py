@@ -13,9 +13,10 @@ object store, an archive a run's state came from is kept while the row names it
 
 Runs created before schema 6 record nothing: their state directory is the only copy.
 
-When a session finishes, the state of its runs is freed (``free_session_states``), as the
-service unloads a session's models when it ends: a later request on such a run (the archive
-dialect has no sessions) rebuilds it from the row, like a process on another machine does.
+When a session finishes, the state of its runs is freed (``free_session_states``; on the
+other machines by their sweep, ``sweep_states``), as the service unloads a session's models
+when it ends: a later request on such a run (the archive dialect has no sessions) rebuilds it
+from the row, like a process on another machine does.
 """
 
 from __future__ import annotations
@@ -24,12 +25,15 @@ import os
 import secrets
 import shutil
 import tempfile
+import time as wallclock
+from contextlib import suppress
 from pathlib import Path
+from urllib.parse import unquote
 
 from logits_cli import models
 from logits_cli.errors import NotFoundError
 from logits_cli.store.core import StoreCore
-from logits_cli.store.rows import _NEW_STATE_PREFIX
+from logits_cli.store.rows import _NEW_STATE_PREFIX, ORPHAN_GRACE_SECONDS
 
 STATE_KEY_FILE = ".state-key"
 
@@ -147,14 +151,45 @@ class LiveStateMixin(StoreCore):
         freed = 0
         for (run_id,) in rows:
             with self._run_lock(run_id):
-                state = self.state_dir(run_id)
-                if not state.is_dir():
-                    continue
-                # Moved aside first: the run's name never points at a partial state, and a
-                # crash before the removal leaves a directory the sweep removes.
-                owner = self._claim_instance()
-                aside = self.runs_dir / f"{_NEW_STATE_PREFIX}{owner}-freed-{secrets.token_hex(4)}"
-                os.replace(state, aside)
-                shutil.rmtree(aside, ignore_errors=True)
-                freed += 1
+                freed += self._remove_state(self.state_dir(run_id))
         return freed
+
+    def sweep_states(self) -> int:
+        """This machine's state directories that need not be here: of runs whose session is
+        finished (freed where the finish was served, and here later: several machines each
+        keep copies), and, after the grace period, of runs that no longer exist (removed
+        with their export on another machine). Returns how many were removed."""
+        cutoff = wallclock.time() - ORPHAN_GRACE_SECONDS
+        conn = self._db.connection()
+        removed = 0
+        for entry in os.scandir(self.runs_dir):
+            if entry.name.startswith(".") or not entry.is_dir(follow_symlinks=False):
+                continue  # staging directories (swept elsewhere) and run lock files
+            run_id = unquote(entry.name)
+            row = conn.execute(
+                "SELECT s.finished, r.state_seed, r.state_source FROM runs r"
+                " LEFT JOIN sessions s ON s.id = r.session_id WHERE r.id = ?",
+                (run_id,),
+            ).fetchone()
+            if row is None:
+                with suppress(FileNotFoundError):
+                    if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                        removed += self._remove_state(Path(entry.path))
+            elif row[0] is not None and (row[1] is not None or row[2] is not None):
+                with self._run_lock(run_id):
+                    removed += self._remove_state(Path(entry.path))
+        return removed
+
+    def _remove_state(self, state: Path) -> int:
+        """Remove a state directory: moved aside first, so the run's name never points at a
+        partial state, and a crash before the removal leaves a directory the sweep removes."""
+        if not state.is_dir():
+            return 0
+        owner = self._claim_instance()
+        aside = self.runs_dir / f"{_NEW_STATE_PREFIX}{owner}-freed-{secrets.token_hex(4)}"
+        try:
+            os.replace(state, aside)
+        except FileNotFoundError:
+            return 0  # removed meanwhile by another process of this --home
+        shutil.rmtree(aside, ignore_errors=True)
+        return 1

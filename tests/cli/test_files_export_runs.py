@@ -245,6 +245,32 @@ def test_url_export_run_lives_as_long_as_its_export(
     assert invoke(["ckpt", "info", export]).exit_code == 4
 
 
+def test_the_sweep_frees_states_other_machines_left(
+    server_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each machine of a team server keeps its own state copies: the sweep frees those of
+    finished sessions (rebuilt here by a later save) and those of runs gone elsewhere."""
+    server = serve(server_factory, monkeypatch, downloads="files")
+    path = weights(monkeypatch)
+    before_dirs = state_dirs(server)
+    export = json.loads(ok("ckpt", "url", path, "--export", "--json").stdout)["path"]
+    run_id = CheckpointRef.parse(export).run_id
+    assert state_dirs(server) == before_dirs  # freed when its session finished
+    # A save on the run (the archive dialect has no sessions) rebuilds its state here...
+    monkeypatch.setenv("LOGITS_RUN", run_id)
+    ok("ckpt", "save", "after-finish", "-q")
+    assert len(state_dirs(server)) == len(before_dirs) + 1
+    # ...and a run removed on another machine left its state here, long ago.
+    ghost = server.store.runs_dir / "ghost-session%3Atrain%3A0"
+    ghost.mkdir()
+    (ghost / "adapter_model.safetensors").write_bytes(b"x" * 4096)
+    os.utime(ghost, (time.time() - 2 * 3600, time.time() - 2 * 3600))
+    server.store.sweep()
+    assert state_dirs(server) == before_dirs
+    assert run_id in server_state(server)["runs"]  # it holds a checkpoint: it stays
+    ok("ckpt", "save", "rebuilt", "-q")  # rebuilt from its row once more
+
+
 # -- G11: a remembered generation is learnt again ------------------------------------------
 
 

@@ -222,6 +222,24 @@ def test_a_failed_export_takes_back_its_record_and_frees_its_run(
     assert open_sessions <= 1  # the one `runs create` made
 
 
+@pytest.mark.usefixtures("sqlite_only")
+def test_a_planted_working_directory_is_refused_before_any_run_is_made(
+    server_factory: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    server = serve(server_factory, monkeypatch, downloads="files")
+    path = weights(monkeypatch)
+    before = server_state(server)
+    dest, victim = tmp_path / "dest", tmp_path / "victim"
+    dest.mkdir()
+    victim.mkdir()
+    (dest / ".w1.files").symlink_to(victim)
+    result = invoke(["ckpt", "download", path, "-o", str(dest)])
+    assert result.exit_code == 1, result.stderr
+    assert ".w1.files is a symbolic link" in result.stderr
+    assert list(victim.iterdir()) == []  # the record was not written through the link
+    assert server_state(server) == before
+
+
 def test_url_export_run_lives_as_long_as_its_export(
     server_factory: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -8,9 +8,9 @@ the result. Rendering lives in ``ckpt_render``, path parsing and bulk selection 
 ``api.bulk.apply_concurrently``; any failed item makes the command exit 8.
 """
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -30,7 +30,9 @@ from logits_cli.cli.ckpt_render import (
 from logits_cli.cli.ckpt_select import (
     BulkReport,
     extended_ttl,
+    in_server_scheme,
     kind_of,
+    names_a_bare_path,
     parse_path,
     parse_refs,
 )
@@ -48,6 +50,7 @@ from logits_cli.cli.options import (
 )
 from logits_cli.cli.output import Output
 from logits_cli.cli.timeparse import optional_point_in_time, optional_seconds, parse_ttl
+from logits_cli.cli.wording import with_relative_times
 from logits_cli.config import Settings
 from logits_cli.uri import CheckpointRef, validate_name, validate_run_id
 
@@ -55,26 +58,12 @@ if TYPE_CHECKING:
     from logits_cli import models
     from logits_cli.api.client import LogitsClient
 
-T = TypeVar("T")
 
 __all__ = ["BulkReport", "extended_ttl", "kind_of", "parse_refs"]
 
 app = typer.Typer(
     help="Save, list, download, publish, expire and delete checkpoints.", no_args_is_help=True
 )
-
-
-def _call_on_path(
-    ctx: typer.Context,
-    path: str,
-    run: str | None,
-    work: "Callable[[LogitsClient, CheckpointRef], Awaitable[T]]",
-) -> T:
-    """Parse one checkpoint path (a typo fails before any request; a bare name is in
-    ``run``, else $LOGITS_RUN), then run ``work`` on it in one API session."""
-    settings = settings_for(ctx, run=run)
-    ref = parse_path(path, settings.run)
-    return call_api(ctx, settings, lambda client: work(client, ref))
 
 
 def _remember(
@@ -203,7 +192,8 @@ def load(
     with out.status(f"Loading {ref.name}…") as update:
 
         async def work(client: "LogitsClient") -> str:
-            resolved = await client.resolve(ref)
+            (named,) = await in_server_scheme(client, [ref], bare=names_a_bare_path([path]))
+            resolved = await client.resolve(named)
             return await client.load(
                 run_id,
                 resolved,
@@ -361,15 +351,18 @@ def info(
       logits ckpt info step_1000 --run RUN --json | jq .size_bytes
     """
     out = Output(json_output=json_output, quiet=quiet)
+    settings = settings_for(ctx, run=run)
+    ref = parse_path(path, settings.run)
 
     async def work(
-        client: "LogitsClient", ref: CheckpointRef
+        client: "LogitsClient",
     ) -> "tuple[models.Checkpoint, models.WeightsInfoResponse]":
-        checkpoint = await client.get_checkpoint(ref)
+        (named,) = await in_server_scheme(client, [ref], bare=names_a_bare_path([path]))
+        checkpoint = await client.get_checkpoint(named)
         weights = await client.weights_info(CheckpointRef.parse(checkpoint.tinker_path))
         return checkpoint, weights
 
-    checkpoint, weights = _call_on_path(ctx, path, run, work)
+    checkpoint, weights = call_api(ctx, settings, work)
     record = {
         **checkpoint_json(checkpoint),
         "base_model": weights.base_model,
@@ -377,8 +370,10 @@ def info(
         "lora_rank": weights.lora_rank,
     }
     # The human view shows the raw values (times as datetimes), the JSON's other fields.
-    shown = {**record, **checkpoint_row(checkpoint)}
-    out.emit_object(record, checkpoint.tinker_path, INFO_FIELDS, shown)
+    fields, shown = with_relative_times(
+        INFO_FIELDS, {**record, **checkpoint_row(checkpoint)}, terminal=out.stdout_is_terminal
+    )
+    out.emit_object(record, checkpoint.tinker_path, fields, shown)
 
 
 # -- url / publish / unpublish (ckpt_sharing) ---------------------------------------------

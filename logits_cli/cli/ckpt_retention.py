@@ -38,6 +38,7 @@ from logits_cli.cli.options import (
 from logits_cli.cli.output import Output, interactive
 from logits_cli.cli.tables import human_size
 from logits_cli.cli.timeparse import parse_duration, parse_ttl
+from logits_cli.cli.wording import counted
 from logits_cli.config import Settings
 from logits_cli.uri import CheckpointRef
 
@@ -108,8 +109,8 @@ def rm(
         found = await selection.targets(client, with_details=will_ask)
         if max_delete is not None and len(found.refs) > max_delete:
             raise errors.UsageError(
-                f"{len(found.refs)} checkpoints match, more than --max-delete {max_delete}; "
-                "nothing deleted"
+                f"{counted(len(found.refs), 'checkpoint')} matched, more than --max-delete "
+                f"{max_delete}; nothing deleted"
             )
         return found.refs, [c.tinker_path for c in found.kept], found.details
 
@@ -150,7 +151,7 @@ def rm(
         out.emit_lines(listed)
         verb = "Would delete" if dry_run else "Deleted"
         kept_text = f", kept {len(kept)}" if selection.run else ""
-        out.notice(f"{verb} {len(listed)} checkpoint(s){kept_text}")
+        out.notice(f"{verb} {counted(len(listed), 'checkpoint')}{kept_text}")
     report.finish()
 
 
@@ -158,7 +159,8 @@ def _confirm_delete(targets: list[str], details: "dict[str, models.Checkpoint]")
     known = [details[t] for t in targets if t in details]
     size = f", {human_size(total_size(known))}" if known else ""
     lines = "\n".join(prompt_line(t, details.get(t)) for t in targets)
-    typer.echo(f"About to delete {len(targets)} checkpoint(s){size}:\n{lines}", err=True)
+    about = f"About to delete {counted(len(targets), 'checkpoint')}{size}:\n{lines}"
+    typer.echo(about, err=True)
     if not typer.confirm("Delete them?", default=False, err=True):
         typer.echo("Nothing deleted.", err=True)
         raise typer.Exit(errors.EXIT_ERROR)
@@ -251,6 +253,9 @@ def ttl(
         return [str(t) for t in targets], [(str(t), e) for t, e in outcome]
 
     targets, outcome = call_api(ctx, settings, work)
+    if not targets:
+        # As rm's "Would delete 0 checkpoints": a cron line that matches nothing says so.
+        out.notice("No checkpoints matched.")
     report = BulkReport(len(targets), "updated")
     report.add_all(outcome)
     done = [results[t] for t in targets if t in results]

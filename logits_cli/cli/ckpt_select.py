@@ -17,7 +17,14 @@ from logits_cli.cli.completion_cache import complete_run
 from logits_cli.cli.failures import report_error
 from logits_cli.cli.options import CheckpointType
 from logits_cli.cli.timeparse import MAX_DURATION_S, optional_point_in_time
-from logits_cli.uri import KINDS, TYPE_TO_KIND, CheckpointRef, validate_name, validate_run_id
+from logits_cli.uri import (
+    KINDS,
+    SCHEMES,
+    TYPE_TO_KIND,
+    CheckpointRef,
+    validate_name,
+    validate_run_id,
+)
 
 if TYPE_CHECKING:
     from logits_cli import models
@@ -97,6 +104,32 @@ def parse_refs(
     return unique_refs(parse_path(text, default_run) for text in texts)
 
 
+def names_a_bare_path(texts: Iterable[str]) -> bool:
+    """Whether any path is a bare ``NAME`` or ``KIND/NAME``, whose URI the CLI wrote."""
+    return any("://" not in text for text in texts)
+
+
+async def in_server_scheme(
+    client: LogitsClient, refs: list[CheckpointRef], *, bare: bool
+) -> list[CheckpointRef]:
+    """``refs`` in the scheme the server writes (``tinker://`` on a ``--uri-scheme tinker``
+    server), read from the first run's latest checkpoint, when some ref was built from a
+    bare name: messages and output then show the URI ``ckpt ls`` shows. Full URIs as typed
+    cost no request; a run that cannot be read or has no checkpoint changes nothing (the
+    command's own request reports what is wrong)."""
+    if not bare or not refs:
+        return refs
+    try:
+        run = await client.get_run(refs[0].run_id, access_scope="accessible")
+    except errors.LogitsError:
+        return refs
+    written = [c for c in (run.last_checkpoint, run.last_sampler_checkpoint) if c is not None]
+    scheme = written[0].tinker_path.partition("://")[0] if written else None
+    if scheme not in SCHEMES:
+        return refs
+    return [ref.with_scheme(scheme) for ref in refs]
+
+
 def unique_refs(refs: Iterable[CheckpointRef]) -> list[CheckpointRef]:
     """Each checkpoint once, in first-named order, whatever the scheme: a checkpoint named
     twice must not be deleted twice (a spurious failure) or published twice at once (a race
@@ -152,6 +185,7 @@ class Selection:
     refs: list[CheckpointRef]
     run: str | None = None
     kind: str | None = None
+    bare_names: bool = False
     before: datetime | None = None
     after: datetime | None = None
     keep_last: int | None = None
@@ -162,7 +196,8 @@ class Selection:
         checkpoint (sizes and ages for a prompt), leaving out those that cannot be read."""
         if self.run is None:
             # Resolving @latest may name a checkpoint also given by its name.
-            refs = unique_refs([await client.resolve(ref) for ref in self.refs])
+            named = await in_server_scheme(client, self.refs, bare=self.bare_names)
+            refs = unique_refs([await client.resolve(ref) for ref in named])
             details: dict[str, models.Checkpoint] = {}
             if with_details:
                 import asyncio
@@ -213,7 +248,10 @@ def selection_from_options(
                 "--type, --before, --after, --keep-last and --keep-name need --run, not paths"
             )
         # With paths, --run is the run of bare names (``rm step_1 --run R``).
-        return Selection(parse_refs(paths, default_run=run or default_run))
+        return Selection(
+            parse_refs(paths, default_run=run or default_run),
+            bare_names=names_a_bare_path(paths),
+        )
     if run is None:
         raise errors.UsageError("give checkpoint paths, or --run RUN with filters")
     now = datetime.now(UTC)

@@ -9,7 +9,13 @@ import typer
 from logits_cli import errors
 from logits_cli.cli.arguments import PathArgument, PathsArgument
 from logits_cli.cli.ckpt_render import VISIBILITY_COLUMNS
-from logits_cli.cli.ckpt_select import BulkReport, parse_path, parse_refs
+from logits_cli.cli.ckpt_select import (
+    BulkReport,
+    in_server_scheme,
+    names_a_bare_path,
+    parse_path,
+    parse_refs,
+)
 from logits_cli.cli.context import call_api, settings_for
 from logits_cli.cli.failures import handle_errors
 from logits_cli.cli.options import JsonOpt, NamesRunOpt, QuietOpt
@@ -81,7 +87,8 @@ def url(
     if settings.embedded:
 
         async def local(client: "LogitsClient") -> "models.Checkpoint":
-            return await client.get_checkpoint(await client.resolve(ref))
+            (named,) = await in_server_scheme(client, [ref], bare=names_a_bare_path([path]))
+            return await client.get_checkpoint(await client.resolve(named))
 
         checkpoint = call_api(ctx, settings, local)
         link = _embedded_archive_url(settings, checkpoint)
@@ -97,7 +104,8 @@ def url(
     ) -> "tuple[CheckpointRef, models.CheckpointArchiveUrlResponse | FileUrls]":
         from logits_cli.api.files_generation import signed_urls
 
-        return await signed_urls(client, ref, export=export, notice=out.notice)
+        (named,) = await in_server_scheme(client, [ref], bare=names_a_bare_path([path]))
+        return await signed_urls(client, named, export=export, notice=out.notice)
 
     from logits_cli.api.download_options import FileUrls
 
@@ -131,6 +139,8 @@ def _change_visibility(
     report = BulkReport(len(refs), "published" if public else "unpublished")
 
     async def work(client: "LogitsClient") -> list[tuple[int, errors.LogitsError | None]]:
+        refs[:] = await in_server_scheme(client, refs, bare=names_a_bare_path(paths))
+
         async def change(index: int) -> None:
             resolved = await client.resolve(refs[index])
             changed = await (client.publish(resolved) if public else client.unpublish(resolved))

@@ -5,7 +5,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from logits_cli.cli.arguments import OptionalRunArgument
-from logits_cli.cli.ckpt_select import parse_path
+from logits_cli.cli.ckpt_select import in_server_scheme, names_a_bare_path, parse_path
 from logits_cli.cli.completion_cache import remember
 from logits_cli.cli.context import call_api, require_run, settings_for
 from logits_cli.cli.failures import handle_errors
@@ -13,6 +13,7 @@ from logits_cli.cli.options import JsonOpt, QuietOpt, RunOpt, TimeoutOpt
 from logits_cli.cli.output import Output
 from logits_cli.cli.tables import COUNT, PIPED_ONLY, TABLE_ONLY, TIME, Column
 from logits_cli.cli.timeparse import optional_seconds
+from logits_cli.cli.wording import with_relative_times
 from logits_cli.errors import UsageError
 from logits_cli.uri import CheckpointRef
 
@@ -24,26 +25,34 @@ if TYPE_CHECKING:
 
 app = typer.Typer(help="List, inspect and create training runs.", no_args_is_help=True)
 
-# On a terminal the run id is never cut and the latest checkpoint shows as KIND/NAME (its
-# run is the row's); piped rows keep the full path.
+# On a terminal the run id is never cut and the latest checkpoint (of either kind) shows as
+# KIND/NAME (its run is the row's); piped rows keep the full path of the latest training one.
 RUN_COLUMNS = [
     Column("RUN", "training_run_id"),
     Column("BASE MODEL", "base_model", priority=4, shrink=True),
     Column("RANK", "lora_rank", COUNT, priority=2),
     Column("LAST REQUEST", "last_request_time", TIME, priority=3),
-    Column("LATEST", "last_checkpoint_id", priority=1, show=TABLE_ONLY),
+    Column("LATEST", "newest_checkpoint_id", priority=1, show=TABLE_ONLY),
     Column("LATEST CHECKPOINT", "last_checkpoint", show=PIPED_ONLY),
 ]
 
 
+def _newest_checkpoint(run: "models.TrainingRun") -> "models.Checkpoint | None":
+    """The newer of the run's latest training and sampler checkpoints: a run that only
+    saved sampler weights has a latest checkpoint too."""
+    both = [c for c in (run.last_checkpoint, run.last_sampler_checkpoint) if c is not None]
+    return max(both, key=lambda c: c.time, default=None)
+
+
 def _row(run: "models.TrainingRun") -> dict[str, Any]:
+    newest = _newest_checkpoint(run)
     return {
         "training_run_id": run.training_run_id,
         "base_model": run.base_model,
         "lora_rank": run.lora_rank,
         "last_request_time": run.last_request_time,
         "last_checkpoint": run.last_checkpoint.tinker_path if run.last_checkpoint else None,
-        "last_checkpoint_id": (run.last_checkpoint.checkpoint_id if run.last_checkpoint else None),
+        "newest_checkpoint_id": newest.checkpoint_id if newest else None,
         "last_sampler_checkpoint": (
             run.last_sampler_checkpoint.tinker_path if run.last_sampler_checkpoint else None
         ),
@@ -138,7 +147,8 @@ def info(
     found = call_api(
         ctx, settings, lambda client: client.get_run(run_id, access_scope="accessible")
     )
-    out.emit_object(found.model_dump(mode="json"), found.training_run_id, RUN_FIELDS, _row(found))
+    fields, shown = with_relative_times(RUN_FIELDS, _row(found), terminal=out.stdout_is_terminal)
+    out.emit_object(found.model_dump(mode="json"), found.training_run_id, fields, shown)
 
 
 @app.command()
@@ -223,7 +233,9 @@ def create(
                 )
             # Like the SDK's create_training_client_from_state: the new run takes the
             # checkpoint's base model, rank and adapted modules, so the load always fits.
-            resolved = await client.resolve(source)
+            bare = names_a_bare_path([from_path or ""])
+            (named,) = await in_server_scheme(client, [source], bare=bare)
+            resolved = await client.resolve(named)
             info = await client.weights_info(resolved)
             _refuse_contradiction("base model", base_model, info.base_model, resolved)
             _refuse_contradiction("LoRA rank", rank, info.lora_rank, resolved)

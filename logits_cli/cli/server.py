@@ -19,6 +19,7 @@ from logits_cli.cli.failures import handle_errors
 from logits_cli.cli.options import HomeOpt, JsonOpt, QuietOpt
 from logits_cli.cli.output import Output
 from logits_cli.cli.tables import BOOL, TIME, Column
+from logits_cli.cli.wording import counted
 from logits_cli.utc_text import utc_text
 
 if TYPE_CHECKING:
@@ -248,11 +249,15 @@ def migrate(
         return
     rows = done.rows
     out.notice(
-        f"Migrated {rows['runs']} runs, {rows['checkpoints']} checkpoints and "
-        f"{rows['api_keys']} API keys"
-        + (f"; uploaded {done.blobs} blobs ({human_size(done.blob_bytes)})" if blobs else "")
+        f"Migrated {counted(rows['runs'], 'run')}, {counted(rows['checkpoints'], 'checkpoint')}"
+        f" and {counted(rows['api_keys'], 'API key')}"
         + (
-            f"; archived the live state of {done.archived_states} runs"
+            f"; uploaded {counted(done.blobs, 'blob')} ({human_size(done.blob_bytes)})"
+            if blobs
+            else ""
+        )
+        + (
+            f"; archived the live state of {counted(done.archived_states, 'run')}"
             if done.archived_states
             else ""
         )
@@ -376,4 +381,4 @@ def revoke_key(
     if out.json:
         out.emit_json({"prefix": prefix, "revoked": count})
         return
-    out.notice(f"Revoked {count} key(s) starting with {prefix}")
+    out.notice(f"Revoked {counted(count, 'key')} starting with {prefix}")

@@ -240,7 +240,7 @@ def test_rm_run_filters_keep_the_newest(cli: Cli, run: str) -> None:
     sampler = save(cli, "s", "--sampler")["tinker_path"]
     too_many = cli("ckpt", "rm", "--run", run, "--type", "training", "--max-delete", "1", "--yes")
     assert too_many.exit_code == 2
-    assert too_many.stderr.startswith("Error: 5 checkpoints match, more than --max-delete 1")
+    assert too_many.stderr.startswith("Error: 5 checkpoints matched, more than --max-delete 1")
     result = cli.ok(
         "ckpt", "rm", "--run", run, "--type", "training", "--keep-last", "2",
         "--keep-name", "pinned", "--yes", "--json",
@@ -335,10 +335,10 @@ def test_download_prints_destinations_and_logs_to_stderr(
     verified = json.loads(cli.ok("ckpt", "verify", str(tmp_path / "d1"), "--json").stdout)
     assert verified == [
         {
-            "path": str(tmp_path / "d1"),
+            "path": saved["tinker_path"],
+            "local_path": str(tmp_path / "d1"),
             "ok": True,
             "problems": [],
-            "tinker_path": saved["tinker_path"],
         }
     ]
 

@@ -6,6 +6,9 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from typing import Any
+
+import pytest
 
 from tests.cli.conftest import Cli, invoke
 
@@ -167,3 +170,119 @@ def test_without_a_run_each_message_names_only_options_the_command_takes(cli: Cl
     lone = cli("runs", "create", "--run", "r1", "-m", "logits/tiny")
     assert lone.exit_code == 2
     assert lone.stderr == "Error: --run needs --from PATH\n"
+
+
+# -- point 10: what a command says ---------------------------------------------------------
+
+
+def test_ttl_over_a_run_that_matches_nothing_says_so_on_stderr(cli: Cli, run: str) -> None:
+    cli.ok("ckpt", "save", "only_training")
+    result = cli("ckpt", "ttl", "--run", run, "--type", "sampler", "--set", "7d")
+    assert (result.exit_code, result.stdout, result.stderr) == (0, "", "No checkpoints matched.\n")
+    as_json = cli("ckpt", "ttl", "--run", run, "--type", "sampler", "--set", "7d", "--json")
+    assert (as_json.exit_code, json.loads(as_json.stdout)) == (0, [])
+    quiet = cli("ckpt", "ttl", "--run", run, "--type", "sampler", "--set", "7d", "-q")
+    assert (quiet.exit_code, quiet.stdout, quiet.stderr) == (0, "", "")
+
+
+def test_counts_are_written_in_the_singular_for_one(cli: Cli, run: str) -> None:
+    one = cli.lines("ckpt", "save", "c1")[0]
+    two = cli.lines("ckpt", "save", "c2")[0]
+    dry = cli("ckpt", "rm", "--run", run, "--dry-run")
+    assert dry.stderr == "Would delete 2 checkpoints, kept 0\n"
+    deleted = cli("ckpt", "rm", one, "--yes")
+    assert (deleted.stdout, deleted.stderr) == (f"{one}\n", "Deleted 1 checkpoint\n")
+    too_many = cli("ckpt", "rm", "--run", run, "--max-delete", "0", "--yes")
+    assert too_many.exit_code == 2
+    assert too_many.stderr == (
+        "Error: 1 checkpoint matched, more than --max-delete 0; nothing deleted\n"
+    )
+    assert cli.lines("ckpt", "ls", "-q") == [two]
+
+
+def test_revoking_one_key_says_one_key() -> None:
+    key = invoke(["server", "keys", "create", "bob", "-q"]).stdout.strip()
+    result = invoke(["server", "keys", "revoke", key[:12]])
+    assert (result.exit_code, result.stderr) == (0, f"Revoked 1 key starting with {key[:12]}\n")
+
+
+@pytest.fixture
+def embedded_run(monkeypatch: pytest.MonkeyPatch) -> tuple[Cli, str]:
+    """The embedded backend (what a pty's subprocess reaches) and a run as LOGITS_RUN."""
+    cli = Cli("embedded")
+    run = _new_run(cli)
+    monkeypatch.setenv("LOGITS_RUN", run)
+    return cli, run
+
+
+def _on_terminal(*args: str) -> str:
+    from tests.cli.test_terminal import run_on_terminal
+
+    code, screen = run_on_terminal(list(args), columns=120)
+    assert code == 0, screen
+    return screen
+
+
+@pytest.mark.slow
+def test_info_shows_relative_times_beside_utc_on_a_terminal_and_exact_times_piped(
+    embedded_run: tuple[Cli, str],
+) -> None:
+    cli, _ = embedded_run
+    saved = json.loads(cli.ok("ckpt", "save", "t1", "--ttl", "3d", "--json").stdout)
+    screen = _on_terminal("ckpt", "info", "t1")
+    created = re.search(r"^created +(.*)$", screen, re.M)
+    expires = re.search(r"^expires +(.*)$", screen, re.M)
+    assert created and re.fullmatch(
+        r"\d{4}-\d\d-\d\d \d\d:\d\dZ \((just now|\d+s ago)\)", created.group(1).strip()
+    )
+    assert expires and re.fullmatch(
+        r"\d{4}-\d\d-\d\d \d\d:\d\dZ \(in (2d|3d|71h|72h)\)", expires.group(1).strip()
+    )
+    run_screen = _on_terminal("runs", "info")
+    assert re.search(r"^last request +\S+ \S+ \((just now|\d+s ago)\)\s*$", run_screen, re.M)
+    piped = dict(line.split("\t", 1) for line in cli.lines("ckpt", "info", "t1"))
+    assert piped["created"] == saved["time"]
+    assert piped["expires"] == saved["expires_at"]
+
+
+@pytest.mark.slow
+def test_runs_ls_latest_is_the_newest_checkpoint_of_either_kind(
+    embedded_run: tuple[Cli, str],
+) -> None:
+    cli, run = embedded_run
+    cli.ok("ckpt", "save", "only_sampler", "--sampler")
+    (row,) = [line for line in _on_terminal("runs", "ls").splitlines() if line.startswith(run)]
+    assert row.split()[-1] == "sampler_weights/only_sampler"
+    cli.ok("ckpt", "save", "then_training")
+    (row,) = [line for line in _on_terminal("runs", "ls").splitlines() if line.startswith(run)]
+    assert row.split()[-1] == "weights/then_training"
+    # Piped, the column is still the latest training checkpoint's full path.
+    (piped,) = cli.lines("runs", "ls")
+    assert piped.split("\t")[-1].endswith(f"{run}/weights/then_training")
+
+
+def test_paths_built_from_bare_names_use_the_servers_scheme(
+    server_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = server_factory(uri_scheme="tinker")
+    monkeypatch.setenv("LOGITS_BASE_URL", server.base_url)
+    monkeypatch.setenv("LOGITS_API_KEY", server.api_key("alice"))
+    cli = Cli("socket", server)
+    run = _new_run(cli)
+    monkeypatch.setenv("LOGITS_RUN", run)
+    weights = cli.lines("ckpt", "save", "s1")[0]
+    sampler = cli.lines("ckpt", "save", "s2", "--sampler")[0]
+    assert weights == f"tinker://{run}/weights/s1"
+    assert cli.lines("ckpt", "publish", "s1", "sampler_weights/@latest") == [
+        f"{weights}\ttrue\ttrue",
+        f"{sampler}\ttrue\ttrue",
+    ]
+    missing = cli("ckpt", "info", "nope")
+    assert (missing.exit_code, missing.stderr) == (
+        4,
+        f"Error: checkpoint tinker://{run}/weights/nope not found\n",
+    )
+    # A full URI as typed is shown as typed, and asks the server nothing more.
+    typed = f"logits://{run}/weights/s1"
+    assert cli.lines("ckpt", "unpublish", typed) == [f"{typed}\tfalse\ttrue"]
+    assert cli.lines("ckpt", "rm", "s1", "--yes") == [weights]

@@ -309,7 +309,7 @@ def test_migrate_moves_a_single_machine_store_onto_postgresql_and_s3(
     target = ("--to-database", team["database"], "--to-blobs", team["blobs"])
     done = embedded(home, "server", "migrate", *target, "--home", str(home))
     assert done.returncode == 0, done.stderr
-    assert done.stderr.startswith("Migrated 2 runs, 2 checkpoints and 1 API keys; uploaded 2 blobs")
+    assert done.stderr.startswith("Migrated 2 runs, 2 checkpoints and 1 API key; uploaded 2 blobs")
     assert "; archived the live state of 2 runs\n" in done.stderr
     assert " (any --home)." in done.stderr
     assert set(digests.values()) < set(objects(team, "blobs"))  # and the archived state

@@ -70,7 +70,7 @@ async def generation_of(client: LogitsClient, ref: CheckpointRef) -> tuple[str, 
         return generations.ARCHIVE, False  # the embedded backend serves both
     known = generations.remembered(client.settings.home, base_url)
     if known is not None:
-        return known, True
+        return known, not generations.learnt_here(base_url)
     try:
         await client.archive_url(ref)
         found = generations.ARCHIVE
@@ -89,7 +89,11 @@ async def _archive_endpoint_back(client: LogitsClient, ref: CheckpointRef) -> bo
     try:
         await client.archive_url(ref)
     except (NotFoundError, MethodNotAllowedError):
-        return False  # still no archive endpoint (or no such checkpoint): the memory stands
+        with contextlib.suppress(NotFoundError):  # no such checkpoint: nothing learnt
+            await client.get_checkpoint(ref)
+            # Confirmed: not asked again in this process (a sync refuses many items).
+            generations.remember(client.settings.home, base_url, generations.FILES)
+        return False
     generations.remember(client.settings.home, base_url, generations.ARCHIVE)
     return True
 

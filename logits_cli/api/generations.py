@@ -29,6 +29,8 @@ MAX_FILE_BYTES = 1 << 20  # a few entries per base URL ever used; anything large
 
 # base URL -> (generation, when it was learnt, time.time())
 _known: dict[str, tuple[str, float]] = {}
+# Base URLs whose generation this process learnt or confirmed itself: not asked again here.
+_learnt_here: set[str] = set()
 
 
 def _path(home: Path) -> Path:
@@ -79,9 +81,15 @@ def remember(home: Path, base_url: str, generation: str) -> None:
     is no error."""
     now = time.time()
     _known[base_url] = (generation, now)
+    _learnt_here.add(base_url)
     entries = _read(home)
     entries[base_url] = (generation, now)
     document = {url: {"generation": g, "learnt": at} for url, (g, at) in entries.items()}
     with contextlib.suppress(OSError):
         payload = json.dumps(document, sort_keys=True, indent=1).encode()
         write_private_file(_path(home), payload)
+
+
+def learnt_here(base_url: str) -> bool:
+    """Whether this process learnt (or confirmed) ``base_url``'s generation itself."""
+    return base_url in _learnt_here

@@ -326,6 +326,36 @@ def test_remembered_files_against_an_archive_server_learns_again(
 
 
 @pytest.mark.usefixtures("sqlite_only")
+def test_a_remembered_answer_is_confirmed_once_per_process(
+    server_factory: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, isolated_env: Path
+) -> None:
+    """A sync refusing many items on a files deployment asks ``…/archive`` once, not once
+    per item, and the confirmed answer is remembered afresh."""
+    from logits_cli.api.client import LogitsClient
+
+    server = serve(server_factory, monkeypatch, downloads="files")
+    run_id = weights(monkeypatch).split("/")[2]
+    for name in ("s1", "s2", "s3"):
+        ok("ckpt", "save", name, "--sampler", "-q")
+    memory = remember(isolated_env, server.base_url, "files", age_s=2 * 3600)
+    asked = []
+    archive_url = LogitsClient.archive_url
+
+    async def counted(self: LogitsClient, *args: Any, **kwargs: Any) -> Any:
+        asked.append(args)
+        return await archive_url(self, *args, **kwargs)
+
+    monkeypatch.setattr(LogitsClient, "archive_url", counted)
+    # One job: items run one after the other (with N jobs, N may ask at once).
+    result = invoke(["ckpt", "sync", run_id, "-o", str(tmp_path / "s"), "--json", "--jobs", "1"])
+    assert result.exit_code == 0, result.stderr
+    statuses = [item["status"] for item in json.loads(result.stdout)["items"]]
+    assert statuses.count("skipped") == 4  # three sampler checkpoints, weights/ without --export
+    assert len(asked) == 1
+    assert time.time() - json.loads(memory.read_text())[server.base_url]["learnt"] < 60
+
+
+@pytest.mark.usefixtures("sqlite_only")
 def test_a_day_old_answer_is_learnt_again(
     server_factory: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, isolated_env: Path
 ) -> None:

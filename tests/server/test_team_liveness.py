@@ -176,3 +176,41 @@ def test_a_postgresql_restart_takes_nothing_over_and_a_kill_after_it_still_is(
         assert taken == [killed["request_id"]]
         api_one.http.close()
         api_two.http.close()
+
+
+def test_what_a_killed_predecessor_left_is_swept_once_the_new_process_can_tell(
+    postgres_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Start-up recovery cannot hold anyone dead during the first lease of a process (its
+    own lease has not been renewed that long yet); the takeover loop runs it again once it
+    can, so a killed predecessor's partial archive does not stay for ever."""
+    from logits_cli.server.serve import start_in_thread
+    from logits_cli.server.settings import ServerSettings
+    from logits_cli.store.lora import TEMP_SUFFIX
+
+    lease = 2.0
+    monkeypatch.setenv(LEASE_ENV, str(lease))
+    database = postgres_server.new_database()
+    code = (
+        "import time; from logits_cli.store.store import Store;"
+        f"s = Store.open({str(tmp_path / 'predecessor')!r}, database={database!r});"
+        "print(s._claim_instance(), flush=True); time.sleep(600)"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        dead = child.stdout.readline().strip()
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+    blobs = tmp_path / "home" / "store" / "blobs"
+    blobs.mkdir(parents=True)
+    leftover = blobs / f".archive.{dead}.x1y2{TEMP_SUFFIX}"
+    leftover.write_bytes(b"\0" * 4096)
+    settings = ServerSettings(takeover_interval=0.2)
+    with start_in_thread(tmp_path / "home", settings, database=database) as running:
+        deadline = time.monotonic() + 4 * lease + 10
+        while leftover.exists():
+            assert time.monotonic() < deadline, "a dead process's temp file was never swept"
+            time.sleep(0.05)
+        assert running.store.liveness_settled()

@@ -110,8 +110,8 @@ async def make_export(
         export = await client.save_external(run_id, name, ttl_seconds=EXPORT_TTL_S)
     finally:
         # The run is of no further use (the export holds its own files): finishing the
-        # session frees it on the service, and on our server removes it with its export,
-        # or at once when the export was not made.
+        # session frees its state on the service and on our server, which also removes the
+        # run itself with its export.
         with contextlib.suppress(LogitsError):
             await client.finish_session(made_in["session"])
     return export, made_in

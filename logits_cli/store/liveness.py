@@ -78,6 +78,19 @@ def lease_seconds() -> float:
     return value
 
 
+def connect_options(seconds: float) -> dict[str, int]:
+    """libpq options of a lease's connection: a renewal stuck on a silent network fails
+    (TCP keepalives, unacknowledged data) well before a lease of ``seconds`` runs out."""
+    heartbeat = seconds / HEARTBEATS_PER_LEASE
+    return {
+        "keepalives": 1,
+        "keepalives_idle": max(1, int(heartbeat)),
+        "keepalives_interval": 1,
+        "keepalives_count": 3,
+        "tcp_user_timeout": int(heartbeat * 1000),
+    }
+
+
 class Lease:
     """This instance's lease, renewed every ``seconds / HEARTBEATS_PER_LEASE`` by a daemon
     thread over a connection of its own (``connect`` opens one, bounded in time)."""

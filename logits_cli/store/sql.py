@@ -316,15 +316,7 @@ class PostgresDatabase:
         """Take and keep renewing the liveness lease of store instance ``instance_id``, on a
         connection of its own, so that processes on any machine see this one alive."""
         seconds = self.lease_seconds
-        heartbeat = seconds / liveness.HEARTBEATS_PER_LEASE
-        # A renewal stuck on a silent network fails before the lease runs out.
-        options = {
-            "keepalives": 1,
-            "keepalives_idle": max(1, int(heartbeat)),
-            "keepalives_interval": 1,
-            "keepalives_count": 3,
-            "tcp_user_timeout": int(heartbeat * 1000),
-        }
+        options = liveness.connect_options(seconds)
         lease = liveness.Lease(lambda: _connect(self.url, **options), instance_id, seconds)
         try:
             with statement_errors():

@@ -88,8 +88,28 @@ class Settings:
 _key_command_cache: dict[str, str] = {}
 
 
+# What a failed key command's stderr may add to the error: its last lines, this long at most.
+KEY_COMMAND_STDERR_LINES = 3
+KEY_COMMAND_STDERR_CHARS = 300
+
+
+def key_command_stderr(stderr: bytes | None, stdout: bytes | None) -> str:
+    """``: LAST LINES`` of a key command's stderr (joined by `` | ``, the end kept when
+    long), or nothing. Anything it also printed on stdout, which may be the key, is masked."""
+    text = (stderr or b"").decode("utf-8", "replace")
+    printed = (stdout or b"").decode("utf-8", "replace").strip()
+    if printed:
+        text = text.replace(printed, mask_secret(printed))
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    said = " | ".join(lines[-KEY_COMMAND_STDERR_LINES:])
+    if len(said) > KEY_COMMAND_STDERR_CHARS:
+        said = "…" + said[-(KEY_COMMAND_STDERR_CHARS - 1) :]
+    return f": {said}" if said else ""
+
+
 def run_key_command(command: str) -> str:
-    """Run ``LOGITS_API_KEY_CMD`` once per process; its stripped stdout is the key."""
+    """Run ``LOGITS_API_KEY_CMD`` once per process; its stripped stdout is the key. A failure
+    quotes the end of the command's stderr (a secret manager's own reason), never its stdout."""
     cached = _key_command_cache.get(command)
     if cached is not None:
         return cached
@@ -102,21 +122,25 @@ def run_key_command(command: str) -> str:
             timeout=KEY_COMMAND_TIMEOUT_S,
             check=False,
         )
-    except subprocess.TimeoutExpired:
+    except subprocess.TimeoutExpired as timeout:
+        said = key_command_stderr(timeout.stderr, timeout.stdout)
         raise AuthError(
-            f"the API key command timed out after {KEY_COMMAND_TIMEOUT_S:.0f} s",
+            f"the API key command timed out after {KEY_COMMAND_TIMEOUT_S:.0f} s{said}",
             hint="check LOGITS_API_KEY_CMD",
         ) from None
     except OSError as exc:
         raise AuthError(f"the API key command could not run: {exc.strerror}") from None
+    said = key_command_stderr(done.stderr, done.stdout)
     if done.returncode != 0:
         raise AuthError(
-            f"the API key command exited with status {done.returncode}",
+            f"the API key command exited with status {done.returncode}{said}",
             hint="check LOGITS_API_KEY_CMD",
         )
     key = done.stdout.decode("utf-8", "replace").strip()
     if not key:
-        raise AuthError("the API key command printed nothing", hint="check LOGITS_API_KEY_CMD")
+        raise AuthError(
+            f"the API key command printed nothing{said}", hint="check LOGITS_API_KEY_CMD"
+        )
     _key_command_cache[command] = key
     return key
 

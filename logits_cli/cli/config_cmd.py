@@ -25,7 +25,8 @@ def _api_key_display(settings: Settings) -> str | None:
 @app.command()
 @handle_errors
 def show(ctx: typer.Context, json_output: JsonOpt = False) -> None:
-    """Show each setting, its value (secrets masked) and where it came from.
+    """Show each setting, its value (secrets masked) and where it came from, and the
+    config.toml it read (or would read: source "absent").
 
     Examples:
 
@@ -40,6 +41,9 @@ def show(ctx: typer.Context, json_output: JsonOpt = False) -> None:
         if settings.embedded
         else f"remote {settings.base_url}"
     )
+    config_file = settings.config_file
+    # The file this command read, or would read once it exists (in --home / $LOGITS_HOME).
+    file_state = "read" if config_file.is_file() else "absent"
     values = {
         "home": str(settings.home),
         "base_url": settings.base_url,
@@ -53,6 +57,7 @@ def show(ctx: typer.Context, json_output: JsonOpt = False) -> None:
             {
                 "backend": "embedded" if settings.embedded else "remote",
                 "store_dir": str(settings.store_dir) if settings.embedded else None,
+                "config_file": {"path": str(config_file), "exists": file_state == "read"},
                 "settings": {
                     name: {"value": value, "source": settings.sources.get(name, "default")}
                     for name, value in values.items()
@@ -64,6 +69,7 @@ def show(ctx: typer.Context, json_output: JsonOpt = False) -> None:
         {"setting": name, "value": value, "source": settings.sources.get(name, "default")}
         for name, value in values.items()
     ]
+    rows.insert(1, {"setting": "config_file", "value": str(config_file), "source": file_state})
     rows.append({"setting": "backend", "value": backend, "source": "base_url"})
     out.emit_table(
         [Column("SETTING", "setting"), Column("VALUE", "value"), Column("SOURCE", "source")], rows

@@ -18,11 +18,14 @@ from logits_cli.cli.context import settings_for
 from logits_cli.cli.failures import handle_errors
 from logits_cli.cli.options import HomeOpt, JsonOpt, QuietOpt
 from logits_cli.cli.output import Output
+from logits_cli.cli.server_notices import is_loopback, no_keys_warning, store_line
 from logits_cli.cli.tables import BOOL, TIME, Column
 from logits_cli.cli.wording import counted
 from logits_cli.utc_text import utc_text
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from logits_cli.store.store import Store
 
 app = typer.Typer(help="Run the reference server and manage its API keys.", no_args_is_help=True)
@@ -161,6 +164,9 @@ def start(
     database_url = server_database(database)
     blobs_url = server_blobs(blobs)
     settings = settings_for(ctx, home=home)
+    typer.echo(store_line(settings.store_dir, database_url, blobs_url), err=True)
+    if not is_loopback(host) and _active_keys(settings.store_dir, database_url) == 0:
+        typer.echo(no_keys_warning(host), err=True)
     try:
         run_server(
             settings.home,
@@ -184,6 +190,21 @@ def start(
         raise errors.LogitsError(
             f"the server could not start on {host}:{port}; see the log above"
         ) from None
+
+
+def _active_keys(store_dir: "Path", database_url: str | None) -> int | None:
+    """How many API keys are not revoked; None when the store cannot be read (starting the
+    server then reports why)."""
+    from logits_cli.store.store import Store
+
+    try:
+        store = Store.open(store_dir, database=database_url)
+    except errors.LogitsError:
+        return None
+    try:
+        return sum(not key.revoked for key in store.list_api_keys())
+    finally:
+        store.close()
 
 
 @app.command("migrate")

@@ -4,12 +4,21 @@ path is taken, help that lists only options the command accepts, the smaller mes
 from __future__ import annotations
 
 import json
+import queue
 import re
+import signal
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from logits_cli.cli.server_notices import is_loopback, without_password
+from logits_cli.config import key_command_stderr
 from tests.cli.conftest import Cli, invoke
 
 # -- help lists only options the command accepts ------------------------------------------
@@ -286,3 +295,105 @@ def test_paths_built_from_bare_names_use_the_servers_scheme(
     typed = f"logits://{run}/weights/s1"
     assert cli.lines("ckpt", "unpublish", typed) == [f"{typed}\tfalse\ttrue"]
     assert cli.lines("ckpt", "rm", "s1", "--yes") == [weights]
+
+
+# -- point 13: the server says where its store is; config show names config.toml ---------
+
+
+def _server_start_lines(home: Path, *options: str) -> list[str]:
+    """The stderr lines of `logits server start` up to uvicorn's "running on", then stopped
+    with Ctrl-C; every wait bounded."""
+    command = ["server", "start", "--port", "0", "--home", str(home), *options]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "logits_cli", *command],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    stderr = server.stderr
+    assert stderr is not None
+    said: queue.Queue[str] = queue.Queue()
+
+    def read() -> None:
+        for line in stderr:
+            said.put(line)
+
+    threading.Thread(target=read, daemon=True).start()
+    lines: list[str] = []
+    deadline = time.monotonic() + 60
+    try:
+        while not any("running on http://" in line for line in lines):
+            lines.append(said.get(timeout=max(0.1, deadline - time.monotonic())).rstrip("\n"))
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.wait(timeout=60)
+    return lines
+
+
+WARNING = (
+    "Warning: no API keys, and listening on 0.0.0.0: every request will be refused until you "
+    "create one with `logits server keys create USER`"
+)
+
+
+@pytest.mark.slow
+def test_server_start_names_its_store_and_warns_of_no_keys_beyond_loopback(
+    tmp_path: Path,
+) -> None:
+    home = tmp_path / "srv"
+    store = home / "store"
+    lines = _server_start_lines(home, "--host", "0.0.0.0")
+    assert lines[0] == f"Store: {store} (metadata: {store}/meta.sqlite3; blobs: {store}/blobs)"
+    assert lines[1] == WARNING
+    assert WARNING not in _server_start_lines(home)  # 127.0.0.1: only this machine
+    key = invoke(["server", "keys", "create", "alice", "--home", str(home), "-q"]).stdout
+    assert key.strip()
+    assert WARNING not in _server_start_lines(home, "--host", "0.0.0.0")
+
+
+def test_a_database_url_is_shown_without_its_password() -> None:
+    shown = without_password("postgresql://app:s3cret@db:5432/logits?sslmode=require&password=x")
+    assert shown == "postgresql://app@db:5432/logits?sslmode=require"
+    assert without_password("s3://bucket/prefix") == "s3://bucket/prefix"
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("::") and not is_loopback("host.lan")
+
+
+def test_config_show_names_the_config_file_it_reads_or_would_read(
+    isolated_env: Path,
+) -> None:
+    path = isolated_env / "config.toml"
+    rows = [line.split("\t") for line in invoke(["config", "show"]).stdout.splitlines()]
+    assert rows[1] == ["config_file", str(path), "absent"]
+    path.write_text('[profiles.team]\nbase_url = "http://127.0.0.1:9"\n')
+    rows = [line.split("\t") for line in invoke(["config", "show"]).stdout.splitlines()]
+    assert rows[1] == ["config_file", str(path), "read"]
+    shown = json.loads(invoke(["config", "show", "--json"]).stdout)
+    assert shown["config_file"] == {"path": str(path), "exists": True}
+
+
+def test_a_failed_key_command_shows_the_end_of_its_stderr_never_its_stdout(
+    live_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LOGITS_BASE_URL", live_server.base_url)
+    noisy = "; ".join(f"echo line{n} >&2" for n in range(1, 6))
+    monkeypatch.setenv(
+        "LOGITS_API_KEY_CMD",
+        f"echo tml-secret-key; {noisy}; echo 'denied tml-secret-key' >&2; exit 3",
+    )
+    result = invoke(["runs", "ls"])
+    assert result.exit_code == 3
+    assert result.stderr.splitlines() == [
+        "Error: the API key command exited with status 3: line4 | line5 | denied tml-secr…ey",
+        "Hint: check LOGITS_API_KEY_CMD",
+    ]
+    assert "tml-secret-key" not in result.output
+    monkeypatch.setenv("LOGITS_API_KEY_CMD", "echo 'vault: no token' >&2")
+    empty = invoke(["runs", "ls"])
+    assert empty.exit_code == 3
+    assert empty.stderr.splitlines()[0] == (
+        "Error: the API key command printed nothing: vault: no token"
+    )
+    long = key_command_stderr(b"start" + b"x" * 5000 + b"end\n", None)
+    assert long.startswith(": …") and long.endswith("xend") and len(long) == 2 + 300

@@ -117,6 +117,7 @@ def test_config_show_masks_the_key(cli: Cli) -> None:
     rows = [line.split("\t") for line in cli.lines("config", "show")]
     assert [r[0] for r in rows] == [
         "home",
+        "config_file",
         "base_url",
         "profile",
         "api_key",

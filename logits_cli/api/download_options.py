@@ -33,6 +33,9 @@ class DownloadOptions:
     segment_size: int | None = None  # None: chosen from the size (8–64 MiB; small over ASGI)
     keep_archive: bool = False  # keep DEST/NAME.tar beside the extracted directory
     archive_only: bool = False  # verify and keep DEST/NAME.tar, do not extract
+    # Install only the adapter files, not the optimizer state (api/extract.py ADAPTER_FILES);
+    # the whole archive is still fetched, since its digest covers all of it.
+    adapter_only: bool = False
     force: bool = False  # replace an existing, verified DEST/NAME
     timeout: float | None = None  # overall seconds; None = no limit
     stall_timeout: float = 30.0  # no byte for this long aborts and retries a segment

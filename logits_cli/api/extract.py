@@ -13,6 +13,13 @@ be named by ``checkpoint_complete`` (docs/protocol.md §7.4 says ``files`` lists
 member, so an unlisted one is not part of the checkpoint); a compressed archive may expand
 to at most ``MAX_EXPANSION`` times its size, and no member is written that the disk cannot
 hold, checked from its header before its first byte.
+
+With ``adapter_only`` only the adapter (``ADAPTER_FILES``: docs/protocol.md §7, the same
+files a files-generation export holds) is written; every other member, the optimizer state
+and ``checkpoint_complete`` itself (it lists files that are not there), is read past. The
+whole archive was fetched and its digest checked all the same, so the members read past are
+covered by that digest; each is still admitted (name, type, repeats, truncation) and its
+size compared with ``checkpoint_complete``.
 """
 
 from __future__ import annotations
@@ -48,6 +55,8 @@ MAX_MEMBERS = 256
 # Tensors hardly compress; JSON does. Far past this, a compressed archive is a bomb.
 MAX_EXPANSION = 32
 _COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")
+# What a server needs to serve the checkpoint: the PEFT adapter (docs/protocol.md §7.2, §7.3).
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
 def extract_checkpoint(
@@ -59,12 +68,14 @@ def extract_checkpoint(
     archive_sha256: str,
     archive_size: int,
     force: bool,
+    adapter_only: bool = False,
 ) -> Path:
-    """Extract ``archive`` into ``dest_dir/name`` atomically and write its manifest."""
+    """Extract ``archive`` into ``dest_dir/name`` atomically and write its manifest; with
+    ``adapter_only``, only ``ADAPTER_FILES`` (see the module doc)."""
     final = dest_dir / name
     staging = make_staging_dir(dest_dir, name)
     try:
-        files, complete = _unpack_checked(archive, staging, archive_size)
+        files, complete = _unpack_checked(archive, staging, archive_size, adapter_only)
         _check_belongs_to(complete, checkpoint)
         manifest = models.LocalManifest(
             tinker_path=checkpoint.tinker_path,
@@ -75,7 +86,9 @@ def extract_checkpoint(
             created=checkpoint.time,
             downloaded_at=datetime.now(UTC),
             files=files,
-            content="full" if checkpoint.checkpoint_type == "training" else "adapter-only",
+            content="full"
+            if checkpoint.checkpoint_type == "training" and not adapter_only
+            else "adapter-only",
         )
         _write_durably(staging / MANIFEST_NAME, manifest.model_dump_json(indent=2).encode())
         fsync_directory(staging)
@@ -135,12 +148,22 @@ def _check_room(
 class _Admission:
     """The checks every member passes before a byte of it is written."""
 
-    def __init__(self, staging: Path, budget: int, *, compressed: bool) -> None:
+    def __init__(
+        self, staging: Path, budget: int, *, compressed: bool, adapter_only: bool = False
+    ) -> None:
         self.staging = staging
         self.budget = budget
         self.compressed = compressed
+        self.adapter_only = adapter_only
         self.names: set[str] = set()
         self.unpacked = 0
+        # Members read past with adapter_only: name -> size from the header.
+        self.read_past: dict[str, int] = {}
+
+    def writes(self, member: tarfile.TarInfo) -> bool:
+        """Whether ``member`` is written (else read past: adapter_only, not an adapter file).
+        ``checkpoint_complete`` is always read, and written only with the whole checkpoint."""
+        return not self.adapter_only or member.name in ADAPTER_FILES
 
     def admit(self, member: tarfile.TarInfo) -> None:
         if len(self.names) >= MAX_MEMBERS:
@@ -155,15 +178,20 @@ class _Admission:
         _check_room(member, self.unpacked, self.budget, self.staging, compressed=self.compressed)
         self.names.add(member.name)
         self.unpacked += member.size
+        if not self.writes(member):
+            self.read_past[member.name] = member.size
 
 
 def _unpack_checked(
-    archive: Path, staging: Path, archive_size: int
+    archive: Path, staging: Path, archive_size: int, adapter_only: bool = False
 ) -> tuple[dict[str, models.FileDigest], models.CheckpointComplete]:
     compressed = _is_compressed(archive)
     size = max(archive_size, archive.stat().st_size)
     admission = _Admission(
-        staging, size * MAX_EXPANSION if compressed else size, compressed=compressed
+        staging,
+        size * MAX_EXPANSION if compressed else size,
+        compressed=compressed,
+        adapter_only=adapter_only,
     )
     try:
         if compressed:
@@ -179,15 +207,25 @@ def _unpack_checked(
         complete = models.CheckpointComplete.model_validate_json(complete_raw)
     except ValidationError:
         raise IntegrityError(f"incomplete checkpoint: {COMPLETE_MEMBER} is unreadable") from None
-    check_complete_listing(files, complete, what="archive member")
+    check_complete_listing(files, complete, what="archive member", read_past=admission.read_past)
+    if adapter_only:
+        missing = [name for name in ADAPTER_FILES if name not in files]
+        if missing:
+            raise IntegrityError(
+                f"the archive has no {missing[0]}: there is no adapter to install with "
+                "--adapter-only"
+            )
+        files.pop(COMPLETE_MEMBER, None)  # read, not written: it lists files not installed
     return files, complete
 
 
-def _read_complete(member: tarfile.TarInfo, source: object, staging: Path) -> bytes:
+def _read_complete(member: tarfile.TarInfo, source: object, staging: Path | None) -> bytes:
+    """The bytes of ``checkpoint_complete``, also written into ``staging`` unless None."""
     if member.size > MAX_COMPLETE_SIZE:
         raise IntegrityError(f"{COMPLETE_MEMBER} is implausibly large")
     raw: bytes = source.read()  # type: ignore[attr-defined]
-    _write_durably(staging / member.name, raw)
+    if staging is not None:
+        _write_durably(staging / member.name, raw)
     return raw
 
 
@@ -211,9 +249,11 @@ def _unpack_plain(
             # checkpoint_complete is read whole; a sparse member's data is not one range
             # of the archive: both go through tarfile.
             if member.name == COMPLETE_MEMBER or member.sparse is not None:
-                if (read := _unpack_through_tarfile(tar, member, staging, files)) is not None:
-                    complete_raw = read
+                read = _unpack_through_tarfile(tar, member, staging, files, admission)
+                complete_raw = read if read is not None else complete_raw
                 continue
+            if not admission.writes(member):
+                continue  # tar.next() seeks past its data
             files[member.name] = copy_range_hashed(
                 pool, raw.fileno(), member.offset_data, member.size, str(staging / member.name)
             )
@@ -229,8 +269,8 @@ def _unpack_stream(
     with open(archive, "rb") as raw, tarfile.open(fileobj=raw, mode="r|*") as tar:
         for member in tar:
             admission.admit(member)
-            if (read := _unpack_through_tarfile(tar, member, staging, files)) is not None:
-                complete_raw = read
+            read = _unpack_through_tarfile(tar, member, staging, files, admission)
+            complete_raw = read if read is not None else complete_raw
     return files, complete_raw
 
 
@@ -239,14 +279,18 @@ def _unpack_through_tarfile(
     member: tarfile.TarInfo,
     staging: Path,
     files: dict[str, models.FileDigest],
+    admission: _Admission,
 ) -> bytes | None:
     """Write one member read through ``tarfile`` and record its digest; returns the bytes
-    of ``checkpoint_complete`` when that is the member, else None."""
+    of ``checkpoint_complete`` when that is the member, else None. A member ``admission``
+    does not write is read past (a stream skips its data when the next one is asked for)."""
+    if member.name != COMPLETE_MEMBER and not admission.writes(member):
+        return None
     source = tar.extractfile(member)
     if source is None:
         raise IntegrityError(f"archive member {member.name!r} has no data")
     if member.name == COMPLETE_MEMBER:
-        complete_raw = _read_complete(member, source, staging)
+        complete_raw = _read_complete(member, source, None if admission.adapter_only else staging)
         files[member.name] = _digest_of(complete_raw)
         return complete_raw
     files[member.name] = _copy_member(source, staging / member.name)
@@ -258,17 +302,30 @@ def _digest_of(data: bytes) -> models.FileDigest:
 
 
 def check_complete_listing(
-    files: dict[str, models.FileDigest], complete: models.CheckpointComplete, *, what: str
+    files: dict[str, models.FileDigest],
+    complete: models.CheckpointComplete,
+    *,
+    what: str,
+    read_past: dict[str, int] | None = None,
 ) -> None:
     """Every file is listed in ``checkpoint_complete`` and matches its size and sha256, and
-    every listed file is there (docs/protocol.md §7.4); used by both generations."""
-    unlisted = sorted(set(files) - set(complete.files) - {COMPLETE_MEMBER})
+    every listed file is there (docs/protocol.md §7.4); used by both generations. Members
+    in ``read_past`` (name -> size, not written: ``--adapter-only``) are checked by size:
+    their bytes were covered by the archive's digest, not hashed one by one."""
+    read_past = read_past or {}
+    unlisted = sorted((set(files) | set(read_past)) - set(complete.files) - {COMPLETE_MEMBER})
     if unlisted:
         raise IntegrityError(
             f"{what} {unlisted[0]!r} is not listed in {COMPLETE_MEMBER}"
             + (f" (nor are {len(unlisted) - 1} others)" if len(unlisted) > 1 else "")
         )
     for listed, expected in sorted(complete.files.items()):
+        if listed in read_past:
+            if read_past[listed] != expected.size:
+                raise IntegrityError(
+                    f"{listed}: size {read_past[listed]}, expected {expected.size}"
+                )
+            continue
         got = files.get(listed)
         if got is None:
             raise IntegrityError(f"{listed}: listed in {COMPLETE_MEMBER} but missing")

@@ -17,6 +17,9 @@ A checkpoint is *present* when its directory holds our manifest for the same che
 the manifest's archive digest equals the listed ``sha256`` (size and creation time when the
 server lists no digest) and every file the manifest lists is there with its listed size; a
 copy with a file missing or resized is downloaded again (``repaired`` says what was wrong).
+With ``download.adapter_only`` an adapter-only copy is present; without it, an
+``--adapter-only`` copy of a training checkpoint lacks the optimizer state and is replaced
+(``verify.missing_content``).
 Files are not re-hashed here: that is ``verify``'s job, and it keeps a nightly run over
 hundreds of checkpoints well under a second.
 
@@ -59,7 +62,7 @@ from logits_cli.api.sync_items import (
     read_own_manifest,
     run_dirname,
 )
-from logits_cli.api.verify import MANIFEST_NAME, damaged_files
+from logits_cli.api.verify import MANIFEST_NAME, damaged_files, missing_content
 from logits_cli.diskio import release_lock_file, try_lock_file
 from logits_cli.errors import BusyError, LogitsError, UnsupportedError, UsageError
 from logits_cli.uri import KINDS, CheckpointRef, validate_run_id
@@ -188,7 +191,9 @@ async def _sync(
     if options.prune_local:
         items += _prune(dest, _identities(listed), set(runs), options.dry_run, notify)
 
-    planned_items, downloads = _plan(dest, _select(listed, options))
+    planned_items, downloads = _plan(
+        dest, _select(listed, options), adapter_only=options.download.adapter_only
+    )
     items += planned_items
     for item in planned_items:
         # Items settled while planning are reported now; downloads when they finish.
@@ -285,7 +290,7 @@ def _select(listed: list[models.Checkpoint], options: SyncOptions) -> list[model
 
 
 def _plan(
-    dest: Path, checkpoints: list[models.Checkpoint]
+    dest: Path, checkpoints: list[models.Checkpoint], *, adapter_only: bool
 ) -> tuple[list[SyncItem], list[_Planned]]:
     """One item per checkpoint, in order, and the downloads among them."""
     items: list[SyncItem] = []
@@ -309,6 +314,7 @@ def _plan(
             item.error = f"{target} exists and is not this checkpoint's download; move it away"
         elif is_current(own[0], checkpoint):
             problems = damaged_files(target, own[0])
+            problems += missing_content(own[0], adapter_only=adapter_only)
             if problems:
                 item.repaired = problems
                 downloads.append(_Planned(ref, item, replace=True))

@@ -89,6 +89,21 @@ def damaged_files(path: Path, manifest: models.LocalManifest) -> list[str]:
     return problems
 
 
+def missing_content(manifest: models.LocalManifest, *, adapter_only: bool) -> list[str]:
+    """What a copy lacks for the download asked for: an ``--adapter-only`` extract of a
+    training archive has no optimizer state, so a full download replaces it, while
+    ``adapter_only`` is satisfied by it and by a full copy alike. A files-generation copy
+    (no archive) is adapter-only because that is all such a deployment gives: it is whole."""
+    partial = (
+        manifest.content == "adapter-only"
+        and manifest.checkpoint_type == "training"
+        and manifest.archive_sha256 is not None
+    )
+    if partial and not adapter_only:
+        return ["optimizer state missing (an --adapter-only copy)"]
+    return []
+
+
 def verify_checkpoint_dir(path: Path) -> VerifyResult:
     """Re-hash every file the manifest lists; missing files and mismatches are problems."""
     try:

@@ -9,7 +9,7 @@ import typer
 
 from logits_cli import errors
 from logits_cli.cli.ckpt_select import kind_of
-from logits_cli.cli.ckpt_transfer import ConnectionsOpt, OutputDirOpt
+from logits_cli.cli.ckpt_transfer import AdapterOnlyOpt, ConnectionsOpt, OutputDirOpt
 from logits_cli.cli.context import call_api, settings_for
 from logits_cli.cli.failures import handle_errors
 from logits_cli.cli.options import (
@@ -77,6 +77,7 @@ def sync(
             "fetch them (starts a training session on the service); else they are skipped.",
         ),
     ] = False,
+    adapter_only: AdapterOnlyOpt = False,
     verbose: Annotated[
         bool,
         typer.Option("--verbose", "-v", help="Also log one line per checkpoint already present."),
@@ -88,7 +89,8 @@ def sync(
     """Fetch every checkpoint not yet in DIR, under a lock: safe to run from cron.
 
     Each checkpoint lands in DIR/RUN/KIND/NAME; present ones are checked by name and size,
-    damaged ones repaired.
+    damaged ones repaired. With --adapter-only, weights/ copies hold the adapter without the
+    optimizer state (and such copies count as present); without it, they are completed.
 
     Examples:
 
@@ -112,7 +114,7 @@ def sync(
         lock_wait=optional_seconds(lock_wait) or 0.0,
         prune_local=prune_local,
         export=export,
-        download=DownloadOptions(connections=connections),
+        download=DownloadOptions(connections=connections, adapter_only=adapter_only),
     )
     settings = settings_for(ctx)
 

@@ -2,7 +2,6 @@
 machine and check them there (``sync``, cron mode, is ``ckpt_sync.py``). Registered on the ``ckpt`` app by ``ckpt.py``, in the order
 the help lists them; the engine behind them is ``api/transfer/`` (docs/ARCHITECTURE.md §3)."""
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -17,7 +16,12 @@ from logits_cli.cli.ckpt_select import (
     parse_refs,
 )
 from logits_cli.cli.context import call_api, settings_for
-from logits_cli.cli.download_target import deliver, resolve_target
+from logits_cli.cli.download_target import (
+    clashing_names,
+    deliver,
+    install_parent,
+    resolve_target,
+)
 from logits_cli.cli.failures import handle_errors, on_interrupt, report_error
 from logits_cli.cli.options import (
     JsonOpt,
@@ -50,6 +54,14 @@ DownloadOutputOpt = Annotated[
         metavar="DIR",
     ),
 ]
+AdapterOnlyOpt = Annotated[
+    bool,
+    typer.Option(
+        "--adapter-only",
+        help="Install only the adapter (adapter_model.safetensors, adapter_config.json), "
+        "not the optimizer state.",
+    ),
+]
 ConnectionsOpt = Annotated[
     int,
     typer.Option(
@@ -70,6 +82,7 @@ def download(
     archive_only: Annotated[
         bool, typer.Option("--archive-only", help="Verify and keep NAME.tar; do not extract.")
     ] = False,
+    adapter_only: AdapterOnlyOpt = False,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing download.")] = False,
     timeout: Annotated[
         str | None,
@@ -92,14 +105,19 @@ def download(
 ) -> None:
     """Download, verify and extract checkpoints into DIR/NAME; prints their local paths.
 
-    PATH is logits://RUN/KIND/NAME (or tinker://…); NAME may be @latest. A killed or
-    interrupted download resumes where it stopped when run again. With one PATH, -o - writes
-    the verified archive to stdout, and --archive-only -o FILE.tar writes it to FILE.tar.
+    PATH is logits://RUN/KIND/NAME (or tinker://…); NAME may be @latest. When two PATHs
+    share a NAME (weights/X and sampler_weights/X), every checkpoint of the command goes to
+    DIR/RUN/KIND/NAME instead, the layout of sync. A killed or interrupted download resumes
+    where it stopped when run again. With one PATH, -o - writes the verified archive to
+    stdout, and --archive-only -o FILE.tar writes it to FILE.tar. --adapter-only installs
+    the adapter files without the optimizer state (the whole archive is still fetched, to
+    check its digest).
 
     Examples:
 
     \b
       logits ckpt download logits://RUN/weights/step_1000 -o ./ckpts
+      logits ckpt download logits://RUN/weights/step_1000 --adapter-only -o ./serve
       logits ckpt download logits://RUN/weights/@latest --archive-only -o last.tar
       logits ckpt download logits://RUN/weights/final -o - | tar -t
       logits ckpt ls -q RUN | xargs logits ckpt download -o ./ckpts
@@ -115,12 +133,17 @@ def download(
     refs = parse_refs(paths)
     settings = settings_for(ctx)
     target = resolve_target(output, refs, archive_only=archive_only, home=settings.home)
-    _refuse_colliding_names(refs, output)
+    if adapter_only and (archive_only or target.archive_only):
+        raise errors.UsageError(
+            "--adapter-only installs files; the archive of --archive-only, -o - or "
+            "-o FILE.tar is always whole"
+        )
     total_limit = optional_seconds(timeout)
     options = DownloadOptions(
         connections=connections,
         keep_archive=keep_archive,
         archive_only=target.archive_only or archive_only,
+        adapter_only=adapter_only,
         force=force,
         lock_wait=optional_seconds(lock_wait) or 0.0,
         private_dest=target.directory != output,  # a staging directory of ours
@@ -140,33 +163,49 @@ def download(
         "run the same command again to resume the download"
     )
 
+    def failed(ref: CheckpointRef, raised: errors.LogitsError) -> None:
+        failure = raised
+        if give_up is not None and time.monotonic() >= give_up:
+            failure = errors.UnavailableError(
+                f"did not finish within --timeout {timeout}",
+                hint="run the same command again to resume the download",
+            )
+        report.add(str(ref), failure)
+        if not out.live_progress:
+            log_line(f"failed {ref}: {failure.message}")
+
     async def work(client: "LogitsClient") -> "list[DownloadResult]":
         done: list[DownloadResult] = []
-        with out.transfer_bars(len(refs)) as bars:
-            for ref in refs:
+        # Names are known once @latest is resolved; the layout depends on all of them.
+        resolved: list[tuple[CheckpointRef, CheckpointRef]] = []
+        for ref in refs:
+            try:
+                resolved.append((ref, await client.resolve(ref)))
+            except errors.LogitsError as raised:
+                failed(ref, raised)
+        clash = clashing_names([r for _, r in resolved])
+        if clash is not None:
+            out.notice(
+                f"{clash[0]} and {clash[1]} share a name: each checkpoint goes to "
+                f"{target.directory}/RUN/KIND/NAME, as sync lays them out"
+            )
+        with out.transfer_bars(len(resolved)) as bars:
+            for ref, checkpoint_ref in resolved:
                 progress = None
+                dest = install_parent(target.directory, checkpoint_ref, by_run_and_kind=bool(clash))
                 try:
-                    resolved = await client.resolve(ref)
-                    progress = bars.bar(resolved.name) if bars else None
+                    progress = bars.bar(checkpoint_ref.name) if bars else None
                     result = await client.download(
-                        resolved,
-                        target.directory,
+                        checkpoint_ref,
+                        dest,
                         options=options_now(),
                         progress=progress,
                         notice=out.notice,
                     )
                 except errors.LogitsError as raised:
-                    failure = raised
-                    if give_up is not None and time.monotonic() >= give_up:
-                        failure = errors.UnavailableError(
-                            f"did not finish within --timeout {timeout}",
-                            hint="run the same command again to resume the download",
-                        )
-                    report.add(str(ref), failure)
                     if progress is not None:
                         progress.finish("failed")
-                    if bars is None:
-                        log_line(f"failed {ref}: {failure.message}")
+                    failed(ref, raised)
                     continue
                 done.append(result)
                 if progress is not None:
@@ -216,23 +255,6 @@ def download(
     report.finish()
 
 
-def _refuse_colliding_names(refs: "Sequence[CheckpointRef]", output: Path) -> None:
-    """Every checkpoint lands in DIR/NAME: two different checkpoints of one name (weights/x
-    and sampler_weights/x, or x of two runs) would collide there, so that is refused before
-    anything is fetched. (``sync`` lays out DIR/RUN/KIND/NAME and has no such limit.)"""
-    seen: dict[str, CheckpointRef] = {}
-    for ref in refs:
-        if ref.is_latest:
-            continue
-        first = seen.setdefault(ref.name, ref)
-        if first.with_scheme(ref.scheme) != ref:
-            raise errors.UsageError(
-                f"{first} and {ref} would both be downloaded to {output / ref.name}",
-                hint="download them with separate -o directories, or use "
-                "`logits ckpt sync RUN -o DIR` (DIR/RUN/KIND/NAME)",
-            )
-
-
 @handle_errors
 def verify(
     dirs: DirsArgument,
@@ -273,12 +295,14 @@ def verify(
             report_error(error)
         raise errors.NotFoundError(f"none of the {len(unusable)} directories holds a checkpoint")
     results = [verify_checkpoint_dir(path) for path in checked]
+    # As in download's JSON: "path" is the checkpoint's URI (None when the manifest is
+    # unreadable), "local_path" the directory on this machine.
     records = [
         {
-            "path": str(r.path),
+            "path": r.tinker_path,
+            "local_path": str(r.path),
             "ok": r.ok,
             "problems": list(r.problems),
-            "tinker_path": r.tinker_path,
         }
         for r in results
     ]
@@ -286,9 +310,9 @@ def verify(
         records,
         (str(r.path) for r in results if r.ok),
         [
-            Column("DIR", "path"),
+            Column("DIR", "local_path"),
             Column("OK", "ok", BOOL),
-            Column("CHECKPOINT", "tinker_path", priority=1),
+            Column("CHECKPOINT", "path", priority=1),
         ],
         records,
     )

@@ -1,6 +1,14 @@
 """Where ``logits ckpt download`` puts what it fetched: ``-o DIR`` (DIR/NAME), ``-o FILE.tar``
 with ``--archive-only``, or ``-o -`` (the archive on stdout), as curl's ``-o`` would.
 
+``-o DIR`` lays checkpoints out as DIR/NAME while their names are unique among the paths of
+the command. When two different checkpoints share a name (``weights/X`` and
+``sampler_weights/X``, the cookbook's pattern, or ``X`` of two runs), every checkpoint of
+that command goes to DIR/RUN/KIND/NAME instead: the layout ``sync`` uses, so ``sync`` and
+``verify`` know those copies, and one command never mixes two layouts. A per-command choice
+(rather than renaming only the second checkpoint, as a browser's ``X (1)`` would) keeps
+each path meaningful: KIND and RUN are in it, and the printed paths say where each went.
+
 The engine always installs into a directory; the two file forms stage there (a hidden
 directory beside FILE.tar, or under ``$LOGITS_HOME/staging``) so a killed download resumes
 when the same command runs again, and only a verified archive is renamed to FILE.tar or
@@ -40,6 +48,26 @@ class DownloadTarget:
     @property
     def archive_only(self) -> bool:
         return self.archive_file is not None or self.to_stdout
+
+
+def clashing_names(refs: Sequence[CheckpointRef]) -> tuple[CheckpointRef, CheckpointRef] | None:
+    """Two different checkpoints of ``refs`` (``@latest`` already resolved) that would land
+    in the same DIR/NAME, or None. The same checkpoint named in both schemes is one."""
+    seen: dict[str, CheckpointRef] = {}
+    for ref in refs:
+        first = seen.setdefault(ref.name, ref)
+        if first.with_scheme(ref.scheme) != ref:
+            return first, ref
+    return None
+
+
+def install_parent(directory: Path, ref: CheckpointRef, *, by_run_and_kind: bool) -> Path:
+    """The directory ``ref`` is installed in (as NAME): DIR, or DIR/RUN/KIND (sync's)."""
+    if not by_run_and_kind:
+        return directory
+    from logits_cli.api.sync_items import checkpoint_dir
+
+    return checkpoint_dir(directory, ref).parent
 
 
 def resolve_target(

@@ -335,10 +335,10 @@ def test_download_prints_destinations_and_logs_to_stderr(
     verified = json.loads(cli.ok("ckpt", "verify", str(tmp_path / "d1"), "--json").stdout)
     assert verified == [
         {
-            "path": str(tmp_path / "d1"),
+            "path": saved["tinker_path"],
+            "local_path": str(tmp_path / "d1"),
             "ok": True,
             "problems": [],
-            "tinker_path": saved["tinker_path"],
         }
     ]
 

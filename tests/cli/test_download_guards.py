@@ -9,13 +9,11 @@ import socket
 import tarfile
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import filelock
 
 from logits_cli.uri import CheckpointRef
-from tests.cli.conftest import Cli
 from tests.hostile_server import Request, head, hostile, trickle
 
 LIMIT_S = 60.0  # only a guard against a hung test
@@ -130,27 +128,6 @@ def test_timeout_bounds_the_whole_download_and_keeps_the_resumable_part(
 def test_timeout_is_a_duration(cli, run):
     result = cli("ckpt", "download", "logits://x/weights/y", "--timeout", "soon")
     assert result.exit_code == 2
-
-
-def test_two_checkpoints_of_one_name_are_refused_before_anything_is_fetched(
-    cli: Cli, run: str, tmp_path: Path
-) -> None:
-    weights = cli.ok("ckpt", "save", "same", "-q").stdout.strip()
-    sampler = cli.ok("ckpt", "save", "same", "--sampler", "-q").stdout.strip()
-    dest = tmp_path / "dest"
-    result = cli("ckpt", "download", weights, sampler, "-o", str(dest))
-    assert result.exit_code == 2
-    assert result.stderr.splitlines() == [
-        f"Error: {weights} and {sampler} would both be downloaded to {dest / 'same'}",
-        "Hint: download them with separate -o directories, or use "
-        "`logits ckpt sync RUN -o DIR` (DIR/RUN/KIND/NAME)",
-    ]
-    assert not dest.exists()
-    # The same checkpoint named twice (two schemes) is one checkpoint: no refusal.
-    twice = cli(
-        "ckpt", "download", weights, weights.replace("logits://", "tinker://"), "-o", str(dest)
-    )
-    assert twice.exit_code == 0, twice.stderr
 
 
 # -- -o - and --archive-only -o FILE.tar (issue 12, point 4) ---------------------------------

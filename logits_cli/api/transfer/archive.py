@@ -88,7 +88,11 @@ async def _download(
     repaired: list[str] = []
     if not options.force:
         present, repaired = await asyncio.to_thread(
-            local_copy, final, checkpoint, archive_only=options.archive_only
+            local_copy,
+            final,
+            checkpoint,
+            archive_only=options.archive_only,
+            adapter_only=options.adapter_only,
         )
         if present and not repaired:
             return DownloadResult(checkpoint, final, bytes_fetched=0, skipped=True, resumed=False)
@@ -165,6 +169,7 @@ def _extract_and_finish(
             archive_sha256=archive_sha256,
             archive_size=size,
             force=options.force,
+            adapter_only=options.adapter_only,
         )
     except IntegrityError:
         discard(part, journal_path)  # verified bytes, bad content: nothing to resume

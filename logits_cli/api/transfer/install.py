@@ -15,7 +15,7 @@ from pathlib import Path
 from logits_cli import models
 from logits_cli.api.transfer.digests import hash_file
 from logits_cli.api.transfer.journal import Journal
-from logits_cli.api.verify import damaged_files, read_manifest
+from logits_cli.api.verify import damaged_files, missing_content, read_manifest
 from logits_cli.diskio import (
     ForeignPathError,
     check_own_file,
@@ -64,11 +64,12 @@ def install_file(source: Path, target: Path) -> None:
 
 
 def local_copy(
-    final: Path, checkpoint: models.Checkpoint, *, archive_only: bool
+    final: Path, checkpoint: models.Checkpoint, *, archive_only: bool, adapter_only: bool = False
 ) -> tuple[bool, list[str]]:
     """Whether ``final`` already holds our download of exactly this checkpoint (no network
     needed), and what is wrong with its files: missing or resized ones, found from the
-    manifest's names and sizes without re-hashing. A damaged copy is replaced."""
+    manifest's names and sizes without re-hashing, or the optimizer state an
+    ``--adapter-only`` copy lacks when the whole checkpoint is asked for. Those are replaced."""
     if archive_only:
         if not final.is_file() or checkpoint.sha256 is None:
             return False, []
@@ -87,7 +88,11 @@ def local_copy(
             and manifest.archive_size == checkpoint.size_bytes
             and manifest.created == checkpoint.time
         )
-    return same, damaged_files(final, manifest) if same else []
+    if not same:
+        return False, []
+    return True, damaged_files(final, manifest) + missing_content(
+        manifest, adapter_only=adapter_only
+    )
 
 
 def sweep_leftovers(dest_dir: Path, name: str) -> None:

@@ -3,10 +3,10 @@
 Members are written into a temporary sibling directory ``DEST/.NAME.tmp-XXXX`` on the
 destination's filesystem, each one checked (plain file at the root, safe name, no repeats)
 before its first byte and hashed while it is written: an uncompressed archive member by
-member with kernel copies (kernel_copy.py), a compressed one as a stream. ``checkpoint_complete`` must be present and every file it
-lists must match. Only then is the manifest written inside the temporary directory and the
-directory renamed into place, so a final ``DEST/NAME`` always verifies. Any failure removes
-the temporary directory.
+member with kernel copies (kernel_copy.py), a compressed one as a stream.
+``checkpoint_complete`` must be present and every file it lists must match. Only then is the
+manifest written inside the temporary directory and the directory renamed into place, so a
+final ``DEST/NAME`` always verifies. Any failure removes the temporary directory.
 
 Hostile archives are bounded (issue 8): at most ``MAX_MEMBERS`` members; every member must
 be named by ``checkpoint_complete`` (docs/protocol.md §7.4 says ``files`` lists every other
@@ -14,12 +14,9 @@ member, so an unlisted one is not part of the checkpoint); a compressed archive 
 to at most ``MAX_EXPANSION`` times its size, and no member is written that the disk cannot
 hold, checked from its header before its first byte.
 
-With ``adapter_only`` only the adapter (``ADAPTER_FILES``: docs/protocol.md §7, the same
-files a files-generation export holds) is written; every other member, the optimizer state
-and ``checkpoint_complete`` itself (it lists files that are not there), is read past. The
-whole archive was fetched and its digest checked all the same, so the members read past are
-covered by that digest; each is still admitted (name, type, repeats, truncation) and its
-size compared with ``checkpoint_complete``.
+With ``adapter_only`` only ``ADAPTER_FILES`` (docs/protocol.md §7; what an export holds) are
+written; the others, ``checkpoint_complete`` too (it lists files not installed), are read
+past, each still admitted and its size compared: the archive's digest covers their bytes.
 """
 
 from __future__ import annotations
@@ -161,8 +158,7 @@ class _Admission:
         self.read_past: dict[str, int] = {}
 
     def writes(self, member: tarfile.TarInfo) -> bool:
-        """Whether ``member`` is written (else read past: adapter_only, not an adapter file).
-        ``checkpoint_complete`` is always read, and written only with the whole checkpoint."""
+        """Whether ``member`` is written, else read past (``adapter_only``, no adapter file)."""
         return not self.adapter_only or member.name in ADAPTER_FILES
 
     def admit(self, member: tarfile.TarInfo) -> None:
@@ -320,13 +316,10 @@ def check_complete_listing(
             + (f" (nor are {len(unlisted) - 1} others)" if len(unlisted) > 1 else "")
         )
     for listed, expected in sorted(complete.files.items()):
-        if listed in read_past:
-            if read_past[listed] != expected.size:
-                raise IntegrityError(
-                    f"{listed}: size {read_past[listed]}, expected {expected.size}"
-                )
-            continue
-        got = files.get(listed)
+        if listed in read_past:  # its size is all there is to compare
+            got = models.FileDigest(sha256=expected.sha256.lower(), size=read_past[listed])
+        else:
+            got = files.get(listed)
         if got is None:
             raise IntegrityError(f"{listed}: listed in {COMPLETE_MEMBER} but missing")
         if got.size != expected.size:

@@ -316,10 +316,9 @@ def check_complete_listing(
             + (f" (nor are {len(unlisted) - 1} others)" if len(unlisted) > 1 else "")
         )
     for listed, expected in sorted(complete.files.items()):
+        got = files.get(listed)
         if listed in read_past:  # its size is all there is to compare
             got = models.FileDigest(sha256=expected.sha256.lower(), size=read_past[listed])
-        else:
-            got = files.get(listed)
         if got is None:
             raise IntegrityError(f"{listed}: listed in {COMPLETE_MEMBER} but missing")
         if got.size != expected.size:

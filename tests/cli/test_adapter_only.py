@@ -174,3 +174,32 @@ def test_adapter_only_on_both_generations(
     else:
         assert answer["skipped"] is False
         assert _names(tmp_path / "w") == FULL
+
+
+def test_sync_copies_of_either_generation_stay_present_with_and_without_adapter_only(
+    deployment: Any, monkeypatch: Any, tmp_path: Path
+) -> None:
+    """A files-generation copy is adapter-only because that is all the deployment gives: a
+    nightly sync without --adapter-only must not take it for a short copy and export again."""
+    run_id = _ok("runs", "create", "--base-model", "logits/tiny", "--rank", "2", "-q").stdout
+    run_id = run_id.strip()
+    monkeypatch.setenv("LOGITS_RUN", run_id)
+    path = _ok("ckpt", "save", "w", "-q").stdout.strip()
+
+    def sync(*extra: str) -> dict[str, Any]:
+        args = ("ckpt", "sync", run_id, "-o", str(tmp_path), "--export", "--json", *extra)
+        return dict(json.loads(_ok(*args).stdout))
+
+    first = sync("--adapter-only")
+    assert [(i["tinker_path"], i["status"]) for i in first["items"]] == [(path, "downloaded")]
+    copy = tmp_path / run_id.replace(":", "%3A") / "weights" / "w"
+    assert _names(copy) == ADAPTER_ONLY
+    assert sync("--adapter-only")["counts"]["present"] == 1
+    full = sync()
+    if deployment.generation == "files":
+        assert (full["counts"]["present"], full["bytes_fetched"]) == (1, 0)
+        assert _names(copy) == ADAPTER_ONLY
+    else:
+        assert full["counts"]["downloaded"] == 1
+        assert _names(copy) == FULL
+    assert sync()["counts"]["present"] == 1

@@ -18,7 +18,7 @@ from typing import Any
 
 import anyio.to_thread
 
-from logits_cli.errors import JobFailedError, LogitsError, NotFoundError
+from logits_cli.errors import JobFailedError, LogitsError, NotFoundError, UnavailableError
 from logits_cli.store.recovery import recover
 from logits_cli.store.store import FutureRecord, Store
 
@@ -153,6 +153,9 @@ class FutureRunner:
                                 done.futures,
                             )
                     claimed = self._store.claim_orphaned_futures()
+                except UnavailableError as exc:  # the database restarting: look again later
+                    logger.warning("could not look for futures of dead processes: %s", exc)
+                    continue
                 except Exception as exc:
                     logger.error("taking over futures failed", exc_info=exc)
                     continue

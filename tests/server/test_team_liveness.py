@@ -152,8 +152,8 @@ def test_a_postgresql_restart_takes_nothing_over_and_a_kill_after_it_still_is(
         # Well after the restart: nothing was taken over, nothing ran twice.
         time.sleep(LEASE + 2)
         for served in (one, two):
-            assert "taking over" not in served.log_text(), served.log_text()
-            assert "dead server process" not in served.log_text(), served.log_text()
+            assert "taking over future" not in served.log_text(), served.log_text()
+            assert "taking over futures failed" not in served.log_text(), served.log_text()
         runs = api_two.ok(api_two.http.get("/api/v1/training_runs", params={"limit": 100}))
         assert sorted(r["training_run_id"] for r in runs["training_runs"]) == sorted(
             [model_id, loaded["model_id"]]

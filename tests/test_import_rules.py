@@ -30,7 +30,10 @@ FORBIDDEN = {
 def imports_of(path: Path) -> list[tuple[str, bool]]:
     """(module, at module level) for every import in ``path``, relative ones resolved."""
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-    package = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts[:-1])
+    inside = path.is_relative_to(PACKAGE.parent)  # else a test's probe: no relative imports
+    package = (
+        ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts[:-1]) if inside else ""
+    )
     top_level = {id(node) for node in tree.body}
     found: list[tuple[str, bool]] = []
     for node in ast.walk(tree):
@@ -157,7 +160,10 @@ ENGINE_MODULES = sorted(
             PACKAGE / "api" / name
             for name in ("download_options.py", "extract.py", "kernel_copy.py", "verify.py")
         ),
-        *(PACKAGE / "api" / name for name in ("blob_transport.py", "blob_direct.py", "limits.py")),
+        *(
+            PACKAGE / "api" / name
+            for name in ("blob_direct.py", "limits.py", "transport_errors.py")
+        ),
     ]
 )
 
@@ -167,3 +173,104 @@ def test_the_transfer_engine_never_imports_the_client(module: str) -> None:
     path = PACKAGE / "api" / module
     bad = [name for name, _ in imports_of(path) if matches(name, "logits_cli.api.client")]
     assert bad == [], f"{path.name} imports {bad}"
+
+
+# -- the module graph: every import counted, lazy and under TYPE_CHECKING too -----------------
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(path): path for path in PACKAGE.rglob("*.py")}
+
+
+def imported_names(path: Path) -> list[tuple[str, str | None]]:
+    """(module of ours, name taken from it or None) for every import in ``path``, wherever it
+    sits: at module level, in a function, under ``if TYPE_CHECKING``. ``from P import M``
+    of a submodule M counts as importing P.M."""
+    found: list[tuple[str, str | None]] = []
+    for module, _ in imports_of(path):
+        if module in MODULES:
+            found.append((module, None))
+        else:
+            parent, _, name = module.rpartition(".")
+            if parent in MODULES:
+                found.append((parent, name))
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    return {
+        name: {target for target, _ in imported_names(path) if target != name}
+        for name, path in MODULES.items()
+    }
+
+
+def import_circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    circles: list[list[str]] = []
+
+    def visit(module: str) -> None:
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        for target in sorted(graph[module]):
+            if target not in index:
+                visit(target)
+                low[module] = min(low[module], low[target])
+            elif target in stack:
+                low[module] = min(low[module], index[target])
+        if low[module] == index[module]:
+            component = []
+            while True:
+                member = stack.pop()
+                component.append(member)
+                if member == module:
+                    break
+            if len(component) > 1:
+                circles.append(sorted(component))
+
+    for module in sorted(graph):
+        if module not in index:
+            visit(module)
+    return circles
+
+
+# The engine folder is clean; the rest of the package is not yet (store/, server/, the
+# client and its files workflow, cli/__init__), so both rules are checked on it alone.
+ENGINE = {module_name(PACKAGE / "api" / module) for module in ENGINE_MODULES}
+
+
+def test_the_module_graph_finds_a_circle_through_a_lazy_import(tmp_path: Path) -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert import_circles(graph) == [["a", "b", "c"]]
+    lazy = tmp_path / "lazy.py"
+    lazy.write_text(
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    from logits_cli.api.client import LogitsClient\n"
+        "def f():\n    from logits_cli.api.transfer import fetcher\n"
+    )
+    assert ("logits_cli.api.client", "LogitsClient") in imported_names(lazy)
+    assert ("logits_cli.api.transfer.fetcher", None) in imported_names(lazy)
+
+
+def test_no_module_of_the_engine_is_in_an_import_circle() -> None:
+    circles = [circle for circle in import_circles(import_graph()) if ENGINE & set(circle)]
+    assert circles == []
+
+
+def test_the_engine_imports_no_underscored_name_of_another_module() -> None:
+    bad = [
+        f"{name} imports {name_taken} from {target}"
+        for name in sorted(ENGINE)
+        for target, name_taken in imported_names(MODULES[name])
+        if name_taken is not None
+        and name_taken.startswith("_")
+        and not name_taken.startswith("__")
+        and target != name
+    ]
+    assert bad == []

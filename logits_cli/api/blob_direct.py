@@ -7,13 +7,14 @@ neither call: `tests/bench/download_files.py` and `tests/bench/download.py` show
 against curl. The standard library's ``http.client`` speaks HTTP/1.1 (status line, headers,
 chunked or sized bodies, TLS through ``ssl``); this module adds the pieces httpx gives the
 rest of the client: redirects, one kept-alive connection per thread and origin, an abort
-from another thread, and every failure raised as the httpx exception httpx would raise, so
-the engine handles both paths alike.
+from another thread, and every failure raised as the httpx exception httpx would raise
+(``transport_errors.httpx_error_for``), so the engine handles both paths alike.
 
-``BlobClient`` is the ``httpx.AsyncClient`` of blob URLs (requests through httpx still work:
-small answers, tests); ``direct_reader(url)`` says whether a URL may take this path: not for
-origins mounted on another transport (the embedded server, a test's mock transport) and not
-when an environment proxy is configured.
+``BlobClient`` is the ``httpx.AsyncClient`` of blob URLs (with httpx's own transport: the
+engine reads through it what this module does not take); ``direct_reader(url)`` says whether
+a URL may take this path: not for origins mounted on another transport (the embedded
+server, a test's mock transport) and not when an environment proxy is configured
+(``env_proxies_configured``). The engine's two readers are in ``transfer/blob_readers.py``.
 """
 
 from __future__ import annotations
@@ -24,17 +25,24 @@ import io
 import socket
 import ssl
 import threading
+import urllib.request
 from typing import Any
 
 import httpx
 
 from logits_cli import __version__
+from logits_cli.api.transport_errors import CLOSED_CONNECTION_ERRORS, httpx_error_for
 
 REDIRECT_STATUSES = (301, 302, 303, 307, 308)
 ERROR_BODY_LIMIT = 64 * 1024  # what is kept of an error answer's body, for its message
 USER_AGENT = f"logits/{__version__}"
 
-_PROTOCOL_ERRORS = (http.client.HTTPException, ValueError)  # BadStatusLine, IncompleteRead, …
+
+def env_proxies_configured() -> bool:
+    """Whether ``HTTP(S)_PROXY``/``ALL_PROXY`` are set: httpx then routes blob requests
+    through the proxy, which the direct reader does not know how to."""
+    proxies = urllib.request.getproxies()
+    return any(scheme in proxies for scheme in ("http", "https", "all"))
 
 
 class _Response(http.client.HTTPResponse):
@@ -94,7 +102,7 @@ class DirectReader:
     connection alive between them."""
 
     def __init__(self, *, max_redirects: int) -> None:
-        self._max_redirects = max_redirects
+        self.max_redirects = max_redirects
         self._ssl: ssl.SSLContext | None = None
         self._ssl_lock = threading.Lock()
 
@@ -171,7 +179,7 @@ class DirectRequest:
     def open(self) -> None:
         """Send the request and read the answer's head (and an error answer's body)."""
         url = httpx.URL(self._url)
-        for _ in range(self._reader._max_redirects + 1):
+        for _ in range(self._reader.max_redirects + 1):
             self._send(url)
             assert self._response is not None
             location = self._response.getheader("location")
@@ -184,7 +192,7 @@ class DirectRequest:
                 buffer = memoryview(bytearray(ERROR_BODY_LIMIT))
                 self.error_body = bytes(buffer[: self._read_guarded(buffer)])
             return
-        raise httpx.TooManyRedirects(f"more than {self._reader._max_redirects} redirects")
+        raise httpx.TooManyRedirects(f"more than {self._reader.max_redirects} redirects")
 
     def readinto(self, buffer: memoryview) -> int:
         """Body bytes into ``buffer`` with at most one read from the network; 0 at its end."""
@@ -218,17 +226,12 @@ class DirectRequest:
                 connection.request("GET", target, headers=self._headers)
                 self._response = connection.getresponse()
                 break
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
-                self._slot.close()
-                if reused and attempt == 0:
-                    continue  # a kept-alive connection the server had closed: once more
-                raise httpx.RemoteProtocolError(
-                    f"the server closed the connection ({exc})"
-                ) from exc
             except BaseException as exc:
                 connecting = connection.sock is None
                 self._slot.close()
-                raise _as_httpx_error(exc, connecting=connecting) from exc
+                if reused and attempt == 0 and isinstance(exc, CLOSED_CONNECTION_ERRORS):
+                    continue  # a kept-alive connection the server had closed: once more
+                raise httpx_error_for(exc, connecting=connecting, sending=True) from exc
         assert self._response is not None
         self.status = self._response.status
         self.headers = httpx.Headers(self._response.getheaders())
@@ -245,20 +248,4 @@ class DirectRequest:
             self._slot.close()
             if self._aborted.is_set():
                 raise httpx.ReadError("the download was stopped") from exc
-            raise _as_httpx_error(exc, connecting=False) from exc
-
-
-def _as_httpx_error(exc: BaseException, *, connecting: bool) -> BaseException:
-    """The httpx exception httpx's own transport raises for ``exc``."""
-    if isinstance(exc, httpx.HTTPError):
-        return exc
-    if isinstance(exc, TimeoutError):  # socket.timeout
-        return httpx.ConnectTimeout("timed out connecting") if connecting else exc
-    if isinstance(exc, ssl.SSLError | ssl.CertificateError):
-        return httpx.ConnectError(f"TLS failure ({type(exc).__name__})")
-    if isinstance(exc, OSError):
-        kind = httpx.ConnectError if connecting else httpx.ReadError
-        return kind(exc.strerror or type(exc).__name__)
-    if isinstance(exc, _PROTOCOL_ERRORS):
-        return httpx.RemoteProtocolError(f"the server broke HTTP/1.1 ({type(exc).__name__})")
-    return exc
+            raise httpx_error_for(exc, connecting=False) from exc

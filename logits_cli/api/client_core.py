@@ -13,14 +13,9 @@ import httpx
 from pydantic import BaseModel
 
 from logits_cli import __version__, models
-from logits_cli.api.blob_direct import BlobClient
+from logits_cli.api.blob_direct import BlobClient, env_proxies_configured
 from logits_cli.api.futures import wait_for_future
-from logits_cli.api.http import (
-    BlobTransport,
-    RequestLayer,
-    default_timeout,
-    env_proxies_configured,
-)
+from logits_cli.api.http import RequestLayer, default_timeout
 from logits_cli.api.request_checks import MAX_BLOB_REDIRECTS, newest, require_known_kind
 from logits_cli.api.retry import RetryPolicy
 from logits_cli.config import Settings
@@ -126,19 +121,16 @@ class ClientCore:
         ``Accept-Encoding: identity``, follows at most 5 redirects, and in embedded mode
         routes through the same in-process ASGI transport (docs/protocol.md §1.4, §6.3).
 
-        Other origins go through ``BlobTransport``, which reads the socket in large blocks
-        (the transfer engine is CPU-bound on fast links otherwise), and the transfer engine
-        reads their bodies in threads (``blob_direct.py``), except when an environment proxy
-        is configured: httpx's own transport then routes everything through it."""
+        The transfer engine reads the bodies of other origins in threads (``blob_direct.py``),
+        except when an environment proxy is configured: httpx's own transport then routes
+        everything through it (``transfer/blob_readers.py``)."""
         if self._blob_http is None:
-            proxied = env_proxies_configured()
             self._blob_http = BlobClient(
-                direct=not proxied,
+                direct=not env_proxies_configured(),
                 headers={"Accept-Encoding": "identity"},
                 follow_redirects=True,
                 max_redirects=MAX_BLOB_REDIRECTS,
                 timeout=default_timeout(),
-                transport=None if proxied else BlobTransport(),
                 mounts=self._blob_mounts,
             )
         return self._blob_http

@@ -39,11 +39,6 @@ from logits_cli.api.answers import (
     fetch_answer,
     format_size,
 )
-from logits_cli.api.blob_transport import (
-    BLOB_READ_SIZE,
-    BlobTransport,
-    env_proxies_configured,
-)
 from logits_cli.api.retry import Deadline, RetryPolicy, is_retryable_status
 from logits_cli.api.transport_errors import (
     FULL_DISK_HINT,
@@ -64,20 +59,17 @@ READ_TIMEOUT_S = 60.0
 JWT_REFRESH_MARGIN_S = 60.0
 IDEMPOTENT_METHODS = frozenset({"POST", "PUT", "DELETE"})
 
-# Names other modules import from here, some defined in blob_transport.py/transport_errors.py.
+# Names other modules import from here, some defined in transport_errors.py.
 __all__ = [
     "API_PREFIX",
-    "BLOB_READ_SIZE",
     "CONNECT_TIMEOUT_S",
     "FULL_DISK_HINT",
     "FULL_DISK_SUMMARY",
     "HTTPX_ERRORS",
-    "BlobTransport",
     "RequestLayer",
     "TransientFailure",
     "default_timeout",
     "describe_httpx_error",
-    "env_proxies_configured",
     "error_for_httpx",
     "explain_full_disk",
     "is_transient_httpx_error",

@@ -1,8 +1,13 @@
-"""httpx exceptions and full-disk answers as classes of ``errors.py`` (docs/ARCHITECTURE.md §4).
+"""The one map of transport failures to classes of ``errors.py`` (docs/ARCHITECTURE.md §4),
+and full-disk answers.
 
-Shared by the request layer (``http.py``) and the transfer engine, so every httpx failure, on
-the API or on a blob URL, ends as a known class with a one-line message that never quotes a
-URL (and so never a signed token):
+Two steps. The standard library's failures under the direct blob reader (``blob_direct.py``:
+socket timeouts and resets, ``ssl`` errors, ``http.client``'s ``IncompleteRead``,
+``RemoteDisconnected``, ``LineTooLong``, …) become the httpx exception httpx's own transport
+raises for them (``httpx_error_for``), as httpx itself maps httpcore's and h11's. Then every
+httpx failure, from the request layer (``http.py``) or the transfer engine, on the API or on a
+blob URL, ends as a known class with a one-line message that never quotes a URL (and so never
+a signed token):
 
 * connection errors, timeouts, a server breaking HTTP, proxy failures: ``UnavailableError``
   (exit 6), retried first where ``is_transient_httpx_error`` says a repeat may cure them;
@@ -13,7 +18,9 @@ URL (and so never a signed token):
 
 from __future__ import annotations
 
+import http.client
 import socket
+import ssl
 
 import httpx
 
@@ -34,6 +41,37 @@ _TRANSIENT_HTTPX_ERRORS = (
 
 # Failures to even form a request: the URL or a header cannot be sent.
 _UNSENDABLE_HTTPX_ERRORS = (httpx.InvalidURL, httpx.UnsupportedProtocol, httpx.LocalProtocolError)
+
+
+# What http.client raises for an answer that breaks HTTP/1.1 (BadStatusLine, IncompleteRead,
+# LineTooLong, …); ValueError for a malformed chunk size or Content-Length.
+HTTP_PROTOCOL_ERRORS = (http.client.HTTPException, ValueError)
+# How sending a request on a kept-alive connection the server has since closed fails
+# (``RemoteDisconnected`` is a ``ConnectionResetError`` too).
+CLOSED_CONNECTION_ERRORS = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
+
+
+def httpx_error_for(
+    exc: BaseException, *, connecting: bool, sending: bool = False
+) -> BaseException:
+    """The httpx exception httpx's own transport raises for a standard-library failure
+    ``exc`` of a request (``connecting``: before the connection was made; ``sending``: up to
+    the answer's head). A ``TimeoutError`` while reading stays one: the engine reads it as a
+    stall. Anything else (``KeyboardInterrupt``, a bug) is returned unchanged."""
+    if isinstance(exc, httpx.HTTPError):
+        return exc
+    if sending and isinstance(exc, CLOSED_CONNECTION_ERRORS):
+        return httpx.RemoteProtocolError(f"the server closed the connection ({exc})")
+    if isinstance(exc, TimeoutError):  # socket.timeout
+        return httpx.ConnectTimeout("timed out connecting") if connecting else exc
+    if isinstance(exc, ssl.SSLError | ssl.CertificateError):
+        return httpx.ConnectError(f"TLS failure ({type(exc).__name__})")
+    if isinstance(exc, OSError):
+        kind = httpx.ConnectError if connecting else httpx.ReadError
+        return kind(exc.strerror or type(exc).__name__)
+    if isinstance(exc, HTTP_PROTOCOL_ERRORS):
+        return httpx.RemoteProtocolError(f"the server broke HTTP/1.1 ({type(exc).__name__})")
+    return exc
 
 
 def is_transient_httpx_error(exc: Exception) -> bool:

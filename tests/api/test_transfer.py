@@ -296,7 +296,7 @@ def test_extraction_is_finished_before_a_cancellation_lands() -> None:
             finished.append(True)
 
         outer = asyncio.create_task(
-            transfer._complete_even_if_cancelled(asyncio.to_thread(extraction))
+            transfer.complete_even_if_cancelled(asyncio.to_thread(extraction))
         )
         await asyncio.to_thread(started.wait, 30)
         outer.cancel()
@@ -423,8 +423,8 @@ def test_bytes_are_written_back_while_fetched_and_a_failed_writeback_fails(
     async def scenario() -> None:
         async with remote_client(live_server, tmp_path / "home") as client:
             checkpoint = await make_checkpoint(client)
-            monkeypatch.setattr(transfer.fetcher, "WRITEBACK_EVERY", 1)
-            monkeypatch.setattr(transfer.fetcher.os, "fdatasync", counting)
+            monkeypatch.setattr(transfer.part_file, "WRITEBACK_EVERY", 1)
+            monkeypatch.setattr(transfer.part_file.os, "fdatasync", counting)
             extracted = await client.download(ref_of(checkpoint), tmp_path / "extracted")
             assert_matches_archive(extracted.path, server_blob(live_server.store, checkpoint))
             assert synced == []  # its archive is deleted after extraction
@@ -435,7 +435,7 @@ def test_bytes_are_written_back_while_fetched_and_a_failed_writeback_fails(
             assert synced
 
             synced.clear()
-            monkeypatch.setattr(transfer.fetcher.os, "fdatasync", failing)
+            monkeypatch.setattr(transfer.part_file.os, "fdatasync", failing)
             with pytest.raises(LogitsError, match=r"cannot write the download in .*: Input/"):
                 await client.download(ref_of(checkpoint), tmp_path / "failed", options=kept)
             assert synced

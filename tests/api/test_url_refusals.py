@@ -423,7 +423,7 @@ def test_an_endless_error_body_is_read_only_up_to_its_limit() -> None:
     # one streams forever. Only ERROR_BODY_LIMIT bytes of it are kept, as the direct
     # reader does.
     from logits_cli.api.blob_direct import ERROR_BODY_LIMIT
-    from logits_cli.api.transfer.attempts import bounded_error_answer
+    from logits_cli.api.transfer.blob_readers import bounded_error_answer
 
     async def forever() -> Any:
         while True:

@@ -8,7 +8,13 @@ HTTP client, retry policy and callables that fetch signed URLs):
 - ``digests``     which digest to check against (Repr-Digest, ETag, x-goog-hash, …), hashing
 - ``signed_url``  the current signed URL, renewed before expiry or when refused
 - ``journal``     which bytes of a part file are good (resume across processes)
-- ``fetcher``     one URL into one part file: ranged segments, journal, digest check
+- ``part_file``   the part file: descriptor, journal, layout, locks, counts; its hasher
+- ``blob_readers`` one blob range into the part file: direct (threads) or through httpx
+- ``responses``   a blob answer's validators and error text
+- ``body_bounds`` how far a body may go (promised sizes, the unsized cap, free space)
+- ``attempts``    one request of one segment: headers, the answer checked, failures sorted
+- ``fetcher``     one URL into one part file: segments scheduled over connections, retried
+- ``checked``     the fetcher plus the digest check and one fresh retry
 - ``install``     part paths, locks, free space, present copies, atomic installs
 - ``archive``     the archive generation: fetch, verify, extract (``api/extract.py``)
 - ``files``       the files generation: every file of a URL map, verified, installed
@@ -18,7 +24,7 @@ HTTP client, retry policy and callables that fetch signed URLs):
 
 from __future__ import annotations
 
-from logits_cli.api.transfer.archive import _complete_even_if_cancelled, download_checkpoint
+from logits_cli.api.transfer.archive import complete_even_if_cancelled, download_checkpoint
 from logits_cli.api.transfer.checked import fetch_and_check
 from logits_cli.api.transfer.digests import Crc32c, ExpectedDigest, choose_digest, hash_file
 from logits_cli.api.transfer.fetcher import RangedFetcher, choose_segment_size
@@ -31,9 +37,9 @@ __all__ = [
     "Journal",
     "RangedFetcher",
     "SignedUrl",
-    "_complete_even_if_cancelled",
     "choose_digest",
     "choose_segment_size",
+    "complete_even_if_cancelled",
     "download_checkpoint",
     "fetch_and_check",
     "hash_file",

@@ -132,7 +132,7 @@ async def _download(
                 size,
                 options,
             )
-            await _complete_even_if_cancelled(finish)
+            await complete_even_if_cancelled(finish)
     except ForeignPathError:
         raise  # what was refused is not ours to remove, and nothing of ours was made
     except BaseException as exc:
@@ -181,7 +181,7 @@ def _extract_and_finish(
     discard(journal_path)
 
 
-async def _complete_even_if_cancelled(work: Awaitable[None]) -> None:
+async def complete_even_if_cancelled(work: Awaitable[None]) -> None:
     """Await ``work`` (a thread, which cannot be interrupted) to its end even when this task
     is cancelled, so the part lock is held until DEST is consistent; then re-raise."""
     task = asyncio.ensure_future(work)

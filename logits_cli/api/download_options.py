@@ -13,7 +13,8 @@ from logits_cli.config import max_unsized_download
 
 # Called as bytes arrive: (bytes_done, bytes_total or None). A callback that also has a
 # ``phase(name)`` method is told when the download moves on to another phase (the terminal's
-# progress bars label themselves with it); see ``report_phase``.
+# progress bars label themselves with it), see ``report_phase``; one with ``resumed(reused,
+# total)`` when a part file is reused, see ``report_resumed``.
 ProgressCallback = Callable[[int, int | None], None]
 PHASES = ("downloading", "verifying", "extracting", "installing")
 
@@ -25,6 +26,14 @@ def report_phase(progress: ProgressCallback | None, phase: str) -> None:
     announce = getattr(progress, "phase", None)
     if announce is not None:
         announce(phase)
+
+
+def report_resumed(progress: ProgressCallback | None, reused: int, total: int | None) -> None:
+    """Tell ``progress`` (if it has a ``resumed(reused, total)`` method) that a part file
+    of an earlier, stopped download is kept: ``reused`` bytes are not fetched again."""
+    announce = getattr(progress, "resumed", None)
+    if announce is not None:
+        announce(reused, total)
 
 
 @dataclass(frozen=True)

@@ -25,13 +25,18 @@ from typing import Any
 from logits_cli.cli.tables import (
     TABLE_ONLY,
     Column,
+    fit_table,
+    hidden_note,
     human_cell,
-    human_size,
     json_text,
-    layout_table,
     plain_cell,
     terminal_text,
     terminal_width,
+)
+from logits_cli.cli.transfer_bars import (  # noqa: F401  (binary_speed_column: re-exported)
+    TransferBars,
+    binary_speed_column,
+    make_progress,
 )
 from logits_cli.errors import UsageError
 from logits_cli.utc_text import utc_text
@@ -111,17 +116,21 @@ class Output:
         footer: str | None = None,
         group_by: str | None = None,
     ) -> None:
-        """On a terminal, a table of one line per row at its width, then ``footer``;
-        piped, tab-separated full rows without header or footer. ``group_by``: see
-        ``layout_table``."""
+        """On a terminal, a table at its width, then ``footer`` and the names of columns
+        left out to fit; piped, tab-separated full rows without header or footer.
+        ``group_by``: see ``tables.fit_table``."""
         if not self.stdout_is_terminal:
             piped = [c for c in columns if c.show != TABLE_ONLY]
             self.emit_lines(
                 "\t".join(plain_cell(row.get(c.key), c.kind) for c in piped) for row in rows
             )
             return
-        lines = layout_table(columns, rows, terminal_width(), group_by=group_by)
-        self.emit_lines([*lines, footer] if footer else lines)
+        width = terminal_width()
+        table = fit_table(columns, rows, width, group_by=group_by)
+        notes = [footer] if footer else []
+        if table.hidden:  # a column nobody can see is never silently gone (--sort size)
+            notes.append(hidden_note(table.hidden, width))
+        self.emit_lines([*table.lines, *notes])
 
     def emit_record(self, fields: Sequence[Column], record: Mapping[str, Any]) -> None:
         """One object as ``key  value`` lines (``key<TAB>value`` when piped)."""
@@ -197,30 +206,16 @@ class Output:
             yield lambda new_text: spinner.update(rich_label(new_text))
 
     @contextmanager
-    def transfer_bars(self, items: int = 1) -> Iterator[TransferBars | None]:
-        """Rich progress bars on a terminal stderr (one per checkpoint, and an overall one
-        for several ``items``), else None."""
+    def transfer_bars(
+        self, items: int = 1, *, sizes: Sequence[int | None] = ()
+    ) -> Iterator[TransferBars | None]:
+        """Progress bars on a terminal stderr (one per checkpoint, and an overall one for
+        several ``items``; ``sizes`` as listed, see ``TransferBars``), else None."""
         if not self.live_progress:
             yield None
             return
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-
-        progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            DownloadColumn(binary_units=True),
-            binary_speed_column(),
-            TimeRemainingColumn(),
-            console=stderr_console(),
-        )
-        with progress:
-            yield TransferBars(progress, items)
+        with make_progress(stderr_console()) as progress:
+            yield TransferBars(progress, items, sizes=sizes)
 
 
 def rich_label(text: str) -> str:
@@ -229,74 +224,3 @@ def rich_label(text: str) -> str:
     from rich.markup import escape
 
     return escape(terminal_text(text))
-
-
-def binary_speed_column() -> Any:
-    """A progress column of speed in binary units: rich's TransferSpeedColumn counts MB/s,
-    beside sizes in MiB."""
-    from rich.progress import ProgressColumn
-    from rich.text import Text
-
-    class BinarySpeedColumn(ProgressColumn):
-        def render(self, task: Any) -> Text:
-            speed = task.finished_speed or task.speed
-            return Text("?" if speed is None else f"{human_size(speed)}/s")
-
-    return BinarySpeedColumn()
-
-
-class TransferBars:
-    """One bar per checkpoint, labelled with its phase (downloading, verifying, extracting,
-    installing), and, when several checkpoints were asked for, an overall bar above them."""
-
-    def __init__(self, progress: Any, items: int) -> None:
-        self._progress = progress
-        self._items = items
-        self._bars: list[_Bar] = []
-        self._overall = progress.add_task(f"all (0/{items})", total=None) if items > 1 else None
-
-    def bar(self, description: str) -> _Bar:
-        """A new bar; it is called as the API's ProgressCallback and told phases."""
-        description = rich_label(description)
-        bar = _Bar(self, self._progress.add_task(description, total=None), description)
-        self._bars.append(bar)
-        return bar
-
-    def _update_overall(self) -> None:
-        if self._overall is None:
-            return
-        totals = [bar.total for bar in self._bars]
-        known = len(totals) == self._items and all(totals)
-        self._progress.update(
-            self._overall,
-            completed=sum(bar.done for bar in self._bars),
-            total=sum(t for t in totals if t) if known else None,
-            description=f"all ({sum(bar.finished for bar in self._bars)}/{self._items})",
-        )
-
-
-class _Bar:
-    def __init__(self, owner: TransferBars, task_id: Any, description: str) -> None:
-        self._owner = owner
-        self._task_id = task_id
-        self._description = description
-        self.done = 0
-        self.total: int | None = None
-        self.finished = False
-
-    def __call__(self, done: int, total: int | None) -> None:
-        self.done, self.total = done, total
-        self._owner._progress.update(self._task_id, completed=done, total=total)
-        self._owner._update_overall()
-
-    def phase(self, name: str) -> None:
-        label = self._description if name == "downloading" else f"{self._description} · {name}"
-        self._owner._progress.update(self._task_id, description=label)
-
-    def finish(self, note: str = "done") -> None:
-        """The checkpoint is installed (or was already present)."""
-        self.finished = True
-        if self.total is None:
-            self._owner._progress.update(self._task_id, total=1, completed=1)
-        self._owner._progress.update(self._task_id, description=f"{self._description} · {note}")
-        self._owner._update_overall()

@@ -147,24 +147,13 @@ def _table_cell(value: Any, column: Column, now: datetime) -> str:
     return human_cell(value, column.kind, column.none)
 
 
-def _width_of_kept(
-    columns: Sequence[Column], rows: Sequence[Mapping[str, Any]], now: datetime
-) -> int:
-    kept = [c for c in columns if c.priority >= KEEP]
-    natural = [
-        max([len(c.header), *(len(_table_cell(row.get(c.key), c, now)) for row in rows)])
-        for c in kept
-    ]
-    return sum(natural) + COLUMN_GAP * (len(kept) - 1)
-
-
 def _grouped(
     columns: Sequence[Column],
     group: Column,
     rows: Sequence[Mapping[str, Any]],
     width: int,
     now: datetime,
-) -> list[str]:
+) -> TableLayout:
     """The table without ``group``'s column, rows gathered under one ``HEADER value`` line
     per group (groups in order of first appearance, rows in their order within each)."""
     order: dict[Any, int] = {}
@@ -172,15 +161,15 @@ def _grouped(
         order.setdefault(row.get(group.key), len(order))
     rows = sorted(rows, key=lambda row: order[row.get(group.key)])
     indent = "  "
-    body = layout_table([c for c in columns if c is not group], rows, width - len(indent), now=now)
-    lines, previous = [indent + body[0]], object()
-    for row, line in zip(rows, body[1:], strict=True):
+    body = _one_line_per_row([c for c in columns if c is not group], rows, width - len(indent), now)
+    lines, previous = [indent + body.lines[0]], object()
+    for row, line in zip(rows, body.lines[1:], strict=True):
         value = row.get(group.key)
         if value != previous:
             lines.append(f"{group.header} {_table_cell(value, group, now)}")
             previous = value
         lines.append(indent + line)
-    return lines
+    return TableLayout(lines, body.hidden)
 
 
 def terminal_width() -> int:
@@ -188,6 +177,14 @@ def terminal_width() -> int:
     import shutil
 
     return max(shutil.get_terminal_size((80, 24)).columns, 20)
+
+
+@dataclass(frozen=True)
+class TableLayout:
+    """The lines of a table and the headers of the columns left out to fit its width."""
+
+    lines: list[str]
+    hidden: list[str]
 
 
 def layout_table(
@@ -198,21 +195,57 @@ def layout_table(
     now: datetime | None = None,
     group_by: str | None = None,
 ) -> list[str]:
-    """The lines of a table that fits ``width``: one line per row, columns dropped lowest
-    priority first and free text shortened with ``…``; ids and paths are never cut.
+    """The lines of ``fit_table``'s table."""
+    return fit_table(columns, rows, width, now=now, group_by=group_by).lines
 
-    ``group_by``: the key of a column that, when even the columns never dropped are too
-    wide together, becomes a heading line before its rows (``RUN <id>``) instead. A row
-    still wider than the terminal (a very long name) overflows rather than lose characters.
+
+def fit_table(
+    columns: Sequence[Column],
+    rows: Sequence[Mapping[str, Any]],
+    width: int,
+    *,
+    now: datetime | None = None,
+    group_by: str | None = None,
+) -> TableLayout:
+    """A table that fits ``width``: one line per row, free text shortened with ``…`` and
+    then columns dropped lowest priority first; ids and paths are never cut.
+
+    ``group_by``: the key of a column (``RUN``) that becomes a heading line before its rows
+    (``RUN <id>``) when that keeps more columns than one line per row does: data columns
+    such as SIZE and CREATED are worth a heading line per run. A row still wider than the
+    terminal (a very long name) overflows rather than lose characters.
     """
     now = now or datetime.now(UTC)
     shown = [c for c in columns if c.show != PIPED_ONLY]
+    flat = _one_line_per_row(shown, rows, width, now)
     group = next((c for c in shown if c.key == group_by), None)
-    if group is not None and _width_of_kept(shown, rows, now) > width:
-        return _grouped(shown, group, rows, width, now)
+    if group is None or not (flat.hidden or _overflows(flat, width)):
+        return flat
+    grouped = _grouped(shown, group, rows, width, now)
+    if _overflows(flat, width) or len(grouped.hidden) < len(flat.hidden):
+        return grouped
+    return flat
+
+
+def _overflows(layout: TableLayout, width: int) -> bool:
+    return any(len(line) > width for line in layout.lines)
+
+
+def hidden_note(hidden: Sequence[str], width: int) -> str:
+    """The line under a table that names the columns it left out (piped rows have all)."""
+    names = ", ".join(hidden)
+    note = f"(hidden at {width} columns: {names}; widen the terminal or pipe for all)"
+    return note if len(note) <= width else f"(hidden: {names}; pipe for all)"
+
+
+def _one_line_per_row(
+    shown: Sequence[Column], rows: Sequence[Mapping[str, Any]], width: int, now: datetime
+) -> TableLayout:
+    order, shown = shown, list(shown)
     cells = {c.key: [_table_cell(row.get(c.key), c, now) for row in rows] for c in shown}
     natural = {c.key: max([len(c.header), *(len(v) for v in cells[c.key])]) for c in shown}
     widths = dict(natural)
+    hidden: list[Column] = []
 
     def total() -> int:
         return sum(widths[c.key] for c in shown) + COLUMN_GAP * (len(shown) - 1)
@@ -229,6 +262,7 @@ def layout_table(
             break
         drop = min(droppable, key=lambda c: c.priority)
         shown.remove(drop)
+        hidden.append(drop)
         # Space freed by a dropped column goes back to text shortened before it.
         widths = {c.key: natural[c.key] for c in shown}
 
@@ -243,4 +277,5 @@ def layout_table(
     lines = [gap.join(fit(c.header, c) for c in shown).rstrip()]
     for index in range(len(rows)):
         lines.append(gap.join(fit(cells[c.key][index], c) for c in shown).rstrip())
-    return lines
+    # Named in the table's own order, however they were dropped.
+    return TableLayout(lines, [c.header for c in order if c in hidden])

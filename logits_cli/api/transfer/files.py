@@ -41,6 +41,7 @@ from logits_cli.api.download_options import (
     FileUrls,
     ProgressCallback,
     report_phase,
+    report_resumed,
 )
 from logits_cli.api.retry import RetryPolicy
 from logits_cli.api.transfer.checked import fetch_and_check
@@ -264,15 +265,28 @@ async def _fetch_all(
     fetched_total = 0
     resumed_any = False
 
-    def file_progress(file_name: str) -> ProgressCallback:
-        def report(bytes_done: int, bytes_total: int | None) -> None:
-            done[file_name], totals[file_name] = bytes_done, bytes_total
-            if progress is not None:
-                known = [totals.get(n) for n in names]
-                overall = sum(t for t in known if t) if all(known) else None
-                progress(sum(done.values()), overall)
+    def overall() -> int | None:
+        known = [totals.get(n) for n in names]
+        return sum(t for t in known if t) if all(known) else None
 
-        return report
+    class FileProgress:
+        """One file's progress told as the checkpoint's (bytes summed over its files); a
+        reused part file as the checkpoint's bytes on disk so far."""
+
+        def __init__(self, file_name: str) -> None:
+            self.file_name = file_name
+
+        def __call__(self, bytes_done: int, bytes_total: int | None) -> None:
+            done[self.file_name], totals[self.file_name] = bytes_done, bytes_total
+            if progress is not None:
+                progress(sum(done.values()), overall())
+
+        def resumed(self, reused: int, total: int | None) -> None:
+            done[self.file_name], totals[self.file_name] = reused, total
+            report_resumed(progress, sum(done.values()), overall())
+
+    def file_progress(file_name: str) -> ProgressCallback:
+        return FileProgress(file_name)
 
     async def fetch(file_name: str) -> None:
         nonlocal fetched_total, resumed_any

@@ -33,6 +33,7 @@ from logits_cli.cli.tables import BOOL, Column, human_transfer
 from logits_cli.cli.timeparse import (
     optional_seconds,
 )
+from logits_cli.cli.transfer_bars import listed_sizes
 from logits_cli.uri import CheckpointRef
 
 if TYPE_CHECKING:
@@ -189,12 +190,16 @@ def download(
                 f"{clash[0]} and {clash[1]} share a name: each checkpoint goes to "
                 f"{target.directory}/RUN/KIND/NAME, as sync lays them out"
             )
-        with out.transfer_bars(len(resolved)) as bars:
-            for ref, checkpoint_ref in resolved:
+        # Sizes as listed, so the bars show their totals from the first frame.
+        checkpoints = [r for _, r in resolved]
+        sizes = await listed_sizes(client, checkpoints) if out.live_progress else []
+        with out.transfer_bars(len(resolved), sizes=sizes) as bars:
+            for index, (ref, checkpoint_ref) in enumerate(resolved):
                 progress = None
                 dest = install_parent(target.directory, checkpoint_ref, by_run_and_kind=bool(clash))
                 try:
-                    progress = bars.bar(checkpoint_ref.name) if bars else None
+                    size = sizes[index] if bars else None
+                    progress = bars.bar(checkpoint_ref.name, total=size) if bars else None
                     result = await client.download(
                         checkpoint_ref,
                         dest,

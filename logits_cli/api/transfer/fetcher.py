@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 
 from logits_cli.api.blob_direct import ConnectionSlot
-from logits_cli.api.download_options import ProgressCallback, report_phase
+from logits_cli.api.download_options import ProgressCallback, report_phase, report_resumed
 from logits_cli.api.limits import RetryBudget, per_connection_limit
 from logits_cli.api.retry import RetryPolicy
 from logits_cli.api.transfer.attempts import ArchiveChanged, RetryableFailure, SegmentAttempts
@@ -121,6 +121,8 @@ class RangedFetcher:
         part = self._part
         journal = part.open(self._identity)
         resumed = journal is not None and journal.done_bytes > 0
+        if journal is not None and resumed:  # the terminal says so ("resumed at X of Y")
+            report_resumed(self._progress, journal.done_bytes, journal.size)
         try:
             for restart in range(2):
                 try:

@@ -23,21 +23,14 @@ Every failure is a class of ``logits_cli.errors`` (each carries its CLI exit cod
 imports ``cli``, ``typer`` or ``rich``, and never prints: progress goes through callbacks.
 """
 
-import sys
-
-# httpx imports its own command-line client (click, rich, pygments: tens of milliseconds)
-# whenever those packages are installed, and Typer installs them. We never use it; a None
-# entry makes that one import fail at once, which httpx handles with a stub ``httpx.main``.
-sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
-
-from logits_cli.api.client import LogitsClient, PendingCallback  # noqa: E402
-from logits_cli.api.connect import open_client  # noqa: E402
-from logits_cli.api.download_options import (  # noqa: E402
+from logits_cli.api.client import LogitsClient, PendingCallback
+from logits_cli.api.connect import open_client
+from logits_cli.api.download_options import (
     DownloadOptions,
     DownloadResult,
     ProgressCallback,
 )
-from logits_cli.api.retry import RetryPolicy  # noqa: E402
+from logits_cli.api.retry import RetryPolicy
 
 __all__ = [
     "DownloadOptions",

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from logits_cli import errors
-from logits_cli.cli.arguments import OptionalPathsArgument
 from logits_cli.cli.ckpt_render import (
     TTL_COLUMNS,
     checkpoint_json,
@@ -31,6 +30,7 @@ from logits_cli.cli.options import (
     BeforeOpt,
     DryRunOpt,
     JsonOpt,
+    OptionalPathsArgument,
     QuietOpt,
     TypeOpt,
     YesOpt,

@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from logits_cli import errors
-from logits_cli.cli.arguments import PathArgument, PathsArgument
 from logits_cli.cli.ckpt_render import VISIBILITY_COLUMNS
 from logits_cli.cli.ckpt_select import (
     BulkReport,
@@ -18,7 +17,7 @@ from logits_cli.cli.ckpt_select import (
 )
 from logits_cli.cli.context import call_api, settings_for
 from logits_cli.cli.failures import handle_errors
-from logits_cli.cli.options import JsonOpt, NamesRunOpt, QuietOpt
+from logits_cli.cli.options import JsonOpt, NamesRunOpt, PathArgument, PathsArgument, QuietOpt
 from logits_cli.cli.output import Output
 from logits_cli.config import Settings
 from logits_cli.uri import EXTERNAL_KIND, CheckpointRef

@@ -4,12 +4,13 @@ import typer
 
 from logits_cli.cli.context import settings_for
 from logits_cli.cli.failures import handle_errors
+from logits_cli.cli.help_layout import CommandGroup
 from logits_cli.cli.options import JsonOpt
 from logits_cli.cli.output import Output
 from logits_cli.cli.tables import Column
 from logits_cli.config import Settings, mask_secret
 
-app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True)
+app = CommandGroup(help="Inspect the configuration.", no_args_is_help=True)
 
 
 def _api_key_display(settings: Settings) -> str | None:

@@ -4,32 +4,15 @@ import sys
 from typing import Annotated
 
 import typer
-import typer.core
 
 from logits_cli.cli import ckpt, config_cmd, models_cmd, runs, server, version_line
 from logits_cli.cli.context import RootOptions
 from logits_cli.cli.failures import report_error
+from logits_cli.cli.help_layout import CommandGroup
 from logits_cli.cli.timeparse import parse_duration
 from logits_cli.errors import LogitsError, UsageError
 
-
-def _plain_argument_names() -> None:
-    """Typer 0.29 (pinned, pyproject.toml) writes a required argument as ``{PATH}`` in the
-    usage line and a Python type beside it in the argument list (``PATH <list[str]>``), and
-    has no switch for either. Our help says ``PATH...`` and describes each argument in
-    words (tests/cli/test_terminal_points.py checks every command's help)."""
-
-    def usage_name(self: typer.core.TyperArgument) -> str:
-        name = self.display_name_raw if self.required else f"[{self.display_name_raw}]"
-        return name + ("..." if self.nargs != 1 else "")
-
-    typer.core.TyperArgument._usage_display_name = usage_name  # type: ignore[method-assign]
-    typer.core.TyperArgument.display_type_rich = lambda self, ctx: None  # type: ignore[method-assign]
-
-
-_plain_argument_names()
-
-app = typer.Typer(
+app = CommandGroup(
     name="logits",
     no_args_is_help=True,
     pretty_exceptions_enable=False,

@@ -6,6 +6,7 @@ import typer
 
 from logits_cli.cli.context import call_api, settings_for
 from logits_cli.cli.failures import handle_errors
+from logits_cli.cli.help_layout import CommandGroup
 from logits_cli.cli.options import JsonOpt, QuietOpt
 from logits_cli.cli.output import Output
 from logits_cli.cli.tables import BOOL, COUNT, Column
@@ -14,7 +15,7 @@ from logits_cli.errors import NotFoundError
 if TYPE_CHECKING:
     from logits_cli import models
 
-app = typer.Typer(help="List the base models the service offers.", no_args_is_help=True)
+app = CommandGroup(help="List the base models the service offers.", no_args_is_help=True)
 
 MODEL_COLUMNS = [
     Column("MODEL", "model_name"),

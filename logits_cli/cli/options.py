@@ -1,6 +1,13 @@
-"""Option aliases shared by the commands, so each flag means the same thing everywhere."""
+"""Option and argument aliases shared by the commands, so each flag and each positional
+argument means the same thing everywhere.
+
+Most positional arguments (``...Argument``) are left out of the help's argument list
+(``hidden``: still parsed and completed) and each command's docstring says what they are;
+the two ``...Arg`` ones are listed with their help line.
+"""
 
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -60,19 +67,11 @@ TimeoutOpt = Annotated[
         "--timeout", help="Give up waiting after this long (e.g. 10m, 90).", metavar="DURATION"
     ),
 ]
-_PATHS = typer.Argument(
-    metavar="PATH",
-    help="Checkpoint paths: logits://RUN/KIND/NAME or tinker://…; NAME may be @latest.",
-    autocompletion=complete_path,
-    show_default=False,
-)
-PathsArg = Annotated[list[str], _PATHS]
-OptionalPathsArg = Annotated[list[str] | None, _PATHS]
-PathArg = Annotated[
-    str,
+PathsArg = Annotated[
+    list[str],
     typer.Argument(
         metavar="PATH",
-        help="Checkpoint path: logits://RUN/KIND/NAME or tinker://…; NAME may be @latest.",
+        help="Checkpoint paths: logits://RUN/KIND/NAME or tinker://…; NAME may be @latest.",
         autocompletion=complete_path,
         show_default=False,
     ),
@@ -107,3 +106,25 @@ HomeOpt = Annotated[
         show_default=False,
     ),
 ]
+
+_DESCRIBED_PATHS = typer.Argument(
+    metavar="PATH", autocompletion=complete_path, show_default=False, hidden=True
+)
+PathsArgument = Annotated[list[str], _DESCRIBED_PATHS]
+OptionalPathsArgument = Annotated[list[str] | None, _DESCRIBED_PATHS]
+PathArgument = Annotated[
+    str,
+    typer.Argument(metavar="PATH", autocompletion=complete_path, show_default=False, hidden=True),
+]
+RunsArgument = Annotated[
+    list[str] | None,
+    typer.Argument(metavar="RUN", autocompletion=complete_run, show_default=False, hidden=True),
+]
+OptionalRunArgument = Annotated[
+    str | None,
+    typer.Argument(metavar="RUN", autocompletion=complete_run, show_default=False, hidden=True),
+]
+NameArgument = Annotated[str, typer.Argument(metavar="NAME", show_default=False, hidden=True)]
+DirsArgument = Annotated[list[Path], typer.Argument(metavar="DIR", show_default=False, hidden=True)]
+UserArgument = Annotated[str, typer.Argument(metavar="USER", show_default=False, hidden=True)]
+PrefixArgument = Annotated[str, typer.Argument(metavar="PREFIX", show_default=False, hidden=True)]

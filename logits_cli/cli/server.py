@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from logits_cli import errors
-from logits_cli.cli.arguments import PrefixArgument, UserArgument
 from logits_cli.cli.context import settings_for
 from logits_cli.cli.failures import handle_errors
-from logits_cli.cli.options import HomeOpt, JsonOpt, QuietOpt
+from logits_cli.cli.help_layout import CommandGroup
+from logits_cli.cli.options import HomeOpt, JsonOpt, PrefixArgument, QuietOpt, UserArgument
 from logits_cli.cli.output import Output
 from logits_cli.cli.server_notices import is_loopback, no_keys_warning, store_line
 from logits_cli.cli.tables import BOOL, TIME, Column
@@ -28,8 +28,10 @@ if TYPE_CHECKING:
 
     from logits_cli.store.store import Store
 
-app = typer.Typer(help="Run the reference server and manage its API keys.", no_args_is_help=True)
-keys_app = typer.Typer(help="Create, list and revoke API keys of the server.", no_args_is_help=True)
+app = CommandGroup(help="Run the reference server and manage its API keys.", no_args_is_help=True)
+keys_app = CommandGroup(
+    help="Create, list and revoke API keys of the server.", no_args_is_help=True
+)
 app.add_typer(keys_app, name="keys")
 
 

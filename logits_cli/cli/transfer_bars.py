@@ -205,7 +205,10 @@ class _Bar:
         self._owner = owner
         self._task_id = task_id
         self._name = name
-        self._resume_told = False
+        # Bytes kept from an earlier run, said once new bytes flow (or the phase moves on):
+        # a files-generation checkpoint tells one part file at a time as each one starts.
+        self._reused: int | None = None
+        self._reused_told = False
         self.done = 0
         self.total = total
         self.finished = False
@@ -213,9 +216,12 @@ class _Bar:
     def __call__(self, done: int, total: int | None) -> None:
         self.done, self.total = done, total if total is not None else self.total
         self._owner._progress.update(self._task_id, completed=done, total=self.total)
+        if self._reused is not None and done > self._reused:
+            self._tell_resumed()
         self._owner._update_overall()
 
     def _label(self, note: str) -> None:
+        self._tell_resumed()
         description = f"{self._name}{PHASE_SEPARATOR}{note}" if note else self._name
         self._owner._progress.update(self._task_id, description=description, note=note)
 
@@ -223,13 +229,17 @@ class _Bar:
         self._label("" if name == "downloading" else name)
 
     def resumed(self, reused: int, total: int | None) -> None:
-        """A part file of an earlier download is kept: said once, above the bars."""
-        if self._resume_told:
+        """``reused`` bytes of this checkpoint are kept from an earlier download."""
+        self._reused = max(self._reused or 0, reused)
+        self.total = self.total or total
+
+    def _tell_resumed(self) -> None:
+        """``resumed NAME at X of Y``, once, above the bars, fitted to the width."""
+        if self._reused is None or self._reused_told:
             return
-        self._resume_told = True
-        total = total or self.total  # the listed size when the download knows none yet
-        of = f" of {human_size(total)}" if total else ""
-        rest = f" at {human_size(reused)}{of}"
+        self._reused_told = True
+        of = f" of {human_size(self.total)}" if self.total else ""
+        rest = f" at {human_size(self._reused)}{of}"
         room = self._owner.width - 1 - len("resumed ") - len(rest)
         self._owner.notice(f"resumed {shorten_middle(self._name, max(8, room))}{rest}")
 

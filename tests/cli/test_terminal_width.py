@@ -8,6 +8,7 @@ show the listed total from their first frame, and say when a download resumed.""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -20,12 +21,13 @@ import subprocess
 import sys
 import termios
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from logits_cli.api.transfer.files_layout import journal_name
 from tests.faultproxy import FaultProxy
 
 pytestmark = pytest.mark.slow
@@ -192,15 +194,27 @@ def test_runs_ls_fits_and_names_any_hidden_column(backend: str, columns: int) ->
 
 
 @pytest.fixture
-def slow_server(server_factory: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """A real server whose blob URLs go through a proxy at 1.5 MB/s, so a download lasts
-    long enough to be drawn (and killed) part way."""
-    with FaultProxy(rate=1_500_000) as proxy:
-        server = server_factory(public_url=proxy.url)
-        proxy.upstream = ("127.0.0.1", server.port)
-        monkeypatch.setenv("LOGITS_BASE_URL", server.base_url)
-        monkeypatch.setenv("LOGITS_API_KEY", server.api_key("alice"))
-        yield server
+def slow_servers(
+    server_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[..., Any]]:
+    """``slow_servers(**settings)``: a real server whose blob URLs go through a proxy at
+    1.5 MB/s, so a download lasts long enough to be drawn (and killed) part way."""
+    with contextlib.ExitStack() as proxies:
+
+        def start(**settings: Any) -> Any:
+            proxy = proxies.enter_context(FaultProxy(rate=1_500_000))
+            server = server_factory(public_url=proxy.url, **settings)
+            proxy.upstream = ("127.0.0.1", server.port)
+            monkeypatch.setenv("LOGITS_BASE_URL", server.base_url)
+            monkeypatch.setenv("LOGITS_API_KEY", server.api_key("alice"))
+            return server
+
+        yield start
+
+
+@pytest.fixture
+def slow_server(slow_servers: Callable[..., Any]) -> Any:
+    return slow_servers(downloads="archive")
 
 
 def bar_lines(lines: list[str]) -> list[str]:
@@ -255,14 +269,23 @@ def test_bars_fit_one_line_with_whole_numbers_and_a_known_total(
     assert lines[-1].startswith("downloaded 2 of 2, ")
 
 
-def test_a_resumed_download_says_where_it_resumed(slow_server: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize("generation", ["archive", "files"])
+def test_a_resumed_download_says_where_it_resumed(
+    slow_servers: Callable[..., Any], generation: str, tmp_path: Path
+) -> None:
     """A download killed part way, then run again on a terminal: ``resumed NAME at X of Y``
-    above the bar, X what the killed one left, and the bar still one whole line."""
-    run_id = new_run(rank=256)  # an archive of several MiB: the kill lands part way
+    above the bar, X what the killed one left, and the bar still one whole line. On the
+    files generation, through an export, the adapter's file part way."""
+    slow_servers(downloads=generation)
+    run_id = new_run(rank=256)  # several MiB: the kill lands part way
     name = "resume_me_with_a_rather_long_checkpoint_name_01"
-    path = cli("ckpt", "save", name, "--run", run_id, "-q")
     dest = tmp_path / "dest"
-    journal = dest / f".{name}.part.json"
+    path = cli("ckpt", "save", name, "--run", run_id, "-q")
+    if generation == "archive":
+        journal = dest / f".{name}.part.json"
+    else:  # through an export, resumed on the same export
+        weights = journal_name("adapter_model.safetensors")
+        journal = dest / f".{name}.files" / "journal" / weights
     process = subprocess.Popen(
         [sys.executable, "-m", "logits_cli", "ckpt", "download", path, "-o", str(dest)],
         stdout=subprocess.DEVNULL,
@@ -326,8 +349,12 @@ def test_bar_pieces_fit_and_the_listed_totals_come_first() -> None:
     bars = TransferBars(progress, 2, sizes=[1024, 2048])
     assert progress.tasks[0].total == 3072  # before any bar exists
     first = bars.bar("step_1", total=1024)
-    report_resumed(first, 512, 1024)
-    report_resumed(first, 600, 1024)  # said once
-    assert screen.getvalue() == "resumed step_1 at 512 B of 1.0 KiB\n"
+    report_resumed(first, 512, 1024)  # one part file, then another: said once bytes flow
+    report_resumed(first, 600, 1024)
+    first(600, 1024)
+    assert screen.getvalue() == ""
+    first(700, 1024)
+    first(800, 1024)
+    assert screen.getvalue() == "resumed step_1 at 600 B of 1.0 KiB\n"
     first.finish("present")  # nothing fetched, nothing left: the overall bar counts it
     assert progress.tasks[0].completed == 1024

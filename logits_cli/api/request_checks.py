@@ -9,6 +9,8 @@ from email.utils import parsedate_to_datetime
 
 from logits_cli import models
 from logits_cli.errors import NotFoundError, UsageError
+from logits_cli.protocol_rules import check_access_scope
+from logits_cli.protocol_rules import check_ttl as check_ttl  # the client's TTL check
 from logits_cli.uri import CheckpointRef, validate_run_id
 
 REDIRECT_STATUSES = (301, 302, 303, 307, 308)
@@ -17,14 +19,8 @@ ARCHIVE_URL_DEFAULT_LIFETIME = timedelta(minutes=15)
 
 
 def scope(access_scope: str) -> str:
-    if access_scope not in ("owned", "accessible"):
-        raise UsageError(f"access scope must be 'owned' or 'accessible', not {access_scope!r}")
-    return access_scope
-
-
-def check_ttl(ttl_seconds: int) -> None:
-    if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int) or ttl_seconds <= 0:
-        raise UsageError(f"TTL must be a positive number of seconds, not {ttl_seconds!r}")
+    """The ``access_scope`` query parameter, checked by the protocol's rule."""
+    return check_access_scope(access_scope)
 
 
 def last_page(count: int, offset: int, cursor: models.Cursor | None, page_size: int) -> bool:

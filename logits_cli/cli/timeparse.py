@@ -14,6 +14,7 @@ import re
 from datetime import UTC, datetime, timedelta
 
 from logits_cli.errors import UsageError
+from logits_cli.protocol_rules import MAX_TTL_SECONDS
 
 _UNIT_SECONDS = {
     "s": 1,
@@ -29,8 +30,8 @@ _UNIT = r"(?:mo|min|[smhdwy])"
 _DURATION_RE = re.compile(rf"(?:\d{{1,9}}{_UNIT})+|\d{{1,9}}")
 _M_UNIT = re.compile(r"(\d)m(?=\d|$)")  # a bare 'm' unit, not the m of 'min' or 'mo'
 _PART_RE = re.compile(rf"(\d{{1,9}})({_UNIT})")
-# The server may refuse more than ten years (docs/protocol.md §5.6.6); refuse it here first.
-MAX_DURATION_S = 315_360_000
+# The server refuses a TTL over ten years; no duration may be longer, so refuse it here first.
+MAX_DURATION_S = MAX_TTL_SECONDS
 
 
 def parse_duration(text: str, *, minutes_as_m: bool = True) -> int:

@@ -10,6 +10,7 @@ from starlette.responses import Response
 
 from logits_cli import models
 from logits_cli.errors import NotFoundError, UsageError
+from logits_cli.protocol_rules import check_ttl
 from logits_cli.store import copies, exports, sessions
 from logits_cli.store import metadata as checkpoint_meta
 from logits_cli.uri import EXTERNAL_KIND, CheckpointRef, validate_name, validate_run_id
@@ -29,15 +30,8 @@ def files_enabled(call: Call) -> None:
 
 def _ttl(body: dict[str, Any]) -> int | None:
     ttl = body.get("ttl_seconds")
-    if ttl is not None and (type(ttl) is not int or not 0 < ttl <= exports_max_ttl()):
-        raise UsageError(f"ttl_seconds must be an integer from 1 to {exports_max_ttl()} seconds")
+    check_ttl(ttl)
     return ttl
-
-
-def exports_max_ttl() -> int:
-    from logits_cli.store.store import MAX_TTL_SECONDS
-
-    return MAX_TTL_SECONDS
 
 
 async def save_weights_external(call: Call) -> Response:

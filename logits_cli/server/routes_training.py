@@ -14,9 +14,10 @@ from starlette.responses import Response
 
 from logits_cli import models
 from logits_cli.errors import ConflictError, LogitsError, UsageError
+from logits_cli.protocol_rules import check_ttl
 from logits_cli.store import metadata as checkpoint_meta
 from logits_cli.store import sessions
-from logits_cli.store.store import MAX_TTL_SECONDS, Store
+from logits_cli.store.store import Store
 from logits_cli.uri import CheckpointRef, validate_name, validate_run_id, validate_segment
 
 from .endpoint import Call, parse_fields, route
@@ -66,8 +67,7 @@ def _string_metadata(body: dict[str, Any]) -> dict[str, str] | None:
 
 def _ttl(ttl_seconds: int | None) -> int | None:
     """A bad TTL is a malformed request (400), not a failed future (§5.2, §5.4)."""
-    if ttl_seconds is not None and not 0 < ttl_seconds <= MAX_TTL_SECONDS:
-        raise UsageError(f"ttl_seconds must be an integer from 1 to {MAX_TTL_SECONDS} seconds")
+    check_ttl(ttl_seconds)
     return ttl_seconds
 
 

@@ -9,8 +9,9 @@ import tempfile
 from pathlib import Path
 
 from logits_cli.errors import NotFoundError, UsageError
+from logits_cli.protocol_rules import check_ttl
 from logits_cli.store.exports import _insert_export, export_files
-from logits_cli.store.store import Store, _check_ttl
+from logits_cli.store.store import Store
 from logits_cli.uri import EXTERNAL_KIND, format_path
 
 
@@ -28,7 +29,7 @@ def copy_checkpoint(
     from logits_cli.store.archive import build_archive
     from logits_cli.store.lora import restore_state
 
-    _check_ttl(ttl_seconds)
+    check_ttl(ttl_seconds)
     with store._db.read() as conn:
         ref, checkpoint, origin = store._source_checkpoint(conn, user_id, source)
         target = store._owned_run(conn, user_id, destination_run)

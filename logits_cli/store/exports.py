@@ -28,13 +28,13 @@ from typing import Any
 from logits_cli import models
 from logits_cli.diskio import write_all
 from logits_cli.errors import NotFoundError, UsageError
+from logits_cli.protocol_rules import check_ttl
 from logits_cli.store.core import StoreCore
 from logits_cli.store.rows import ORPHAN_GRACE_SECONDS
 from logits_cli.store.store import (
     _UNEXPIRED,
     BlobInfo,
     Store,
-    _check_ttl,
     _checkpoint,
     _from_micros,
 )
@@ -205,7 +205,7 @@ def save_external(
     from logits_cli.store.lora import ADAPTER_CONFIG, ADAPTER_MODEL
 
     validate_name(name)
-    _check_ttl(ttl_seconds)
+    check_ttl(ttl_seconds)
     parsed = None if recipients is None else age_recipients(recipients)
     store._owned_run(store._db.connection(), user_id, run_id)
     directory = exports_dir(store)

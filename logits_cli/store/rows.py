@@ -17,13 +17,11 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from logits_cli import models
-from logits_cli.errors import UsageError
+from logits_cli.protocol_rules import check_ttl
 from logits_cli.uri import KIND_TO_TYPE
 
 LOCAL_USER = "local"  # the single implicit user of the embedded backend (docs/protocol.md §1.4)
 
-ACCESS_SCOPES = ("owned", "accessible")
-MAX_TTL_SECONDS = 315_360_000  # ten years (docs/protocol.md §5.6.6); also keeps datetimes in range
 KEY_PREFIX = "tml-"
 KEY_PREFIX_SHOWN = 12  # "tml-" + 8 characters: enough to tell keys apart, useless to an attacker
 MIN_REVOKE_PREFIX = 8
@@ -92,13 +90,8 @@ def _sha256_hex(data: str | bytes) -> str:
     return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()
 
 
-def _check_ttl(ttl_seconds: int | None) -> None:
-    if ttl_seconds is None:
-        return
-    if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int) or ttl_seconds <= 0:
-        raise UsageError(f"ttl_seconds must be a positive integer, got {ttl_seconds!r}")
-    if ttl_seconds > MAX_TTL_SECONDS:
-        raise UsageError(f"ttl_seconds {ttl_seconds} is above the limit of ten years")
+# The store's older name of the protocol's TTL rule; new code calls protocol_rules.check_ttl.
+_check_ttl = check_ttl
 
 
 def _string_metadata(user_metadata: dict[str, Any] | None) -> dict[str, str] | None:

@@ -19,6 +19,7 @@ embedded ``ckpt ls``, with its 300 ms budget) need none of them.
 
 from __future__ import annotations
 
+from logits_cli.protocol_rules import ACCESS_SCOPES, MAX_TTL_SECONDS
 from logits_cli.store.accounts import AccountsMixin
 from logits_cli.store.checkpoints import CheckpointsMixin
 from logits_cli.store.futures import FuturesMixin
@@ -32,11 +33,9 @@ from logits_cli.store.rows import (  # re-exported: the public surface of store.
     _UNEXPIRED,
     _USER_ID_RE,
     _VISIBLE_TO,
-    ACCESS_SCOPES,
     KEY_PREFIX,
     KEY_PREFIX_SHOWN,
     LOCAL_USER,
-    MAX_TTL_SECONDS,
     MIN_REVOKE_PREFIX,
     ORPHAN_GRACE_SECONDS,
     STORAGE_FULL_ERRNOS,

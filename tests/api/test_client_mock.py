@@ -596,8 +596,9 @@ async def test_save_checks_the_name_locally(
     async with make_client() as client:
         with pytest.raises(errors.UsageError, match=r"must start with a letter"):
             await client.save(RUN, ".hidden")
-        with pytest.raises(errors.UsageError, match=r"TTL must be a positive"):
-            await client.save(RUN, "ok", ttl_seconds=0)
+        for ttl in (0, 315_360_001):  # the protocol's range, checked before sending
+            with pytest.raises(errors.UsageError, match=r"integer from 1 to 315360000 seconds"):
+                await client.save(RUN, "ok", ttl_seconds=ttl)
     assert server.requests == []
 
 

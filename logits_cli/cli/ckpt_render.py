@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from logits_cli import models
 
 CHECKPOINT_COLUMNS = [
-    Column("RUN", "run_id", show=TABLE_ONLY),
+    Column("RUN", "run_id", show=TABLE_ONLY, heading=True),
     Column("CHECKPOINT", "checkpoint_id", show=TABLE_ONLY),
     Column("NAME", "name", show=PIPED_ONLY),
     Column("TYPE", "checkpoint_type", show=PIPED_ONLY),
@@ -56,8 +56,12 @@ VISIBILITY_COLUMNS = [
     Column("CHANGED", "changed", BOOL, priority=1),
 ]
 
+# As ``ckpt ls`` on a terminal (RUN and KIND/NAME, gathered under ``RUN <id>`` when narrow);
+# piped, the same PATH and EXPIRES columns as ever.
 TTL_COLUMNS = [
-    Column("PATH", "tinker_path"),
+    Column("RUN", "run_id", show=TABLE_ONLY, heading=True),
+    Column("CHECKPOINT", "checkpoint_id", show=TABLE_ONLY),
+    Column("PATH", "tinker_path", show=PIPED_ONLY),
     Column("EXPIRES", "expires_at", TIME, priority=1, none="never"),
 ]
 

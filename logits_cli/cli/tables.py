@@ -33,6 +33,9 @@ class Column:
     shrink: bool = False
     show: str = BOTH
     none: str = "-"
+    # May become a heading line before its rows when that keeps more columns (``RUN <id>``;
+    # see ``fit_table``): a table need not be told to group by it.
+    heading: bool = False
 
 
 # Characters a terminal acts on instead of showing (C0, DEL, C1: cursor moves, screen clears,
@@ -210,15 +213,16 @@ def fit_table(
     """A table that fits ``width``: one line per row, free text shortened with ``…`` and
     then columns dropped lowest priority first; ids and paths are never cut.
 
-    ``group_by``: the key of a column (``RUN``) that becomes a heading line before its rows
-    (``RUN <id>``) when that keeps more columns than one line per row does: data columns
+    ``group_by`` (or a column marked ``heading``): the key of a column (``RUN``) that becomes
+    a heading line before its rows (``RUN <id>``) when that keeps more columns than one line
+    per row does: data columns
     such as SIZE and CREATED are worth a heading line per run. A row still wider than the
     terminal (a very long name) overflows rather than lose characters.
     """
     now = now or datetime.now(UTC)
     shown = [c for c in columns if c.show != PIPED_ONLY]
     flat = _one_line_per_row(shown, rows, width, now)
-    group = next((c for c in shown if c.key == group_by), None)
+    group = next((c for c in shown if c.key == group_by or c.heading), None)
     if group is None or not (flat.hidden or _overflows(flat, width)):
         return flat
     grouped = _grouped(shown, group, rows, width, now)

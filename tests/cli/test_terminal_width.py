@@ -358,3 +358,22 @@ def test_bar_pieces_fit_and_the_listed_totals_come_first() -> None:
     assert screen.getvalue() == "resumed step_1 at 600 B of 1.0 KiB\n"
     first.finish("present")  # nothing fetched, nothing left: the overall bar counts it
     assert progress.tasks[0].completed == 1024
+
+
+def test_ttl_results_fit_80_columns_with_their_expiry(backend: str) -> None:
+    paths = [
+        cli("ckpt", "save", "a_rather_long_checkpoint_name_01", "--run", new_run(), "-q")
+        for _ in range(2)
+    ]
+    code, lines = run_on_terminal(["ckpt", "ttl", *paths, "--set", "7d"], 80)
+    assert code == 0, lines
+    start = next(i for i, line in enumerate(lines) if line.split()[:1] == ["CHECKPOINT"])
+    header, *body = lines[start:]
+    assert header.split() == ["CHECKPOINT", "EXPIRES"] and all(len(x) <= 80 for x in lines)
+    rows = [line for line in body if not line.startswith("RUN ")]
+    assert len(rows) == 2
+    assert all(row.split()[0] == "weights/a_rather_long_checkpoint_name_01" for row in rows)
+    assert all(re.search(r"in (6|7)d$", row) for row in rows), rows
+    # Piped: the full path and the ISO expiry, as before.
+    piped = cli("ckpt", "ttl", *paths, "--set", "7d").splitlines()
+    assert [row.split("\t")[0] for row in piped] == paths

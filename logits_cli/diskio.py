@@ -85,30 +85,19 @@ def _open_own_directory(directory: Path) -> int | None:
 def read_private_file(path: Path, max_bytes: int) -> bytes | None:
     """The bytes of ``path`` if it is ours: a regular file (not a symlink) owned by this user,
     in a directory owned by this user, of at most ``max_bytes``. None when it is absent or
-    not ours; other OSErrors are raised."""
+    not ours; other OSErrors are raised. ``read_own_file`` without the directory's check,
+    refusing loudly instead of answering None."""
     directory_fd = _open_own_directory(path.parent)
     if directory_fd is None:
         return None
     try:
-        try:
-            fd = os.open(
-                path.name,
-                os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                dir_fd=directory_fd,
-            )
-        except FileNotFoundError:
-            return None
-        except OSError as error:
-            if error.errno == errno.ELOOP:  # a symlink: not ours to follow
-                return None
-            raise
+        fd = open_own_file(path.name, os.O_RDONLY | os.O_NONBLOCK, dir_fd=directory_fd)
+    except (FileNotFoundError, ForeignPathError):
+        return None
     finally:
         os.close(directory_fd)
     try:
-        status = os.fstat(fd)
-        if not stat.S_ISREG(status.st_mode) or status.st_uid != os.geteuid():
-            return None
-        data = os.read(fd, max_bytes + 1)
+        data = _read_up_to(fd, max_bytes + 1)
         return data if len(data) <= max_bytes else None
     finally:
         os.close(fd)
@@ -117,38 +106,67 @@ def read_private_file(path: Path, max_bytes: int) -> bytes | None:
 def write_private_file(path: Path, data: bytes, *, durable: bool = False) -> None:
     """Replace ``path`` with ``data`` at once (readers see the old or the new bytes, never a
     part), mode 0600. The directory is created (0700) if missing and must be owned by this
-    user; the bytes go to a fresh temporary file created with O_EXCL | O_NOFOLLOW and renamed
-    over ``path``, so a symlink or a foreign file planted at ``path`` is replaced, never
-    written through. ``durable`` also syncs the file and the directory. Raises OSError
-    (PermissionError when the directory is not ours)."""
+    user; the bytes go to a fresh temporary file of a random name (several processes may
+    write the same file at once: none renames another's half-written file) created with
+    O_EXCL | O_NOFOLLOW and renamed over ``path``, so a symlink or a foreign file planted at
+    ``path`` is replaced, never written through. ``durable`` also syncs the file and the
+    directory. Raises OSError (PermissionError when the directory is not ours)."""
     path.parent.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
     directory_fd = _open_own_directory(path.parent)
     if directory_fd is None:
         raise PermissionError(errno.EPERM, "not a directory owned by this user", str(path.parent))
     try:
-        temporary = f".{path.name}.{os.urandom(8).hex()}.tmp"
-        fd = os.open(
-            temporary,
-            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-            PRIVATE_FILE_MODE,
-            dir_fd=directory_fd,
-        )
-        try:
-            try:
-                write_all(fd, data)
-                if durable:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(temporary, path.name, src_dir_fd=directory_fd, dst_dir_fd=directory_fd)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temporary, dir_fd=directory_fd)
-            raise
-        if durable:
-            os.fsync(directory_fd)
+        scratch = f".{path.name}.{os.urandom(8).hex()}.tmp"
+        _write_and_rename(directory_fd, scratch, path.name, data, PRIVATE_FILE_MODE, durable)
     finally:
         os.close(directory_fd)
+
+
+def _write_and_rename(
+    directory_fd: int, scratch: str, name: str, data: bytes, mode: int, durable: bool
+) -> None:
+    """``data`` into the new file ``scratch`` (O_EXCL, never through a symlink), renamed
+    over ``name``, both in the directory ``directory_fd``; ``scratch`` is removed when
+    anything fails (a full disk leaves nothing behind). ``durable``: the file is synced
+    before the rename and the directory after it."""
+    fd = os.open(
+        scratch,
+        os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+        mode,
+        dir_fd=directory_fd,
+    )
+    try:
+        try:
+            write_all(fd, data)
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(scratch, name, src_dir_fd=directory_fd, dst_dir_fd=directory_fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(scratch, dir_fd=directory_fd)
+        raise
+    if durable:
+        os.fsync(directory_fd)
+
+
+def fsync_directory(directory: Path | str) -> None:
+    """Make the creations and renames inside ``directory`` durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: Path | str) -> None:
+    """Make the bytes of the file at ``path`` durable (a symlink there is not followed)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 # Working files of a download in DEST (``.NAME.part``, its journal and lock, ``.NAME.files/``,
@@ -249,38 +267,49 @@ def open_own_dir(path: Path | str) -> int:
     return fd
 
 
-def replace_file(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``data`` at once through ``.NAME.tmp`` beside it (a stale one of
-    ours is removed first; a foreign one is refused). The temporary file is created with
-    O_EXCL | O_NOFOLLOW and removed when anything fails (a full disk leaves nothing); the
-    rename replaces whatever is at ``path`` (even a symlink) without writing through it."""
-    scratch = path.with_name(path.name + ".tmp")
-    check_own_file(scratch)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(scratch)
-    fd = open_own_file(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+def replace_file(path: Path, data: bytes, mode: int = 0o644, *, durable: bool = False) -> None:
+    """Replace ``path`` with ``data`` at once through ``.NAME.tmp`` beside it, for a file one
+    writer owns (a download's journal, under its lock): the scratch name is fixed, so a
+    killed write leaves nothing the next one does not reuse (a stale scratch of ours is
+    removed first; a foreign one is refused). Written and renamed like
+    ``write_private_file``'s: never through a symlink at either name."""
+    scratch = path.name + ".tmp"
+    directory_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         try:
-            write_all(fd, data)
-        finally:
-            os.close(fd)
-        os.replace(scratch, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(scratch)
-        raise
+            check_ours(
+                path.parent / scratch, os.lstat(scratch, dir_fd=directory_fd), directory=False
+            )
+            os.unlink(scratch, dir_fd=directory_fd)
+        except FileNotFoundError:
+            pass
+        _write_and_rename(directory_fd, scratch, path.name, data, mode, durable)
+    finally:
+        os.close(directory_fd)
 
 
 def read_own_file(path: Path | str) -> bytes:
-    """The bytes of ``path``, a regular file of ours (a symlink is not followed)."""
+    """The bytes of ``path``, a regular file of ours (a symlink is not followed); refused
+    with ``ForeignPathError`` otherwise."""
     fd = open_own_file(path, os.O_RDONLY | os.O_NONBLOCK)
     try:
-        chunks = []
-        while chunk := os.read(fd, 1 << 20):
-            chunks.append(chunk)
-        return b"".join(chunks)
+        return _read_up_to(fd, None)
     finally:
         os.close(fd)
+
+
+def _read_up_to(fd: int, limit: int | None) -> bytes:
+    """What ``fd`` holds from its position, stopping after ``limit`` bytes (None: all)."""
+    chunks = []
+    left = limit
+    while left is None or left > 0:
+        chunk = os.read(fd, 1 << 20 if left is None else min(left, 1 << 20))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        if left is not None:
+            left -= len(chunk)
+    return b"".join(chunks)
 
 
 def try_lock_file(path: Path | str) -> int | None:

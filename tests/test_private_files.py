@@ -10,7 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from logits_cli.diskio import read_private_file, write_private_file
+from logits_cli.diskio import (
+    ForeignPathError,
+    fsync_directory,
+    fsync_file,
+    read_own_file,
+    read_private_file,
+    replace_file,
+    write_private_file,
+)
 
 OTHER_UID = 65534
 
@@ -69,3 +77,44 @@ def test_a_fifo_or_a_directory_is_not_a_file_of_ours(tmp_path: Path) -> None:
     (tmp_path / "dir").mkdir()
     assert read_private_file(tmp_path / "fifo", 100) is None  # and does not block
     assert read_private_file(tmp_path / "dir", 100) is None
+
+
+def test_replace_file_reuses_its_fixed_scratch_and_leaves_nothing(tmp_path: Path) -> None:
+    """replace_file (one writer, a download's journal): a stale ``.NAME.tmp`` of ours, left by
+    a killed write, is reused; the file is replaced with the mode asked; nothing is left."""
+    path = tmp_path / "journal"
+    (tmp_path / "journal.tmp").write_bytes(b"half a write")
+    replace_file(path, b"new", 0o600, durable=True)
+    assert path.read_bytes() == b"new" and path.stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["journal"]
+
+
+def test_replace_file_refuses_a_planted_scratch_and_writes_nothing_through_it(
+    tmp_path: Path,
+) -> None:
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep")
+    (tmp_path / "journal.tmp").symlink_to(victim)
+    with pytest.raises(ForeignPathError, match="symbolic link"):
+        replace_file(tmp_path / "journal", b"new")
+    assert victim.read_bytes() == b"keep" and not (tmp_path / "journal").exists()
+
+
+def test_read_own_file_refuses_what_read_private_file_treats_as_absent(tmp_path: Path) -> None:
+    """The same check, two answers: the download engine's files are refused loudly, the
+    completion cache's are simply absent."""
+    (tmp_path / "target").write_bytes(b"x")
+    (tmp_path / "link").symlink_to(tmp_path / "target")
+    assert read_private_file(tmp_path / "link", 10) is None
+    with pytest.raises(ForeignPathError):
+        read_own_file(tmp_path / "link")
+    assert read_own_file(tmp_path / "target") == b"x"
+
+
+def test_fsync_file_does_not_follow_a_symlink(tmp_path: Path) -> None:
+    (tmp_path / "target").write_bytes(b"x")
+    (tmp_path / "link").symlink_to(tmp_path / "target")
+    fsync_file(tmp_path / "target")
+    fsync_directory(tmp_path)
+    with pytest.raises(OSError):
+        fsync_file(tmp_path / "link")

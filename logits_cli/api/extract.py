@@ -39,7 +39,7 @@ from pydantic import ValidationError
 from logits_cli import models
 from logits_cli.api.kernel_copy import copy_range_hashed
 from logits_cli.api.verify import HASH_CHUNK, MANIFEST_NAME, check_member_name
-from logits_cli.diskio import open_own_dir, write_all
+from logits_cli.diskio import fsync_directory, open_own_dir, write_all
 from logits_cli.errors import ConflictError, IntegrityError, LogitsError, UsageError
 from logits_cli.uri import CheckpointRef
 
@@ -360,14 +360,6 @@ def _write_durably(target: Path, data: bytes) -> None:
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
     try:
         write_all(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from logits_cli import errors
-from logits_cli.diskio import WRITE_PIECE
+from logits_cli.diskio import WRITE_PIECE, fsync_directory
 from logits_cli.uri import CheckpointRef
 
 STDOUT = Path("-")
@@ -95,7 +95,8 @@ def deliver(target: DownloadTarget, archive: Path) -> Path | None:
     """Move the verified ``archive`` to its place; the path to print (None: on stdout)."""
     if target.archive_file is not None:
         os.replace(archive, target.archive_file)
-        _sync_directory(target.archive_file.parent)  # the rename itself survives a crash
+        with contextlib.suppress(OSError):  # the rename itself survives a crash
+            fsync_directory(target.archive_file.parent)
         shutil.rmtree(target.directory, ignore_errors=True)
         return target.archive_file
     with archive.open("rb") as source:
@@ -113,12 +114,3 @@ def deliver(target: DownloadTarget, archive: Path) -> Path | None:
             ) from None
     shutil.rmtree(target.directory, ignore_errors=True)
     return None
-
-
-def _sync_directory(directory: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

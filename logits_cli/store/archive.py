@@ -20,13 +20,12 @@ from pathlib import Path
 from typing import BinaryIO
 
 from logits_cli import models
-from logits_cli.diskio import write_all
+from logits_cli.diskio import fsync_directory, write_all
 from logits_cli.errors import IntegrityError, UsageError
 from logits_cli.store.lora import (
     CHECKPOINT_COMPLETE,
     COPY_CHUNK,
     MEMBERS_BY_KIND,
-    fsync_directory,
     recorded_digest,
     temp_path_beside,
 )

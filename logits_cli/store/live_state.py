@@ -31,6 +31,7 @@ from pathlib import Path
 from urllib.parse import unquote
 
 from logits_cli import models
+from logits_cli.diskio import fsync_directory, replace_file
 from logits_cli.errors import NotFoundError
 from logits_cli.store.core import StoreCore
 from logits_cli.store.rows import _NEW_STATE_PREFIX, ORPHAN_GRACE_SECONDS
@@ -62,9 +63,7 @@ def state_key(seed: int | None, source: str | None, optimizer: object) -> str | 
 def write_state_key(state_dir: Path, key: str) -> None:
     """Written after the state's files are in place (and before the row names the key), so
     a crash in between leaves a directory that does not match its row and is rebuilt."""
-    from logits_cli.store.lora import _write_atomically, _write_bytes
-
-    _write_atomically(state_dir / STATE_KEY_FILE, _write_bytes(key.encode()))
+    replace_file(state_dir / STATE_KEY_FILE, key.encode(), 0o600, durable=True)
 
 
 def read_state_key(state_dir: Path) -> str | None:
@@ -80,7 +79,7 @@ class LiveStateMixin(StoreCore):
     def _live_state(self, run_id: str) -> Path:
         """The run's state directory, rebuilt first when it is missing or stale. Callers
         hold the run lock (``_run_lock``)."""
-        from logits_cli.store.lora import fsync_directory, init_state, restore_state
+        from logits_cli.store.lora import init_state, restore_state
 
         state = self.state_dir(run_id)
         row = (

@@ -25,7 +25,7 @@ from safetensors import safe_open
 from safetensors.numpy import save
 
 from logits_cli import models
-from logits_cli.diskio import write_all
+from logits_cli.diskio import fsync_directory, fsync_file, write_all
 from logits_cli.errors import IntegrityError, UsageError
 from logits_cli.store.catalog import ModelShape, default_catalog
 from logits_cli.store.layout import lora_tensor_shapes, target_modules
@@ -87,23 +87,6 @@ def adapter_config_bytes(config: dict[str, Any]) -> bytes:
 # -- atomic writes ------------------------------------------------------------------------
 
 
-def fsync_directory(directory: Path) -> None:
-    """Make renames inside ``directory`` durable."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 TEMP_SUFFIX = ".tmp"
 RESTORE_PREFIX = ".restore-"  # scratch directory of a load, inside the run's state directory
 
@@ -128,7 +111,7 @@ def temp_path_beside(directory: Path, name: str, owner: str | None = None) -> It
 def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:
     with temp_path_beside(path.parent, path.name) as temp:
         write(temp)
-        _fsync_path(temp)
+        fsync_file(temp)
         os.replace(temp, path)
 
 
@@ -333,7 +316,7 @@ def restore_state(
             staged[OPTIMIZER_STATE] = Path(scratch) / OPTIMIZER_STATE
             moments = _zero_moments(tensor_shapes(staged[ADAPTER_MODEL]))
             _write_tensors(moments, OPTIMIZER_METADATA)(staged[OPTIMIZER_STATE])
-            _fsync_path(staged[OPTIMIZER_STATE])
+            fsync_file(staged[OPTIMIZER_STATE])
             _record_digests([staged[OPTIMIZER_STATE]])
 
         for name in (ADAPTER_CONFIG, ADAPTER_MODEL, OPTIMIZER_STATE):

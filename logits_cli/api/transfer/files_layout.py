@@ -22,9 +22,16 @@ from pathlib import Path
 from typing import Any
 
 from logits_cli import models
-from logits_cli.api.extract import fsync_directory, install_directory
+from logits_cli.api.extract import install_directory
 from logits_cli.api.verify import MANIFEST_NAME
-from logits_cli.diskio import make_private_dir, open_own_dir, read_own_file, replace_file
+from logits_cli.diskio import (
+    fsync_directory,
+    fsync_file,
+    make_private_dir,
+    open_own_dir,
+    read_own_file,
+    replace_file,
+)
 from logits_cli.errors import LogitsError
 
 EXPORT_RECORD = "export.json"
@@ -70,11 +77,7 @@ def record_export(part_dir: Path, export: str | None, document: dict[str, Any]) 
 def install_files(data: Path, final: Path, manifest: models.LocalManifest, *, force: bool) -> None:
     """Sync every file, write the manifest last, sync the directory, rename it into place."""
     for member in data.iterdir():
-        fd = os.open(member, os.O_RDONLY | os.O_NOFOLLOW)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_file(member)
     fd = os.open(data / MANIFEST_NAME, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
     with os.fdopen(fd, "wb") as out:
         out.write(manifest.model_dump_json(indent=2).encode())

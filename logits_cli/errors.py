@@ -33,10 +33,14 @@ class LogitsError(Exception):
     http_status: ClassVar[int] = 500
     code: ClassVar[str] = "internal"
 
-    def __init__(self, message: str, *, hint: str | None = None) -> None:
+    def __init__(self, message: str, *, hint: str | None = None, option: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        # The library option (a field of DownloadOptions, SyncOptions, …) whose setting
+        # caused this error or would avoid it: the library never names command-line flags,
+        # the CLI's error decorator turns this into its flag hint (cli/failures.py).
+        self.option = option
 
     def __str__(self) -> str:
         return self.message

@@ -58,7 +58,7 @@ if TYPE_CHECKING:
 Notice = Callable[[str], None]
 T = TypeVar("T")
 # What the files path raises when this deployment cannot serve it: an archive deployment
-# answers save_weights_external 404, and our own refusals (sampler_weights/, no --export).
+# answers save_weights_external 404, and our own refusals (sampler_weights/, exports off).
 FILES_PATH_REFUSED = (NotFoundError, MethodNotAllowedError, UnsupportedError)
 
 
@@ -130,18 +130,27 @@ async def _archive_endpoint_gone(client: LogitsClient, ref: CheckpointRef) -> bo
     return True
 
 
+# Why a checkpoint is not offered on the files generation, without its path: ``sync``
+# reports it beside the path, ``no_archive`` after it.
+SAMPLER_REFUSED = (
+    "this deployment cannot download sampler checkpoints: it has no archive downloads "
+    "(files generation)"
+)
+EXPORT_NOT_ALLOWED = (
+    "this deployment (files generation, no archive downloads) downloads it only through an "
+    "export, which starts a training session on the service, and exporting is off"
+)
+
+
 def no_archive(ref: CheckpointRef) -> UnsupportedError:
+    """The refusal of ``ref`` on the files generation. A weights/ checkpoint refused for
+    want of an export carries ``option="allow_export"``: the CLI names its flag."""
     if ref.kind == "sampler_weights":
         return UnsupportedError(
-            f"this deployment cannot download sampler checkpoints ({ref}): it has no archive "
-            "downloads (files generation)",
+            f"{ref}: {SAMPLER_REFUSED}",
             hint="download the weights/ checkpoint of the same step instead",
         )
-    return UnsupportedError(
-        f"{ref} needs an export to be downloaded: this deployment has no archive downloads "
-        "(files generation), and an export starts a training session on the service",
-        hint="pass --export to allow it",
-    )
+    return UnsupportedError(f"{ref}: {EXPORT_NOT_ALLOWED}", option="allow_export")
 
 
 def _remove_if_only_locks(directory: Path) -> None:
@@ -201,8 +210,9 @@ async def download(
             raise no_archive(target)
         if options.archive_only:
             raise UnsupportedError(
-                f"{target} has no archive on this deployment: it is downloaded file by file",
-                hint="drop --archive-only; the files are installed in DEST/NAME",
+                f"{target} has no archive on this deployment: it is downloaded file by file, "
+                "into DEST/NAME",
+                option="archive_only",
             )
         return await _bounded(
             _export_and_download(client, target, dest_dir, options, progress, notice),
@@ -264,7 +274,7 @@ async def _export_and_download(
     if export is None:
         if notice is not None:
             notice(
-                f"exporting {target.checkpoint_id}: this deployment downloads file by file, "
+                f"exporting {target}: this deployment downloads file by file, "
                 "which starts a training session on the service"
             )
         write, take_back = recorder(dest_dir, checkpoint.name, checkpoint.tinker_path)

@@ -47,6 +47,7 @@ from logits_cli import models
 from logits_cli.api.bulk import apply_concurrently, as_utc, newest_per_group, normalize_kind
 from logits_cli.api.client import LogitsClient
 from logits_cli.api.download_options import ProgressCallback
+from logits_cli.api.files_generation import Notice
 from logits_cli.api.sync_items import (
     INCOMPLETE_STATUSES,
     STATUSES,
@@ -103,8 +104,10 @@ async def run_sync(
     *,
     on_item: ItemCallback | None = None,
     progress: SyncProgressCallback | None = None,
+    notice: Notice | None = None,
 ) -> SyncSummary:
     """Download every selected checkpoint not yet present in ``dest``; see the module doc.
+    ``notice`` receives one line per export made (files generation, ``options.export``).
 
     Raises BusyError when another sync holds the lock after ``lock_wait`` seconds, and the
     listing's errors (a run that does not exist is NotFoundError). Per-checkpoint failures
@@ -117,14 +120,14 @@ async def run_sync(
 
     if options.dry_run:
         # A plan writes nothing, so it neither creates DIR nor waits for a running sync.
-        items = await _sync(client, dest, options, notify, progress, started)
+        items = await _sync(client, dest, options, notify, progress, notice, started)
     else:
         try:
             dest.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise LogitsError(f"cannot create {dest}: {error.strerror}") from None
         async with hold_sync_lock(dest, options.lock_wait):
-            items = await _sync(client, dest, options, notify, progress, started)
+            items = await _sync(client, dest, options, notify, progress, notice, started)
     return SyncSummary(
         items=items, elapsed_s=time.monotonic() - started, dest=dest, dry_run=options.dry_run
     )
@@ -134,14 +137,15 @@ def _check_options(options: SyncOptions) -> None:
     normalize_kind(options.kind)
     for run_id in options.runs:
         validate_run_id(run_id)
+    # Named as the library names them; the CLI checks its flags before they get here.
     if options.jobs < 1:
-        raise UsageError(f"--jobs must be 1 or more, not {options.jobs}")
+        raise UsageError(f"jobs must be 1 or more, not {options.jobs}", option="jobs")
     if options.latest is not None and options.latest < 1:
-        raise UsageError(f"--latest must be 1 or more, not {options.latest}")
+        raise UsageError(f"latest must be 1 or more, not {options.latest}", option="latest")
     if options.max_duration is not None and options.max_duration < 0:
-        raise UsageError("--max-duration must not be negative")
+        raise UsageError("max_duration must not be negative", option="max_duration")
     if options.lock_wait < 0:
-        raise UsageError("--lock-wait must not be negative")
+        raise UsageError("lock_wait must not be negative", option="lock_wait")
 
 
 @contextlib.asynccontextmanager
@@ -163,8 +167,7 @@ async def hold_sync_lock(dest: Path, wait: float) -> AsyncIterator[None]:
         remaining = give_up - time.monotonic()
         if remaining <= 0:
             raise BusyError(
-                f"another sync is running in {dest} (it holds {LOCK_NAME})",
-                hint="let it finish, or pass --lock-wait to wait for it",
+                f"another sync is running in {dest} (it holds {LOCK_NAME})", option="lock_wait"
             )
         await asyncio.sleep(min(LOCK_POLL_S, remaining))
     try:
@@ -179,6 +182,7 @@ async def _sync(
     options: SyncOptions,
     notify: ItemCallback,
     progress: SyncProgressCallback | None,
+    notice: Notice | None,
     started: float,
 ) -> list[SyncItem]:
     runs = tuple(dict.fromkeys(options.runs))
@@ -218,6 +222,7 @@ async def _sync(
                     checkpoint_dir(dest, planned.ref).parent,
                     options=download_options,
                     progress=_progress_of(item, progress),
+                    notice=notice,
                 )
         except TimeoutError:
             if not cut.expired():
@@ -228,10 +233,11 @@ async def _sync(
                 "what was fetched is kept and the next run resumes it"
             )
         except UnsupportedError as error:
-            # What this deployment cannot offer (sampler checkpoints on the files generation,
-            # an export without --export) is no failure of tonight's run.
-            reason = f"{error.message}; {error.hint}" if error.hint else error.message
-            item.status, item.error = "skipped", reason
+            # What this deployment cannot offer (sampler checkpoints on the files generation)
+            # is no failure of tonight's run; a weights/ checkpoint not exported because
+            # exports are off is a skip the summary counts apart (``not_exported``).
+            item.status, item.error = "skipped", _skip_reason(error, planned.ref)
+            item.needs_export = error.option == "allow_export"
         except LogitsError as error:
             item.status, item.error = "failed", str(error)
         else:
@@ -242,6 +248,12 @@ async def _sync(
 
     await apply_concurrently(downloads, fetch, jobs=options.jobs)
     return items
+
+
+def _skip_reason(error: UnsupportedError, ref: CheckpointRef) -> str:
+    """Why an item is skipped, without its path (the log line names it once)."""
+    prefix = f"{ref}: "
+    return error.message.removeprefix(prefix)
 
 
 def _left(deadline: float | None) -> float | None:

@@ -36,8 +36,10 @@ class SyncOptions:
     lock_wait: float = 0.0  # seconds to wait for another sync to finish
     prune_local: bool = False
     # weights/ on the files generation need an export, which starts a training session on
-    # the service (docs/protocol.md §11.6): never done by a cron job unless asked for.
-    export: bool = False
+    # the service (docs/protocol.md §11.6). Made by default, as the official CLI's download
+    # does: a mirror that silently leaves out every weights/ checkpoint is the worse
+    # surprise. Off, those items are skipped with ``needs_export`` (the CLI exits 10).
+    export: bool = True
     download: DownloadOptions = field(default_factory=DownloadOptions)
 
 
@@ -52,6 +54,8 @@ class SyncItem:
     action: str = "download"
     # What was wrong with a local copy that is downloaded again (missing or resized files).
     repaired: list[str] = field(default_factory=list)
+    # Skipped only because exports are off (``SyncOptions.export``): an export would fetch it.
+    needs_export: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -76,6 +80,11 @@ class SyncSummary:
         return sum(item.bytes_fetched for item in self.items)
 
     @property
+    def not_exported(self) -> int:
+        """Items skipped only because exports are off: the mirror lacks them on purpose."""
+        return sum(item.needs_export for item in self.items)
+
+    @property
     def incomplete(self) -> bool:
         """Some requested checkpoint failed or was not started: exit 8."""
         return any(item.status in INCOMPLETE_STATUSES for item in self.items)
@@ -86,6 +95,7 @@ class SyncSummary:
             "dry_run": self.dry_run,
             "counts": self.counts(),
             "bytes_fetched": self.bytes_fetched,
+            "not_exported": self.not_exported,
             "elapsed_s": round(self.elapsed_s, 3),
             "items": [item.to_json() for item in self.items],
         }

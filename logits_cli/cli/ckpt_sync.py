@@ -23,10 +23,11 @@ from logits_cli.cli.options import (
 from logits_cli.cli.output import Output, log_line
 from logits_cli.cli.tables import human_size, human_speed
 from logits_cli.cli.timeparse import optional_point_in_time, optional_seconds
+from logits_cli.cli.wording import counted
 from logits_cli.uri import validate_run_id
 
 if TYPE_CHECKING:
-    from logits_cli.api.sync import SyncItem
+    from logits_cli.api.sync import SyncItem, SyncSummary
 
 
 @handle_errors
@@ -72,11 +73,13 @@ def sync(
     export: Annotated[
         bool,
         typer.Option(
-            "--export",
-            help="On deployments without archive downloads, export weights/ checkpoints to "
-            "fetch them (starts a training session on the service); else they are skipped.",
+            "--export/--no-export",
+            help="On deployments without archive downloads, weights/ checkpoints are fetched "
+            "through an export (one training session on the service each); --no-export "
+            "skips them and exits 10.",
+            show_default=False,
         ),
-    ] = False,
+    ] = True,
     adapter_only: AdapterOnlyOpt = False,
     verbose: Annotated[
         bool,
@@ -97,7 +100,7 @@ def sync(
     \b
       logits ckpt sync -o ./mirror                    # all, every night
       logits ckpt sync RUN -o ./mirror --latest 3 -v  # newest 3 per kind
-      logits ckpt sync -o ./mirror --export           # export weights too
+      logits ckpt sync -o ./mirror --no-export        # never start an export
     """
     from logits_cli.api.download_options import DownloadOptions
     from logits_cli.api.sync import SyncOptions, run_sync
@@ -136,7 +139,9 @@ def sync(
         summary = call_api(
             ctx,
             settings,
-            lambda client: run_sync(client, output, options, on_item=on_item, progress=progress),
+            lambda client: run_sync(
+                client, output, options, on_item=on_item, progress=progress, notice=log_line
+            ),
         )
     if out.json:
         out.emit_json(summary.to_json())
@@ -145,7 +150,11 @@ def sync(
             i.local_path for i in summary.items if i.local_path and i.status == "downloaded"
         )
     else:
-        done = ", ".join(f"{n} {status}" for status, n in sorted(summary.counts().items()) if n)
+        done = ", ".join(
+            f"{n} {status}" + _why_skipped(summary) * (status == "skipped")
+            for status, n in sorted(summary.counts().items())
+            if n
+        )
         fetched = summary.bytes_fetched
         speed = (
             f", {human_size(fetched)} at {human_speed(fetched, summary.elapsed_s)}"
@@ -158,6 +167,21 @@ def sync(
         raise errors.PartialFailureError(
             f"sync incomplete: {counts.get('failed', 0)} failed, {counts.get('not_started', 0)} not started"
         )
+    if summary.not_exported:
+        # Exit 10, not 0: a mirror without its weights/ must not look complete to cron; not
+        # 8 either, which says "failed, the next run catches up" (it will not).
+        raise errors.UnsupportedError(
+            f"{counted(summary.not_exported, 'weights/ checkpoint')} not mirrored: this "
+            "deployment downloads them only through an export, and --no-export was given",
+            option="allow_export",
+        )
+
+
+def _why_skipped(summary: "SyncSummary") -> str:
+    """The reason a summary gives for its skipped items that an export would fetch."""
+    if not summary.not_exported:
+        return ""
+    return f" ({summary.not_exported} not exported: --no-export)"
 
 
 def sync_log_message(item: "SyncItem") -> str:

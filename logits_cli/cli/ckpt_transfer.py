@@ -12,10 +12,12 @@ from logits_cli.cli.arguments import (
     DirsArgument,
 )
 from logits_cli.cli.ckpt_select import (
-    BulkReport,
+    in_server_scheme,
+    names_a_bare_path,
     parse_refs,
 )
 from logits_cli.cli.context import call_api, settings_for
+from logits_cli.cli.download_failures import DownloadFailures
 from logits_cli.cli.download_target import (
     clashing_names,
     deliver,
@@ -25,6 +27,7 @@ from logits_cli.cli.download_target import (
 from logits_cli.cli.failures import handle_errors, on_interrupt, report_error
 from logits_cli.cli.options import (
     JsonOpt,
+    NamesRunOpt,
     PathsArg,
     QuietOpt,
 )
@@ -63,6 +66,16 @@ AdapterOnlyOpt = Annotated[
         "not the optimizer state.",
     ),
 ]
+ExportOpt = Annotated[
+    bool,
+    typer.Option(
+        "--export/--no-export",
+        help="On deployments without archive downloads, weights/ checkpoints are fetched "
+        "through an export (one training session on the service each); --no-export "
+        "refuses them instead (exit 10).",
+        show_default=False,
+    ),
+]
 ConnectionsOpt = Annotated[
     int,
     typer.Option(
@@ -75,6 +88,7 @@ ConnectionsOpt = Annotated[
 def download(
     ctx: typer.Context,
     paths: PathsArg,
+    run: NamesRunOpt = None,
     output: DownloadOutputOpt = Path("."),
     connections: ConnectionsOpt = 8,
     keep_archive: Annotated[
@@ -84,6 +98,7 @@ def download(
         bool, typer.Option("--archive-only", help="Verify and keep NAME.tar; do not extract.")
     ] = False,
     adapter_only: AdapterOnlyOpt = False,
+    export: ExportOpt = True,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing download.")] = False,
     timeout: Annotated[
         str | None,
@@ -106,7 +121,8 @@ def download(
 ) -> None:
     """Download, verify and extract checkpoints into DIR/NAME; prints their local paths.
 
-    PATH is logits://RUN/KIND/NAME (or tinker://…); NAME may be @latest. When two PATHs
+    PATH is logits://RUN/KIND/NAME (or tinker://…), or NAME or KIND/NAME in the run of
+    --run or $LOGITS_RUN; NAME may be @latest. When two PATHs
     share a NAME (weights/X and sampler_weights/X), every checkpoint of the command goes to
     DIR/RUN/KIND/NAME instead, the layout of sync. A killed or interrupted download resumes
     where it stopped when run again. With one PATH, -o - writes the verified archive to
@@ -131,8 +147,8 @@ def download(
     out = Output(json_output=json_output, quiet=quiet)
     if keep_archive and archive_only:
         raise errors.UsageError("--keep-archive and --archive-only cannot be combined")
-    refs = parse_refs(paths)
-    settings = settings_for(ctx)
+    settings = settings_for(ctx, run=run)
+    refs = parse_refs(paths, settings.run)
     target = resolve_target(output, refs, archive_only=archive_only, home=settings.home)
     if adapter_only and (archive_only or target.archive_only):
         raise errors.UsageError(
@@ -145,11 +161,12 @@ def download(
         keep_archive=keep_archive,
         archive_only=target.archive_only or archive_only,
         adapter_only=adapter_only,
+        allow_export=export,
         force=force,
         lock_wait=optional_seconds(lock_wait) or 0.0,
         private_dest=target.directory != output,  # a staging directory of ours
     )
-    report = BulkReport(len(refs), "downloaded")
+    failures = DownloadFailures(len(refs), live=out.live_progress, bare=names_a_bare_path(paths))
     give_up = None if total_limit is None else time.monotonic() + total_limit
 
     def options_now() -> DownloadOptions:
@@ -164,26 +181,26 @@ def download(
         "run the same command again to resume the download"
     )
 
-    def failed(ref: CheckpointRef, raised: errors.LogitsError) -> None:
-        failure = raised
-        if give_up is not None and time.monotonic() >= give_up:
-            failure = errors.UnavailableError(
-                f"did not finish within --timeout {timeout}",
-                hint="run the same command again to resume the download",
-            )
-        report.add(str(ref), failure)
-        if not out.live_progress:
-            log_line(f"failed {ref}: {failure.message}")
-
     async def work(client: "LogitsClient") -> "list[DownloadResult]":
+        async def failed(ref: CheckpointRef, raised: errors.LogitsError) -> None:
+            failure = raised
+            if give_up is not None and time.monotonic() >= give_up:
+                failure = errors.UnavailableError(
+                    f"did not finish within --timeout {timeout}",
+                    hint="run the same command again to resume the download",
+                )
+            await failures.add(client, ref, failure)
+
         done: list[DownloadResult] = []
-        # Names are known once @latest is resolved; the layout depends on all of them.
+        # Names are known once @latest is resolved; the layout depends on all of them. Bare
+        # names are written in the server's scheme, as its listings write them.
+        named = await in_server_scheme(client, refs, bare=names_a_bare_path(paths))
         resolved: list[tuple[CheckpointRef, CheckpointRef]] = []
-        for ref in refs:
+        for ref in named:
             try:
                 resolved.append((ref, await client.resolve(ref)))
             except errors.LogitsError as raised:
-                failed(ref, raised)
+                await failed(ref, raised)
         clash = clashing_names([r for _, r in resolved])
         if clash is not None:
             out.notice(
@@ -210,7 +227,7 @@ def download(
                 except errors.LogitsError as raised:
                     if progress is not None:
                         progress.finish("failed")
-                    failed(ref, raised)
+                    await failed(ref, raised)
                     continue
                 done.append(result)
                 if progress is not None:
@@ -238,7 +255,7 @@ def download(
     if target.directory != output and results:
         delivered = deliver(target, results[0].path)
         if delivered is None:  # the archive went to stdout: nothing else may
-            report.finish()
+            failures.finish()
             return
         results = [dataclasses.replace(results[0], path=delivered)]
     if out.json:
@@ -257,7 +274,7 @@ def download(
         )
     else:
         out.emit_lines(str(r.path) for r in results)
-    report.finish()
+    failures.finish()
 
 
 @handle_errors

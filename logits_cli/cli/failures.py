@@ -26,11 +26,31 @@ _DEFAULT_HINTS: list[tuple[type[errors.LogitsError], str]] = [
         "`logits server keys create USER`",
     ),
     (errors.UnavailableError, "check the service address with `logits config show`"),
-    (errors.BusyError, "another sync holds the lock; wait with --lock-wait 10m"),
+    (errors.BusyError, "let it finish, or pass --lock-wait 10m to wait for it"),
 ]
 
+# The library names no flag: an error says which of its options is involved
+# (``LogitsError.option``) and the flag hint is written here, per command where the flags
+# differ (``None``: any command). ``url`` exports only when asked, since its export outlives
+# the command; ``download`` and ``sync`` export unless told not to.
+_FLAG_HINTS: dict[tuple[str, str | None], str] = {
+    ("allow_export", "url"): "pass --export to allow it (the export is kept for an hour)",
+    ("allow_export", None): "drop --no-export to export (one training session on the service "
+    "per checkpoint)",
+    ("archive_only", None): "drop --archive-only; the files are installed in DIR/NAME",
+    ("force", None): "pass --force to replace it",
+    ("lock_wait", None): "let it finish, or pass --lock-wait 10m to wait for it",
+}
 
-def _hint_for(error: errors.LogitsError) -> str | None:
+_command_name: str | None = None
+
+
+def hint_for(error: errors.LogitsError) -> str | None:
+    option = getattr(error, "option", None)
+    if option is not None:
+        flag_hint = _FLAG_HINTS.get((option, _command_name)) or _FLAG_HINTS.get((option, None))
+        if flag_hint:
+            return flag_hint
     if error.hint:
         return error.hint
     for cls, hint in _DEFAULT_HINTS:
@@ -45,7 +65,7 @@ def report_error(error: errors.LogitsError) -> None:
     from logits_cli.cli.tables import terminal_text
 
     sys.stderr.write(f"Error: {terminal_text(error.message)}\n")
-    hint = _hint_for(error)
+    hint = hint_for(error)
     if hint:
         sys.stderr.write(f"Hint: {terminal_text(hint)}\n")
     sys.stderr.flush()
@@ -65,8 +85,9 @@ def handle_errors(command: Callable[P, T]) -> Callable[P, T]:
 
     @functools.wraps(command)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-        global _interrupt_note
+        global _interrupt_note, _command_name
         _interrupt_note = None  # each command says for itself what Ctrl-C keeps
+        _command_name = command.__name__
         try:
             return command(*args, **kwargs)
         except typer.Exit:

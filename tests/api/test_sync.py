@@ -360,6 +360,7 @@ def test_summary_json_shape(embedded, tmp_path):
             "pruned": 0,
         },
         "bytes_fetched": checkpoint.size_bytes,
+        "not_exported": 0,
         "items": [
             {
                 "tinker_path": checkpoint.tinker_path,
@@ -371,6 +372,7 @@ def test_summary_json_shape(embedded, tmp_path):
                 "error": None,
                 "action": "download",
                 "repaired": [],
+                "needs_export": False,
             }
         ],
     }

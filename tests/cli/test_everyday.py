@@ -167,11 +167,10 @@ def test_without_a_run_each_message_names_only_options_the_command_takes(cli: Cl
     assert created.stderr.splitlines()[0] == (
         f"Error: 'step_1' names no run; pass --run RUN, set LOGITS_RUN, {ways}"
     )
-    # download has no --run of its own (yet): its message must not offer one.
     download = cli("ckpt", "download", "step_1")
     assert download.exit_code == 2
     assert download.stderr.splitlines()[0] == (
-        f"Error: 'step_1' names no run; set LOGITS_RUN {ways}"
+        f"Error: 'step_1' names no run; pass --run RUN, set LOGITS_RUN, {ways}"
     )
     info = cli("runs", "info")
     assert info.exit_code == 2

@@ -96,8 +96,8 @@ def test_weights_are_exported_with_a_notice_then_the_export_is_gone(
     listed = ok("ckpt", "ls", mixed_run["run"], "--json").stdout
     if deployment.generation == "files":
         assert [line for line in result.stderr.splitlines() if "exporting" in line] == [
-            "exporting weights/w1: this deployment downloads file by file, which starts a "
-            "training session on the service"
+            f"exporting {mixed_run['weights']}: this deployment downloads file by file, which "
+            "starts a training session on the service"
         ]
         assert manifest["content"] == "adapter-only"
         assert manifest["export"].split("/external_weights/")[1].startswith("export-w1-")
@@ -132,7 +132,7 @@ def test_sampler_download_is_unsupported_on_the_files_generation(
         return
     assert result.exit_code == 10, result.stderr
     assert any(
-        line.startswith("Error: this deployment cannot download sampler checkpoints")
+        line.startswith(f"Error: {mixed_run['sampler']}: this deployment cannot download sampler")
         for line in result.stderr.splitlines()
     ), result.stderr
     assert not dest.exists()  # nothing created before a URL was obtained
@@ -151,8 +151,8 @@ def test_sync_of_a_mixed_run_with_and_without_export(
     mixed_run: dict[str, str], deployment: Any, tmp_path: Path
 ) -> None:
     dest = tmp_path / "sync"
-    first = invoke(["ckpt", "sync", mixed_run["run"], "-o", str(dest), "--json"])
-    assert first.exit_code == 0, first.stderr
+    first = invoke(["ckpt", "sync", mixed_run["run"], "-o", str(dest), "--json", "--no-export"])
+    assert first.exit_code == (10 if deployment.generation == "files" else 0), first.stderr
     statuses = {
         i["tinker_path"]: (i["status"], i["error"]) for i in json.loads(first.stdout)["items"]
     }
@@ -166,8 +166,8 @@ def test_sync_of_a_mixed_run_with_and_without_export(
     assert statuses[mixed_run["sampler"]][0] == "skipped"
     assert statuses[mixed_run["sampler"]][1].startswith("this deployment cannot download sampler")
     assert statuses[mixed_run["weights"]][0] == "skipped"
-    assert statuses[mixed_run["weights"]][1].endswith("pass --export to allow it")
-    second = invoke(["ckpt", "sync", mixed_run["run"], "-o", str(dest), "--json", "--export"])
+    assert statuses[mixed_run["weights"]][1].endswith("and exporting is off")
+    second = invoke(["ckpt", "sync", mixed_run["run"], "-o", str(dest), "--json"])
     assert second.exit_code == 0, second.stderr
     statuses = {i["tinker_path"]: i["status"] for i in json.loads(second.stdout)["items"]}
     assert statuses == {
@@ -176,6 +176,7 @@ def test_sync_of_a_mixed_run_with_and_without_export(
         mixed_run["external"]: "present",
     }
     # A third run: the exported copy counts as present, no new export.
+    # --export, the opt-in of old crontabs, is still accepted: exporting is the default.
     third = invoke(["ckpt", "sync", mixed_run["run"], "-o", str(dest), "--json", "--export"])
     statuses = {i["tinker_path"]: i["status"] for i in json.loads(third.stdout)["items"]}
     assert statuses[mixed_run["weights"]] == "present"

@@ -75,10 +75,12 @@ def test_a_remembered_answer_is_confirmed_once_per_process(
 
     monkeypatch.setattr(LogitsClient, "archive_url", counted)
     # One job: items run one after the other (with N jobs, N may ask at once).
-    result = invoke(["ckpt", "sync", run_id, "-o", str(tmp_path / "s"), "--json", "--jobs", "1"])
-    assert result.exit_code == 0, result.stderr
+    result = invoke(
+        ["ckpt", "sync", run_id, "-o", str(tmp_path / "s"), "--json", "--jobs", "1", "--no-export"]
+    )
+    assert result.exit_code == 10, result.stderr  # weights/ not exported
     statuses = [item["status"] for item in json.loads(result.stdout)["items"]]
-    assert statuses.count("skipped") == 4  # three sampler checkpoints, weights/ without --export
+    assert statuses.count("skipped") == 4  # three sampler checkpoints, weights/ not exported
     assert len(asked) == 1
     assert time.time() - json.loads(memory.read_text())[server.base_url]["learnt"] < 60
 

@@ -16,7 +16,6 @@ import typer
 
 from logits_cli import errors
 from logits_cli.cli import ckpt_retention, ckpt_sharing, ckpt_sync, ckpt_transfer
-from logits_cli.cli.arguments import NameArgument, PathArgument, RunsArgument
 from logits_cli.cli.ckpt_render import (
     CHECKPOINT_COLUMNS,
     INFO_FIELDS,
@@ -38,12 +37,16 @@ from logits_cli.cli.ckpt_select import (
 )
 from logits_cli.cli.context import call_api, require_run, settings_for
 from logits_cli.cli.failures import handle_errors
+from logits_cli.cli.help_layout import CommandGroup
 from logits_cli.cli.options import (
     BeforeOpt,
     JsonOpt,
+    NameArgument,
     NamesRunOpt,
+    PathArgument,
     QuietOpt,
     RunOpt,
+    RunsArgument,
     SinceOpt,
     TimeoutOpt,
     TypeOpt,
@@ -61,7 +64,7 @@ if TYPE_CHECKING:
 
 __all__ = ["BulkReport", "extended_ttl", "kind_of", "parse_refs"]
 
-app = typer.Typer(
+app = CommandGroup(
     help="Save, list, download, publish, expire and delete checkpoints.", no_args_is_help=True
 )
 

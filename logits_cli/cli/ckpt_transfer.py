@@ -8,9 +8,6 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from logits_cli import errors
-from logits_cli.cli.arguments import (
-    DirsArgument,
-)
 from logits_cli.cli.ckpt_select import (
     in_server_scheme,
     names_a_bare_path,
@@ -26,6 +23,7 @@ from logits_cli.cli.download_target import (
 )
 from logits_cli.cli.failures import handle_errors, on_interrupt, report_error
 from logits_cli.cli.options import (
+    DirsArgument,
     JsonOpt,
     NamesRunOpt,
     PathsArg,

@@ -165,14 +165,13 @@ URI_PREFIXES = ("logits://", "tinker://")
 
 
 def answer_without_typer(environ: Mapping[str, str]) -> str | None:
-    """The bash completion answer when it needs no Typer app, or None to leave the request
+    """The bash completion answer for a checkpoint URI word, or None to leave the request
     to Typer.
 
-    A checkpoint URI's candidates come from this cache alone, whatever the command; a
-    subcommand or option name typed right after the command names comes from the generated
-    table in ``command_names``. The console entry answers both before building the app:
-    Typer coerces the parsed arguments through pydantic, ~150 ms a TAB cannot afford
-    (tests/bench/completion.py: <= 100 ms). The protocol is Typer's
+    A checkpoint URI's candidates come from this cache alone, whatever the command, and the
+    console entry answers them before building the app: Typer coerces the parsed arguments
+    through pydantic, ~150 ms a TAB on a path should not pay (tests/bench/completion.py:
+    <= 150 ms). Command and option names are Typer's own completion. The protocol is Typer's
     (``_LOGITS_COMPLETE=complete_bash``, COMP_WORDS, COMP_CWORD; one candidate per line)."""
     if environ.get("_LOGITS_COMPLETE") != "complete_bash":
         return None
@@ -188,23 +187,4 @@ def answer_without_typer(environ: Mapping[str, str]) -> str | None:
     incomplete = words[cword] if cword < len(words) else ""
     if incomplete.startswith(URI_PREFIXES):
         return "\n".join(complete_path(incomplete))
-    return _command_or_option_names(words[1:cword], incomplete)
-
-
-def _command_or_option_names(before: list[str], incomplete: str) -> str | None:
-    """Names of the subcommands (or, for ``-…``, the options) of the command that ``before``
-    names, when every word before the cursor is a command name; else None."""
-    from logits_cli.cli.command_names import TREE
-
-    node = TREE
-    for word in before:
-        node = node.get("commands", {}).get(word)
-        if node is None:  # an option, a value or an argument: Typer knows what follows
-            return None
-    if incomplete.startswith("-"):
-        names = node["options"]
-    elif "commands" in node:
-        names = list(node["commands"])
-    else:  # an argument of a leaf command: its own completion (runs, paths) is Typer's
-        return None
-    return "\n".join(name for name in names if name.startswith(incomplete))
+    return None

@@ -4,12 +4,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from logits_cli.cli.arguments import OptionalRunArgument
 from logits_cli.cli.ckpt_select import in_server_scheme, names_a_bare_path, parse_path
 from logits_cli.cli.completion_cache import remember
 from logits_cli.cli.context import call_api, require_run, settings_for
 from logits_cli.cli.failures import handle_errors
-from logits_cli.cli.options import JsonOpt, QuietOpt, RunOpt, TimeoutOpt
+from logits_cli.cli.help_layout import CommandGroup
+from logits_cli.cli.options import JsonOpt, OptionalRunArgument, QuietOpt, RunOpt, TimeoutOpt
 from logits_cli.cli.output import Output
 from logits_cli.cli.tables import COUNT, PIPED_ONLY, TABLE_ONLY, TIME, Column
 from logits_cli.cli.timeparse import optional_seconds
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from logits_cli import models
     from logits_cli.api.client import LogitsClient
 
-app = typer.Typer(help="List, inspect and create training runs.", no_args_is_help=True)
+app = CommandGroup(help="List, inspect and create training runs.", no_args_is_help=True)
 
 # On a terminal the run id is never cut and the latest checkpoint (of either kind) shows as
 # KIND/NAME (its run is the row's); piped rows keep the full path of the latest training one.

@@ -81,7 +81,7 @@ def select_checkpoints(
     and any checkpoint whose name or checkpoint id is in ``keep_names``.
     """
     if keep_last is not None and keep_last < 0:
-        raise UsageError(f"--keep-last must be 0 or more, not {keep_last}")
+        raise UsageError(f"keep_last must be 0 or more, not {keep_last}", option="keep_last")
     kind = normalize_kind(kind)
     before = as_utc(before) if before is not None else None
     after = as_utc(after) if after is not None else None
@@ -120,7 +120,7 @@ async def apply_concurrently(
     belongs to its item; any other exception is a bug: it cancels the rest and propagates.
     """
     if jobs < 1:
-        raise UsageError(f"--jobs must be 1 or more, not {jobs}")
+        raise UsageError(f"jobs must be 1 or more, not {jobs}", option="jobs")
     pending = list(items)
     results: list[LogitsError | None] = [None] * len(pending)
     next_index = iter(range(len(pending)))

@@ -208,8 +208,8 @@ def _unpack_checked(
         missing = [name for name in ADAPTER_FILES if name not in files]
         if missing:
             raise IntegrityError(
-                f"the archive has no {missing[0]}: there is no adapter to install with "
-                "--adapter-only"
+                f"the archive has no {missing[0]}: there is no adapter to install on its own",
+                option="adapter_only",
             )
         files.pop(COMPLETE_MEMBER, None)  # read, not written: it lists files not installed
     return files, complete
@@ -372,7 +372,7 @@ def install_directory(staging: Path, final: Path, *, force: bool) -> None:
     aside: Path | None = None
     if final.exists() or final.is_symlink():
         if not force:
-            raise ConflictError(f"{final} already exists", hint="pass --force to replace it")
+            raise ConflictError(f"{final} already exists", option="force")
         aside = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
         os.rename(final, aside)
     try:

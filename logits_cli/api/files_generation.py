@@ -210,8 +210,7 @@ async def download(
             raise no_archive(target)
         if options.archive_only:
             raise UnsupportedError(
-                f"{target} has no archive on this deployment: it is downloaded file by file, "
-                "into DEST/NAME",
+                f"{target} has no archive on this deployment: it is downloaded file by file",
                 option="archive_only",
             )
         return await _bounded(

@@ -100,7 +100,7 @@ def missing_content(manifest: models.LocalManifest, *, adapter_only: bool) -> li
         and manifest.archive_sha256 is not None
     )
     if partial and not adapter_only:
-        return ["optimizer state missing (an --adapter-only copy)"]
+        return ["optimizer state missing (an adapter-only copy)"]
     return []
 
 

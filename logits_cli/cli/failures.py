@@ -38,6 +38,7 @@ _FLAG_HINTS: dict[tuple[str, str | None], str] = {
     ("allow_export", None): "drop --no-export to export (one training session on the service "
     "per checkpoint)",
     ("archive_only", None): "drop --archive-only; the files are installed in DIR/NAME",
+    ("adapter_only", None): "drop --adapter-only to install the whole checkpoint",
     ("force", None): "pass --force to replace it",
     ("lock_wait", None): "let it finish, or pass --lock-wait 10m to wait for it",
 }

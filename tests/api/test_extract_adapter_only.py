@@ -58,7 +58,7 @@ def test_only_the_adapter_is_written_and_the_manifest_says_so(tmp_path: Path, gz
     assert verify_checkpoint_dir(final).ok
     # A full download of the same checkpoint must not take this copy for a whole one.
     assert missing_content(manifest, adapter_only=False) == [
-        "optimizer state missing (an --adapter-only copy)"
+        "optimizer state missing (an adapter-only copy)"
     ]
     assert missing_content(manifest, adapter_only=True) == []
     assert listing(tmp_path / "dest") == ["step-1"]  # no staging left

@@ -384,7 +384,7 @@ def test_a_busy_part_file_hints_lock_wait_and_lock_wait_waits(tmp_path: Path) ->
                 assert holding.wait(60)
                 with pytest.raises(BusyError) as caught:
                     await client.download(ref_of(checkpoint), dest)
-                assert caught.value.hint == "let it finish, or pass --lock-wait 10m to wait for it"
+                assert caught.value.option == "lock_wait"  # the CLI names the flag
                 threading.Timer(0.3, release.set).start()
                 result = await client.download(
                     ref_of(checkpoint), dest, options=DownloadOptions(lock_wait=60)

@@ -66,9 +66,7 @@ def test_adapter_only_download_installs_the_adapter_alone_and_a_full_one_complet
     # A full download does not take the adapter-only copy for a complete one.
     full = cli.ok("ckpt", "download", path, "-o", str(dest))
     assert full.stdout == f"{dest / 'w'}\n"
-    assert f"repaired {dest / 'w'}: optimizer state missing (an --adapter-only copy)" in (
-        full.stderr
-    )
+    assert f"repaired {dest / 'w'}: optimizer state missing (an adapter-only copy)" in (full.stderr)
     assert _names(dest / "w") == FULL
     for name in FULL[1:]:
         assert (dest / "w" / name).read_bytes() == (reference / "w" / name).read_bytes()
@@ -110,7 +108,7 @@ def test_sync_adapter_only_counts_adapter_copies_present_and_a_full_sync_complet
     full = sync()
     by_path = {item["tinker_path"]: item for item in full["items"]}
     assert by_path[weights]["status"] == "downloaded"
-    assert by_path[weights]["repaired"] == ["optimizer state missing (an --adapter-only copy)"]
+    assert by_path[weights]["repaired"] == ["optimizer state missing (an adapter-only copy)"]
     assert by_path[sampler]["status"] == "present"  # a sampler has no optimizer state
     assert _names(run_dir / "weights" / "w") == FULL
 

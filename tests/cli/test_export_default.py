@@ -248,3 +248,19 @@ def test_on_a_terminal_each_failure_is_one_error_line_without_a_log_line(
         f"Error: checkpoint {missing} not found",
         "Hint: did you mean sampler_weights/step_1000_s?",
     ]
+
+
+def test_the_cli_names_the_flag_of_a_library_option(current: Any, tmp_path: Path) -> None:
+    archive = invoke(["ckpt", "download", current.weights, "--archive-only", "-o", str(tmp_path)])
+    assert archive.exit_code == 10
+    assert archive.stderr == (
+        f"Error: {current.weights} has no archive on this deployment: it is downloaded file "
+        "by file\n"
+        "Hint: drop --archive-only; the files are installed in DIR/NAME\n"
+    )
+    ok = invoke(["ckpt", "download", current.weights, "-o", str(tmp_path)])
+    assert ok.exit_code == 0, ok.stderr
+    (tmp_path / "w1" / ".logits-checkpoint.json").unlink()  # no longer our download
+    taken = invoke(["ckpt", "download", current.weights, "-o", str(tmp_path)])
+    assert taken.exit_code == 5
+    assert taken.stderr.splitlines()[-1] == "Hint: pass --force to replace it"

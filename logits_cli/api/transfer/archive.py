@@ -101,7 +101,7 @@ async def _download(
         elif final.exists() or final.is_symlink():
             raise ConflictError(
                 f"{final} already exists and holds something else",
-                hint="pass --force to replace it",
+                option="force",
             )
 
     prepare_destination(dest_dir, lock_path, private=options.private_dest)

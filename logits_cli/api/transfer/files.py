@@ -169,7 +169,7 @@ async def download_files(
         if not present and (final.exists() or final.is_symlink()):
             raise ConflictError(
                 f"{final} already exists and holds something else",
-                hint="pass --force to replace it",
+                option="force",
             )
     first = await source.file_urls()  # before anything exists in DEST (§11.6)
     names = check_url_map(first.urls)

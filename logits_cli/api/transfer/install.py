@@ -182,7 +182,7 @@ async def lock_part(lock_path: Path, wait: float) -> PartLock:
             raise BusyError(
                 f"another process is downloading into {lock_path.parent} "
                 f"(lock {lock_path.name} is held)",
-                hint="let it finish, or pass --lock-wait 10m to wait for it",
+                option="lock_wait",
             )
         await asyncio.sleep(min(0.2, remaining))
 

@@ -12,16 +12,15 @@ from starlette.responses import Response
 
 from logits_cli import models
 from logits_cli.errors import NotFoundError, UnavailableError, UsageError
+from logits_cli.protocol_rules import check_access_scope, check_ttl
 from logits_cli.store import exports
 from logits_cli.store import metadata as checkpoint_meta
-from logits_cli.store.store import MAX_TTL_SECONDS
 from logits_cli.uri import EXTERNAL_KIND, validate_kind, validate_name, validate_run_id
 
 from .endpoint import Call, route
 from .responses import json_response
 from .tokens import BlobClaim
 
-ACCESS_SCOPES = ("owned", "accessible")
 RUNS_PAGE = (20, 100)  # (default, maximum) of ``limit`` for /training_runs
 CHECKPOINTS_PAGE = (100, 1000)  # (default, maximum) of ``limit`` for /checkpoints
 _INTEGER = re.compile(r"-?[0-9]{1,18}")  # bounded so it always fits SQLite's 64-bit integers
@@ -48,10 +47,7 @@ def _page(call: Call, default_limit: int, max_limit: int) -> tuple[int, int]:
 
 
 def _access_scope(call: Call) -> str:
-    scope = call.request.query_params.get("access_scope", "owned")
-    if scope not in ACCESS_SCOPES:
-        raise UsageError("access_scope must be 'owned' or 'accessible'")
-    return scope
+    return check_access_scope(call.request.query_params.get("access_scope", "owned"))
 
 
 def _checkpoint_path(call: Call) -> tuple[str, str, str]:
@@ -153,10 +149,7 @@ async def set_ttl(call: Call) -> Response:
     if "ttl_seconds" not in body:
         raise UsageError("invalid field ttl_seconds: field required")
     ttl = body["ttl_seconds"]
-    if ttl is not None and (type(ttl) is not int or not 0 < ttl <= MAX_TTL_SECONDS):
-        raise UsageError(
-            f"ttl_seconds must be null or an integer from 1 to {MAX_TTL_SECONDS} seconds"
-        )
+    check_ttl(ttl)
     await call.run(call.store.set_ttl, call.user, run_id, kind, name, ttl)
     return Response(status_code=204)
 

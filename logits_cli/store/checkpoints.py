@@ -14,6 +14,7 @@ from logits_cli.errors import (
     NotFoundError,
     UsageError,
 )
+from logits_cli.protocol_rules import check_ttl
 from logits_cli.store.blobs import BlobsMixin
 from logits_cli.store.live_state import STATE_KEY_FILE, loaded_key, write_state_key
 from logits_cli.store.rows import (
@@ -21,7 +22,6 @@ from logits_cli.store.rows import (
     _RUN,
     _UNEXPIRED,
     _VISIBLE_TO,
-    _check_ttl,
     _checkpoint,
     _Run,
     _to_micros,
@@ -58,7 +58,7 @@ class CheckpointsMixin(RunsMixin, BlobsMixin):
 
         validate_kind(kind)
         validate_name(name)
-        _check_ttl(ttl_seconds)
+        check_ttl(ttl_seconds)
         if uri_scheme not in SCHEMES:
             raise UsageError(f"uri_scheme must be 'logits' or 'tinker', got {uri_scheme!r}")
         self._owned_run(self._db.connection(), user_id, run_id)
@@ -322,7 +322,7 @@ class CheckpointsMixin(RunsMixin, BlobsMixin):
     def set_ttl(
         self, user_id: str, run_id: str, kind: str, name: str, ttl_seconds: int | None
     ) -> None:
-        _check_ttl(ttl_seconds)
+        check_ttl(ttl_seconds)
         with self._db.write() as conn:
             row_id, _, _ = self._owned_checkpoint(conn, user_id, run_id, kind, name)
             expires_at = (

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from logits_cli import models
-from logits_cli.protocol_rules import check_ttl
 from logits_cli.uri import KIND_TO_TYPE
 
 LOCAL_USER = "local"  # the single implicit user of the embedded backend (docs/protocol.md §1.4)
@@ -88,10 +87,6 @@ def _from_micros(micros: int) -> datetime:
 
 def _sha256_hex(data: str | bytes) -> str:
     return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()
-
-
-# The store's older name of the protocol's TTL rule; new code calls protocol_rules.check_ttl.
-_check_ttl = check_ttl
 
 
 def _string_metadata(user_metadata: dict[str, Any] | None) -> dict[str, str] | None:

@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 from logits_cli import models
 from logits_cli.errors import ConflictError, NotFoundError, UsageError
+from logits_cli.protocol_rules import check_access_scope
 from logits_cli.store.live_state import LiveStateMixin, fresh_key, new_seed, write_state_key
 from logits_cli.store.rows import (
     _CKPT,
@@ -185,14 +186,12 @@ class RunsMixin(LiveStateMixin):
     @staticmethod
     def _run_scope(access_scope: str) -> str:
         """SQL condition on runs ``r`` for the viewer ``:viewer`` (docs/protocol.md §2.4)."""
-        if access_scope == "owned":
+        if check_access_scope(access_scope) == "owned":
             return "r.user_id = :viewer"
-        if access_scope == "accessible":
-            return (
-                "(r.user_id = :viewer OR EXISTS (SELECT 1 FROM checkpoints c"
-                f" WHERE c.run_id = r.id AND c.public = 1 AND {_UNEXPIRED}))"
-            )
-        raise UsageError(f"access_scope must be 'owned' or 'accessible', got {access_scope!r}")
+        return (
+            "(r.user_id = :viewer OR EXISTS (SELECT 1 FROM checkpoints c"
+            f" WHERE c.run_id = r.id AND c.public = 1 AND {_UNEXPIRED}))"
+        )
 
     def _training_runs(
         self, conn: sqlite3.Connection, viewer: str, runs: list[_Run], now: int

@@ -19,7 +19,6 @@ embedded ``ckpt ls``, with its 300 ms budget) need none of them.
 
 from __future__ import annotations
 
-from logits_cli.protocol_rules import ACCESS_SCOPES, MAX_TTL_SECONDS
 from logits_cli.store.accounts import AccountsMixin
 from logits_cli.store.checkpoints import CheckpointsMixin
 from logits_cli.store.futures import FuturesMixin
@@ -43,7 +42,6 @@ from logits_cli.store.rows import (  # re-exported: the public surface of store.
     BlobInfo,
     FutureRecord,
     IdempotencyRecord,
-    _check_ttl,
     _checkpoint,
     _from_micros,
     _Run,
@@ -59,11 +57,9 @@ class Store(AccountsMixin, CheckpointsMixin, FuturesMixin, IdempotencyMixin):
 
 # The store's public surface (and the helpers sessions.py and exports.py share).
 __all__ = [
-    "ACCESS_SCOPES",
     "KEY_PREFIX",
     "KEY_PREFIX_SHOWN",
     "LOCAL_USER",
-    "MAX_TTL_SECONDS",
     "MIN_REVOKE_PREFIX",
     "ORPHAN_GRACE_SECONDS",
     "STORAGE_FULL_ERRNOS",
@@ -81,7 +77,6 @@ __all__ = [
     "IdempotencyRecord",
     "Store",
     "_Run",
-    "_check_ttl",
     "_checkpoint",
     "_from_micros",
     "_sha256_hex",

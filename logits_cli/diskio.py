@@ -153,16 +153,16 @@ def _write_and_rename(
 
 def fsync_directory(directory: Path | str) -> None:
     """Make the creations and renames inside ``directory`` durable."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _fsync_opened(directory, os.O_DIRECTORY)
 
 
 def fsync_file(path: Path | str) -> None:
     """Make the bytes of the file at ``path`` durable (a symlink there is not followed)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    _fsync_opened(path, os.O_NOFOLLOW)
+
+
+def _fsync_opened(path: Path | str, flags: int) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | flags)
     try:
         os.fsync(fd)
     finally:

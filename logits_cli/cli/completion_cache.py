@@ -16,6 +16,7 @@ a symlink or another user's file is treated as absent and replaced, never follow
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -148,7 +149,13 @@ def complete_run(incomplete: str) -> list[str]:
 
 def complete_path(incomplete: str) -> list[str]:
     """Cached paths starting with ``incomplete``, plus ``…/KIND/@latest`` of each run and
-    kind seen; a path cached in one scheme is offered in the scheme being typed."""
+    kind seen; a path cached in one scheme is offered in the scheme being typed. A word that
+    is not (yet) a URI is first read as a bare ``NAME`` or ``KIND/NAME`` of the run the line
+    names (``complete_bare_name``); URIs are offered when no bare name matches."""
+    if "://" not in incomplete:
+        bare = complete_bare_name(incomplete, _default_run(os.environ))
+        if bare:
+            return bare
     scheme = incomplete.partition("://")[0] if "://" in incomplete else None
     candidates: dict[str, None] = {}
     for cached in _read(_cache_file()).get("paths", []):
@@ -162,6 +169,47 @@ def complete_path(incomplete: str) -> list[str]:
 
 
 URI_PREFIXES = ("logits://", "tinker://")
+
+
+def _default_run(environ: Mapping[str, str]) -> str | None:
+    """The run a bare name on the command line being completed names: ``--run RUN`` (or
+    ``-r RUN``, ``--run=RUN``) on the line, else ``$LOGITS_RUN`` or the profile's run."""
+    import shlex
+
+    try:
+        words = shlex.split(environ.get("COMP_WORDS", ""))
+    except ValueError:
+        words = []
+    for index, word in enumerate(words):
+        if word.startswith("--run="):
+            return word.removeprefix("--run=")
+        if word in ("--run", "-r") and index + 1 < len(words):
+            return words[index + 1]
+    try:
+        from logits_cli import config
+
+        return config.resolve().run
+    except Exception:
+        return None
+
+
+def complete_bare_name(incomplete: str, run: str | None) -> list[str]:
+    """The cached checkpoints of ``run`` as the bare words ``parse_path`` reads: ``NAME`` of
+    a weights/ checkpoint and ``KIND/NAME`` of every kind, those starting with
+    ``incomplete``. Nothing without a run. Only cached paths that parse are read
+    (``_read``), so every word offered is made of the name grammar's characters."""
+    if run is None:
+        return []
+    candidates: dict[str, None] = {}
+    for cached in _read(_cache_file()).get("paths", []):
+        if _run_of(cached) != run:
+            continue
+        kind, _, name = _without_scheme(cached).partition("/")[2].partition("/")
+        words = [f"{kind}/{name}"] + ([name] if kind == "weights" else [])
+        for word in words:
+            if word.startswith(incomplete):
+                candidates[word] = None
+    return sorted(candidates, key=lambda word: ("/" in word, word))
 
 
 def answer_without_typer(environ: Mapping[str, str]) -> str | None:

@@ -183,3 +183,35 @@ def test_hostile_cache_entries_are_not_offered_and_run_ids_are_quoted(
     terminal.send("\x01echo \n")  # the completed line, run as an echo
     terminal.expect(f"\nlogits ckpt info logits://{hostile_run}/weights/\n")
     assert not (tmp_path / "pwned").exists()
+
+
+def test_bare_names_of_the_default_run_complete_without_the_network(
+    terminal: Terminal, isolated_env: Path
+) -> None:
+    """``download step_<TAB>`` and ``info sam<TAB>`` (issue 23 point 4) offer the bare names
+    parse_path reads, of $LOGITS_RUN or of the line's --run, from the cache alone (no server
+    is configured: LOGITS_BASE_URL is unset and nothing listens)."""
+    other = "0e6f7d1c-2222-4cac-8d9d-0c2d8df5d23c:train:0"
+    remember(
+        isolated_env,
+        runs=[RUN, other],
+        paths=[
+            f"tinker://{RUN}/weights/step_1000",
+            f"tinker://{RUN}/sampler_weights/step_1000_s",
+            f"logits://{other}/weights/other_final",
+        ],
+    )
+    terminal.send(f"export LOGITS_RUN='{RUN}'\n")
+    terminal.send("logits ckpt download step_\t")
+    terminal.send("\x01echo \n")  # the completed line, run as an echo
+    terminal.expect("\nlogits ckpt download step_1000\n")
+
+    terminal.send("logits ckpt info sam\t")
+    terminal.send("\x01echo \n")
+    terminal.expect("\nlogits ckpt info sampler_weights/step_1000_s\n")
+
+    # --run on the line names the run; another run's names are not offered.
+    terminal.send(f"logits ckpt info --run '{other}' o\t")
+    terminal.send("\x01echo \n")
+    terminal.expect(f"\nlogits ckpt info --run {other} other_final\n")
+    assert "step_1000" not in terminal.screen.rsplit("--run", 1)[1]

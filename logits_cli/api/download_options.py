@@ -54,7 +54,8 @@ class DownloadOptions:
     low_speed_time: float = 30.0
     lock_wait: float = 0.0  # seconds to wait for another process downloading the same file
     # On the files generation a weights/ checkpoint is exported first, which starts a
-    # training session on the service (docs/protocol.md §11.6): sync asks for it explicitly.
+    # training session on the service (docs/protocol.md §11.6); done by default, as the
+    # official CLI does (the CLI's --no-export turns it off).
     allow_export: bool = True
     # A body whose size no source gives (listing, Content-Length, Content-Range) stops here,
     # and before DEST's free space falls under a reserve (api/transfer/body_bounds.py).

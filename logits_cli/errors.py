@@ -124,6 +124,13 @@ class AlreadyPrivateError(ConflictError):
     code = "already_private"
 
 
+class NotEmptyError(ConflictError):
+    """A training run that still has checkpoints, deleted without them (our extension,
+    docs/protocol.md §5.5)."""
+
+    code = "not_empty"
+
+
 # -- exit 1: other protocol answers ------------------------------------------------------
 
 
@@ -251,6 +258,7 @@ _BY_CODE: dict[str, type[LogitsError]] = {
         ConflictError,
         AlreadyPublicError,
         AlreadyPrivateError,
+        NotEmptyError,
         MethodNotAllowedError,
         RangeNotSatisfiableError,
         PayloadTooLargeError,

@@ -13,7 +13,8 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from logits_cli import models
-from logits_cli.api.client_core import ClientCore, PendingCallback
+from logits_cli.api.client_core import PendingCallback
+from logits_cli.api.client_runs import RunRequests
 from logits_cli.api.download_options import (
     DownloadOptions,
     DownloadResult,
@@ -28,7 +29,6 @@ from logits_cli.api.request_checks import (
     last_page,
     newest,
     require_known_kind,
-    scope,
 )
 from logits_cli.errors import (
     AlreadyPrivateError,
@@ -50,7 +50,7 @@ from logits_cli.uri import (
 __all__ = ["LogitsClient", "PendingCallback"]
 
 
-class LogitsClient(ClientCore):
+class LogitsClient(RunRequests):
     """Open with ``async with open_client(settings) as client``.
 
     Every method maps failures to the classes of ``errors.py``; none prints. Operations on a
@@ -65,83 +65,6 @@ class LogitsClient(ClientCore):
     async def capabilities(self) -> models.ServerCapabilities:
         response = await self._layer.request("GET", "get_server_capabilities")
         return self._layer.parse(response, models.ServerCapabilities)
-
-    # -- runs -----------------------------------------------------------------------------
-    async def create_run(
-        self,
-        base_model: str,
-        *,
-        rank: int = 32,
-        seed: int | None = None,
-        train_attn: bool = True,
-        train_mlp: bool = True,
-        train_unembed: bool = True,
-        user_metadata: dict[str, str] | None = None,
-        on_pending: PendingCallback | None = None,
-        timeout: float | None = None,
-    ) -> models.TrainingRun:
-        """create_session + create_model future; returns the new run."""
-        if rank <= 0:
-            raise UsageError(f"LoRA rank must be positive, not {rank}")
-        if not (train_attn or train_mlp or train_unembed):
-            raise UsageError("at least one of attention, MLP or unembedding must be trained")
-        session_id = await self._session()
-        model_seq_id = self._next_model_seq_id
-        self._next_model_seq_id += 1
-        body = models.CreateModelRequest(
-            session_id=session_id,
-            model_seq_id=model_seq_id,
-            base_model=base_model,
-            user_metadata=user_metadata,
-            lora_config=models.LoraConfig(
-                rank=rank,
-                seed=seed,
-                train_attn=train_attn,
-                train_mlp=train_mlp,
-                train_unembed=train_unembed,
-            ),
-        )
-        result = await self._submit(
-            "create_model",
-            body,
-            models.CreateModelResult,
-            what=f"creation of a {base_model} run",
-            on_pending=on_pending,
-            timeout=timeout,
-        )
-        return await self.get_run(result.model_id)
-
-    async def get_run(self, run_id: str, *, access_scope: str = "owned") -> models.TrainingRun:
-        response = await self._layer.request(
-            "GET",
-            f"training_runs/{validate_run_id(run_id)}",
-            params={"access_scope": scope(access_scope)},
-        )
-        return self._layer.parse(response, models.TrainingRun)
-
-    async def iter_runs(
-        self, *, access_scope: str = "owned", page_size: int = 100
-    ) -> AsyncIterator[models.TrainingRun]:
-        """Every run, following the cursor (§5.5)."""
-        viewer_scope = scope(access_scope)
-        offset = 0
-        while True:
-            response = await self._layer.request(
-                "GET",
-                "training_runs",
-                params={"limit": page_size, "offset": offset, "access_scope": viewer_scope},
-            )
-            page = self._layer.parse(response, models.TrainingRunsResponse)
-            for run in page.training_runs:
-                yield run
-            offset += len(page.training_runs)
-            if last_page(len(page.training_runs), offset, page.cursor, page_size):
-                return
-
-    async def get_info(self, run_id: str) -> models.GetInfoResponse:
-        body = models.GetInfoRequest(model_id=validate_run_id(run_id))
-        response = await self._layer.request("POST", "get_info", json=body.model_dump())
-        return self._layer.parse(response, models.GetInfoResponse)
 
     # -- checkpoints ----------------------------------------------------------------------
     async def iter_all_checkpoints(
@@ -259,24 +182,26 @@ class LogitsClient(ClientCore):
 
     async def publish(self, ref: CheckpointRef) -> bool:
         """True if it changed, False if it was already public."""
-        return await self._set_visibility(ref, "POST", AlreadyPrivateError)
+        return await self._set_visibility(ref, public=True)
 
     async def unpublish(self, ref: CheckpointRef) -> bool:
         """True if it changed, False if it was already private."""
-        return await self._set_visibility(ref, "DELETE", AlreadyPublicError)
+        return await self._set_visibility(ref, public=False)
 
-    async def _set_visibility(
-        self, ref: CheckpointRef, method: str, contradiction: type[ConflictError]
-    ) -> bool:
-        target = await self._target(ref, "publish" if method == "POST" else "unpublish")
+    async def _set_visibility(self, ref: CheckpointRef, *, public: bool) -> bool:
+        """Whether it changed, judged by the state listed before the request: our server
+        answers 204 either way (docs/protocol.md §5.6.5, A31), older servers 409 when it is
+        already so (a 409 of the other state is a contradiction, raised)."""
+        target = await self._target(ref, "publish" if public else "unpublish")
+        before = await self.get_checkpoint(target)
+        method = "POST" if public else "DELETE"
         try:
             await self._layer.request(method, f"{checkpoint_endpoint(target)}/publish")
         except ConflictError as exc:
-            # A 409 here means "already in that state"; deployments may omit the code.
-            if isinstance(exc, contradiction):
+            if isinstance(exc, AlreadyPrivateError if public else AlreadyPublicError):
                 raise
             return False
-        return True
+        return before.public != public
 
     async def set_ttl(self, ref: CheckpointRef, ttl_seconds: int | None) -> None:
         if ttl_seconds is not None:

@@ -147,6 +147,7 @@ class BulkReport:
     total: int
     verb: str
     failures: list[tuple[str, errors.LogitsError]] = field(default_factory=list)
+    noun: str = "checkpoints"  # what the items are, in the plural
 
     def add(self, label: str, error: errors.LogitsError | None) -> None:
         if error is not None:
@@ -164,7 +165,7 @@ class BulkReport:
         for label, error in self.failures:
             report_error(type(error)(f"{label}: {error.message}"))
         raise errors.PartialFailureError(
-            f"{len(self.failures)} of {self.total} checkpoints could not be {self.verb}"
+            f"{len(self.failures)} of {self.total} {self.noun} could not be {self.verb}"
         )
 
 

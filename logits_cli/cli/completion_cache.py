@@ -118,18 +118,26 @@ def remember(
     _write(path, data)
 
 
-def forget(home: Path, paths: Iterable[str]) -> None:
-    """Drop deleted checkpoints (in either scheme) from the cache."""
+def forget(home: Path, paths: Iterable[str], *, runs: Iterable[str] = ()) -> None:
+    """Drop deleted checkpoints (in either scheme), and deleted runs with their paths, from
+    the cache."""
     gone = {_without_scheme(p) for p in paths}
-    if not gone:
+    gone_runs = set(runs)
+    if not gone and not gone_runs:
         return
     path = _cache_file(home)
     if path is None:
         return
     data = _read(path)
     if "paths" in data:
-        data["paths"] = [p for p in data["paths"] if _without_scheme(p) not in gone]
-        _write(path, data)
+        data["paths"] = [
+            p
+            for p in data["paths"]
+            if _without_scheme(p) not in gone and _run_of(p) not in gone_runs
+        ]
+    if "runs" in data:
+        data["runs"] = [r for r in data["runs"] if r not in gone_runs]
+    _write(path, data)
 
 
 def _without_scheme(path: str) -> str:

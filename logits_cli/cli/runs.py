@@ -1,9 +1,10 @@
-"""``logits runs …``: list, inspect and create training runs."""
+"""``logits runs …``: list, inspect, create and delete (``runs_rm``) training runs."""
 
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from logits_cli.cli import runs_rm
 from logits_cli.cli.ckpt_select import in_server_scheme, names_a_bare_path, parse_path
 from logits_cli.cli.completion_cache import remember
 from logits_cli.cli.context import call_api, require_run, settings_for
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     from logits_cli import models
     from logits_cli.api.client import LogitsClient
 
-app = CommandGroup(help="List, inspect and create training runs.", no_args_is_help=True)
+app = CommandGroup(help="List, inspect, create and delete training runs.", no_args_is_help=True)
 
 # On a terminal the run id is never cut and the latest checkpoint (of either kind) shows as
 # KIND/NAME (its run is the row's); piped rows keep the full path of the latest training one.
@@ -271,3 +272,6 @@ def _refuse_contradiction(what: str, given: object, actual: object, source: Chec
             f"{source} has {what} {actual}, not {given}; leave the option out to use the "
             "checkpoint's"
         )
+
+
+app.command()(runs_rm.rm)

@@ -137,9 +137,22 @@ async def delete_checkpoint(call: Call) -> Response:
 
 
 async def publish(call: Call) -> Response:
+    """204 whether or not it changed: both SDKs retry a 409 here for five minutes,
+    whatever ``x-should-retry`` says (docs/protocol.md §5.6.5, Appendix A, A31)."""
     run_id, kind, name = _checkpoint_path(call)
     public = call.request.method == "POST"
     await call.run(call.store.set_public, call.user, run_id, kind, name, public)
+    return Response(status_code=204)
+
+
+async def delete_run(call: Call) -> Response:
+    """Our extension (docs/protocol.md §5.5): the owner deletes a run, with its checkpoints
+    when ``with_checkpoints=true``."""
+    run_id = validate_run_id(call.request.path_params["run_id"])
+    flag = call.request.query_params.get("with_checkpoints", "false")
+    if flag not in ("true", "false"):
+        raise UsageError("with_checkpoints must be 'true' or 'false'")
+    await call.run(call.store.delete_run, call.user, run_id, with_checkpoints=flag == "true")
     return Response(status_code=204)
 
 
@@ -205,6 +218,7 @@ _CHECKPOINT = "/api/v1/training_runs/{run_id}/checkpoints/{kind}/{name}"
 ROUTES = [
     route("/api/v1/training_runs", list_runs, ["GET"]),
     route("/api/v1/training_runs/{run_id}", get_run, ["GET"]),
+    route("/api/v1/training_runs/{run_id}", delete_run, ["DELETE"]),
     route("/api/v1/training_runs/{run_id}/checkpoints", list_run_checkpoints, ["GET"]),
     route("/api/v1/checkpoints", list_user_checkpoints, ["GET"]),
     route(_CHECKPOINT, delete_checkpoint, ["DELETE"]),

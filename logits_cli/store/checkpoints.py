@@ -7,13 +7,7 @@ from __future__ import annotations
 import sqlite3
 
 from logits_cli import models
-from logits_cli.errors import (
-    AlreadyPrivateError,
-    AlreadyPublicError,
-    ConflictError,
-    NotFoundError,
-    UsageError,
-)
+from logits_cli.errors import ConflictError, NotFoundError, UsageError
 from logits_cli.protocol_rules import check_ttl
 from logits_cli.store.blobs import BlobsMixin
 from logits_cli.store.live_state import STATE_KEY_FILE, loaded_key, write_state_key
@@ -309,15 +303,15 @@ class CheckpointsMixin(RunsMixin, BlobsMixin):
         self.sweep_states()
         return removed
 
-    def set_public(self, user_id: str, run_id: str, kind: str, name: str, public: bool) -> None:
-        """AlreadyPublicError / AlreadyPrivateError when already in that state."""
+    def set_public(self, user_id: str, run_id: str, kind: str, name: str, public: bool) -> bool:
+        """Whether it changed: making a checkpoint what it already is succeeds (idempotent,
+        docs/protocol.md §5.6.5 and Appendix A, A31)."""
         with self._db.write() as conn:
             row_id, _, current = self._owned_checkpoint(conn, user_id, run_id, kind, name)
             if bool(current) == public:
-                error = AlreadyPublicError if public else AlreadyPrivateError
-                state = "public" if public else "private"
-                raise error(f"checkpoint {kind}/{name} is already {state}")
+                return False
             conn.execute("UPDATE checkpoints SET public = ? WHERE id = ?", (public, row_id))
+            return True
 
     def set_ttl(
         self, user_id: str, run_id: str, kind: str, name: str, ttl_seconds: int | None

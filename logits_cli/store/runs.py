@@ -1,5 +1,6 @@
 """Training runs: creation with fresh live state, lookups, listings (docs/protocol.md §5.3, §5.5),
-and the removal of a run with the export it was made for (docs/protocol.md Appendix A, A30)."""
+the removal of a run with the export it was made for (docs/protocol.md Appendix A, A30), and
+the owner's deletion of a run (our extension, docs/protocol.md §5.5)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Any
 from urllib.parse import quote
 
 from logits_cli import models
-from logits_cli.errors import ConflictError, NotFoundError, UsageError
+from logits_cli.errors import ConflictError, NotEmptyError, NotFoundError, UsageError
 from logits_cli.protocol_rules import check_access_scope
 from logits_cli.store.live_state import LiveStateMixin, fresh_key, new_seed, write_state_key
 from logits_cli.store.rows import (
@@ -29,7 +30,7 @@ from logits_cli.store.rows import (
     _sha256_hex,
     _string_metadata,
 )
-from logits_cli.uri import KIND_TO_TYPE, validate_run_id
+from logits_cli.uri import EXTERNAL_KIND, KIND_TO_TYPE, validate_run_id
 
 # A run that goes with its export (docs/protocol.md Appendix A, A30): its state was loaded
 # from a checkpoint (create-via-load, or a load), so it holds nothing that checkpoint does not;
@@ -78,6 +79,60 @@ class RunsMixin(LiveStateMixin):
 
             gc_export_blobs(self)  # the files of the exports just removed
         return released
+
+    def delete_run(self, user_id: str, run_id: str, *, with_checkpoints: bool) -> int:
+        """Remove an owned run: its row, with ``with_checkpoints`` its checkpoints (their
+        archives and export files), and its live state on this machine; the copies other
+        machines of a team server keep go with their sweep (``sweep_states``). Returns how
+        many unexpired checkpoints went with it. NotEmptyError while one is left without
+        ``with_checkpoints``; ConflictError while a request on the run is pending (a save
+        that has not taken the run lock yet would fail half-way)."""
+        self._owned_run(self._db.connection(), user_id, run_id)  # no lock file for strangers
+        with self._run_lock(run_id):
+            with self._db.write() as conn:
+                run = self._owned_run(conn, user_id, run_id)
+                pending = conn.execute(
+                    "SELECT operation FROM futures WHERE model_id = ? AND status = 'pending'"
+                    " LIMIT 1",
+                    (run_id,),
+                ).fetchone()
+                if pending is not None:
+                    raise ConflictError(
+                        f"a {pending[0]} request on training run {run_id} is still running;"
+                        " delete the run once it has finished"
+                    )
+                rows = conn.execute(
+                    "SELECT kind, sha256, expires_at FROM checkpoints WHERE run_id = ?",
+                    (run_id,),
+                ).fetchall()
+                now = self._now_micros()
+                unexpired = sum(1 for _, _, expires in rows if expires is None or expires > now)
+                if unexpired and not with_checkpoints:
+                    raise NotEmptyError(
+                        f"training run {run_id} still has {unexpired} checkpoint"
+                        f"{'' if unexpired == 1 else 's'}; delete them with it"
+                        " (with_checkpoints=true) or first"
+                    )
+                state_source = conn.execute(
+                    "SELECT state_source FROM runs WHERE id = ?", (run.id,)
+                ).fetchone()[0]
+                conn.execute("DELETE FROM checkpoints WHERE run_id = ?", (run_id,))
+                conn.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+            self._remove_state(self.state_dir(run_id))
+            archives = {sha256 for kind, sha256, _ in rows if kind != EXTERNAL_KIND}
+            if state_source is not None:  # kept for this row in an object store
+                archives.add(state_source)
+            conn = self._db.connection()
+            for sha256 in archives:
+                if not self._blob_in_use(conn, "blobs", sha256):
+                    self._drop_blob("blobs", sha256)
+        # After the lock: a waiter that then takes it finds no run (NotFoundError).
+        (self.runs_dir / f"{quote(run_id, safe='')}.lock").unlink(missing_ok=True)
+        if any(kind == EXTERNAL_KIND for kind, _, _ in rows):
+            from logits_cli.store.exports import gc_export_blobs
+
+            gc_export_blobs(self)
+        return unexpired
 
     # -- runs (§5.3, §5.5) ----------------------------------------------------------------
     def known_base_models(self) -> list[tuple[str, int]]:

@@ -315,6 +315,12 @@ async def test_each_call_gets_its_own_idempotency_key(
         f"training_runs/{RUN}/checkpoints/weights/step-1/publish",
         lambda r: httpx.Response(204),
     )
+    # publish reads the state first: "changed" when it was private (docs/protocol.md A31).
+    server.route(
+        "GET",
+        f"training_runs/{RUN}/checkpoints",
+        lambda r: httpx.Response(200, json={"checkpoints": [checkpoint_json(public=False)]}),
+    )
     async with make_client() as client:
         assert await client.publish(ref) is True
         assert await client.publish(ref) is True
@@ -822,3 +828,75 @@ async def test_an_api_key_http_cannot_carry_is_refused_before_sending(
         with pytest.raises(errors.AuthError, match="characters an HTTP header cannot carry"):
             await client.get_run(RUN)
     assert all("X-API-Key" not in request.headers for request in server.requests)
+
+
+# -- idempotent publish, run deletion (docs/protocol.md §5.5, §5.6.5, A31, A32) ------------
+
+
+@pytest.mark.parametrize(
+    ("code", "changed"), [("already_public", False), ("already_private", None)]
+)
+async def test_publish_on_an_older_server_that_answers_409(
+    server: FakeServer, make_client: Callable[..., LogitsClient], code: str, changed: bool | None
+) -> None:
+    """Our server answers 204 when it already is; an older one 409 already_public (not a
+    change), and already_private on a publish is a contradiction, raised."""
+    ref = CheckpointRef(RUN, "weights", "step-1")
+    server.route(
+        "GET",
+        f"training_runs/{RUN}/checkpoints",
+        lambda r: httpx.Response(200, json={"checkpoints": [checkpoint_json(public=True)]}),
+    )
+    server.route(
+        "POST",
+        f"training_runs/{RUN}/checkpoints/weights/step-1/publish",
+        lambda r: httpx.Response(409, json={"detail": "already so", "code": code}),
+    )
+    async with make_client() as client:
+        if changed is None:
+            with pytest.raises(errors.AlreadyPrivateError):
+                await client.publish(ref)
+        else:
+            assert await client.publish(ref) is changed
+
+
+@pytest.mark.parametrize(
+    ("delete_status", "run_status", "expected"),
+    [
+        (405, 200, errors.UnsupportedError),
+        (404, 200, errors.UnsupportedError),  # the route is missing, the run is there
+        (404, 404, errors.NotFoundError),  # the run is missing
+        (409, 200, errors.NotEmptyError),
+    ],
+)
+async def test_delete_run_tells_a_missing_route_from_a_missing_run(
+    server: FakeServer,
+    make_client: Callable[..., LogitsClient],
+    delete_status: int,
+    run_status: int,
+    expected: type[errors.LogitsError],
+) -> None:
+    run = {
+        "training_run_id": RUN,
+        "base_model": "m",
+        "model_owner": "alice",
+        "is_lora": True,
+        "last_request_time": WHEN,
+    }
+    code = {404: "not_found", 405: "method_not_allowed", 409: "not_empty"}[delete_status]
+    server.route(
+        "DELETE",
+        f"training_runs/{RUN}",
+        lambda r: httpx.Response(delete_status, json={"detail": "no", "code": code}),
+    )
+    server.route(
+        "GET",
+        f"training_runs/{RUN}",
+        lambda r: httpx.Response(run_status, json=run if run_status == 200 else {"detail": "x"}),
+    )
+    async with make_client() as client:
+        with pytest.raises(expected) as raised:
+            await client.delete_run(RUN, with_checkpoints=True)
+    assert raised.type is expected
+    (sent,) = server.sent("DELETE", f"training_runs/{RUN}")
+    assert sent.url.params["with_checkpoints"] == "true"

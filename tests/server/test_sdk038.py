@@ -10,9 +10,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
+
+from logits_cli.uri import CheckpointRef
 
 # Runs on SQLite + local directory and on PostgreSQL + S3 (tests/conftest.py).
 TEAM_BACKENDS = True
@@ -262,3 +265,36 @@ def test_cookbook_checkpoint_helpers(server_factory, tmp_path) -> None:
         .fetchone()[0]
     )
     assert open_sessions == 0
+
+
+def test_sdk_cli_publishes_an_already_public_checkpoint_at_once(server_factory) -> None:
+    """Both SDKs retry a 409 for five minutes, whatever x-should-retry says; our server
+    answers a second publish (and unpublish) 204, as the service does (protocol §5.6.5,
+    Appendix A, A31). Each CLI call is given 60 s: a retried 409 would overrun it."""
+    server = server_factory(uri_scheme="tinker", future_poll_hold=2)
+    env = _env(server, "dave")
+    create = (
+        "import tinker\n"
+        "with tinker.ServiceClient() as s:\n"
+        "    t = s.create_lora_training_client(base_model='logits/tiny', rank=4).result()\n"
+        "    print(t.save_state('p').result().path)\n"
+    )
+    path = _run([SDK038, "-c", create], env).strip()
+    ref = CheckpointRef.parse(path)
+    sdks = [SDK038] + ([SDK024] if SDK024 else [])
+    for python in sdks:
+        tinker_cli = str(Path(python).with_name("tinker"))
+        for command, public in (("publish", True), ("unpublish", False)):
+            for attempt in range(2):
+                started = time.monotonic()
+                result = subprocess.run(
+                    [tinker_cli, "checkpoint", command, path],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                )
+                assert result.returncode == 0, (python, command, attempt, result.stderr[-2000:])
+                assert time.monotonic() - started < 30, (python, command, attempt)
+                checkpoint = server.store.get_checkpoint("dave", ref.run_id, ref.kind, ref.name)
+                assert checkpoint.public is public

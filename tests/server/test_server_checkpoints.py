@@ -180,22 +180,24 @@ def test_visibility_matrix(alice: Api, bob: Api, anonymous: Api) -> None:
         assert result.get("code") == expected
 
 
-def test_publish_unpublish_conflicts(alice: Api) -> None:
+def test_publish_and_unpublish_are_idempotent(alice: Api, bob: Api) -> None:
+    """A second publish (or unpublish) answers 204 as the first: both SDKs retry a 409 here
+    for five minutes whatever x-should-retry says (protocol §5.6.5, Appendix A, A31)."""
     model_id = alice.create_model()
     alice.save(model_id, "p")
     publish = f"/api/v1/training_runs/{model_id}/checkpoints/weights/p/publish"
     # The SDK sends body-less calls with a JSON content type and an empty body.
     json_empty = {"Content-Type": "application/json"}
-    assert alice.http.post(publish, headers=json_empty).status_code == 204
-    assert alice.checkpoint(model_id, "weights/p")["public"] is True
-    conflict = alice.http.post(publish, headers=json_empty)
-    assert_error(conflict, 409, "already_public")
-    assert conflict.headers["x-should-retry"] == "false"
-    response = alice.http.delete(publish, headers=json_empty)
-    assert response.status_code == 204 and response.content == b""
-    conflict = alice.http.delete(publish)
-    assert_error(conflict, 409, "already_private")
-    assert conflict.headers["x-should-retry"] == "false"
+    for _ in range(2):
+        response = alice.http.post(publish, headers=json_empty)
+        assert response.status_code == 204 and response.content == b""
+        assert alice.checkpoint(model_id, "weights/p")["public"] is True
+    # Someone else's public checkpoint is still not theirs to publish.
+    assert_error(bob.http.post(publish, headers=json_empty), 404, "not_found")
+    for _ in range(2):
+        response = alice.http.delete(publish, headers=json_empty)
+        assert response.status_code == 204 and response.content == b""
+        assert alice.checkpoint(model_id, "weights/p")["public"] is False
 
 
 def test_ttl_set_remove_and_validation(alice: Api) -> None:
@@ -322,3 +324,31 @@ def test_archive_url_uses_host_public_url_and_root_path(server_factory, store_ba
     assert api.archive_url(model_id, "weights/p").startswith(
         "https://dl.example.org/base/api/v1/blobs/"
     )
+
+
+def test_delete_run_extension(live_server, alice: Api, bob: Api) -> None:
+    """``DELETE training_runs/{id}`` (our extension, protocol §5.5): owner only, refused
+    while a checkpoint or a pending request is left, then the run is gone everywhere."""
+    model_id = alice.create_model()
+    alice.save(model_id, "p")
+    run = f"/api/v1/training_runs/{model_id}"
+    assert_error(bob.http.delete(run, params={"with_checkpoints": "true"}), 404, "not_found")
+    assert_error(alice.http.delete(run), 409, "not_empty")
+    assert_error(
+        alice.http.delete(run, params={"with_checkpoints": "yes"}), 400, "invalid_argument"
+    )
+    store = live_server.store
+    state = store.state_dir(model_id)
+    assert state.is_dir()
+    request_id, _ = store.create_future("alice", operation="save_weights", model_id=model_id)
+    pending = alice.http.delete(run, params={"with_checkpoints": "true"})
+    assert_error(pending, 409, "already_exists")
+    assert "still running" in pending.json()["detail"]
+    store.finish_future(request_id, result={"type": "save_weights", "path": "x"}, failed=False)
+    response = alice.http.delete(run, params={"with_checkpoints": "true"})
+    assert response.status_code == 204 and response.content == b""
+    assert_error(alice.http.get(run), 404, "not_found")
+    assert_error(alice.http.get(f"{run}/checkpoints"), 404, "not_found")
+    assert alice.http.get("/api/v1/checkpoints").json()["checkpoints"] == []
+    assert_error(alice.http.delete(run), 404, "not_found")
+    assert not state.exists()

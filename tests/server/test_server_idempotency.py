@@ -58,11 +58,12 @@ def test_recorded_4xx_replays_and_204_replays(alice: Api) -> None:
     assert alice.http.post(publish, headers=key).status_code == 204
     replay = alice.http.post(publish, headers=key)
     assert replay.status_code == 204 and replay.headers["idempotent-replayed"] == "true"
-    # A 409 is recorded too and replays with its headers.
-    conflict_key = {"X-Idempotency-Key": "publish-2"}
-    assert_error(alice.http.post(publish, headers=conflict_key), 409, "already_public")
-    replayed = alice.http.post(publish, headers=conflict_key)
-    assert_error(replayed, 409, "already_public")
+    # A 409 is recorded too and replays with its headers: a run with a checkpoint left.
+    conflict_key = {"X-Idempotency-Key": "delete-run-1"}
+    delete_run = f"/api/v1/training_runs/{model_id}"
+    assert_error(alice.http.delete(delete_run, headers=conflict_key), 409, "not_empty")
+    replayed = alice.http.delete(delete_run, headers=conflict_key)
+    assert_error(replayed, 409, "not_empty")
     assert replayed.headers["x-should-retry"] == "false"
     assert replayed.headers["idempotent-replayed"] == "true"
 

@@ -18,8 +18,6 @@ import pytest
 
 from logits_cli import models
 from logits_cli.errors import (
-    AlreadyPrivateError,
-    AlreadyPublicError,
     ConfigError,
     ConflictError,
     GoneError,
@@ -400,16 +398,18 @@ def test_listing_order_ties_and_pagination(store: Store, clock: Clock) -> None:
 
 
 def test_publish_unpublish_states(store: Store, clock: Clock) -> None:
+    """Making a checkpoint what it already is succeeds and says nothing changed (A31)."""
     run = make_run(store)
     save(store, clock, "local", run, "a")
-    with pytest.raises(AlreadyPrivateError):
-        store.set_public("local", run, "weights", "a", False)
-    store.set_public("local", run, "weights", "a", True)
+    assert store.set_public("local", run, "weights", "a", False) is False
+    assert store.set_public("local", run, "weights", "a", True) is True
     assert store.get_checkpoint("local", run, "weights", "a").public
-    with pytest.raises(AlreadyPublicError):
-        store.set_public("local", run, "weights", "a", True)
-    store.set_public("local", run, "weights", "a", False)
+    assert store.set_public("local", run, "weights", "a", True) is False
+    assert store.get_checkpoint("local", run, "weights", "a").public
+    assert store.set_public("local", run, "weights", "a", False) is True
     assert not store.get_checkpoint("local", run, "weights", "a").public
+    with pytest.raises(NotFoundError):  # still the owner's alone
+        store.set_public("bob", run, "weights", "a", True)
 
 
 def test_visibility_matrix(store: Store, clock: Clock) -> None:

@@ -166,9 +166,12 @@ def start(
     database_url = server_database(database)
     blobs_url = server_blobs(blobs)
     settings = settings_for(ctx, home=home)
-    typer.echo(store_line(settings.store_dir, database_url, blobs_url), err=True)
-    if not is_loopback(host) and _active_keys(settings.store_dir, database_url) == 0:
-        typer.echo(no_keys_warning(host), err=True)
+
+    def announce() -> None:  # once the store has answered: a failed start is one line
+        typer.echo(store_line(settings.store_dir, database_url, blobs_url), err=True)
+        if not is_loopback(host) and _active_keys(settings.store_dir, database_url) == 0:
+            typer.echo(no_keys_warning(host), err=True)
+
     try:
         run_server(
             settings.home,
@@ -183,6 +186,7 @@ def start(
             database=database_url,
             blobs=blobs_url,
             workers=workers,
+            on_ready=announce,
         )
     except SystemExit as stop:
         if not stop.code:

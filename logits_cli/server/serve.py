@@ -13,7 +13,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -233,15 +233,22 @@ def serve(
     *,
     database: str | None = None,
     workers: int = 1,
+    on_ready: Callable[[], None] | None = None,
 ) -> None:
+    """Serve until stopped. ``on_ready`` runs once the store has answered (and, with
+    workers, the port is bound): what the command says about a server that is starting is
+    not said about one that fails to, whose error is then the only line."""
     configure_logging()
     if workers <= 1:
         check_blobs(settings.blobs)
-        build_server(home, settings, host, port, database=database).run()
+        built = build_server(home, settings, host, port, database=database)
+        if on_ready is not None:
+            on_ready()
+        built.run()
         return
     from .supervisor import serve_workers
 
-    serve_workers(home, settings, host, port, database=database, workers=workers)
+    serve_workers(home, settings, host, port, database=database, workers=workers, on_ready=on_ready)
 
 
 def run_server(
@@ -258,6 +265,7 @@ def run_server(
     database: str | None = None,
     blobs: str | None = None,
     workers: int = 1,
+    on_ready: Callable[[], None] | None = None,
 ) -> None:
     """Entry point of ``logits server start``."""
     settings = ServerSettings(
@@ -269,7 +277,7 @@ def run_server(
         model_configs=model_configs,
         downloads=downloads,
     )
-    serve(home, settings, host, port, database=database, workers=workers)
+    serve(home, settings, host, port, database=database, workers=workers, on_ready=on_ready)
 
 
 @dataclass(frozen=True)

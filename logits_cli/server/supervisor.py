@@ -67,6 +67,7 @@ def serve_workers(
     *,
     database: str | None,
     workers: int,
+    on_ready: Callable[[], None] | None = None,
 ) -> None:
     """``workers`` server processes accepting on one listening socket. Each opens its own
     store after the fork (connections are never shared across processes); they share the
@@ -92,6 +93,8 @@ def serve_workers(
             return worker
 
         supervisor = Supervisor(start, workers)
+        if on_ready is not None:
+            on_ready()
         logger.info("serving on %s:%d with %d processes", host, listener.getsockname()[1], workers)
         supervisor.run()
     finally:

@@ -88,6 +88,10 @@ class SegmentAttempts:
         self.planned = asyncio.Event()
         self.ranges_ignored = False
 
+    def restart(self) -> None:
+        """A new pass over the part file: its first answer plans (or confirms) the journal."""
+        self.planned = asyncio.Event()
+
     def current(self, index: int) -> int:
         """Once the server is found to ignore ``Range``, the whole file is segment 0."""
         return 0 if self.ranges_ignored else index

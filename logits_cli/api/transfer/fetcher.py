@@ -160,7 +160,7 @@ class RangedFetcher:
     async def _fetch_all(self, journal: Journal | None) -> None:
         self._part.begin(journal)
         attempts = self._attempts
-        attempts.planned = asyncio.Event()
+        attempts.restart()
         self._pending.clear()
         self._hasher.start()
         if journal is not None and journal.complete:

@@ -196,7 +196,7 @@ def unpublish(
 
     \b
       logits ckpt unpublish logits://RUN/sampler_weights/final
-      logits ckpt ls --public -q | xargs logits ckpt unpublish
+      logits ckpt ls --public --mine -q | xargs logits ckpt unpublish
     """
     out = Output(json_output=json_output, quiet=quiet)
     _change_visibility(ctx, paths, run, public=False, out=out)

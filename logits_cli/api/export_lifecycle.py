@@ -14,9 +14,11 @@ open (which releases its run), or, if nobody comes back, for the export's TTL to
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import uuid
+import weakref
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -35,6 +37,18 @@ EXPORT_TTL_S = 3600
 # made in, the run, and the export's name (chosen before it is made).
 Record = dict[str, str]
 Recorder = Callable[[Record], None]
+
+# Exports of one client are made one at a time: they share its session, which each finishes
+# once its export exists, and a concurrent one (``sync --jobs N``) must not have its run's
+# session finished between its create-via-load and its save. Downloads still overlap.
+_SESSION_USERS: weakref.WeakKeyDictionary[LogitsClient, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
+def _session_lock(client: LogitsClient) -> asyncio.Lock:
+    lock = _SESSION_USERS.get(client)
+    if lock is None:
+        lock = _SESSION_USERS[client] = asyncio.Lock()
+    return lock
 
 
 def export_kept_until() -> datetime:
@@ -98,22 +112,23 @@ async def make_export(
     """Export ``target`` (a weights/ checkpoint) as an external_weights/ checkpoint; returns
     it and what ``record`` was told (session, run, export name). ``record`` is called before
     each step that leaves something on the server, so a kill leaves the step known."""
-    made_in: Record = {"session": await client.session_id()}
-    try:
-        if record is not None:
-            record(made_in)
-        run_id = await client.create_run_from(target)
-        name = f"export-{target.name[:40]}-{uuid.uuid4().hex[:8]}"
-        made_in |= {"run": run_id, "export_name": name}
-        if record is not None:
-            record(made_in)
-        export = await client.save_external(run_id, name, ttl_seconds=EXPORT_TTL_S)
-    finally:
-        # The run is of no further use (the export holds its own files): finishing the
-        # session frees its state on the service and on our server, which also removes the
-        # run itself with its export.
-        with contextlib.suppress(LogitsError):
-            await client.finish_session(made_in["session"])
+    async with _session_lock(client):
+        made_in: Record = {"session": await client.session_id()}
+        try:
+            if record is not None:
+                record(made_in)
+            run_id = await client.create_run_from(target)
+            name = f"export-{target.name[:40]}-{uuid.uuid4().hex[:8]}"
+            made_in |= {"run": run_id, "export_name": name}
+            if record is not None:
+                record(made_in)
+            export = await client.save_external(run_id, name, ttl_seconds=EXPORT_TTL_S)
+        finally:
+            # The run is of no further use (the export holds its own files): finishing the
+            # session frees its state on the service and on our server, which also removes
+            # the run itself with its export.
+            with contextlib.suppress(LogitsError):
+                await client.finish_session(made_in["session"])
     return export, made_in
 
 
@@ -158,5 +173,6 @@ async def clean_up(client: LogitsClient, export: CheckpointRef) -> None:
     a TTL-bounded export."""
     with contextlib.suppress(LogitsError):
         await client.delete(export)
-    with contextlib.suppress(LogitsError):
-        await client.finish_session()
+    async with _session_lock(client):  # never the session of an export being made
+        with contextlib.suppress(LogitsError):
+            await client.finish_session()

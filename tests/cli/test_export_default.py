@@ -264,3 +264,56 @@ def test_the_cli_names_the_flag_of_a_library_option(current: Any, tmp_path: Path
     taken = invoke(["ckpt", "download", current.weights, "-o", str(tmp_path)])
     assert taken.exit_code == 5
     assert taken.stderr.splitlines()[-1] == "Hint: pass --force to replace it"
+
+
+def test_concurrent_exports_never_finish_a_session_another_export_uses(
+    current: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``sync --jobs 3`` exports three checkpoints of one client: each export's session is
+    finished once its export exists, so a second export must not be mid-way in it."""
+    from logits_cli.api.client import LogitsClient
+
+    async def save_more() -> None:
+        settings = config.resolve(base_url=current.base_url, env={"LOGITS_API_KEY": current.key})
+        async with open_client(settings) as client:
+            for name in ("w2", "w3"):
+                await client.save(current.run, name)
+
+    asyncio.run(save_more())
+    in_flight: dict[str, int] = {}
+    finished_under_an_export: list[str] = []
+    create, save, finish = (
+        LogitsClient.create_run_from,
+        LogitsClient.save_external,
+        LogitsClient.finish_session,
+    )
+
+    session_of_run: dict[str, str] = {}
+
+    async def tracked_create(self: LogitsClient, *args: Any, **kwargs: Any) -> Any:
+        session = await self.session_id()  # the session make_export has just read
+        in_flight[session] = in_flight.get(session, 0) + 1
+        run_id = await create(self, *args, **kwargs)
+        session_of_run[run_id] = session
+        return run_id
+
+    async def tracked_save(self: LogitsClient, run_id: str, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await save(self, run_id, *args, **kwargs)
+        finally:
+            in_flight[session_of_run[run_id]] -= 1
+
+    async def tracked_finish(self: LogitsClient, session_id: str | None = None) -> None:
+        if in_flight.get(session_id or "", 0):
+            finished_under_an_export.append(session_id or "")
+        await finish(self, session_id)
+
+    monkeypatch.setattr(LogitsClient, "create_run_from", tracked_create)
+    monkeypatch.setattr(LogitsClient, "save_external", tracked_save)
+    monkeypatch.setattr(LogitsClient, "finish_session", tracked_finish)
+    result = invoke(["ckpt", "sync", current.run, "-o", str(tmp_path), "--jobs", "3", "--json"])
+    assert result.exit_code == 0, result.stderr
+    statuses = [i["status"] for i in json.loads(result.stdout)["items"]]
+    assert sorted(statuses) == ["downloaded"] * 3 + ["skipped"]
+    assert finished_under_an_export == []
+    assert result.stderr.count("exporting ") == 3

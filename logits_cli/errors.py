@@ -186,6 +186,11 @@ class UnavailableError(LogitsError):
     code = "unavailable"
 
 
+class DatabaseUnavailableError(UnavailableError):
+    """The server's own database did not answer (restarting, a network cut): 503 like any
+    unavailability, and a job that met it may run again once the database is back."""
+
+
 class RateLimitedError(UnavailableError):
     http_status = 429
     code = "rate_limited"

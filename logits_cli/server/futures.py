@@ -18,7 +18,13 @@ from typing import Any
 
 import anyio.to_thread
 
-from logits_cli.errors import JobFailedError, LogitsError, NotFoundError, UnavailableError
+from logits_cli.errors import (
+    DatabaseUnavailableError,
+    JobFailedError,
+    LogitsError,
+    NotFoundError,
+    UnavailableError,
+)
 from logits_cli.store.recovery import recover
 from logits_cli.store.store import FutureRecord, Store
 
@@ -71,6 +77,9 @@ class FutureRunner:
         self._waiters: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
         self._takeover: threading.Thread | None = None
         self._stop_takeover = threading.Event()
+        # Served mode (start_takeover): how a resumable job is built again, to run it once
+        # more when the database went away under it (a save whose commit met a restart).
+        self._rebuild: Callable[[dict[str, Any]], Job] | None = None
 
     async def submit(
         self,
@@ -101,7 +110,7 @@ class FutureRunner:
             if self._inline:
                 await anyio.to_thread.run_sync(self._execute, request_id, job)
             else:
-                self._worker_pool().submit(self._execute, request_id, job)
+                self._worker_pool().submit(self._execute, request_id, job, resumable)
         return request_id
 
     async def wait(self, user_id: str, request_id: str, *, hold: float) -> FutureRecord:
@@ -137,6 +146,7 @@ class FutureRunner:
         from live ones (on PostgreSQL a lease after it starts: ``Store.liveness_settled``);
         before that it left everything alone."""
         self._stop_takeover = threading.Event()
+        self._rebuild = build
 
         def loop() -> None:
             recovered = False
@@ -161,7 +171,9 @@ class FutureRunner:
                     continue
                 for request_id, spec in claimed:
                     logger.info("taking over future %s of a dead server process", request_id)
-                    self._worker_pool().submit(self._execute, request_id, _deferred(build, spec))
+                    self._worker_pool().submit(
+                        self._execute, request_id, _deferred(build, spec), spec
+                    )
 
         self._takeover = threading.Thread(target=loop, name="logits-takeover", daemon=True)
         self._takeover.start()
@@ -185,15 +197,40 @@ class FutureRunner:
                 self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="logits-future")
             return self._pool
 
-    def _execute(self, request_id: str, job: Job) -> None:
+    def _execute(self, request_id: str, job: Job, spec: dict[str, Any] | None = None) -> None:
         try:
-            result, failed = job(), False
+            result, failed = self._run(job, spec), False
         except Exception as exc:
             result, failed = failure_result(exc), True
             if not isinstance(exc, LogitsError) and result["code"] == "internal":
                 logger.error("future %s failed unexpectedly", request_id, exc_info=exc)
         self._record(request_id, result, failed)
         self._notify(request_id)
+
+    def _run(self, job: Job, spec: dict[str, Any] | None) -> dict[str, Any]:
+        """``job``'s result. A resumable job that met its database away (PostgreSQL
+        restarting while a save wrote its archive) runs again, as a takeover would run it
+        (a checkpoint committed meanwhile is its own), for up to ``_RECORD_OUTCOME_SECONDS``
+        with pauses of up to 5 s: the client polling it would otherwise be told to send a
+        save again that this live process can finish."""
+        deadline = time.monotonic() + _RECORD_OUTCOME_SECONDS
+        pause = 0.25
+        while True:
+            try:
+                return job()
+            except DatabaseUnavailableError as exc:
+                rebuild = self._rebuild
+                if (
+                    spec is None
+                    or rebuild is None
+                    or time.monotonic() + pause > deadline
+                    or self._stop_takeover.is_set()
+                ):
+                    raise
+                logger.warning("a job met its database away, running it again: %s", exc)
+                job = _deferred(rebuild, spec)
+            time.sleep(pause)
+            pause = min(pause * 2, 5.0)
 
     def _record(self, request_id: str, result: dict[str, Any], failed: bool) -> None:
         """Write the outcome, retrying for ``_RECORD_OUTCOME_SECONDS`` while the store

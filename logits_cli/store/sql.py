@@ -30,7 +30,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from logits_cli.errors import ConfigError, UnavailableError, UsageError
+from logits_cli.errors import ConfigError, DatabaseUnavailableError, UsageError
 from logits_cli.store import liveness
 
 logger = logging.getLogger("logits.store")
@@ -195,11 +195,11 @@ def _connect(url: str, **options: Any) -> Connection:
         raise ConfigError(f"cannot connect to the store's PostgreSQL database: {reason}") from exc
 
 
-def database_unavailable() -> UnavailableError:
+def database_unavailable() -> DatabaseUnavailableError:
     """What a request learns of a database it cannot reach: 503 with Retry-After, which
     clients retry (then exit 6), and not a word of where the database is (the reason,
     with host and port, goes to the server's log)."""
-    return UnavailableError("the store's database is not reachable; retry shortly")
+    return DatabaseUnavailableError("the store's database is not reachable; retry shortly")
 
 
 @contextmanager

@@ -214,3 +214,46 @@ def test_what_a_killed_predecessor_left_is_swept_once_the_new_process_can_tell(
             assert time.monotonic() < deadline, "a dead process's temp file was never swept"
             time.sleep(0.05)
         assert running.store.liveness_settled()
+
+
+def test_a_resumable_job_that_met_its_database_away_runs_again_as_taken_over(
+    tmp_path: Path,
+) -> None:
+    """The commit of a save can meet PostgreSQL restarting (the restart test above, when the
+    archive is written before the database is back): the live process runs the save again
+    as a takeover would, rather than telling its client to send it again."""
+    import asyncio
+
+    from logits_cli.errors import DatabaseUnavailableError
+    from logits_cli.server.futures import FutureRunner
+
+    store = Store.open(tmp_path / "store")
+    runner = FutureRunner(store, inline=False, workers=1)
+    rebuilt: list[dict[str, Any]] = []
+
+    def first_run() -> dict[str, Any]:
+        raise DatabaseUnavailableError("the store's database is not reachable; retry shortly")
+
+    def rebuild(spec: dict[str, Any]) -> Any:
+        rebuilt.append(spec)
+        return lambda: {"type": "save_weights", "path": spec["path"]}
+
+    async def scenario() -> Any:
+        request_id = await runner.submit(
+            "local",
+            operation="save_weights",
+            model_id=None,
+            job=first_run,
+            resumable={"path": "logits://r/weights/k"},
+        )
+        return await runner.wait("local", request_id, hold=30.0)
+
+    try:
+        runner.start_takeover(rebuild, interval=3600.0)
+        record = asyncio.run(scenario())
+    finally:
+        runner.close()
+        store.close()
+    assert record.status == "done", record
+    assert record.result == {"type": "save_weights", "path": "logits://r/weights/k"}
+    assert rebuilt == [{"path": "logits://r/weights/k"}]

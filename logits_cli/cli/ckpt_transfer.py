@@ -132,7 +132,7 @@ def download(
 
     \b
       logits ckpt download logits://RUN/weights/step_1000 -o ./ckpts
-      logits ckpt download logits://RUN/weights/step_1000 --adapter-only -o ./serve
+      logits ckpt download logits://RUN/weights/step_1000 --adapter-only -o serve
       logits ckpt download logits://RUN/weights/@latest --archive-only -o last.tar
       logits ckpt download logits://RUN/weights/final -o - | tar -t
       logits ckpt ls -q RUN | xargs logits ckpt download -o ./ckpts

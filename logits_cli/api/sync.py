@@ -66,7 +66,7 @@ from logits_cli.api.sync_items import (
 from logits_cli.api.verify import MANIFEST_NAME, damaged_files, missing_content
 from logits_cli.diskio import release_lock_file, try_lock_file
 from logits_cli.errors import BusyError, LogitsError, UnsupportedError, UsageError
-from logits_cli.uri import KINDS, CheckpointRef, validate_run_id
+from logits_cli.uri import KINDS, SCHEMES, CheckpointRef, validate_run_id
 
 LOCK_NAME = ".logits-sync.lock"
 LOCK_POLL_S = 0.2
@@ -236,10 +236,10 @@ async def _sync(
             # What this deployment cannot offer (sampler checkpoints on the files generation)
             # is no failure of tonight's run; a weights/ checkpoint not exported because
             # exports are off is a skip the summary counts apart (``not_exported``).
-            item.status, item.error = "skipped", _skip_reason(error, planned.ref)
+            item.status, item.error = "skipped", _reason(error, planned.ref)
             item.needs_export = error.option == "allow_export"
         except LogitsError as error:
-            item.status, item.error = "failed", str(error)
+            item.status, item.error = "failed", _reason(error, planned.ref)
         else:
             item.status = "present" if result.skipped else "downloaded"
             item.bytes_fetched = result.bytes_fetched
@@ -250,10 +250,13 @@ async def _sync(
     return items
 
 
-def _skip_reason(error: UnsupportedError, ref: CheckpointRef) -> str:
-    """Why an item is skipped, without its path (the log line names it once)."""
-    prefix = f"{ref}: "
-    return error.message.removeprefix(prefix)
+def _reason(error: LogitsError, ref: CheckpointRef) -> str:
+    """Why an item was skipped or failed, without its path: the item names it, and its log
+    line names it once."""
+    message = error.message
+    for form in dict.fromkeys(str(ref.with_scheme(scheme)) for scheme in SCHEMES):
+        message = message.removeprefix(f"{form}: ").replace(f" {form}", "")
+    return message
 
 
 def _left(deadline: float | None) -> float | None:

@@ -317,3 +317,24 @@ def test_concurrent_exports_never_finish_a_session_another_export_uses(
     assert sorted(statuses) == ["downloaded"] * 3 + ["skipped"]
     assert finished_under_an_export == []
     assert result.stderr.count("exporting ") == 3
+
+
+def test_a_sync_item_that_fails_names_its_path_once(
+    current: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint deleted between the listing and its download (a real not-found)."""
+    from logits_cli.api.client import LogitsClient
+
+    download = LogitsClient.download
+
+    async def deleted_first(self: LogitsClient, ref: CheckpointRef, *args: Any, **kw: Any) -> Any:
+        if ref.kind == "weights":
+            await self.delete(ref)
+        return await download(self, ref, *args, **kw)
+
+    monkeypatch.setattr(LogitsClient, "download", deleted_first)
+    result = invoke(["ckpt", "sync", current.run, "-o", str(tmp_path)])
+    assert result.exit_code == 8
+    (failed,) = [line for line in result.stderr.splitlines() if " failed " in line]
+    target = checkpoint_dir(tmp_path, CheckpointRef.parse(current.weights))
+    assert failed.split(" ", 1)[1] == f"failed {current.weights} -> {target}: checkpoint not found"

@@ -10,6 +10,22 @@ from typing import Any
 
 import pytest
 
+# Read once at import: ``isolated_env`` clears every LOGITS_* variable before each test.
+# The torch venv (.ci/run's .venv-torch: torch, transformers, peft, tinker-cookbook 0.6.1)
+# runs driver scripts as subprocesses; this package never imports torch.
+TORCH_PYTHON = os.environ.get("LOGITS_TORCH_PYTHON")
+REQUIRE_TEAM_SERVICES = os.environ.get("LOGITS_REQUIRE_TEAM_SERVICES") == "1"
+
+
+@pytest.fixture(scope="session")
+def torch_python() -> str:
+    """The torch venv's python; skips without it, fails in CI (LOGITS_REQUIRE_TEAM_SERVICES=1)."""
+    if not TORCH_PYTHON:
+        if REQUIRE_TEAM_SERVICES:
+            pytest.fail("LOGITS_TORCH_PYTHON (the .venv-torch python) is required here")
+        pytest.skip("LOGITS_TORCH_PYTHON (the .venv-torch python) is not set")
+    return TORCH_PYTHON
+
 
 @pytest.fixture(autouse=True)
 def isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:

@@ -38,8 +38,9 @@ class LogitsError(Exception):
         self.message = message
         self.hint = hint
         # The library option (a field of DownloadOptions, SyncOptions, …) whose setting
-        # caused this error or would avoid it: the library never names command-line flags,
-        # the CLI's error decorator turns this into its flag hint (cli/failures.py).
+        # caused this error or would avoid it, or the operation the deployment refused
+        # (delete_run): the library never names command-line flags, the CLI's error
+        # decorator turns this into its flag hint (cli/failures.py).
         self.option = option
 
     def __str__(self) -> str:

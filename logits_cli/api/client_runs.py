@@ -116,5 +116,6 @@ def _no_run_deletion() -> UnsupportedError:
     return UnsupportedError(
         "this deployment cannot delete training runs (no DELETE /api/v1/training_runs/RUN)",
         hint="only a logits server offers it; the service keeps runs (their checkpoints can"
-        " be deleted with `logits ckpt rm --run RUN`)",
+        " be deleted one by one)",
+        option="delete_run",
     )

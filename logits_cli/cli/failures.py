@@ -41,6 +41,8 @@ _FLAG_HINTS: dict[tuple[str, str | None], str] = {
     ("adapter_only", None): "drop --adapter-only to install the whole checkpoint",
     ("force", None): "pass --force to replace it",
     ("lock_wait", None): "let it finish, or pass --lock-wait 10m to wait for it",
+    ("delete_run", None): "only a logits server offers it; the service keeps runs (their "
+    "checkpoints can be deleted with `logits ckpt rm --run RUN`)",
 }
 
 _command_name: str | None = None

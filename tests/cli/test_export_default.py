@@ -338,3 +338,25 @@ def test_a_sync_item_that_fails_names_its_path_once(
     (failed,) = [line for line in result.stderr.splitlines() if " failed " in line]
     target = checkpoint_dir(tmp_path, CheckpointRef.parse(current.weights))
     assert failed.split(" ", 1)[1] == f"failed {current.weights} -> {target}: checkpoint not found"
+
+
+def test_download_no_export_of_several_exits_10_only_when_every_failure_is_that(
+    current: Any, tmp_path: Path
+) -> None:
+    async def save_w2() -> None:
+        settings = config.resolve(base_url=current.base_url, env={"LOGITS_API_KEY": current.key})
+        async with open_client(settings) as client:
+            await client.save(current.run, "w2")
+
+    asyncio.run(save_w2())
+    args = ["ckpt", "download", "--run", current.run, "--no-export", "-o", str(tmp_path)]
+    both = invoke([*args, "w1", "w2"])
+    assert (both.exit_code, both.stdout) == (10, "")
+    assert both.stderr.splitlines()[-2:] == [
+        "Error: 2 of 2 checkpoints could not be downloaded: this deployment downloads them "
+        "only through an export, and --no-export was given",
+        EXPORT_HINT,
+    ]
+    mixed = invoke([*args, "w1", "sampler_weights/step_1000_s"])
+    assert mixed.exit_code == 8
+    assert mixed.stderr.splitlines()[-1] == "Error: 2 of 2 checkpoints could not be downloaded"

@@ -243,4 +243,26 @@ def answer_without_typer(environ: Mapping[str, str]) -> str | None:
     incomplete = words[cword] if cword < len(words) else ""
     if incomplete.startswith(URI_PREFIXES):
         return "\n".join(complete_path(incomplete))
+    if _is_bare_path_word(words, cword, incomplete):
+        bare = complete_bare_name(incomplete, _default_run(environ))
+        if bare:  # else Typer answers (URIs of every run, say)
+            return "\n".join(bare)
     return None
+
+
+# The ``ckpt`` commands whose positional arguments are checkpoint paths.
+PATH_COMMANDS = frozenset({"download", "info", "url", "publish", "unpublish", "ttl", "rm", "load"})
+
+
+def _is_bare_path_word(words: list[str], cword: int, incomplete: str) -> bool:
+    """Whether the word being completed is surely a PATH argument of a ``ckpt`` command: not
+    an option, and not after one without ``=`` (it may be that option's value: ``-o DIR``,
+    ``--set 7d``; those words are left to Typer, which knows the options)."""
+    return (
+        cword >= 3
+        and words[1:2] == ["ckpt"]
+        and len(words) > 2
+        and words[2] in PATH_COMMANDS
+        and not incomplete.startswith("-")
+        and not (words[cword - 1].startswith("-") and "=" not in words[cword - 1])
+    )

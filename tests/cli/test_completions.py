@@ -127,6 +127,40 @@ def test_the_fast_uri_answer_is_the_one_typer_gives(isolated_env: Path, words: s
     assert fast.split(), "the cache has candidates for each of these words"
 
 
+@pytest.mark.parametrize(
+    "words",
+    [
+        "logits ckpt download s",
+        "logits ckpt info sam",
+        "logits ckpt rm w",
+        "logits ckpt url --run run-b ",
+        "logits ckpt download --run=run-b o",
+    ],
+)
+def test_the_fast_bare_name_answer_is_the_one_typer_gives(
+    isolated_env: Path, monkeypatch: pytest.MonkeyPatch, words: str
+) -> None:
+    """Bare NAME and KIND/NAME of $LOGITS_RUN (or the line's --run) are answered before
+    Typer loads, and say what Typer would; after an option (maybe its value) Typer answers."""
+    remember(
+        isolated_env,
+        paths=[
+            "tinker://run-a/weights/step_1",
+            "tinker://run-a/sampler_weights/sam_1",
+            "logits://run-b/weights/other",
+        ],
+    )
+    monkeypatch.setenv("LOGITS_RUN", "run-a")
+    cword = str(len(words.split(" ")) - 1)
+    env = {"_LOGITS_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": cword}
+    through_typer = CliRunner().invoke(app, [], env=env, prog_name="logits").stdout
+    fast = answer_without_typer(env)
+    assert fast is not None and fast.split() == through_typer.split()
+    assert fast.split(), "the cache has candidates for each of these words"
+    after_an_option = {**env, "COMP_WORDS": "logits ckpt download -o s", "COMP_CWORD": "4"}
+    assert answer_without_typer(after_an_option) is None
+
+
 def test_command_and_option_names_are_typers_own_completion(isolated_env: Path) -> None:
     """No table of names is kept beside the app: a TAB on a command or option name is left
     to Typer, which answers it from the command tree itself (every group and command)."""

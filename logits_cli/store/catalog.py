@@ -24,9 +24,6 @@ _MAX_CONFIG_BYTES = 4 << 20  # a config.json is a few kB; a vision model's a few
 FULL_ATTENTION = "full_attention"
 LINEAR_ATTENTION = "linear_attention"
 _ATTENTION_KINDS = {FULL_ATTENTION, "sliding_attention", "attention", LINEAR_ATTENTION}
-# Qwen3-Next fuses its Gated DeltaNet input projections (in_proj_qkvz, in_proj_ba); Qwen3.5
-# splits them (in_proj_qkv, in_proj_z, in_proj_b, in_proj_a).
-_FUSED_LINEAR_ATTENTION = {"qwen3_next"}
 # Multi-head latent attention (q_a_proj, kv_a_proj_with_mqa, …) has other modules entirely.
 _LATENT_ATTENTION_KEYS = ("kv_lora_rank", "q_lora_rank")
 
@@ -37,7 +34,10 @@ class ModelShape:
 
     ``layer_types`` names each layer's token mixer (``full_attention``, ``sliding_attention``
     or ``linear_attention``); ``moe_layers`` marks the layers whose MLP is a mixture of
-    experts. Empty tuples mean "every layer full attention" and "no experts".
+    experts. Empty tuples mean "every layer full attention" and "no experts". What follows
+    from the architecture alone (an output-gated query, the attention module's name, how
+    linear attention is projected) is looked up from ``arch`` in families.py, never read
+    from optional config keys.
     """
 
     name: str
@@ -51,12 +51,10 @@ class ModelShape:
     vocab_size: int
     max_context_length: int
     layer_types: tuple[str, ...] = ()
-    attn_output_gate: bool = False
     linear_num_key_heads: int = 0
     linear_num_value_heads: int = 0
     linear_key_head_dim: int = 0
     linear_value_head_dim: int = 0
-    fused_linear_projections: bool = False
     num_experts: int = 0
     moe_intermediate_size: int = 0
     moe_layers: tuple[bool, ...] = ()
@@ -158,12 +156,10 @@ def shape_from_config(config: Mapping[str, Any], name: str, source: str = "") ->
         vocab_size=_int(config, "vocab_size", name),
         max_context_length=_int(config, "max_position_embeddings", name),
         layer_types=layer_types if any(k != FULL_ATTENTION for k in layer_types) else (),
-        attn_output_gate=bool(config.get("attn_output_gate", arch in _FUSED_LINEAR_ATTENTION)),
         linear_num_key_heads=_int(config, "linear_num_key_heads", name) if linear else 0,
         linear_num_value_heads=_int(config, "linear_num_value_heads", name) if linear else 0,
         linear_key_head_dim=_int(config, "linear_key_head_dim", name) if linear else 0,
         linear_value_head_dim=_int(config, "linear_value_head_dim", name) if linear else 0,
-        fused_linear_projections=linear and arch in _FUSED_LINEAR_ATTENTION,
         num_experts=num_experts,
         moe_intermediate_size=moe_intermediate,
         moe_layers=moe_layers,

@@ -1,18 +1,20 @@
 """Which modules a LoRA adapter covers on a base model, and the shape of each tensor.
 
-Module paths follow the Hugging Face model code of each family (docs/protocol.md §7.3):
+Names and shapes are those of the service's raw format (docs/protocol.md §7.3; the
+per-family rules and where each comes from are in families.py):
 
-* full or sliding-window attention: ``self_attn.{q,k,v,o}_proj``; with an output gate
-  (Qwen3.5, Qwen3-Next) ``q_proj`` also produces the gate, so it is twice as wide;
-* Gated DeltaNet linear attention: ``linear_attn.{in_proj_qkv,in_proj_z,in_proj_b,in_proj_a,
-  out_proj}`` (Qwen3.5), or the fused ``in_proj_qkvz`` and ``in_proj_ba`` (Qwen3-Next);
+* attention: ``self_attn.{q,k,v,o}_proj`` (``attn.`` for GPT-OSS); in the gated families
+  (Qwen3.5, Qwen3-Next) ``q_proj`` also produces the output gate, so it is twice as wide;
+* Gated DeltaNet linear attention (Qwen3.5): ``linear_attn.{in_proj_q,in_proj_k,in_proj_v,
+  in_proj_z,out_proj}``, the fused ``in_proj_qkv`` split as the service trains it;
 * dense MLP: ``mlp.{gate,up,down}_proj``; a shared expert: ``mlp.shared_expert.*``;
 * routed experts: one stacked tensor per projection for all experts, ``mlp.experts.w1``
-  (gate), ``w3`` (up) and ``w2`` (down), shaped ``(experts, …)``: the form the service's
-  adapters take and tinker-cookbook's merge script reads. The input side of ``w1``/``w3``
-  (A) and the output side of ``w2`` (B) are shared by all experts (leading dimension 1),
-  since every expert reads and writes the same hidden state; the script broadcasts them.
-* ``lm_head`` for the unembedding.
+  (gate), ``w3`` (up) and ``w2`` (down), shaped ``(experts, …)``. The input side of
+  ``w1``/``w3`` (A) and the output side of ``w2`` (B) are shared by all experts (leading
+  dimension 1), since every expert reads and writes the same hidden state; converters
+  broadcast them (tinker-cookbook weights/_merge.py:257-290, expand_expert_lora_tensors);
+* ``model.unembed_tokens`` for the unembedding (converters map it to ``lm_head``, or to
+  ``embed_tokens`` when embeddings are tied).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 
 from logits_cli import models
 from logits_cli.store.catalog import LINEAR_ATTENTION, ModelShape
+from logits_cli.store.families import UNEMBED_MODULE, family_for, linear_attention_projections
 
 TENSOR_PREFIX = "base_model.model."
 
@@ -44,31 +47,24 @@ class ExpertModule:
 
 def _attention(shape: ModelShape, layer: int) -> list[tuple[str, int, int]]:
     hidden = shape.hidden_size
+    family = family_for(shape.arch)
     if shape.layer_type(layer) == LINEAR_ATTENTION:
-        key_width = shape.linear_num_key_heads * shape.linear_key_head_dim
-        value_width = shape.linear_num_value_heads * shape.linear_value_head_dim
-        value_heads = shape.linear_num_value_heads
-        if shape.fused_linear_projections:
-            projections = [
-                ("in_proj_qkvz", hidden, 2 * key_width + 2 * value_width),
-                ("in_proj_ba", hidden, 2 * value_heads),
-            ]
-        else:
-            projections = [
-                ("in_proj_qkv", hidden, 2 * key_width + value_width),
-                ("in_proj_z", hidden, value_width),
-                ("in_proj_b", hidden, value_heads),
-                ("in_proj_a", hidden, value_heads),
-            ]
-        projections.append(("out_proj", value_width, hidden))
+        projections = linear_attention_projections(
+            family,
+            hidden,
+            key_width=shape.linear_num_key_heads * shape.linear_key_head_dim,
+            value_width=shape.linear_num_value_heads * shape.linear_value_head_dim,
+            value_heads=shape.linear_num_value_heads,
+        )
         return [(f"linear_attn.{name}", i, o) for name, i, o in projections]
     query_width = shape.num_attention_heads * shape.head_dim
     kv_width = shape.num_key_value_heads * shape.head_dim
+    attn = family.attention
     return [
-        ("self_attn.q_proj", hidden, query_width * (2 if shape.attn_output_gate else 1)),
-        ("self_attn.k_proj", hidden, kv_width),
-        ("self_attn.v_proj", hidden, kv_width),
-        ("self_attn.o_proj", query_width, hidden),
+        (f"{attn}.q_proj", hidden, query_width * (2 if family.gated_query else 1)),
+        (f"{attn}.k_proj", hidden, kv_width),
+        (f"{attn}.v_proj", hidden, kv_width),
+        (f"{attn}.o_proj", query_width, hidden),
     ]
 
 
@@ -101,7 +97,7 @@ def adapter_modules(shape: ModelShape, lora: models.LoraConfig) -> dict[str, tup
         for suffix, in_features, out_features in per_layer:
             modules[f"model.layers.{layer}.{suffix}"] = (in_features, out_features)
     if lora.train_unembed:
-        modules["lm_head"] = (shape.hidden_size, shape.vocab_size)
+        modules[UNEMBED_MODULE] = (shape.hidden_size, shape.vocab_size)
     return dict(sorted(modules.items()))
 
 

@@ -98,9 +98,9 @@ def test_model_config_adds_models_to_a_server(server_factory, tmp_path: Path, mo
         "down_proj",
         "gate_proj",
         "k_proj",
-        "lm_head",
         "o_proj",
         "q_proj",
+        "unembed_tokens",
         "up_proj",
         "v_proj",
     ]

@@ -85,7 +85,10 @@ def test_dense_lora_shapes_follow_the_config(name: str) -> None:
     assert tensors[f"{prefix}.self_attn.k_proj.lora_B.weight"] == (kv_heads * head_dim, 8)
     assert tensors[f"{prefix}.self_attn.o_proj.lora_A.weight"] == (8, heads * head_dim)
     assert tensors[f"{prefix}.mlp.down_proj.lora_A.weight"] == (8, inner)
-    assert tensors["base_model.model.lm_head.lora_B.weight"] == (config["vocab_size"], 8)
+    assert tensors["base_model.model.model.unembed_tokens.lora_B.weight"] == (
+        config["vocab_size"],
+        8,
+    )
     assert len(tensors) == 2 * (7 * config["num_hidden_layers"] + 1)
     assert model.max_context_length == config["max_position_embeddings"]
 
@@ -99,10 +102,10 @@ def test_qwen35_4b_has_gated_deltanet_and_gated_attention_layers() -> None:
     modules = layout.adapter_modules(model, FULL)
     linear = {p.split(".", 3)[3] for p in modules if p.startswith("model.layers.0.")}
     assert linear == {
-        "linear_attn.in_proj_qkv",
+        "linear_attn.in_proj_q",
+        "linear_attn.in_proj_k",
+        "linear_attn.in_proj_v",
         "linear_attn.in_proj_z",
-        "linear_attn.in_proj_b",
-        "linear_attn.in_proj_a",
         "linear_attn.out_proj",
         "mlp.gate_proj",
         "mlp.up_proj",
@@ -120,9 +123,10 @@ def test_qwen35_4b_has_gated_deltanet_and_gated_attention_layers() -> None:
     }
     # 16 QK heads and 32 V heads of 128 in the DeltaNet; 16 Q / 4 KV heads of 256 with an
     # output gate in the attention layers (every fourth).
-    assert modules["model.layers.0.linear_attn.in_proj_qkv"] == (2560, 2 * 16 * 128 + 32 * 128)
+    assert modules["model.layers.0.linear_attn.in_proj_q"] == (2560, 16 * 128)
+    assert modules["model.layers.0.linear_attn.in_proj_k"] == (2560, 16 * 128)
+    assert modules["model.layers.0.linear_attn.in_proj_v"] == (2560, 32 * 128)
     assert modules["model.layers.0.linear_attn.in_proj_z"] == (2560, 32 * 128)
-    assert modules["model.layers.0.linear_attn.in_proj_b"] == (2560, 32)
     assert modules["model.layers.0.linear_attn.out_proj"] == (32 * 128, 2560)
     assert modules["model.layers.3.self_attn.q_proj"] == (2560, 2 * 16 * 256)
     assert modules["model.layers.3.self_attn.k_proj"] == (2560, 4 * 256)
@@ -130,7 +134,7 @@ def test_qwen35_4b_has_gated_deltanet_and_gated_attention_layers() -> None:
     assert modules["model.layers.31.mlp.down_proj"] == (9216, 2560)
     attention_layers = {int(p.split(".")[2]) for p in modules if ".self_attn." in p}
     assert attention_layers == {3, 7, 11, 15, 19, 23, 27, 31}
-    assert modules["lm_head"] == (2560, 248320)
+    assert modules["model.unembed_tokens"] == (2560, 248320)
 
 
 def test_qwen3_next_style_config_gets_the_fused_projections() -> None:
@@ -183,9 +187,9 @@ def test_qwen3_moe_gets_stacked_expert_projections() -> None:
     )
     assert layout.target_modules(model, FULL) == [
         "k_proj",
-        "lm_head",
         "o_proj",
         "q_proj",
+        "unembed_tokens",
         "v_proj",
         "w1",
         "w2",
@@ -200,7 +204,7 @@ def test_gpt_oss_experts_use_intermediate_size_and_every_layer_is_moe() -> None:
     assert experts["model.layers.23.mlp.experts.w2"] == layout.ExpertModule(
         32, 2880, 2880, False, True
     )
-    assert layout.adapter_modules(model, FULL)["model.layers.0.self_attn.q_proj"] == (
+    assert layout.adapter_modules(model, FULL)["model.layers.0.attn.q_proj"] == (
         2880,
         64 * 64,
     )
@@ -237,7 +241,6 @@ def test_moe_live_state_has_the_stacked_shapes(tmp_path: Path) -> None:
         "num_attention_heads": 2,
         "num_key_value_heads": 1,
         "head_dim": 8,
-        "attn_output_gate": True,
         "layer_types": ["linear_attention", "full_attention"],
         "linear_num_key_heads": 2,
         "linear_num_value_heads": 4,
@@ -269,10 +272,10 @@ def test_moe_live_state_has_the_stacked_shapes(tmp_path: Path) -> None:
     written = lora.read_adapter_config(tmp_path)
     assert written["target_modules"] == sorted(
         {
-            "in_proj_qkv",
+            "in_proj_q",
+            "in_proj_k",
+            "in_proj_v",
             "in_proj_z",
-            "in_proj_a",
-            "in_proj_b",
             "out_proj",
             "q_proj",
             "k_proj",
@@ -284,7 +287,7 @@ def test_moe_live_state_has_the_stacked_shapes(tmp_path: Path) -> None:
             "w1",
             "w2",
             "w3",
-            "lm_head",
+            "unembed_tokens",
         }
     )
     with open(tmp_path / lora.ADAPTER_MODEL, "rb") as handle:

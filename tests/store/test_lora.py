@@ -37,9 +37,9 @@ TINY_ADAPTER_CONFIG = """\
     "down_proj",
     "gate_proj",
     "k_proj",
-    "lm_head",
     "o_proj",
     "q_proj",
+    "unembed_tokens",
     "up_proj",
     "v_proj"
   ],
@@ -124,7 +124,7 @@ def test_adapter_modules_of_qwen3_8b() -> None:
     assert modules["model.layers.7.mlp.gate_proj"] == (4096, 12288)
     assert modules["model.layers.7.mlp.up_proj"] == (4096, 12288)
     assert modules["model.layers.7.mlp.down_proj"] == (12288, 4096)
-    assert modules["lm_head"] == (4096, 151936)
+    assert modules["model.unembed_tokens"] == (4096, 151936)
 
 
 def test_adapter_modules_follow_the_train_flags() -> None:
@@ -139,9 +139,9 @@ def test_adapter_modules_follow_the_train_flags() -> None:
     assert attn["model.layers.15.self_attn.q_proj"] == (2048, 2048)
     assert attn["model.layers.15.self_attn.k_proj"] == (2048, 512)
     assert attn["model.layers.15.self_attn.o_proj"] == (2048, 2048)
-    assert "lm_head" not in attn
+    assert "model.unembed_tokens" not in attn
     unembed = layout.adapter_modules(shape, models.LoraConfig(train_attn=False, train_mlp=False))
-    assert unembed == {"lm_head": (2048, 128256)}
+    assert unembed == {"model.unembed_tokens": (2048, 128256)}
 
 
 # -- init_state ---------------------------------------------------------------------------
@@ -157,7 +157,7 @@ def test_adapter_config_lists_only_trained_modules(tmp_path: Path) -> None:
     config = models.LoraConfig(rank=8, train_mlp=False)
     lora.init_state(tmp_path, "Qwen/Qwen3-0.6B", config.model_copy(update={"train_attn": False}))
     written = lora.read_adapter_config(tmp_path / lora.ADAPTER_CONFIG)
-    assert written["target_modules"] == ["lm_head"]
+    assert written["target_modules"] == ["unembed_tokens"]
     assert written["r"] == 8
     assert written["base_model_name_or_path"] == "Qwen/Qwen3-0.6B"
 
@@ -179,8 +179,8 @@ def test_adapter_tensors(tmp_path: Path) -> None:
         f"{prefix}.mlp.up_proj.lora_B.weight": (128, 4),
         f"{prefix}.mlp.down_proj.lora_A.weight": (4, 128),
         f"{prefix}.mlp.down_proj.lora_B.weight": (64, 4),
-        "base_model.model.lm_head.lora_A.weight": (4, 64),
-        "base_model.model.lm_head.lora_B.weight": (256, 4),
+        "base_model.model.model.unembed_tokens.lora_A.weight": (4, 64),
+        "base_model.model.model.unembed_tokens.lora_B.weight": (256, 4),
     }
     for name, tensor_shape in expected_shapes.items():
         assert tensors[name].shape == tensor_shape, name

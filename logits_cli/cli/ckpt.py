@@ -13,7 +13,14 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from logits_cli import errors
-from logits_cli.cli import ckpt_list, ckpt_retention, ckpt_sharing, ckpt_sync, ckpt_transfer
+from logits_cli.cli import (
+    ckpt_export,
+    ckpt_list,
+    ckpt_retention,
+    ckpt_sharing,
+    ckpt_sync,
+    ckpt_transfer,
+)
 from logits_cli.cli.ckpt_render import (
     INFO_FIELDS,
     checkpoint_json,
@@ -251,3 +258,8 @@ app.command()(ckpt_retention.ttl)
 app.command()(ckpt_transfer.download)
 app.command()(ckpt_sync.sync)
 app.command()(ckpt_transfer.verify)
+
+
+# -- export (ckpt_export) -------------------------------------------------------------------
+
+app.command()(ckpt_export.export)

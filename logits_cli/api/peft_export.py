@@ -16,7 +16,6 @@ import json
 import shutil
 import tempfile
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -212,8 +211,9 @@ def export_manifest(
             "base_model": facts.name,
             "base_model_facts": facts.source,
             "dtype": dtype or "source",
+            # No time of day: the same checkpoint exported again is the same bytes, so
+            # push-hf of unchanged content makes no new commit.
             "tool": f"logits {__version__}",
-            "at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         },
     }
 

@@ -1,6 +1,6 @@
 """``logits ckpt …``: save, load, list, inspect; URLs and publishing (``ckpt_sharing``),
 expire and delete (``ckpt_retention``), download and verify (``ckpt_transfer``), sync
-(``ckpt_sync``).
+(``ckpt_sync``), export and push-hf for serving (``ckpt_export``, ``ckpt_push``).
 
 Each command parses its input, makes its calls inside one ``call_api`` session, and renders
 the result. Rendering lives in ``ckpt_render``, path parsing and bulk selection in
@@ -16,6 +16,7 @@ from logits_cli import errors
 from logits_cli.cli import (
     ckpt_export,
     ckpt_list,
+    ckpt_push,
     ckpt_retention,
     ckpt_sharing,
     ckpt_sync,
@@ -260,6 +261,7 @@ app.command()(ckpt_sync.sync)
 app.command()(ckpt_transfer.verify)
 
 
-# -- export (ckpt_export) -------------------------------------------------------------------
+# -- export / push-hf (ckpt_export, ckpt_push) --------------------------------------------
 
 app.command()(ckpt_export.export)
+app.command("push-hf")(ckpt_push.push_hf)

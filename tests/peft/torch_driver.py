@@ -24,44 +24,77 @@ from safetensors.torch import load_file, save_file
 
 RANK = 4
 TARGET_LEAVES = {
-    "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
-    "in_proj_qkv", "in_proj_z", "in_proj_b", "in_proj_a", "out_proj", "lm_head",
-}  # fmt: skip
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+    "in_proj_qkv",
+    "in_proj_z",
+    "in_proj_b",
+    "in_proj_a",
+    "out_proj",
+    "lm_head",
+}
 
 
 def family_config(family: str):  # type: ignore[no-untyped-def]
     import transformers as tf
 
     dense = dict(
-        hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=16, vocab_size=128, max_position_embeddings=64,
-    )  # fmt: skip
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        vocab_size=128,
+        max_position_embeddings=64,
+    )
     if family in ("llama", "llama_tied"):
         return tf.LlamaConfig(**dense, tie_word_embeddings=family.endswith("tied"))
     if family in ("qwen3", "qwen3_tied"):
         return tf.Qwen3Config(**dense, tie_word_embeddings=family.endswith("tied"))
     if family == "qwen3_moe":
         return tf.Qwen3MoeConfig(
-            **dense, moe_intermediate_size=32, num_experts=4, num_experts_per_tok=2,
-            decoder_sparse_step=1, mlp_only_layers=[], tie_word_embeddings=False,
-        )  # fmt: skip
+            **dense,
+            moe_intermediate_size=32,
+            num_experts=4,
+            num_experts_per_tok=2,
+            decoder_sparse_step=1,
+            mlp_only_layers=[],
+            tie_word_embeddings=False,
+        )
     linear = dict(
-        layer_types=["linear_attention", "full_attention"], linear_num_key_heads=2,
-        linear_num_value_heads=4, linear_key_head_dim=8, linear_value_head_dim=8,
+        layer_types=["linear_attention", "full_attention"],
+        linear_num_key_heads=2,
+        linear_num_value_heads=4,
+        linear_key_head_dim=8,
+        linear_value_head_dim=8,
         linear_conv_kernel_dim=4,
-    )  # fmt: skip
+    )
     if family == "qwen3_5":
         return tf.Qwen3_5TextConfig(**dense, **linear, tie_word_embeddings=True)
     if family == "qwen3_5_moe":
         return tf.Qwen3_5MoeTextConfig(
-            **dense, **linear, moe_intermediate_size=32, shared_expert_intermediate_size=32,
-            num_experts=4, num_experts_per_tok=2, tie_word_embeddings=False,
-        )  # fmt: skip
+            **dense,
+            **linear,
+            moe_intermediate_size=32,
+            shared_expert_intermediate_size=32,
+            num_experts=4,
+            num_experts_per_tok=2,
+            tie_word_embeddings=False,
+        )
     if family == "gpt_oss":
         return tf.GptOssConfig(
-            **dense, num_local_experts=4, num_experts_per_tok=2,
-            layer_types=["sliding_attention", "full_attention"], tie_word_embeddings=False,
-        )  # fmt: skip
+            **dense,
+            num_local_experts=4,
+            num_experts_per_tok=2,
+            layer_types=["sliding_attention", "full_attention"],
+            tie_word_embeddings=False,
+        )
     raise SystemExit(f"unknown family {family}")
 
 

@@ -274,3 +274,20 @@ def test_the_engine_imports_no_underscored_name_of_another_module() -> None:
         and target != name
     ]
     assert bad == []
+
+
+# Serving exports (ckpt export, push-hf) convert with numpy and safetensors: the package never
+# needs torch or its stack (tests/peft runs the cookbook and peft in the torch venv instead);
+# huggingface_hub is the [hf] extra, imported only inside the functions that reach the Hub.
+TORCH_STACK = ("torch", "transformers", "peft", "tinker_cookbook", "safetensors.torch")
+
+
+def test_the_package_never_imports_torch_and_the_hub_only_lazily() -> None:
+    bad = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for module, top_level in imports_of(path):
+            if any(matches(module, prefix) for prefix in TORCH_STACK):
+                bad.append(f"{path.relative_to(PACKAGE.parent)} imports {module}")
+            if matches(module, "huggingface_hub") and top_level:
+                bad.append(f"{path.relative_to(PACKAGE.parent)} imports {module} at load")
+    assert bad == []

@@ -10,17 +10,15 @@ from logits_cli.api import peft_families as families
 from logits_cli.errors import LogitsError, NotFoundError, UnavailableError, UsageError
 
 HUB_TIMEOUT_S = 20.0
-BASE_CONFIG_HINT = "pass --base-config FILE|DIR with the base model's config.json"
+# The flag hints are the CLI's (cli/failures.py): these errors carry option="base_config".
+BASE_CONFIG = "base_config"
 
 
 def resolve_facts(base_model: str | None, base_config: Path | None) -> families.BaseModelFacts:
     if base_config is not None:
         return families.facts_from_path(base_model, base_config)
     if base_model is None:
-        raise UsageError(
-            "the checkpoint does not name its base model",
-            hint="pass --base-model NAME or --base-config FILE|DIR",
-        )
+        raise UsageError("the checkpoint does not name its base model", option="base_model")
     return families.catalog_facts(base_model) or facts_from_hub(base_model)
 
 
@@ -35,8 +33,9 @@ def facts_from_hub(name: str) -> families.BaseModelFacts:
         )
     except ImportError:
         raise UsageError(
-            f"{name} is not in the catalog and huggingface_hub is not installed",
-            hint="pip install 'logits-cli[hf]', or " + BASE_CONFIG_HINT.removeprefix("pass "),
+            f"{name} is not in the catalog and huggingface_hub is not installed "
+            "(pip install 'logits-cli[hf]')",
+            option=BASE_CONFIG,
         ) from None
 
     def fetch(filename: str) -> Path:
@@ -58,23 +57,21 @@ def facts_from_hub(name: str) -> families.BaseModelFacts:
             pass  # one weight file: the config decides
     except LocalEntryNotFoundError:  # offline (HF_HUB_OFFLINE) and not in its cache
         raise UnavailableError(
-            f"the Hugging Face Hub is offline and {name}'s config.json is not cached; "
-            f"{BASE_CONFIG_HINT}"
+            f"the Hugging Face Hub is offline and {name}'s config.json is not cached",
+            option=BASE_CONFIG,
         ) from None
     except (RepositoryNotFoundError, GatedRepoError):
         raise NotFoundError(
-            f"the Hugging Face Hub has no readable model {name}", hint=BASE_CONFIG_HINT
+            f"the Hugging Face Hub has no readable model {name}", option=BASE_CONFIG
         ) from None
     except EntryNotFoundError:
-        raise NotFoundError(
-            f"{name} on the Hub has no config.json", hint=BASE_CONFIG_HINT
-        ) from None
+        raise NotFoundError(f"{name} on the Hub has no config.json", option=BASE_CONFIG) from None
     except LogitsError:
         raise
     except Exception as exc:  # offline, timeouts, proxies: huggingface_hub's many errors
         raise UnavailableError(
-            f"cannot fetch {name}'s config.json from the Hugging Face Hub "
-            f"({type(exc).__name__}); {BASE_CONFIG_HINT}"
+            f"cannot fetch {name}'s config.json from the Hugging Face Hub ({type(exc).__name__})",
+            option=BASE_CONFIG,
         ) from None
     config = families.read_json_file(config_path, "base model config")
     return families.facts_from_config(name, config, index or None, "huggingface.co")

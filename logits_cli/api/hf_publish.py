@@ -14,6 +14,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from string import Template
 from typing import Any
 
 from logits_cli.api import peft_families as families
@@ -32,38 +33,17 @@ CARD_KEY = "logits_checkpoint"
 REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 
 
-def check_repo_id(repo: str) -> None:
-    if not REPO_ID.match(repo) or ".." in repo:
-        raise UsageError(f"--repo must be OWNER/NAME, not {repo!r}")
-
-
 def model_card(repo: str, base_model: str, tinker_path: str, format: str) -> str:
-    """The card: YAML front matter for the Hub, then how to serve and load the adapter."""
+    """The card: YAML front matter for the Hub, then how to serve and load the adapter (the
+    body is a template beside this module: a document, with vLLM's and our commands)."""
     library = "library_name: peft\n" if format == "peft" else ""
-    fmt_tag = "peft" if format == "peft" else "tinker-raw-adapter"
-    body = (
-        f"# {repo.split('/', 1)[1]}\n\n"
-        f"A LoRA adapter of [{base_model}](https://huggingface.co/{base_model}), "
-        f"from the checkpoint `{tinker_path}`, published with `logits ckpt push-hf`.\n\n"
+    format_tag = "peft" if format == "peft" else "tinker-raw-adapter"
+    template = (Path(__file__).parent / f"model_card_{format}.md").read_text(encoding="utf-8")
+    body = Template(template).substitute(
+        title=repo.split("/", 1)[1], base_model=base_model, tinker_path=tinker_path, repo=repo
     )
-    if format == "peft":
-        body += (
-            "## Serve with vLLM\n\n```bash\n"
-            f"vllm serve {base_model} --enable-lora --max-lora-rank 64 \\\n"
-            f"    --lora-modules adapter={repo}\n```\n\n"
-            "## Load with PEFT\n\n```python\n"
-            "from peft import PeftModel\n"
-            "from transformers import AutoModelForCausalLM\n\n"
-            f'base = AutoModelForCausalLM.from_pretrained("{base_model}")\n'
-            f'model = PeftModel.from_pretrained(base, "{repo}")\n```\n'
-        )
-    else:
-        body += (
-            "The adapter is in the service's raw format. Convert it for vLLM, SGLang or PEFT "
-            "with `logits ckpt export DIR -o OUT --format peft`.\n"
-        )
     return (
-        f"---\nbase_model: {base_model}\n{library}tags:\n- lora\n- tinker\n- {fmt_tag}\n"
+        f"---\nbase_model: {base_model}\n{library}tags:\n- lora\n- tinker\n- {format_tag}\n"
         f"{CARD_KEY}: {tinker_path}\n---\n\n{body}"
     )
 
@@ -149,7 +129,7 @@ def push(
         if named is not None and named != tinker_path:
             raise ConflictError(
                 f"{repo} holds the checkpoint {named}, not {tinker_path}",
-                hint="push to another --repo, or remove its README.md first",
+                hint="push to another repo, or remove its README.md first",
             )
         try:
             before: str | None = api.repo_info(repo, revision=branch).sha

@@ -168,6 +168,13 @@ def export_peft(
         if not out.is_dir() or out.is_symlink():
             raise UsageError(f"{out} exists and is not a directory; not replacing it")
     source_file = checkpoint.path / ADAPTER_MODEL
+    listed = checkpoint.manifest.files.get(ADAPTER_MODEL)
+    if listed is not None and listed.size != source_file.stat().st_size:
+        # The digest recorded in OUT's manifest is the download's: it must still be this file.
+        raise IntegrityError(
+            f"{source_file} is not the file its download verified (size differs)",
+            hint="run `logits ckpt verify` on it, or download it again",
+        )
     raw, _ = read_header(source_file)
     plan = plan_conversion(raw, facts, target_dtype)
     config = peft_config(checkpoint.adapter_config, facts.name, plan)

@@ -224,4 +224,4 @@ def facts_from_path(name: str | None, path: Path) -> BaseModelFacts:
         config = read_json_file(path, "base model config")
         tensor_names = set()
     label = name or str(config.get("_name_or_path") or path)
-    return facts_from_config(label, config, tensor_names or None, f"--base-config {path}")
+    return facts_from_config(label, config, tensor_names or None, f"base config {path}")

@@ -135,7 +135,8 @@ def export(
     with checkpoint_source(ctx, src, run, out) as (checkpoint, run_base_model):
         name = base_model or checkpoint.base_model or run_base_model
         facts = resolve_facts(name, base_config)
-        result = export_peft(checkpoint, facts, output, dtype=dtype, force=force)
+        with out.status(f"Converting {checkpoint.manifest.tinker_path} for {facts.name}"):
+            result = export_peft(checkpoint, facts, output, dtype=dtype, force=force)
     if out.json:
         out.emit_json(
             {

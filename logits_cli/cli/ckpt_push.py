@@ -68,7 +68,8 @@ def push_hf(
     from logits_cli.api.peft_families import check_convertible
 
     out = Output(json_output=json_output, quiet=quiet)
-    hf_publish.check_repo_id(repo)
+    if not hf_publish.REPO_ID.match(repo) or ".." in repo:
+        raise errors.UsageError(f"--repo must be OWNER/NAME, not {repo!r}")
     if format not in ("peft", "raw"):
         raise errors.UsageError(f"--format must be peft or raw, not {format!r}")
     if dry_run and output is None:

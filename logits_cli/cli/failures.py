@@ -40,6 +40,8 @@ _FLAG_HINTS: dict[tuple[str, str | None], str] = {
     ("archive_only", None): "drop --archive-only; the files are installed in DIR/NAME",
     ("adapter_only", None): "drop --adapter-only to install the whole checkpoint",
     ("force", None): "pass --force to replace it",
+    ("base_config", None): "pass --base-config FILE|DIR with the base model's config.json",
+    ("base_model", None): "pass --base-model NAME, or --base-config FILE|DIR",
     ("lock_wait", None): "let it finish, or pass --lock-wait 10m to wait for it",
     ("delete_run", None): "only a logits server offers it; the service keeps runs (their "
     "checkpoints can be deleted with `logits ckpt rm --run RUN`)",

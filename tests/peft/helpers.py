@@ -12,12 +12,15 @@ from logits_cli.api.verify import MANIFEST_NAME
 TINKER_PATH = "tinker://run-1:train:0/sampler_weights/step-10"
 
 
+def file_sha256(path: Path) -> str:
+    with path.open("rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
+
+
 def mark_downloaded(directory: Path, tinker_path: str = TINKER_PATH) -> None:
     """Write the manifest a finished download writes, over the files already there."""
     files = {
-        path.name: models.FileDigest(
-            sha256=hashlib.sha256(path.read_bytes()).hexdigest(), size=path.stat().st_size
-        )
+        path.name: models.FileDigest(sha256=file_sha256(path), size=path.stat().st_size)
         for path in sorted(directory.iterdir())
         if path.name != MANIFEST_NAME
     }

@@ -113,10 +113,11 @@ def test_names_per_family_from_the_catalog(tmp_path: Path) -> None:
 
 
 def test_dtype_converts_bf16_with_rounding(tmp_path: Path) -> None:
-    values = np.array([[1.0, 1.00390625, -2.5e-3, 3.0e38]], dtype=np.float32)
+    # 1 + 2**-8 lies halfway between two bfloat16 values: it rounds to the even one, 1.0.
+    values = np.array([[1.0, 3.0e38], [-2.5e-3, 1.00390625]], dtype=np.float32)
     tensors = {
-        "base_model.model.model.layers.0.mlp.up_proj.lora_A.weight": values[:, :2].copy(),
-        "base_model.model.model.layers.0.mlp.up_proj.lora_B.weight": values.T[:2].copy(),
+        "base_model.model.model.layers.0.mlp.up_proj.lora_A.weight": values,
+        "base_model.model.model.layers.0.mlp.up_proj.lora_B.weight": values,
     }
     src = raw_adapter(tmp_path / "src", tensors, "Qwen/Qwen3-8B")
     out = tmp_path / "out"
@@ -125,6 +126,7 @@ def test_dtype_converts_bf16_with_rounding(tmp_path: Path) -> None:
     header = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])
     assert {v["dtype"] for k, v in header.items() if k != "__metadata__"} == {"BF16"}
     back = json.loads((out / ".logits-export.json").read_text())["conversion"]["dtype"]
+    assert np.frombuffer(raw[-8:], "<u2").tolist() == [0x3F80, 0x7F62, 0xBB24, 0x3F80]
     assert back == "BF16"
 
 
@@ -157,7 +159,8 @@ def test_offline_without_base_config_names_the_flag(
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     src = raw_adapter(tmp_path / "src", moe_tensors(), "someone/unknown-model")
     result = invoke(["ckpt", "export", str(src), "-o", str(tmp_path / "out")])
-    assert_one_line_failure(result, 6, "--base-config", tmp_path)
+    assert_one_line_failure(result, 6, "offline", tmp_path)
+    assert "Hint: pass --base-config FILE|DIR" in result.stderr
 
 
 def test_a_family_that_cannot_be_served_is_exit_10(tmp_path: Path) -> None:

@@ -138,3 +138,15 @@ def test_create_pr_opens_a_pull_request(hub: FakeHub, tmp_path: Path, source: Pa
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["pr_url"] == f"{hub.url}/me/pr/discussions/1"
     assert sorted(hub.files("me/pr")) == [".gitattributes"]  # main untouched
+
+
+def test_revision_pushes_to_a_branch_and_a_bad_repo_is_exit_2(
+    hub: FakeHub, tmp_path: Path, source: Path
+) -> None:
+    done = push(hub, tmp_path, str(source), "--repo", "me/br", "--revision", "dev", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["revision"] == "dev"
+    assert "adapter_model.safetensors" in hub.files("me/br", "dev")
+    assert sorted(hub.files("me/br", "main")) == [".gitattributes"]
+    bad = push(hub, tmp_path, str(source), "--repo", "../escape")
+    assert bad.returncode == 2 and "Error: --repo must be OWNER/NAME" in bad.stderr

@@ -17,7 +17,7 @@ from tests.peft.helpers import mark_downloaded
 
 DRIVER = Path(__file__).with_name("torch_driver.py")
 FAMILIES = ["llama", "llama_tied", "qwen3", "qwen3_tied", "qwen3_moe", "qwen3_5"]
-FAMILIES += ["qwen3_5_moe", "gpt_oss"]
+FAMILIES += ["qwen3_5_vl", "qwen3_5_moe", "gpt_oss"]
 # peft's own check: dense families whose unembedding LoRA stays a Linear LoRA (lm_head). The
 # tied ones put it on embed_tokens, as the cookbook does, which peft wraps as an Embedding
 # LoRA with other parameter names; vLLM reads those keys itself.

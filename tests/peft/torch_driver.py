@@ -77,6 +77,21 @@ def family_config(family: str):  # type: ignore[no-untyped-def]
     )
     if family == "qwen3_5":
         return tf.Qwen3_5TextConfig(**dense, **linear, tie_word_embeddings=True)
+    if family == "qwen3_5_vl":  # as the Hub ships Qwen3.5: vision-language, model.language_model.
+        vision = dict(
+            depth=1,
+            hidden_size=32,
+            intermediate_size=32,
+            num_heads=2,
+            out_hidden_size=64,
+            patch_size=16,
+            temporal_patch_size=2,
+            spatial_merge_size=2,
+            num_position_embeddings=16,
+        )
+        return tf.Qwen3_5Config(
+            text_config=dict(**dense, **linear), vision_config=vision, tie_word_embeddings=True
+        )
     if family == "qwen3_5_moe":
         return tf.Qwen3_5MoeTextConfig(
             **dense,
@@ -112,7 +127,11 @@ def make(family: str, model_dir: Path, raw_dir: Path) -> None:
 
     torch.manual_seed(0)
     config = family_config(family)
-    model = tf.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    if family.endswith("_vl"):
+        model = tf.AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
+        config = config.text_config
+    else:
+        model = tf.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.save_pretrained(model_dir)
     dtype = torch.bfloat16 if family in ("qwen3_moe", "gpt_oss") else torch.float32
     tensors: dict[str, torch.Tensor] = {}
@@ -123,6 +142,8 @@ def make(family: str, model_dir: Path, raw_dir: Path) -> None:
 
     for module_name, module in model.named_modules():
         leaf = module_name.rsplit(".", 1)[-1]
+        if ".visual." in f".{module_name}.":
+            continue  # the service trains the language model only
         if isinstance(module, torch.nn.Linear) and leaf in TARGET_LEAVES:
             name = raw_name(module_name, family)
             if leaf == "in_proj_qkv":  # the service trains q, k, v apart (unequal widths)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from logits_cli.errors import NotFoundError, UsageError
+from logits_cli.store.config_defaults import with_defaults
 
 CATALOG_FILE = Path(__file__).with_name("base_models.json")
 _MAX_CONFIG_BYTES = 4 << 20  # a config.json is a few kB; a vision model's a few hundred
@@ -86,7 +87,9 @@ def _text_config(config: Mapping[str, Any]) -> dict[str, Any]:
     # Vision-language configs (Qwen3.5, Qwen3-VL) nest the language model's dimensions.
     text = config.get("text_config")
     if isinstance(text, Mapping):
-        return {**config, **text}
+        # A text_config without its own model_type is named by the outer one
+        # (config_defaults.text_model_type maps it).
+        return {**config, **text, "model_type": text.get("model_type") or config.get("model_type")}
     return dict(config)
 
 
@@ -108,7 +111,7 @@ def shape_from_config(config: Mapping[str, Any], name: str, source: str = "") ->
     UsageError for a config that lacks a needed dimension or describes modules this server
     cannot shape (multi-head latent attention).
     """
-    config = _text_config(config)
+    config = with_defaults(_text_config(config))
     arch = str(config.get("model_type") or "unknown")
     if any(config.get(key) for key in _LATENT_ATTENTION_KEYS):
         raise UsageError(

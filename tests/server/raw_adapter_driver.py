@@ -48,6 +48,13 @@ DELTANET = {
     "linear_key_head_dim": 8,
     "linear_value_head_dim": 8,
 }
+QWEN35_DEFAULT_SIZES = {
+    "hidden_size": 64,
+    "intermediate_size": 96,
+    "num_hidden_layers": 4,  # the default interval: layers 0-2 linear, 3 full attention
+    "num_attention_heads": 4,
+    "vocab_size": 128,
+}
 TINY_VISION = {"depth": 1, "hidden_size": 32, "intermediate_size": 32, "num_heads": 2}
 
 
@@ -60,9 +67,11 @@ def family_configs() -> dict[str, transformers.PretrainedConfig]:
         "qwen3-untied": transformers.Qwen3Config(**SMALL, tie_word_embeddings=False),
         "qwen3-tied": transformers.Qwen3Config(**SMALL, tie_word_embeddings=True),
         "qwen3-moe": transformers.Qwen3MoeConfig(**SMALL, **moe, decoder_sparse_step=1),
-        # As the Hub's Qwen3.5 checkpoints are: vision-language, the text model nested.
+        # As the Hub's Qwen3.5 checkpoints are: vision-language, the text model nested. This
+        # one keeps the architecture's head_dim (256) and DeltaNet sizes, which transformers
+        # then leaves out of the file: the server must know them from model_type.
         "qwen3.5-tied": transformers.Qwen3_5Config(
-            text_config={**SMALL, **DELTANET, "tie_word_embeddings": True},
+            text_config={**QWEN35_DEFAULT_SIZES, "tie_word_embeddings": True},
             vision_config=vision,
             tie_word_embeddings=True,
         ),

@@ -115,7 +115,7 @@ def _old_format_cases(cases: list[dict]) -> list[dict]:
         out[f"{prefix}.in_proj_qkv.lora_B.weight"] = np.concatenate(parts)
         out[f"{prefix}.in_proj_qkv.lora_A.weight"] = out.pop(f"{prefix}.in_proj_q.lora_A.weight")
         del out[f"{prefix}.in_proj_k.lora_A.weight"], out[f"{prefix}.in_proj_v.lora_A.weight"]
-        gate = "base_model.model.model.layers.1.self_attn.q_proj.lora_B.weight"
+        gate = "base_model.model.model.layers.3.self_attn.q_proj.lora_B.weight"
         out[gate] = np.ascontiguousarray(out[gate][: out[gate].shape[0] // 2])  # no gate
         return out
 
@@ -153,6 +153,6 @@ def test_the_check_refuses_the_format_before_issue_24(reports: dict[str, dict]) 
     qwen35 = "\n".join(reports["old:qwen3.5-tied"]["problems"])
     assert "the unembedding is model.unembed_tokens" in qwen35
     assert "Qwen3.5 trains split in_proj_q/k/v" in qwen35
-    assert "layers.1.self_attn.q_proj.lora_A.weight: (4, 64)/(64, 4)" in qwen35  # gate missing
+    assert "layers.3.self_attn.q_proj.lora_A.weight: (4, 64)/(1024, 4)" in qwen35  # no gate
     gpt_oss = "\n".join(reports["old:gpt-oss"]["problems"])
     assert "GPT-OSS attention is .attn." in gpt_oss

@@ -226,7 +226,9 @@ def test_dense_and_moe_layers_follow_the_sparse_step_and_dense_layer_list() -> N
     }
     model = catalog.shape_from_config(config, "test/sparse")
     assert model.moe_layers == (False, True, False, False)
-    assert model.head_dim == 16 and model.num_key_value_heads == 2
+    # Omitted keys take the architecture's defaults as transformers fills them: Qwen3MoeConfig
+    # has no head_dim (hidden // heads) and 4 key/value heads (store/config_defaults.py).
+    assert model.head_dim == 16 and model.num_key_value_heads == 4
     paths = [*layout.adapter_modules(model, FULL), *layout.expert_modules(model, FULL)]
     assert "model.layers.1.mlp.experts.w1" in paths
     assert "model.layers.0.mlp.gate_proj" in paths and "model.layers.3.mlp.gate_proj" in paths

@@ -19,6 +19,7 @@ from __future__ import annotations
 import pytest
 
 from logits_cli import models
+from logits_cli.errors import UsageError
 from logits_cli.store import catalog, layout
 
 # (train_mlp, train_attn, train_unembed) -> numbers at rank 1, as the service reported them.
@@ -220,3 +221,51 @@ def test_qwen35_gate_comes_from_the_architecture_not_a_config_key() -> None:
             2 * 4 * 16,
             2,
         ), extra
+
+
+def test_omitted_keys_take_the_defaults_transformers_fills() -> None:
+    # What transformers 5.25 writes for Qwen3_5TextConfig(hidden_size=64, intermediate_size=96,
+    # num_hidden_layers=4, num_attention_heads=4, vocab_size=128), its shape keys only.
+    written = {
+        "model_type": "qwen3_5_text",
+        "hidden_size": 64,
+        "intermediate_size": 96,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "vocab_size": 128,
+        "head_dim": 256,
+        "num_key_value_heads": 4,
+        "max_position_embeddings": 32768,
+        "layer_types": ["linear_attention"] * 3 + ["full_attention"],
+        "linear_key_head_dim": 128,
+        "linear_num_key_heads": 16,
+        "linear_num_value_heads": 32,
+        "linear_value_head_dim": 128,
+    }
+    minimal = {key: written[key] for key in list(written)[:6]}
+    lora = models.LoraConfig(rank=2)
+    full_shapes = layout.lora_tensor_shapes(catalog.shape_from_config(written, "w"), lora)
+    assert layout.lora_tensor_shapes(catalog.shape_from_config(minimal, "m"), lora) == full_shapes
+    # The vision-language form names the text model's type on the outside only.
+    wrapped = {"model_type": "qwen3_5", "text_config": {**minimal, "model_type": None}}
+    assert layout.lora_tensor_shapes(catalog.shape_from_config(wrapped, "v"), lora) == full_shapes
+    # The model's size is never guessed.
+    with pytest.raises(UsageError, match="hidden_size"):
+        catalog.shape_from_config({"model_type": "qwen3_5_text"}, "empty")
+
+
+def test_a_default_never_shadows_a_synonym() -> None:
+    # Qwen3MoeConfig (transformers 5.25) writes its expert count as num_local_experts.
+    config = {
+        "model_type": "qwen3_moe",
+        "hidden_size": 64,
+        "intermediate_size": 96,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "vocab_size": 128,
+        "num_local_experts": 4,
+        "moe_intermediate_size": 32,
+    }
+    assert catalog.shape_from_config(config, "q").num_experts == 4
+    del config["num_local_experts"]
+    assert catalog.shape_from_config(config, "q").num_experts == 128  # Qwen3MoeConfig's default

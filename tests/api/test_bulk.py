@@ -144,7 +144,7 @@ def test_naive_bounds_are_utc_and_bounds_are_strict():
 
 
 def test_bad_arguments_are_usage_errors():
-    with pytest.raises(UsageError, match="keep-last"):
+    with pytest.raises(UsageError, match="keep_last"):
         select_checkpoints([], keep_last=-1)
     with pytest.raises(UsageError, match="unknown checkpoint type"):
         select_checkpoints([], kind="optimizer")

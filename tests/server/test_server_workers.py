@@ -165,9 +165,13 @@ def test_a_killed_worker_is_replaced_and_its_save_finished_by_another(
             "a replacement worker",
         )
         assert replaced
-        assert any(
-            f"(pid {victim.pid}) was killed by SIGKILL; started pid" in line
-            for line in served.log_lines()
+        # The parent logs the death once the replacement has started: wait for the line.
+        assert wait_until(
+            lambda: any(
+                f"(pid {victim.pid}) was killed by SIGKILL; started pid" in line
+                for line in served.log_lines()
+            ),
+            "the log line of the death",
         ), served.log.read_text()
 
         # The killed save is finished by a sibling or the replacement, exactly once.

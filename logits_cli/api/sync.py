@@ -127,6 +127,9 @@ async def run_sync(
         except OSError as error:
             raise LogitsError(f"cannot create {dest}: {error.strerror}") from None
         async with hold_sync_lock(dest, options.lock_wait):
+            # The clock (the summary's time and speed, --max-duration) starts once the lock
+            # is held: waiting for the previous sync is not this sync's work.
+            started = time.monotonic()
             items = await _sync(client, dest, options, notify, progress, notice, started)
     return SyncSummary(
         items=items, elapsed_s=time.monotonic() - started, dest=dest, dry_run=options.dry_run

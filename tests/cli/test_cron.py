@@ -235,12 +235,17 @@ def test_a_busy_directory_exits_9_or_waits_with_lock_wait(remote, tmp_path):
     )
 
     waiter = remote.start("ckpt", "sync", "-o", str(dest), "--lock-wait", "2m", "--json")
+    held_for = 3.0
+    time.sleep(held_for)  # the waiter waits this long at least for the lock
     remote.proxy.open()
     holder_code, holder_out, holder_err = finish(holder)
     waiter_code, waiter_out, waiter_err = finish(waiter)
     assert (holder_code, waiter_code) == (0, 0), holder_err + waiter_err
     assert set(statuses(json.loads(holder_out)).values()) == {"downloaded"}
-    assert statuses(json.loads(waiter_out)) == {c.tinker_path: "present" for c in saved}
+    waited = json.loads(waiter_out)
+    assert statuses(waited) == {c.tinker_path: "present" for c in saved}
+    # Its summary counts its own work from the moment it held the lock, not the wait.
+    assert waited["elapsed_s"] < held_for - 0.5, waited["elapsed_s"]
 
 
 def test_a_sync_killed_mid_download_leaves_no_lock_and_the_next_run_resumes(remote, tmp_path):

@@ -50,8 +50,12 @@ INFO_FIELDS = [
     Column("lora rank", "lora_rank"),
 ]
 
+# As ``ckpt ls`` on a terminal (a full URI would not fit 80 columns beside its flags);
+# piped, the same PATH, PUBLIC and CHANGED columns as ever.
 VISIBILITY_COLUMNS = [
-    Column("PATH", "path"),
+    Column("RUN", "run_id", show=TABLE_ONLY, heading=True),
+    Column("CHECKPOINT", "checkpoint_id", show=TABLE_ONLY),
+    Column("PATH", "path", show=PIPED_ONLY),
     Column("PUBLIC", "public", BOOL, priority=2),
     Column("CHANGED", "changed", BOOL, priority=1),
 ]

@@ -149,7 +149,12 @@ def _change_visibility(
 
     report.add_all((str(refs[index]), error) for index, error in call_api(ctx, settings, work))
     done = [results[i] for i in sorted(results)]
-    out.emit_listing(done, (r["path"] for r in done), VISIBILITY_COLUMNS, done)
+    table = [
+        {**row, "run_id": ref.run_id, "checkpoint_id": ref.checkpoint_id}
+        for row in done
+        for ref in [CheckpointRef.parse(row["path"])]
+    ]
+    out.emit_listing(done, (r["path"] for r in done), VISIBILITY_COLUMNS, table)
     report.finish()
 
 

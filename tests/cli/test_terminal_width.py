@@ -377,3 +377,22 @@ def test_ttl_results_fit_80_columns_with_their_expiry(backend: str) -> None:
     # Piped: the full path and the ISO expiry, as before.
     piped = cli("ckpt", "ttl", *paths, "--set", "7d").splitlines()
     assert [row.split("\t")[0] for row in piped] == paths
+
+
+def test_publish_results_fit_80_columns_with_their_flags(backend: str) -> None:
+    paths = [
+        cli("ckpt", "save", "a_rather_long_checkpoint_name_02", "--run", new_run(), "-q")
+        for _ in range(2)
+    ]
+    code, lines = run_on_terminal(["ckpt", "publish", *paths], 80)
+    assert code == 0, lines
+    assert all(len(line) <= 80 for line in lines), lines
+    assert not any("hidden at" in line for line in lines), lines
+    start = next(i for i, line in enumerate(lines) if line.split()[:1] == ["CHECKPOINT"])
+    header, *body = lines[start:]
+    assert header.split() == ["CHECKPOINT", "PUBLIC", "CHANGED"]
+    rows = [line.split() for line in body if line.strip() and not line.startswith("RUN ")]
+    assert rows == [["weights/a_rather_long_checkpoint_name_02", "yes", "yes"]] * 2, lines
+    # Piped: the full path, then the flags, as before.
+    piped = cli("ckpt", "unpublish", *paths).splitlines()
+    assert piped == [f"{path}\tfalse\ttrue" for path in paths]

@@ -6,6 +6,9 @@ config (no weights downloaded) and saved; a raw adapter in the service's format 
 ``unembed_tokens``, GPT-OSS ``.attn``, Qwen3.5 split ``in_proj_q/k/v``, ``experts.w1/w2/w3``
 with the shared A of w1/w3 and the shared B of w2), random values.
 
+``save-model CONFIG_DIR MODEL_DIR``: the model of a config.json (as our server was given it),
+built by transformers and saved, for the cookbook to read.
+
 ``compare MODEL_DIR RAW_DIR OURS COOKBOOK_OUT [--peft]``: tinker-cookbook's
 ``build_lora_adapter`` on the same raw adapter, compared name for name and tensor for tensor
 with OURS; with ``--peft`` both are loaded by ``peft.PeftModel.from_pretrained`` and OURS
@@ -224,10 +227,23 @@ def peft_check(model_dir: Path, ours: Path, cookbook_out: Path, ours_t):  # type
     return {"problems": problems, "peft_loaded": len(lora), "adapter_changes_logits": changed}
 
 
+def save_model(config_dir: Path, model_dir: Path) -> None:
+    """A model built from a config.json alone, saved (what the cookbook reads its names from)."""
+    import transformers as tf
+
+    config = tf.AutoConfig.from_pretrained(config_dir)
+    vision_language = getattr(config, "vision_config", None) is not None
+    auto = tf.AutoModelForImageTextToText if vision_language else tf.AutoModelForCausalLM
+    auto.from_config(config, dtype=torch.float32).save_pretrained(model_dir)
+    print(json.dumps({"model_type": config.model_type}))
+
+
 if __name__ == "__main__":
     command, *args = sys.argv[1:]
     if command == "make":
         make(args[0], Path(args[1]), Path(args[2]))
+    elif command == "save-model":
+        save_model(Path(args[0]), Path(args[1]))
     else:
         sys.exit(
             compare(Path(args[0]), Path(args[1]), Path(args[2]), Path(args[3]), "--peft" in args)

@@ -122,6 +122,14 @@ def export(
     of vision-language checkpoints); tensors stay unscaled, in their dtype unless --dtype.
     No torch and no base weights: the base model's config comes from the catalog,
     --base-config, or the Hub (config.json and the weight index only).
+
+    Examples:
+
+    \b
+      logits ckpt export logits://RUN/sampler_weights/final -o ./adapter
+      logits ckpt export ./ckpts/step_1000 -o ./adapter --dtype bf16
+      logits ckpt export step_1000 --run RUN -o out --base-config config.json
+      vllm serve BASE --enable-lora --lora-modules mine=./adapter
     """
     from logits_cli.api.base_model_facts import resolve_facts
     from logits_cli.api.peft_export import export_peft

@@ -62,6 +62,13 @@ def push_hf(
     The token is HF_TOKEN's or that of `hf auth login`. Pushing the same checkpoint again
     commits nothing; a repo whose card names another checkpoint is refused. --dry-run -o
     DIR writes exactly what would be uploaded into DIR.
+
+    Examples:
+
+    \b
+      logits ckpt push-hf logits://RUN/sampler_weights/final --repo me/my-adapter
+      logits ckpt push-hf final --run RUN --repo me/my-adapter --public
+      logits ckpt push-hf final --run RUN --repo me/x --dry-run -o ./staged
     """
     from logits_cli.api import hf_publish
     from logits_cli.api.base_model_facts import resolve_facts

@@ -71,7 +71,7 @@ def _mentions(path: list[str], body: str, known: set[str]) -> Iterator[tuple[str
             units.append((" ".join(line.strip() for line in lines), " ".join(path)))
     for unit, prose_owner in units:
         owner = prose_owner
-        for piece in re.split(r"(logits(?: [a-z]+)+|[|;)]|\$\(|#)", unit):
+        for piece in re.split(r"(logits(?: [a-z][a-z-]*)+|[|;)]|\$\(|#)", unit):
             if piece.startswith("logits"):
                 words = piece.split()[1:]
                 while words and " ".join(words) not in known:

@@ -87,6 +87,9 @@ class SegmentAttempts:
         self._unsized: UnsizedBody | None = None  # the bounds of a body of no known size
         self.planned = asyncio.Event()
         self.ranges_ignored = False
+        # A body of no known size has not ended cleanly yet: its journal's size (0) is then
+        # no size at all, and the file is not complete whatever the journal's counts say.
+        self.unsized_open = False
 
     def restart(self) -> None:
         """A new pass over the part file: its first answer plans (or confirms) the journal."""
@@ -134,10 +137,13 @@ class SegmentAttempts:
             ) from None
         journal = self._part.journal
         if journal is not None and self.ranges_ignored:
-            if journal.size and position != journal.size:
-                raise RetryableFailure("the connection closed before the end of the archive")
-            if not journal.size:  # size learned only now: the body ran until EOF
+            if self.unsized_open:  # only a clean end of the stream gives its size
+                if position == 0:  # nothing learnt: the size stays unknown, not 0
+                    raise RetryableFailure("the server sent an empty body")
                 journal.size = journal.segment_size = position
+                self.unsized_open = False
+            elif position != journal.size:
+                raise RetryableFailure("the connection closed before the end of the archive")
 
     def _accept(self, head: BlobHead, url: str, index: int, offset: int, last: int) -> BodyTarget:
         """Check the answer's status and headers; say where its body goes and where it must
@@ -233,6 +239,7 @@ class SegmentAttempts:
         elif self._expected_size is None:
             check_room_for(part.fd, part.path.parent, size)
         self.ranges_ignored = True
+        self.unsized_open = size is None
         os.ftruncate(part.fd, size or 0)
         part.replace_journal(
             Journal.plan(self._identity, size or 0, size or 0, response_validators(headers))

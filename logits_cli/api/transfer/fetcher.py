@@ -207,7 +207,7 @@ class RangedFetcher:
         while True:
             index = attempts.current(index)
             journal = self._part.journal
-            if journal is not None and journal.missing(index) <= 0:
+            if journal is not None and journal.missing(index) <= 0 and not attempts.unsized_open:
                 return
             before = self._segment_filled(index)
             url, generation = await self._urls.get()

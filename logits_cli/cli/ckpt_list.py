@@ -24,6 +24,7 @@ from logits_cli.cli.failures import handle_errors
 from logits_cli.cli.options import (
     BeforeOpt,
     JsonOpt,
+    LimitOpt,
     QuietOpt,
     SinceOpt,
     TypeOpt,
@@ -132,9 +133,7 @@ def list_checkpoints(
         bool,
         typer.Option("--mine", help="Only checkpoints of your own runs (with --public or RUN)."),
     ] = False,
-    limit: Annotated[
-        int | None, typer.Option("--limit", min=1, metavar="N", help="Show at most N.")
-    ] = None,
+    limit: LimitOpt = None,
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:

@@ -106,6 +106,9 @@ HomeOpt = Annotated[
         show_default=False,
     ),
 ]
+LimitOpt = Annotated[
+    int | None, typer.Option("--limit", min=1, metavar="N", help="Show at most N.")
+]
 
 _DESCRIBED_PATHS = typer.Argument(
     metavar="PATH", autocompletion=complete_path, show_default=False, hidden=True

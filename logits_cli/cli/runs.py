@@ -10,7 +10,14 @@ from logits_cli.cli.completion_cache import remember
 from logits_cli.cli.context import call_api, require_run, settings_for
 from logits_cli.cli.failures import handle_errors
 from logits_cli.cli.help_layout import CommandGroup
-from logits_cli.cli.options import JsonOpt, OptionalRunArgument, QuietOpt, RunOpt, TimeoutOpt
+from logits_cli.cli.options import (
+    JsonOpt,
+    LimitOpt,
+    OptionalRunArgument,
+    QuietOpt,
+    RunOpt,
+    TimeoutOpt,
+)
 from logits_cli.cli.output import Output
 from logits_cli.cli.tables import COUNT, PIPED_ONLY, TABLE_ONLY, TIME, Column
 from logits_cli.cli.timeparse import optional_seconds
@@ -80,9 +87,7 @@ def list_runs(
         bool,
         typer.Option("--accessible", help="Also runs of others that have public checkpoints."),
     ] = False,
-    limit: Annotated[
-        int | None, typer.Option("--limit", min=1, metavar="N", help="Show at most N.")
-    ] = None,
+    limit: LimitOpt = None,
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
